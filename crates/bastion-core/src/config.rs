@@ -1,0 +1,451 @@
+//! The configuration file.
+//!
+//! YAML or JSON (chosen by extension; content sniffed when there is none).
+//! Unknown top-level keys are errors, so a typo never silently weakens the
+//! gateway. The `mcpServers` section takes the map Claude Desktop, Cursor
+//! and MCPHub users already have, unchanged: `command`, `args`, `env`, `cwd`
+//! for stdio servers and `url`, `headers` for remote ones; keys those tools
+//! add for themselves (`disabled`, `autoApprove`, `timeout`, …) are accepted
+//! and ignored unless Bastion gives them a meaning.
+//!
+//! Every default is written on its field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::naming::is_valid_server_name;
+
+/// Why a configuration could not be used. Messages name the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`: loopback only.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the embedded store and the API key pepper live. Default `./data`,
+    /// relative to the config file's directory.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The MCP servers, by name.
+    #[serde(default, rename = "mcpServers")]
+    pub servers: BTreeMap<String, ServerConfig>,
+    /// Named sets of servers, each served at `/mcp/{group}`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub upstream: UpstreamDefaults,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// One MCP server, in the Claude Desktop / Cursor shape.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// stdio: the program to run.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// stdio: environment granted to the child. The child gets nothing else
+    /// of Bastion's environment but a minimal PATH, HOME and LANG.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// stdio: working directory. Default: the config file's directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// remote: the server's URL (Streamable HTTP, or legacy HTTP+SSE).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// remote: headers sent with every request to the server.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `stdio`, `http`/`streamable-http`, or `sse`. Default: `stdio` with a
+    /// `command`; with a `url`, Streamable HTTP falling back to legacy SSE.
+    #[serde(default, rename = "type", alias = "transport")]
+    pub transport: Option<TransportKind>,
+    /// A disabled server is not served. Default false.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Per-call timeout for this server. Default: `upstream.call_timeout`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub call_timeout: Option<Duration>,
+    /// Keys other tools keep in the same map; accepted, not used.
+    #[serde(flatten)]
+    pub ignored: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    Stdio,
+    #[serde(alias = "http")]
+    StreamableHttp,
+    Sse,
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a validated API key is trusted without asking the store
+    /// again. Default 2s: revocation takes effect within this time.
+    #[serde(default = "default_key_cache_ttl", with = "humantime_serde_compat")]
+    pub key_cache_ttl: Duration,
+    /// Expiry of new API keys when `--expires` is not given. Default 30 days.
+    #[serde(default = "default_key_expiry", with = "humantime_serde_compat")]
+    pub default_key_expiry: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { key_cache_ttl: default_key_cache_ttl(), default_key_expiry: default_key_expiry() }
+    }
+}
+
+fn default_key_cache_ttl() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_key_expiry() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+/// The downstream HTTP side.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Accepted `Host` header values (host, or host:port). Default: when
+    /// listening on loopback, `localhost`, `127.0.0.1` and `[::1]` on any
+    /// port; otherwise any host (authentication still applies).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Accepted `Origin` values (e.g. `https://app.example.com`). Default:
+    /// loopback origins only. A request with any other Origin gets 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted request body. Default 4 MiB; larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Items per page in list results. Default 100.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// A session unused this long is closed. Default 1h.
+    #[serde(default = "default_session_idle", with = "humantime_serde_compat")]
+    pub session_idle_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: default_max_body(),
+            page_size: default_page_size(),
+            session_idle_timeout: default_session_idle(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_page_size() -> usize {
+    100
+}
+fn default_session_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// How upstream servers are run and called.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDefaults {
+    /// At most this many stdio servers start at the same time. Default 4.
+    #[serde(default = "default_spawns")]
+    pub max_concurrent_spawns: usize,
+    /// Time allowed for a server to start and answer `initialize`. Default 30s.
+    #[serde(default = "default_start_timeout", with = "humantime_serde_compat")]
+    pub start_timeout: Duration,
+    /// Time allowed for one call. Default 60s.
+    #[serde(default = "default_call_timeout", with = "humantime_serde_compat")]
+    pub call_timeout: Duration,
+    /// Time allowed to open a connection to a remote server. Default 10s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// A stdio server with no call for this long is stopped. Default 10m.
+    #[serde(default = "default_idle", with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// First delay before restarting a crashed server; doubles each time.
+    /// Default 500ms.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde_compat")]
+    pub restart_backoff: Duration,
+    /// Longest delay between restarts. Default 30s.
+    #[serde(default = "default_backoff_max", with = "humantime_serde_compat")]
+    pub restart_backoff_max: Duration,
+    /// Longest line a stdio server may write. Default 16 MiB.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            max_concurrent_spawns: default_spawns(),
+            start_timeout: default_start_timeout(),
+            call_timeout: default_call_timeout(),
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle(),
+            restart_backoff: default_backoff_initial(),
+            restart_backoff_max: default_backoff_max(),
+            max_message_bytes: default_max_message(),
+        }
+    }
+}
+
+fn default_spawns() -> usize {
+    4
+}
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_message() -> usize {
+    16 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `text`. Default text; `--log-format` overrides.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `bastion=debug`. Default `info`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// Durations written as `30s`, `10m`, `500ms`, `30d`.
+mod humantime_serde_compat {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    humantime_serde_compat::deserialize(d).map(Some)
+}
+
+/// The transport a server is reached by, after defaults are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    Stdio { command: String, args: Vec<String>, env: BTreeMap<String, String>, cwd: Option<PathBuf> },
+    /// Streamable HTTP; `fallback_sse` when the type was not given.
+    Http { url: String, headers: BTreeMap<String, String>, fallback_sse: bool },
+    Sse { url: String, headers: BTreeMap<String, String> },
+}
+
+impl ServerConfig {
+    /// The transport, or a message saying what is wrong with the entry.
+    pub fn transport(&self) -> Result<Transport, (&'static str, String)> {
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) => Err(("url", "a server has either `command` or `url`, not both".into())),
+            (None, None) => Err(("command", "a server needs `command` (stdio) or `url` (remote)".into())),
+            (Some(command), None) => {
+                if command.trim().is_empty() {
+                    return Err(("command", "must not be empty".into()));
+                }
+                if matches!(self.transport, Some(TransportKind::StreamableHttp | TransportKind::Sse)) {
+                    return Err(("type", "a server with `command` is a stdio server".into()));
+                }
+                Ok(Transport::Stdio {
+                    command: command.clone(),
+                    args: self.args.clone(),
+                    env: self.env.clone(),
+                    cwd: self.cwd.clone(),
+                })
+            }
+            (None, Some(url)) => {
+                let lower = url.to_ascii_lowercase();
+                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                    return Err(("url", format!("must be an http:// or https:// URL, got {url:?}")));
+                }
+                for (k, v) in &self.headers {
+                    if http_header_invalid(k, v) {
+                        return Err(("headers", format!("invalid header {k:?}")));
+                    }
+                }
+                match self.transport {
+                    Some(TransportKind::Stdio) => Err(("type", "a server with `url` is not a stdio server".into())),
+                    Some(TransportKind::Sse) => Ok(Transport::Sse { url: url.clone(), headers: self.headers.clone() }),
+                    Some(TransportKind::StreamableHttp) => {
+                        Ok(Transport::Http { url: url.clone(), headers: self.headers.clone(), fallback_sse: false })
+                    }
+                    None => Ok(Transport::Http { url: url.clone(), headers: self.headers.clone(), fallback_sse: true }),
+                }
+            }
+        }
+    }
+}
+
+fn http_header_invalid(name: &str, value: &str) -> bool {
+    name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Which syntax a file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    fn detect(path: &Path, text: &str) -> Format {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("json") => Format::Json,
+            Some("yaml" | "yml") => Format::Yaml,
+            _ if text.trim_start().starts_with('{') => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates text; `path` is used for the format and messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let syntax = |message: String| ConfigError::Syntax { path: path.into(), message };
+        let config: Config = match Format::detect(path, text) {
+            Format::Json => {
+                let de = &mut serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let inner = e.inner();
+                    syntax(format!(
+                        "{}: {} (line {}, column {})",
+                        e.path(),
+                        strip_position(&inner.to_string()),
+                        inner.line(),
+                        inner.column()
+                    ))
+                })?
+            }
+            Format::Yaml => {
+                if text.trim().is_empty() {
+                    return Err(syntax("the file is empty".into()));
+                }
+                serde_saphyr::from_str(text).map_err(|e| syntax(e.to_string()))?
+            }
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.into(), key, message };
+        for (name, server) in &self.servers {
+            if !is_valid_server_name(name) {
+                return Err(invalid(
+                    format!("mcpServers.{name}"),
+                    "server names are letters, digits, '-' and single '_' (at most 64)".into(),
+                ));
+            }
+            server.transport().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
+        }
+        for (group, members) in &self.groups {
+            if !is_valid_server_name(group) {
+                return Err(invalid(format!("groups.{group}"), "invalid group name".into()));
+            }
+            if self.servers.contains_key(group) {
+                return Err(invalid(format!("groups.{group}"), "a group may not have the name of a server".into()));
+            }
+            for (i, m) in members.iter().enumerate() {
+                if !self.servers.contains_key(m) {
+                    return Err(invalid(format!("groups.{group}[{i}]"), format!("no server named {m:?}")));
+                }
+            }
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes".into(), "must be at least 1024".into()));
+        }
+        if self.http.page_size == 0 {
+            return Err(invalid("http.page_size".into(), "must be at least 1".into()));
+        }
+        if self.upstream.max_concurrent_spawns == 0 {
+            return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
+        }
+        if let Some(f) = &self.log.format {
+            if f != "json" && f != "text" {
+                return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory, resolved against the config file's directory.
+    pub fn data_dir(&self, config_path: &Path) -> PathBuf {
+        let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match &self.data_dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => base.join(d),
+            None => base.join("data"),
+        }
+    }
+
+    /// The enabled servers.
+    pub fn enabled_servers(&self) -> impl Iterator<Item = (&String, &ServerConfig)> {
+        self.servers.iter().filter(|(_, s)| !s.disabled)
+    }
+}
+
+fn strip_position(msg: &str) -> &str {
+    msg.split(" at line ").next().unwrap_or(msg)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! Bastion's pure core: everything that needs neither a network nor a
+//! database, so it builds and tests fast.
+//!
+//! - [`config`]: the declarative configuration file (YAML or JSON), with the
+//!   `mcpServers` map that Claude Desktop, Cursor and MCPHub users already have.
+//! - [`jsonrpc`]: the JSON-RPC 2.0 envelope and MCP error codes.
+//! - [`protocol`]: MCP protocol versions and eras.
+//! - [`naming`]: how tool, prompt and resource names from many servers share
+//!   one namespace.
+//! - [`apikey`]: API key generation and keyed hashing.
+#![forbid(unsafe_code)]
+
+pub mod apikey;
+pub mod config;
+pub mod jsonrpc;
+pub mod naming;
+pub mod protocol;

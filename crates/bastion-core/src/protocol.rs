@@ -1,0 +1,69 @@
+//! MCP protocol versions and the two eras of the Streamable HTTP transport.
+
+/// Versions that use the `initialize` handshake and `Mcp-Session-Id`.
+pub const SESSION_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The newest session-based version: what Bastion offers when a client asks
+/// for a version it does not know, and what it speaks to upstream servers.
+pub const LATEST_SESSION_VERSION: &str = "2025-11-25";
+
+/// The stateless version: no handshake, protocol version and client
+/// capabilities in every request's `_meta`.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+
+/// Every version Bastion serves, oldest first.
+pub const ALL_VERSIONS: &[&str] = &[
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// `_meta` keys of the stateless era.
+pub mod meta {
+    pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+    pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+    pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+}
+
+/// Picks the version to answer an `initialize` with: the client's own when
+/// Bastion speaks it, else the newest session-based one (the client then
+/// decides whether it can continue).
+pub fn negotiate_session_version(requested: Option<&str>) -> &'static str {
+    requested
+        .and_then(|r| SESSION_VERSIONS.iter().find(|v| **v == r).copied())
+        .unwrap_or(LATEST_SESSION_VERSION)
+}
+
+/// Whether JSON-RPC batches are allowed: only 2025-03-26 had them.
+pub fn allows_batches(version: &str) -> bool {
+    version == "2025-03-26"
+}
+
+/// Whether a version is one of the session-based ones.
+pub fn is_session_version(version: &str) -> bool {
+    SESSION_VERSIONS.contains(&version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_keeps_known_and_replaces_unknown() {
+        assert_eq!(negotiate_session_version(Some("2025-03-26")), "2025-03-26");
+        assert_eq!(negotiate_session_version(Some("1999-01-01")), LATEST_SESSION_VERSION);
+        assert_eq!(negotiate_session_version(Some(STATELESS_VERSION)), LATEST_SESSION_VERSION);
+        assert_eq!(negotiate_session_version(None), LATEST_SESSION_VERSION);
+    }
+
+    #[test]
+    fn batches_only_in_2025_03_26() {
+        assert!(allows_batches("2025-03-26"));
+        assert!(!allows_batches("2025-06-18"));
+        assert!(!allows_batches("2025-11-25"));
+    }
+}
