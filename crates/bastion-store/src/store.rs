@@ -1,0 +1,280 @@
+//! The store: a connection pool and the queries on it.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+macro_rules! key_columns {
+    () => {
+        "id, user_name, display_prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, use_count, max_uses, description"
+    };
+}
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{path} has mode {mode:o}: it must not be accessible to other users (chmod 600 for files, 700 for directories)")]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// A key to insert: everything but the plaintext.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub user: String,
+    pub display_prefix: String,
+    pub hash: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub max_uses: Option<i64>,
+    pub description: Option<String>,
+}
+
+/// A stored key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub user: String,
+    pub display_prefix: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub use_count: i64,
+    pub max_uses: Option<i64>,
+    pub description: Option<String>,
+}
+
+/// Whether a key may be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    Expired,
+    Revoked,
+    Exhausted,
+}
+
+impl ApiKeyRecord {
+    pub fn state(&self, now: DateTime<Utc>) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            KeyState::Expired
+        } else if self.max_uses.is_some_and(|m| self.use_count >= m) {
+            KeyState::Exhausted
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn ts(t: Option<i64>) -> Option<DateTime<Utc>> {
+    t.and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies
+    /// migrations. The file is created with mode 0600.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Io(path.into(), e))?;
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_key(&self, k: &NewApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_name, display_prefix, key_hash, created_at, expires_at, max_uses, description)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(&k.user)
+        .bind(&k.display_prefix)
+        .bind(&k.hash)
+        .bind(Utc::now().timestamp())
+        .bind(k.expires_at.map(|t| t.timestamp()))
+        .bind(k.max_uses)
+        .bind(&k.description)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+
+    fn row_to_key(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+        Ok(ApiKeyRecord {
+            id: row.try_get("id")?,
+            user: row.try_get("user_name")?,
+            display_prefix: row.try_get("display_prefix")?,
+            hash: row.try_get("key_hash")?,
+            created_at: ts(Some(row.try_get("created_at")?)).ok_or_else(|| StoreError::Corrupt("created_at".into()))?,
+            expires_at: ts(row.try_get("expires_at")?),
+            revoked_at: ts(row.try_get("revoked_at")?),
+            last_used_at: ts(row.try_get("last_used_at")?),
+            use_count: row.try_get("use_count")?,
+            max_uses: row.try_get("max_uses")?,
+            description: row.try_get("description")?,
+        })
+    }
+
+    pub async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE key_hash = ?"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::row_to_key).transpose()
+    }
+
+    pub async fn list_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = match user {
+            Some(u) => {
+                sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE user_name = ? ORDER BY created_at, id"))
+                    .bind(u)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys ORDER BY created_at, id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(Self::row_to_key).collect()
+    }
+
+    /// Revokes a key by id. Returns false when there is no such key or it was
+    /// already revoked.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(Utc::now().timestamp())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Adds `uses` to a key's usage count and stamps its last use.
+    pub async fn record_key_use(&self, id: &str, uses: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET use_count = use_count + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
+            .bind(uses)
+            .bind(at.timestamp())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
+        (dir, s)
+    }
+
+    fn key(id: &str, hash: &str) -> NewApiKey {
+        NewApiKey {
+            id: id.into(),
+            user: "alice".into(),
+            display_prefix: "bst_abcd".into(),
+            hash: hash.into(),
+            expires_at: Some(Utc::now() + chrono::Duration::days(30)),
+            max_uses: None,
+            description: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_find_revoke() {
+        let (_d, s) = store().await;
+        s.insert_key(&key("k1", "h1")).await.unwrap();
+        let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
+        assert_eq!(k.user, "alice");
+        assert_eq!(k.state(Utc::now()), KeyState::Active);
+        assert!(s.find_key_by_hash("nope").await.unwrap().is_none());
+        assert!(s.revoke_key("k1").await.unwrap());
+        assert!(!s.revoke_key("k1").await.unwrap());
+        let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
+        assert_eq!(k.state(Utc::now()), KeyState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn usage_and_limits() {
+        let (_d, s) = store().await;
+        let mut k = key("k2", "h2");
+        k.max_uses = Some(3);
+        s.insert_key(&k).await.unwrap();
+        s.record_key_use("k2", 2, Utc::now()).await.unwrap();
+        let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
+        assert_eq!(r.use_count, 2);
+        assert_eq!(r.state(Utc::now()), KeyState::Active);
+        s.record_key_use("k2", 1, Utc::now()).await.unwrap();
+        let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
+        assert_eq!(r.state(Utc::now()), KeyState::Exhausted);
+        assert!(r.last_used_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn expiry_and_duplicate_hashes() {
+        let (_d, s) = store().await;
+        let mut k = key("k3", "h3");
+        k.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        s.insert_key(&k).await.unwrap();
+        assert_eq!(s.find_key_by_hash("h3").await.unwrap().unwrap().state(Utc::now()), KeyState::Expired);
+        assert!(s.insert_key(&key("k4", "h3")).await.is_err());
+        assert_eq!(s.list_keys(Some("alice")).await.unwrap().len(), 1);
+        assert_eq!(s.list_keys(Some("bob")).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, _s) = store().await;
+        let mode = std::fs::metadata(d.path().join("b.db")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
