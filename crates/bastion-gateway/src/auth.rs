@@ -1,0 +1,257 @@
+//! Who is calling: API keys today.
+//!
+//! A bearer token with the shape of a Bastion key is hashed with the
+//! pepper and looked up by hash. Validated keys are cached for a short TTL
+//! (`auth.key_cache_ttl`, default 2 s) so the store is not asked on every
+//! call; revocation takes effect within that TTL. Usage counts are batched
+//! and written every few seconds. When the store cannot answer, the request
+//! is refused (fail closed) with 503, never let through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bastion_core::apikey::{self, Pepper};
+use bastion_store::{KeyState, Store};
+use chrono::Utc;
+use dashmap::DashMap;
+use http::HeaderMap;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user name keys were issued to.
+    pub user: Arc<str>,
+    /// Which credential was used (a key id), for audit.
+    pub credential: Arc<str>,
+}
+
+impl Principal {
+    /// The principal used when authentication is explicitly disabled.
+    pub fn anonymous() -> Principal {
+        Principal { user: "anonymous".into(), credential: "none".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed Authorization header")]
+    Malformed,
+    #[error("invalid API key")]
+    Invalid,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("the API key has been revoked")]
+    Revoked,
+    #[error("the API key has reached its usage limit")]
+    Exhausted,
+    /// The store could not answer: fail closed.
+    #[error("authentication is temporarily unavailable")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// The `error` parameter of the `WWW-Authenticate` challenge (RFC 6750).
+    pub fn challenge_error(&self) -> Option<&'static str> {
+        match self {
+            AuthError::Missing => None,
+            AuthError::Malformed => Some("invalid_request"),
+            AuthError::Unavailable => None,
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+struct CachedKey {
+    principal: Principal,
+    key_id: String,
+    checked_at: Instant,
+    expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+pub struct ApiKeyAuthenticator {
+    store: Store,
+    pepper: Pepper,
+    ttl: Duration,
+    cache: DashMap<String, CachedKey>,
+    usage: Mutex<HashMap<String, i64>>,
+}
+
+impl ApiKeyAuthenticator {
+    pub fn new(store: Store, pepper: Pepper, ttl: Duration) -> Arc<Self> {
+        Arc::new(ApiKeyAuthenticator { store, pepper, ttl, cache: DashMap::new(), usage: Mutex::new(HashMap::new()) })
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let token = bearer_token(headers)?;
+        if !apikey::looks_like_key(token) {
+            return Err(AuthError::Invalid);
+        }
+        let hash = apikey::hash_key(&self.pepper, token);
+        if let Some(hit) = self.cache.get(&hash) {
+            let fresh = hit.checked_at.elapsed() < self.ttl;
+            let unexpired = hit.expires_at.is_none_or(|e| e > Utc::now());
+            if fresh && unexpired {
+                self.count_use(&hit.key_id);
+                return Ok(hit.principal.clone());
+            }
+        }
+        let record = self.store.find_key_by_hash(&hash).await.map_err(|e| {
+            tracing::error!(error = %e, "key lookup failed; refusing the request");
+            AuthError::Unavailable
+        })?;
+        let Some(record) = record else {
+            self.cache.remove(&hash);
+            return Err(AuthError::Invalid);
+        };
+        if !apikey::hashes_equal(&record.hash, &hash) {
+            return Err(AuthError::Invalid);
+        }
+        let pending_uses = self.usage.lock().expect("poisoned").get(&record.id).copied().unwrap_or(0);
+        let mut effective = record.clone();
+        effective.use_count += pending_uses;
+        match effective.state(Utc::now()) {
+            KeyState::Active => {}
+            KeyState::Expired => return Err(AuthError::Expired),
+            KeyState::Revoked => {
+                self.cache.remove(&hash);
+                return Err(AuthError::Revoked);
+            }
+            KeyState::Exhausted => return Err(AuthError::Exhausted),
+        }
+        let principal = Principal { user: record.user.as_str().into(), credential: record.id.as_str().into() };
+        // Keys with a usage limit are checked against the store every time.
+        if record.max_uses.is_none() {
+            self.cache.insert(
+                hash,
+                CachedKey {
+                    principal: principal.clone(),
+                    key_id: record.id.clone(),
+                    checked_at: Instant::now(),
+                    expires_at: record.expires_at,
+                },
+            );
+        }
+        self.count_use(&record.id);
+        Ok(principal)
+    }
+
+    fn count_use(&self, key_id: &str) {
+        let mut usage = self.usage.lock().expect("poisoned");
+        match usage.get_mut(key_id) {
+            Some(n) => *n += 1,
+            None => {
+                usage.insert(key_id.to_string(), 1);
+            }
+        }
+    }
+
+    /// Writes batched usage counts to the store.
+    pub async fn flush_usage(&self) {
+        let batch: Vec<(String, i64)> = self.usage.lock().expect("poisoned").drain().collect();
+        let now = Utc::now();
+        for (id, n) in batch {
+            if let Err(e) = self.store.record_key_use(&id, n, now).await {
+                tracing::warn!(error = %e, "could not record key usage");
+                self.usage.lock().expect("poisoned").entry(id).and_modify(|m| *m += n).or_insert(n);
+            }
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Err(AuthError::Missing) };
+    if values.next().is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bastion_store::NewApiKey;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn parses_bearer_headers() {
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
+        assert_eq!(bearer_token(&headers("Basic abc")), Err(AuthError::Malformed));
+        assert_eq!(bearer_token(&headers("Bearer ")), Err(AuthError::Malformed));
+        assert_eq!(bearer_token(&headers("bearer tok")), Ok("tok"));
+    }
+
+    async fn setup(max_uses: Option<i64>) -> (tempfile::TempDir, Arc<ApiKeyAuthenticator>, String, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let pepper = Pepper::generate();
+        let key = apikey::generate(&pepper);
+        store
+            .insert_key(&NewApiKey {
+                id: "k1".into(),
+                user: "alice".into(),
+                display_prefix: key.display_prefix.clone(),
+                hash: key.hash.clone(),
+                expires_at: None,
+                max_uses,
+                description: None,
+            })
+            .await
+            .unwrap();
+        let auth = ApiKeyAuthenticator::new(store.clone(), pepper, Duration::from_millis(0));
+        (dir, auth, key.plaintext.to_string(), store)
+    }
+
+    #[tokio::test]
+    async fn valid_key_then_revoked() {
+        let (_d, auth, key, store) = setup(None).await;
+        let p = auth.authenticate(&headers(&format!("Bearer {key}"))).await.unwrap();
+        assert_eq!(&*p.user, "alice");
+        store.revoke_key("k1").await.unwrap();
+        assert_eq!(auth.authenticate(&headers(&format!("Bearer {key}"))).await, Err(AuthError::Revoked));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_foreign_tokens() {
+        let (_d, auth, _key, _s) = setup(None).await;
+        let other = apikey::generate(&Pepper::generate());
+        assert_eq!(auth.authenticate(&headers(&format!("Bearer {}", &*other.plaintext))).await, Err(AuthError::Invalid));
+        assert_eq!(auth.authenticate(&headers("Bearer eyJhbGciOi.x.y")).await, Err(AuthError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn usage_limit_counts_unflushed_uses() {
+        let (_d, auth, key, _s) = setup(Some(2)).await;
+        let h = headers(&format!("Bearer {key}"));
+        auth.authenticate(&h).await.unwrap();
+        auth.authenticate(&h).await.unwrap();
+        assert_eq!(auth.authenticate(&h).await, Err(AuthError::Exhausted));
+        auth.flush_usage().await;
+        assert_eq!(auth.authenticate(&h).await, Err(AuthError::Exhausted));
+    }
+
+    #[tokio::test]
+    async fn store_failure_fails_closed() {
+        let (_d, auth, key, store) = setup(None).await;
+        store.close().await;
+        assert_eq!(auth.authenticate(&headers(&format!("Bearer {key}"))).await, Err(AuthError::Unavailable));
+    }
+}

@@ -1,0 +1,3 @@
+#![forbid(unsafe_code)]
+pub mod auth;
+pub mod upstream;

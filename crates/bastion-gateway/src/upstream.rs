@@ -1,0 +1,481 @@
+//! Upstream MCP servers: how Bastion reaches them and keeps them healthy.
+//!
+//! Each configured server has one [`UpstreamHandle`]. It connects lazily —
+//! a stdio server is spawned on first use, never at start-up — under a
+//! gateway-wide cap on concurrent spawns, restarts a crashed server with
+//! exponential backoff, and stops a stdio server that has been idle. Calls
+//! from every downstream session share one connection: request ids are
+//! remapped so many concurrent calls multiplex on one process.
+//!
+//! - `mux`: JSON-RPC over one ordered message channel (stdio, legacy SSE).
+//! - `stdio`: child processes with a clean environment.
+//! - `http`: Streamable HTTP servers.
+//! - `sse`: legacy HTTP+SSE servers.
+
+mod http;
+mod mux;
+mod sse;
+mod stdio;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bastion_core::config::{Config, Transport};
+use bastion_core::jsonrpc::{self, error_object};
+use bastion_core::protocol::LATEST_SESSION_VERSION;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+
+/// A message from an upstream server that belongs to one call: a
+/// notification (progress, logging) or a request (sampling, elicitation,
+/// roots) that the downstream client must answer through `reply`.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    Notification { method: String, params: Option<Value> },
+    Request { method: String, params: Option<Value>, reply: oneshot::Sender<Result<Value, Value>> },
+}
+
+/// Where a call's related messages go. Bounded: a downstream that does not
+/// read is not allowed to make the gateway buffer without limit.
+pub type EventSink = mpsc::Sender<UpstreamEvent>;
+
+/// Capacity of an [`EventSink`].
+pub const EVENT_BUFFER: usize = 256;
+
+/// A message from an upstream server that belongs to no call
+/// (`notifications/tools/list_changed`, `notifications/resources/updated`,
+/// unsolicited logging), tagged with the server's name.
+#[derive(Debug, Clone)]
+pub struct ServerNotification {
+    pub server: Arc<str>,
+    pub method: String,
+    pub params: Option<Value>,
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with a JSON-RPC error; passed through unchanged.
+    #[error("the server returned an error")]
+    Rpc(Value),
+    /// The server could not be started or reached.
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    /// The connection broke while the call was in flight (crash, EOF).
+    #[error("the server closed the connection during the call")]
+    Closed,
+    #[error("the server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The server sent something that is not MCP.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl CallError {
+    /// The JSON-RPC error object a client receives. Upstream errors pass
+    /// through; Bastion's own never carry internal details beyond a short
+    /// reason.
+    pub fn to_error_object(&self, server: &str) -> Value {
+        match self {
+            CallError::Rpc(e) => e.clone(),
+            CallError::Timeout(_) => error_object(jsonrpc::REQUEST_TIMEOUT, format!("server {server:?} timed out")),
+            other => error_object(jsonrpc::UPSTREAM_UNAVAILABLE, format!("server {server:?}: {other}")),
+        }
+    }
+}
+
+/// What an upstream said about itself when it was initialized.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub protocol_version: String,
+    pub capabilities: Value,
+    pub server_info: Value,
+    pub instructions: Option<Value>,
+}
+
+impl ServerInfo {
+    fn from_initialize_result(result: &Value) -> Result<ServerInfo, CallError> {
+        let Some(obj) = result.as_object() else {
+            return Err(CallError::Protocol("initialize result is not an object".into()));
+        };
+        Ok(ServerInfo {
+            protocol_version: obj.get("protocolVersion").and_then(Value::as_str).unwrap_or(LATEST_SESSION_VERSION).into(),
+            capabilities: obj.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+            server_info: obj.get("serverInfo").cloned().unwrap_or_else(|| json!({})),
+            instructions: obj.get("instructions").cloned(),
+        })
+    }
+
+    /// Whether the server advertised a capability (`tools`, `prompts`, …).
+    pub fn has(&self, capability: &str) -> bool {
+        self.capabilities.get(capability).is_some_and(|c| !c.is_null())
+    }
+}
+
+/// The `initialize` request Bastion sends upstream, as an MCP client.
+/// Sampling, elicitation and roots are offered because Bastion relays them
+/// to whichever downstream client the request belongs to.
+fn initialize_params() -> Value {
+    json!({
+        "protocolVersion": LATEST_SESSION_VERSION,
+        "capabilities": {
+            "sampling": {},
+            "elicitation": {},
+            "roots": {"listChanged": true}
+        },
+        "clientInfo": {"name": "bastion", "version": env!("CARGO_PKG_VERSION")}
+    })
+}
+
+/// Everything a connection needs from the gateway.
+#[derive(Clone)]
+pub(crate) struct ConnContext {
+    pub server: Arc<str>,
+    pub notifications: mpsc::UnboundedSender<ServerNotification>,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// A live connection to one server.
+pub(crate) enum Conn {
+    Stdio(stdio::StdioConn),
+    Http(http::HttpConn),
+    Sse(sse::SseConn),
+}
+
+impl Conn {
+    async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+        match self {
+            Conn::Stdio(c) => c.mux.call(method, params, sink).await,
+            Conn::Http(c) => c.call(method, params, sink).await,
+            Conn::Sse(c) => c.mux.call(method, params, sink).await,
+        }
+    }
+
+    async fn notify(&self, method: &str, params: Option<Value>) {
+        match self {
+            Conn::Stdio(c) => c.mux.notify(method, params).await,
+            Conn::Http(c) => c.notify(method, params).await,
+            Conn::Sse(c) => c.mux.notify(method, params).await,
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        match self {
+            Conn::Stdio(c) => c.mux.is_alive(),
+            Conn::Http(c) => c.is_alive(),
+            Conn::Sse(c) => c.mux.is_alive(),
+        }
+    }
+
+    fn info(&self) -> &ServerInfo {
+        match self {
+            Conn::Stdio(c) => &c.info,
+            Conn::Http(c) => &c.info,
+            Conn::Sse(c) => &c.info,
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Conn::Stdio(c) => c.shutdown().await,
+            Conn::Http(c) => c.shutdown().await,
+            Conn::Sse(c) => c.shutdown(),
+        }
+    }
+
+    fn is_stdio(&self) -> bool {
+        matches!(self, Conn::Stdio(_))
+    }
+}
+
+/// What determines a server's connection: when this changes on reload, the
+/// connection is replaced; when it does not, sessions and processes carry on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSpec {
+    pub transport: Transport,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub start_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
+    pub max_message_bytes: usize,
+    /// The directory relative `cwd`s are resolved against.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// One configured server and its (lazily made) connection.
+pub struct UpstreamHandle {
+    name: Arc<str>,
+    spec: UpstreamSpec,
+    current: arc_swap::ArcSwapOption<Conn>,
+    connect_lock: Mutex<()>,
+    spawn_permits: Arc<Semaphore>,
+    notifications: mpsc::UnboundedSender<ServerNotification>,
+    failures: AtomicU32,
+    retry_at: std::sync::Mutex<Option<Instant>>,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last call.
+    last_used_ms: AtomicU64,
+    epoch: Instant,
+    lists: std::sync::Mutex<BTreeMap<&'static str, Arc<Vec<Value>>>>,
+}
+
+/// Decrements the in-flight count when a call ends, however it ends.
+struct InFlight<'a>(&'a UpstreamHandle);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl UpstreamHandle {
+    pub fn new(
+        name: &str,
+        spec: UpstreamSpec,
+        spawn_permits: Arc<Semaphore>,
+        notifications: mpsc::UnboundedSender<ServerNotification>,
+    ) -> Self {
+        UpstreamHandle {
+            name: name.into(),
+            spec,
+            current: arc_swap::ArcSwapOption::empty(),
+            connect_lock: Mutex::new(()),
+            spawn_permits,
+            notifications,
+            failures: AtomicU32::new(0),
+            retry_at: std::sync::Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            lists: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    fn touch(&self) {
+        self.last_used_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether a connection is up right now (for status pages; never
+    /// connects).
+    pub fn is_connected(&self) -> bool {
+        self.current.load().as_ref().is_some_and(|c| c.is_alive())
+    }
+
+    /// The live connection, connecting (or restarting, after the backoff
+    /// delay) if there is none.
+    async fn conn(&self) -> Result<Arc<Conn>, CallError> {
+        if let Some(c) = self.current.load_full() {
+            if c.is_alive() {
+                return Ok(c);
+            }
+        }
+        let _guard = self.connect_lock.lock().await;
+        if let Some(c) = self.current.load_full() {
+            if c.is_alive() {
+                return Ok(c);
+            }
+            // It died: count it, and let in-flight work see the failure.
+            self.current.store(None);
+            self.note_failure();
+            tracing::warn!(server = %self.name, "upstream connection lost; will restart");
+        }
+        let wait = self.retry_at.lock().expect("poisoned").map(|t| t.saturating_duration_since(Instant::now()));
+        if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+            if wait > self.spec.start_timeout {
+                return Err(CallError::Unavailable(format!("restarting after failures; retry in {}s", wait.as_secs())));
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let _permit = self.spawn_permits.acquire().await.map_err(|_| CallError::Unavailable("shutting down".into()))?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.spec.start_timeout, self.connect()).await;
+        let conn = match result {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.note_failure();
+                tracing::warn!(server = %self.name, error = %e, "upstream failed to start");
+                return Err(e);
+            }
+            Err(_) => {
+                self.note_failure();
+                tracing::warn!(server = %self.name, "upstream did not start within {:?}", self.spec.start_timeout);
+                return Err(CallError::Unavailable(format!("did not start within {:?}", self.spec.start_timeout)));
+            }
+        };
+        tracing::info!(
+            server = %self.name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            protocol = %conn.info().protocol_version,
+            "upstream connected"
+        );
+        let conn = Arc::new(conn);
+        self.lists.lock().expect("poisoned").clear();
+        self.current.store(Some(conn.clone()));
+        self.touch();
+        Ok(conn)
+    }
+
+    fn note_failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let factor = 1u32 << (n - 1).min(16);
+        let delay = self.spec.restart_backoff.saturating_mul(factor).min(self.spec.restart_backoff_max);
+        *self.retry_at.lock().expect("poisoned") = Some(Instant::now() + delay);
+    }
+
+    async fn connect(&self) -> Result<Conn, CallError> {
+        let ctx = ConnContext {
+            server: self.name.clone(),
+            notifications: self.notifications.clone(),
+            call_timeout: self.spec.call_timeout,
+            connect_timeout: self.spec.connect_timeout,
+            max_message_bytes: self.spec.max_message_bytes,
+        };
+        match &self.spec.transport {
+            Transport::Stdio { command, args, env, cwd } => {
+                let cwd = match cwd {
+                    Some(c) if c.is_absolute() => c.clone(),
+                    Some(c) => self.spec.base_dir.join(c),
+                    None => self.spec.base_dir.clone(),
+                };
+                stdio::StdioConn::spawn(ctx, command, args, env, &cwd).await.map(Conn::Stdio)
+            }
+            Transport::Http { url, headers, fallback_sse } => match http::HttpConn::connect(ctx.clone(), url, headers).await {
+                Ok(c) => Ok(Conn::Http(c)),
+                Err(http::ConnectError::NotStreamable(reason)) if *fallback_sse => {
+                    tracing::info!(server = %self.name, %reason, "not a Streamable HTTP server; trying legacy HTTP+SSE");
+                    sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse)
+                }
+                Err(e) => Err(e.into()),
+            },
+            Transport::Sse { url, headers } => sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse),
+        }
+    }
+
+    /// The server's self-description, connecting if needed.
+    pub async fn info(&self) -> Result<ServerInfo, CallError> {
+        Ok(self.conn().await?.info().clone())
+    }
+
+    /// Sends one request and waits for its result, within the call timeout.
+    /// Dropping the future cancels the call upstream.
+    pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+        let conn = self.conn().await?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(self);
+        let result = match tokio::time::timeout(self.spec.call_timeout, conn.call(method, params, sink)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(self.spec.call_timeout)),
+        };
+        if result.is_ok() {
+            self.failures.store(0, Ordering::Relaxed);
+            *self.retry_at.lock().expect("poisoned") = None;
+        }
+        result
+    }
+
+    pub async fn notify(&self, method: &str, params: Option<Value>) {
+        if let Some(c) = self.current.load_full() {
+            c.notify(method, params).await;
+        }
+    }
+
+    /// All items of a list method (`tools/list` → `tools`), following the
+    /// server's cursors, cached until the server says the list changed.
+    pub async fn list_all(&self, method: &'static str, field: &'static str) -> Result<Arc<Vec<Value>>, CallError> {
+        let conn = self.conn().await?;
+        if let Some(cached) = self.lists.lock().expect("poisoned").get(method) {
+            return Ok(cached.clone());
+        }
+        let _ = conn;
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _page in 0..1000 {
+            let params = cursor.take().map(|c| json!({"cursor": c}));
+            let result = self.call(method, params, None).await?;
+            match result.get(field).and_then(Value::as_array) {
+                Some(page) => items.extend(page.iter().cloned()),
+                None => return Err(CallError::Protocol(format!("{method} result has no {field:?} array"))),
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        let items = Arc::new(items);
+        self.lists.lock().expect("poisoned").insert(method, items.clone());
+        Ok(items)
+    }
+
+    /// Forgets a cached list after a `list_changed` notification.
+    pub fn invalidate_list(&self, method: &str) {
+        self.lists.lock().expect("poisoned").remove(method);
+    }
+
+    /// Stops an idle stdio server. Returns true if one was stopped.
+    pub async fn stop_if_idle(&self) -> bool {
+        let Some(conn) = self.current.load_full() else { return false };
+        if !conn.is_stdio() || self.in_flight.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let idle_ms = (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
+        if Duration::from_millis(idle_ms) < self.spec.idle_timeout {
+            return false;
+        }
+        let _guard = self.connect_lock.lock().await;
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        if let Some(conn) = self.current.swap(None) {
+            tracing::info!(server = %self.name, idle_s = idle_ms / 1000, "stopping idle upstream");
+            conn.shutdown().await;
+            return true;
+        }
+        false
+    }
+
+    /// Stops the connection (shutdown, reload).
+    pub async fn shutdown(&self) {
+        if let Some(conn) = self.current.swap(None) {
+            conn.shutdown().await;
+        }
+    }
+}
+
+/// The upstream specs a config describes, by server name.
+pub fn specs_from_config(config: &Config, base_dir: &std::path::Path) -> BTreeMap<String, UpstreamSpec> {
+    config
+        .enabled_servers()
+        .filter_map(|(name, s)| {
+            let transport = s.transport().ok()?;
+            Some((
+                name.clone(),
+                UpstreamSpec {
+                    transport,
+                    call_timeout: s.call_timeout.unwrap_or(config.upstream.call_timeout),
+                    connect_timeout: config.upstream.connect_timeout,
+                    start_timeout: config.upstream.start_timeout,
+                    idle_timeout: config.upstream.idle_timeout,
+                    restart_backoff: config.upstream.restart_backoff,
+                    restart_backoff_max: config.upstream.restart_backoff_max,
+                    max_message_bytes: config.upstream.max_message_bytes,
+                    base_dir: base_dir.to_path_buf(),
+                },
+            ))
+        })
+        .collect()
+}

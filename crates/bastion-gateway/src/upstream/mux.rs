@@ -1,0 +1,337 @@
+//! JSON-RPC over one ordered message channel, shared by many callers.
+//!
+//! Used for stdio servers and legacy HTTP+SSE servers, where requests and
+//! responses travel on one stream. Each call gets a fresh numeric id (the
+//! caller's own id never reaches the server, so two sessions' ids cannot
+//! collide); the response is matched back by that id. A progress token is
+//! rewritten the same way, so progress reaches the call it belongs to.
+//!
+//! Messages the server sends on its own are routed:
+//! - responses → the waiting call;
+//! - `notifications/progress` → the call whose token it names;
+//! - requests (sampling, elicitation, roots) and logging → the newest call
+//!   in flight that accepts events (stdio carries no better association);
+//!   with none in flight, requests are refused and notifications go to the
+//!   gateway's notification fan-out;
+//! - other notifications (list changes, resource updates) → the fan-out.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bastion_core::jsonrpc::{self, Message, error_object};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CallError, ConnContext, EventSink, ServerNotification, UpstreamEvent};
+
+struct Pending {
+    reply: oneshot::Sender<Result<Value, CallError>>,
+    sink: Option<EventSink>,
+    /// The caller's progress token, restored on progress notifications.
+    progress_token: Option<Value>,
+}
+
+pub(crate) struct Mux {
+    ctx: ConnContext,
+    out: mpsc::Sender<String>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+}
+
+/// Removes a call that was abandoned (timeout, client gone) and tells the
+/// server to stop working on it.
+struct CallGuard<'a> {
+    mux: &'a Mux,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_pending = self.mux.pending.lock().expect("poisoned").remove(&self.id).is_some();
+        if was_pending && self.mux.is_alive() {
+            let msg = json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": self.id, "reason": "cancelled by the client or timed out"}
+            });
+            let _ = self.mux.out.try_send(msg.to_string());
+        }
+    }
+}
+
+impl Mux {
+    pub fn new(ctx: ConnContext, out: mpsc::Sender<String>) -> Self {
+        Mux { ctx, out, pending: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), alive: AtomicBool::new(true) }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.out.is_closed()
+    }
+
+    pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+        if !self.is_alive() {
+            return Err(CallError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut params = params;
+        let progress_token = rewrite_progress_token(params.as_mut(), id);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("poisoned").insert(id, Pending { reply: tx, sink, progress_token });
+        let mut guard = CallGuard { mux: self, id, done: false };
+        let mut msg = Map::with_capacity(4);
+        msg.insert("jsonrpc".into(), "2.0".into());
+        msg.insert("id".into(), id.into());
+        msg.insert("method".into(), method.into());
+        if let Some(p) = params {
+            msg.insert("params".into(), p);
+        }
+        let line = Value::Object(msg).to_string();
+        if self.out.send(line).await.is_err() {
+            guard.done = true;
+            self.pending.lock().expect("poisoned").remove(&id);
+            return Err(CallError::Closed);
+        }
+        let result = rx.await.unwrap_or(Err(CallError::Closed));
+        guard.done = true;
+        result
+    }
+
+    pub async fn notify(&self, method: &str, params: Option<Value>) {
+        let msg = match params {
+            Some(p) => json!({"jsonrpc": "2.0", "method": method, "params": p}),
+            None => json!({"jsonrpc": "2.0", "method": method}),
+        };
+        let _ = self.out.send(msg.to_string()).await;
+    }
+
+    /// Handles one message read from the server.
+    pub fn on_message(&self, value: Value) {
+        let msg = match Message::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(server = %self.ctx.server, error = %e, "upstream sent an invalid JSON-RPC message");
+                return;
+            }
+        };
+        match msg {
+            Message::Response(r) => {
+                let Some(id) = r.id.as_u64() else {
+                    tracing::warn!(server = %self.ctx.server, id = %r.id, "response to an id Bastion never sent");
+                    return;
+                };
+                let pending = self.pending.lock().expect("poisoned").remove(&id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.reply.send(r.outcome.map_err(CallError::Rpc));
+                    }
+                    None => tracing::debug!(server = %self.ctx.server, id, "late response dropped"),
+                }
+            }
+            Message::Notification(n) => self.on_notification(n.method, n.params),
+            Message::Request(r) => self.on_request(r.id, r.method, r.params),
+        }
+    }
+
+    fn on_notification(&self, method: String, mut params: Option<Value>) {
+        if method == "notifications/progress" {
+            let token = params.as_ref().and_then(|p| p.get("progressToken")).and_then(Value::as_u64);
+            let target = token.and_then(|t| {
+                let pending = self.pending.lock().expect("poisoned");
+                pending.get(&t).and_then(|p| Some((p.sink.clone()?, p.progress_token.clone()?)))
+            });
+            if let (Some((sink, original)), Some(p)) = (target, params.as_mut()) {
+                p["progressToken"] = original;
+                let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+            }
+            return;
+        }
+        if method == "notifications/message" {
+            if let Some(sink) = self.newest_sink() {
+                let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+                return;
+            }
+        }
+        if method == "notifications/cancelled" {
+            return;
+        }
+        let _ = self.ctx.notifications.send(ServerNotification { server: self.ctx.server.clone(), method, params });
+    }
+
+    fn on_request(&self, id: Value, method: String, params: Option<Value>) {
+        let out = self.out.clone();
+        let respond = move |outcome: Result<Value, Value>| {
+            let msg = match outcome {
+                Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+            };
+            let _ = out.try_send(msg.to_string());
+        };
+        if method == "ping" {
+            respond(Ok(json!({})));
+            return;
+        }
+        let Some(sink) = self.newest_sink() else {
+            respond(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("no client is waiting for {method}"))));
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if sink.try_send(UpstreamEvent::Request { method, params, reply: tx }).is_err() {
+            respond(Err(error_object(jsonrpc::INTERNAL_ERROR, "the client is not reading")));
+            return;
+        }
+        let timeout = self.ctx.call_timeout;
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(o)) => o,
+                Ok(Err(_)) => Err(error_object(jsonrpc::INTERNAL_ERROR, "the client went away")),
+                Err(_) => Err(error_object(jsonrpc::REQUEST_TIMEOUT, "the client did not answer in time")),
+            };
+            respond(outcome);
+        });
+    }
+
+    fn newest_sink(&self) -> Option<EventSink> {
+        let pending = self.pending.lock().expect("poisoned");
+        pending.iter().filter(|(_, p)| p.sink.is_some()).max_by_key(|(id, _)| **id).and_then(|(_, p)| p.sink.clone())
+    }
+
+    /// The connection ended: every waiting call fails.
+    pub fn close(&self) {
+        self.alive.store(false, Ordering::Release);
+        let drained: Vec<Pending> = self.pending.lock().expect("poisoned").drain().map(|(_, p)| p).collect();
+        for p in drained {
+            let _ = p.reply.send(Err(CallError::Closed));
+        }
+    }
+}
+
+/// Replaces `params._meta.progressToken` with the upstream id and returns
+/// the original.
+fn rewrite_progress_token(params: Option<&mut Value>, id: u64) -> Option<Value> {
+    let meta = params?.get_mut("_meta")?.as_object_mut()?;
+    let token = meta.get_mut("progressToken")?;
+    Some(std::mem::replace(token, Value::from(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn mux() -> (Arc<Mux>, mpsc::Receiver<String>, mpsc::UnboundedReceiver<ServerNotification>) {
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let (n_tx, n_rx) = mpsc::unbounded_channel();
+        let ctx = ConnContext {
+            server: "s".into(),
+            notifications: n_tx,
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1 << 20,
+        };
+        (Arc::new(Mux::new(ctx, out_tx)), out_rx, n_rx)
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_get_their_own_responses() {
+        let (m, mut out, _n) = mux();
+        let a = tokio::spawn({
+            let m = m.clone();
+            async move { m.call("tools/call", Some(json!({"name": "a"})), None).await }
+        });
+        let b = tokio::spawn({
+            let m = m.clone();
+            async move { m.call("tools/call", Some(json!({"name": "b"})), None).await }
+        });
+        let mut sent = vec![];
+        for _ in 0..2 {
+            sent.push(serde_json::from_str::<Value>(&out.recv().await.unwrap()).unwrap());
+        }
+        // answer in reverse order, echoing the name
+        for req in sent.iter().rev() {
+            m.on_message(json!({"jsonrpc": "2.0", "id": req["id"], "result": {"name": req["params"]["name"]}}));
+        }
+        assert_eq!(a.await.unwrap().unwrap()["name"], "a");
+        assert_eq!(b.await.unwrap().unwrap()["name"], "b");
+    }
+
+    #[tokio::test]
+    async fn progress_token_is_rewritten_and_restored() {
+        let (m, mut out, _n) = mux();
+        let (sink, mut events) = mpsc::channel(4);
+        let call = tokio::spawn({
+            let m = m.clone();
+            async move { m.call("tools/call", Some(json!({"_meta": {"progressToken": "client-tok"}})), Some(sink)).await }
+        });
+        let req: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        let upstream_token = req["params"]["_meta"]["progressToken"].clone();
+        assert_ne!(upstream_token, json!("client-tok"));
+        m.on_message(json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken": upstream_token, "progress": 1}}));
+        match events.recv().await.unwrap() {
+            UpstreamEvent::Notification { params, .. } => assert_eq!(params.unwrap()["progressToken"], "client-tok"),
+            other => panic!("{other:?}"),
+        }
+        m.on_message(json!({"jsonrpc":"2.0","id": req["id"],"result":{}}));
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn server_requests_reach_the_call_and_the_answer_goes_back() {
+        let (m, mut out, _n) = mux();
+        let (sink, mut events) = mpsc::channel(4);
+        let _call = tokio::spawn({
+            let m = m.clone();
+            async move { m.call("tools/call", None, Some(sink)).await }
+        });
+        let _req = out.recv().await.unwrap();
+        m.on_message(json!({"jsonrpc":"2.0","id":"srv-1","method":"sampling/createMessage","params":{}}));
+        match events.recv().await.unwrap() {
+            UpstreamEvent::Request { method, reply, .. } => {
+                assert_eq!(method, "sampling/createMessage");
+                reply.send(Ok(json!({"ok": true}))).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(answer["id"], "srv-1");
+        assert_eq!(answer["result"]["ok"], true);
+    }
+
+    #[tokio::test]
+    async fn unsolicited_requests_are_refused_and_notifications_fanned_out() {
+        let (m, mut out, mut n) = mux();
+        m.on_message(json!({"jsonrpc":"2.0","id":9,"method":"roots/list"}));
+        let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(answer["error"]["code"], jsonrpc::METHOD_NOT_FOUND);
+        m.on_message(json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}));
+        assert_eq!(n.recv().await.unwrap().method, "notifications/tools/list_changed");
+    }
+
+    #[tokio::test]
+    async fn close_fails_pending_calls_and_abandoned_calls_are_cancelled() {
+        let (m, mut out, _n) = mux();
+        let call = tokio::spawn({
+            let m = m.clone();
+            async move { tokio::time::timeout(Duration::from_millis(50), m.call("slow", None, None)).await }
+        });
+        let req: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        assert!(call.await.unwrap().is_err());
+        let cancel: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(cancel["method"], "notifications/cancelled");
+        assert_eq!(cancel["params"]["requestId"], req["id"]);
+
+        let call = tokio::spawn({
+            let m = m.clone();
+            async move { m.call("x", None, None).await }
+        });
+        let _ = out.recv().await.unwrap();
+        m.close();
+        assert!(matches!(call.await.unwrap(), Err(CallError::Closed)));
+    }
+}

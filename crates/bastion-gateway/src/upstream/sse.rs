@@ -1,0 +1,140 @@
+//! Legacy HTTP+SSE servers (protocol 2024-11-05): a GET opens an event
+//! stream whose first `endpoint` event names the URL to POST messages to;
+//! every answer comes back on the stream. Requests and responses share one
+//! ordered channel, so the stdio multiplexer does the bookkeeping.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use serde_json::Value;
+use sse_stream::SseByteStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::http::{build_client, describe, header_map};
+use super::mux::Mux;
+use super::{CallError, ConnContext, ServerInfo, initialize_params};
+
+pub(crate) struct SseConn {
+    pub mux: Arc<Mux>,
+    pub info: ServerInfo,
+    stop: CancellationToken,
+}
+
+impl SseConn {
+    pub async fn connect(ctx: ConnContext, url: &str, headers: &BTreeMap<String, String>) -> Result<SseConn, CallError> {
+        let url = reqwest::Url::parse(url).map_err(|e| CallError::Unavailable(format!("bad URL: {e}")))?;
+        let client = build_client(ctx.connect_timeout)?;
+        let headers = header_map(headers)?;
+        let resp = client
+            .get(url.clone())
+            .headers(headers.clone())
+            .header(ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| CallError::Unavailable(describe(&e)))?;
+        if !resp.status().is_success() {
+            return Err(CallError::Unavailable(format!("SSE stream answered HTTP {}", resp.status())));
+        }
+        let mut events = SseByteStream::new(resp.bytes_stream());
+        let endpoint = loop {
+            let event = tokio::time::timeout(ctx.connect_timeout, events.next())
+                .await
+                .map_err(|_| CallError::Unavailable("no endpoint event".into()))?;
+            match event {
+                Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
+                    let data = e.data.unwrap_or_default();
+                    let endpoint =
+                        url.join(data.trim()).map_err(|_| CallError::Protocol("bad endpoint event".into()))?;
+                    // The message endpoint must be on the same origin as the stream.
+                    if endpoint.origin() != url.origin() {
+                        return Err(CallError::Protocol("endpoint on another origin".into()));
+                    }
+                    break endpoint;
+                }
+                Some(Ok(_)) => continue,
+                _ => return Err(CallError::Unavailable("the SSE stream ended before the endpoint event".into())),
+            }
+        };
+
+        let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
+        let mux = Arc::new(Mux::new(ctx.clone(), out_tx));
+        let stop = CancellationToken::new();
+
+        // Writer: POST each message in order.
+        let writer_stop = stop.clone();
+        let server = ctx.server.clone();
+        let writer_mux = mux.clone();
+        tokio::spawn(async move {
+            loop {
+                let line = tokio::select! {
+                    _ = writer_stop.cancelled() => break,
+                    l = out_rx.recv() => match l { Some(l) => l, None => break },
+                };
+                let sent = client
+                    .post(endpoint.clone())
+                    .headers(headers.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(line)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::warn!(server = %server, status = %r.status(), "legacy SSE server refused a message");
+                        if r.status() == reqwest::StatusCode::NOT_FOUND {
+                            writer_mux.close();
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %server, error = %describe(&e), "legacy SSE post failed");
+                        writer_mux.close();
+                        break;
+                    }
+                }
+            }
+        });
+
+        // Reader: stream events → the multiplexer.
+        let reader_mux = mux.clone();
+        let reader_stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = reader_stop.cancelled() => break,
+                    n = events.next() => n,
+                };
+                match next {
+                    Some(Ok(e)) => {
+                        if e.event.as_deref().is_some_and(|t| t != "message") {
+                            continue;
+                        }
+                        if let Some(v) = e.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
+                            reader_mux.on_message(v);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            reader_mux.close();
+        });
+
+        let info = match mux.call("initialize", Some(initialize_params()), None).await {
+            Ok(result) => ServerInfo::from_initialize_result(&result)?,
+            Err(e) => {
+                stop.cancel();
+                return Err(e);
+            }
+        };
+        mux.notify("notifications/initialized", None).await;
+        Ok(SseConn { mux, info, stop })
+    }
+
+    pub fn shutdown(&self) {
+        self.mux.close();
+        self.stop.cancel();
+    }
+}
