@@ -233,7 +233,10 @@ mod tests {
     async fn unknown_and_foreign_tokens() {
         let (_d, auth, _key, _s) = setup(None).await;
         let other = apikey::generate(&Pepper::generate());
-        assert_eq!(auth.authenticate(&headers(&format!("Bearer {}", &*other.plaintext))).await, Err(AuthError::Invalid));
+        assert_eq!(
+            auth.authenticate(&headers(&format!("Bearer {}", &*other.plaintext))).await,
+            Err(AuthError::Invalid)
+        );
         assert_eq!(auth.authenticate(&headers("Bearer eyJhbGciOi.x.y")).await, Err(AuthError::Invalid));
     }
 

@@ -1,3 +1,19 @@
+//! Bastion's gateway: everything between a client's HTTP request and an
+//! upstream MCP server.
+//!
+//! - [`gateway`]: shared state, config reload, background tasks.
+//! - [`http`]: the downstream edge — routes, both protocol eras, legacy SSE.
+//! - [`proxy`]: the request path, top to bottom.
+//! - [`session`]: downstream sessions bound to their principal.
+//! - [`auth`]: API key authentication.
+//! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
+//! - [`server`]: the accept loop and graceful shutdown.
 #![forbid(unsafe_code)]
+
 pub mod auth;
+pub mod gateway;
+pub mod http;
+pub mod proxy;
+pub mod server;
+pub mod session;
 pub mod upstream;

@@ -101,7 +101,11 @@ impl ServerInfo {
             return Err(CallError::Protocol("initialize result is not an object".into()));
         };
         Ok(ServerInfo {
-            protocol_version: obj.get("protocolVersion").and_then(Value::as_str).unwrap_or(LATEST_SESSION_VERSION).into(),
+            protocol_version: obj
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(LATEST_SESSION_VERSION)
+                .into(),
             capabilities: obj.get("capabilities").cloned().unwrap_or_else(|| json!({})),
             server_info: obj.get("serverInfo").cloned().unwrap_or_else(|| json!({})),
             instructions: obj.get("instructions").cloned(),
@@ -354,14 +358,16 @@ impl UpstreamHandle {
                 };
                 stdio::StdioConn::spawn(ctx, command, args, env, &cwd).await.map(Conn::Stdio)
             }
-            Transport::Http { url, headers, fallback_sse } => match http::HttpConn::connect(ctx.clone(), url, headers).await {
-                Ok(c) => Ok(Conn::Http(c)),
-                Err(http::ConnectError::NotStreamable(reason)) if *fallback_sse => {
-                    tracing::info!(server = %self.name, %reason, "not a Streamable HTTP server; trying legacy HTTP+SSE");
-                    sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse)
+            Transport::Http { url, headers, fallback_sse } => {
+                match http::HttpConn::connect(ctx.clone(), url, headers).await {
+                    Ok(c) => Ok(Conn::Http(c)),
+                    Err(http::ConnectError::NotStreamable(reason)) if *fallback_sse => {
+                        tracing::info!(server = %self.name, %reason, "not a Streamable HTTP server; trying legacy HTTP+SSE");
+                        sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse)
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
-            },
+            }
             Transport::Sse { url, headers } => sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse),
         }
     }
@@ -432,7 +438,8 @@ impl UpstreamHandle {
         if !conn.is_stdio() || self.in_flight.load(Ordering::Relaxed) > 0 {
             return false;
         }
-        let idle_ms = (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
+        let idle_ms =
+            (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
         if Duration::from_millis(idle_ms) < self.spec.idle_timeout {
             return false;
         }

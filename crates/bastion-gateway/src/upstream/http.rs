@@ -72,7 +72,8 @@ pub(crate) fn build_client(connect_timeout: Duration) -> Result<reqwest::Client,
 pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, CallError> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| CallError::Unavailable(format!("bad header {k:?}")))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| CallError::Unavailable(format!("bad header {k:?}")))?;
         let mut value = HeaderValue::from_str(v).map_err(|_| CallError::Unavailable(format!("bad value for {k:?}")))?;
         value.set_sensitive(true);
         map.insert(name, value);
@@ -97,7 +98,11 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
 }
 
 impl HttpConn {
-    pub async fn connect(ctx: ConnContext, url: &str, headers: &BTreeMap<String, String>) -> Result<HttpConn, ConnectError> {
+    pub async fn connect(
+        ctx: ConnContext,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<HttpConn, ConnectError> {
         let url = reqwest::Url::parse(url).map_err(|e| CallError::Unavailable(format!("bad URL: {e}")))?;
         let client = build_client(ctx.connect_timeout)?;
         let headers = header_map(headers)?;
@@ -184,7 +189,12 @@ impl HttpConn {
         if let Some(sid) = &inner.session_id {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                inner.client.delete(inner.url.clone()).headers(inner.headers.clone()).header(SESSION_HEADER, sid).send(),
+                inner
+                    .client
+                    .delete(inner.url.clone())
+                    .headers(inner.headers.clone())
+                    .header(SESSION_HEADER, sid)
+                    .send(),
             )
             .await;
         }
@@ -320,7 +330,8 @@ fn relay_request(inner: &Inner, id: Value, method: String, params: Option<Value>
 async fn listen(inner: Arc<Inner>) {
     let mut delay = Duration::from_millis(500);
     while inner.alive.load(Ordering::Acquire) {
-        let mut req = inner.client.get(inner.url.clone()).headers(inner.headers.clone()).header(ACCEPT, "text/event-stream");
+        let mut req =
+            inner.client.get(inner.url.clone()).headers(inner.headers.clone()).header(ACCEPT, "text/event-stream");
         req = req.header(VERSION_HEADER, inner.protocol_version.clone());
         if let Some(sid) = &inner.session_id {
             req = req.header(SESSION_HEADER, sid.clone());

@@ -24,7 +24,11 @@ pub(crate) struct SseConn {
 }
 
 impl SseConn {
-    pub async fn connect(ctx: ConnContext, url: &str, headers: &BTreeMap<String, String>) -> Result<SseConn, CallError> {
+    pub async fn connect(
+        ctx: ConnContext,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<SseConn, CallError> {
         let url = reqwest::Url::parse(url).map_err(|e| CallError::Unavailable(format!("bad URL: {e}")))?;
         let client = build_client(ctx.connect_timeout)?;
         let headers = header_map(headers)?;

@@ -1,0 +1,259 @@
+//! The gateway's shared state: the current configuration and the upstream
+//! handles built from it, the sessions, the authenticator, the store, and
+//! the background tasks that keep them tidy (notification fan-out, idle
+//! reaping, usage flushing, config reload).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bastion_core::config::Config;
+use bastion_core::naming;
+use bastion_store::Store;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
+use crate::session::{Scope, Sessions};
+use crate::upstream::{ServerNotification, UpstreamHandle, specs_from_config};
+
+/// A configuration and the upstreams built from it.
+pub struct Runtime {
+    pub config: Config,
+    pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
+}
+
+/// How callers are authenticated.
+pub enum Authentication {
+    ApiKeys(Arc<ApiKeyAuthenticator>),
+    /// Only with an explicit flag, only on loopback.
+    Disabled,
+}
+
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub sessions: Sessions,
+    pub authentication: Authentication,
+    pub store: Store,
+    spawn_permits: Arc<Semaphore>,
+    notifications: mpsc::UnboundedSender<ServerNotification>,
+    config_path: PathBuf,
+    base_dir: PathBuf,
+}
+
+impl Gateway {
+    /// Builds the gateway and starts its background tasks, which stop when
+    /// `shutdown` is cancelled.
+    pub fn start(
+        config: Config,
+        config_path: &Path,
+        store: Store,
+        authentication: Authentication,
+        shutdown: CancellationToken,
+    ) -> Arc<Gateway> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let base_dir =
+            config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
+        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &BTreeMap::new());
+        let gw = Arc::new(Gateway {
+            sessions: Sessions::new(config.http.session_idle_timeout),
+            runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
+            authentication,
+            store,
+            spawn_permits,
+            notifications: tx,
+            config_path: config_path.to_path_buf(),
+            base_dir,
+        });
+        tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
+        tokio::spawn(housekeeping(gw.clone(), shutdown));
+        gw
+    }
+
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+        match &self.authentication {
+            Authentication::ApiKeys(a) => a.authenticate(headers).await,
+            Authentication::Disabled => Ok(Principal::anonymous()),
+        }
+    }
+
+    /// Whether a path segment names a group or a server.
+    pub fn resolve_scope(&self, name: &str) -> Option<Scope> {
+        let rt = self.runtime();
+        if rt.config.groups.contains_key(name) {
+            Some(Scope::Group(name.to_string()))
+        } else if rt.upstreams.contains_key(name) {
+            Some(Scope::Server(name.to_string()))
+        } else {
+            None
+        }
+    }
+
+    /// The upstreams a scope exposes, in a stable order.
+    pub fn servers_in(&self, scope: &Scope) -> Vec<Arc<UpstreamHandle>> {
+        let rt = self.runtime();
+        match scope {
+            Scope::All => rt.upstreams.values().cloned().collect(),
+            Scope::Group(g) => rt
+                .config
+                .groups
+                .get(g)
+                .map(|members| members.iter().filter_map(|m| rt.upstreams.get(m).cloned()).collect())
+                .unwrap_or_default(),
+            Scope::Server(s) => rt.upstreams.get(s).cloned().into_iter().collect(),
+        }
+    }
+
+    pub fn scope_includes(&self, scope: &Scope, server: &str) -> bool {
+        match scope {
+            Scope::All => true,
+            Scope::Server(s) => s == server,
+            Scope::Group(g) => self.runtime().config.groups.get(g).is_some_and(|m| m.iter().any(|x| x == server)),
+        }
+    }
+
+    /// Applies a new configuration. Servers whose definition did not change
+    /// keep their handle — and so their process and cached lists; changed or
+    /// removed ones are stopped.
+    pub async fn apply_config(&self, config: Config) {
+        let old = self.runtime.load_full();
+        let upstreams =
+            build_upstreams(&config, &self.base_dir, &self.spawn_permits, &self.notifications, &old.upstreams);
+        let mut stopped = Vec::new();
+        for (name, handle) in &old.upstreams {
+            if !upstreams.get(name).is_some_and(|h| Arc::ptr_eq(h, handle)) {
+                stopped.push(handle.clone());
+            }
+        }
+        let kept = upstreams.len() - (upstreams.keys().filter(|k| !old.upstreams.contains_key(*k)).count());
+        tracing::info!(servers = upstreams.len(), replaced_or_removed = stopped.len(), kept, "configuration applied");
+        self.runtime.store(Arc::new(Runtime { config, upstreams }));
+        for h in stopped {
+            h.shutdown().await;
+        }
+    }
+
+    /// Stops every upstream.
+    pub async fn shutdown(&self) {
+        let rt = self.runtime.load_full();
+        for h in rt.upstreams.values() {
+            h.shutdown().await;
+        }
+        if let Authentication::ApiKeys(a) = &self.authentication {
+            a.flush_usage().await;
+        }
+    }
+
+    /// Whether the gateway can serve: config loaded and store reachable.
+    pub async fn ready(&self) -> Result<(), String> {
+        tokio::time::timeout(Duration::from_secs(2), self.store.ping())
+            .await
+            .map_err(|_| "store timed out".to_string())?
+            .map_err(|_| "store unreachable".to_string())
+    }
+}
+
+fn build_upstreams(
+    config: &Config,
+    base_dir: &Path,
+    permits: &Arc<Semaphore>,
+    tx: &mpsc::UnboundedSender<ServerNotification>,
+    previous: &BTreeMap<String, Arc<UpstreamHandle>>,
+) -> BTreeMap<String, Arc<UpstreamHandle>> {
+    specs_from_config(config, base_dir)
+        .into_iter()
+        .map(|(name, spec)| {
+            let handle = match previous.get(&name) {
+                Some(h) if h.spec() == &spec => h.clone(),
+                _ => Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone())),
+            };
+            (name, handle)
+        })
+        .collect()
+}
+
+/// Delivers server notifications that belong to no call to the sessions
+/// that can see that server, translated into their namespace.
+async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotification>, shutdown: CancellationToken) {
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            n = rx.recv() => match n { Some(n) => n, None => return },
+        };
+        let list = match n.method.as_str() {
+            "notifications/tools/list_changed" => Some("tools/list"),
+            "notifications/prompts/list_changed" => Some("prompts/list"),
+            "notifications/resources/list_changed" => Some("resources/list"),
+            _ => None,
+        };
+        if let Some(method) = list {
+            if let Some(h) = gw.runtime().upstreams.get(&*n.server) {
+                h.invalidate_list(method);
+                if method == "resources/list" {
+                    h.invalidate_list("resources/templates/list");
+                }
+            }
+        }
+        for session in gw.sessions.all() {
+            if !gw.scope_includes(&session.scope, &n.server) {
+                continue;
+            }
+            let mut params = n.params.clone();
+            if n.method == "notifications/resources/updated" {
+                let Some(uri) = params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str) else { continue };
+                let seen = if session.scope.prefixed() { naming::prefix_uri(&n.server, uri) } else { uri.to_string() };
+                if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
+                    continue;
+                }
+                if let Some(p) = params.as_mut() {
+                    p["uri"] = Value::from(seen);
+                }
+            }
+            let mut msg = json!({"jsonrpc": "2.0", "method": n.method});
+            if let Some(p) = params {
+                msg["params"] = p;
+            }
+            session.push(msg);
+        }
+    }
+}
+
+/// Periodic chores: idle upstreams, idle sessions, usage counters.
+async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let upstreams: Vec<_> = gw.runtime().upstreams.values().cloned().collect();
+        for h in upstreams {
+            h.stop_if_idle().await;
+        }
+        if n % 10 == 0 {
+            let expired = gw.sessions.expire_idle();
+            if expired > 0 {
+                tracing::info!(expired, "idle sessions closed");
+            }
+        }
+        if n % 5 == 0 {
+            if let Authentication::ApiKeys(a) = &gw.authentication {
+                a.flush_usage().await;
+            }
+        }
+    }
+}

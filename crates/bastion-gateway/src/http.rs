@@ -1,0 +1,679 @@
+//! The downstream HTTP edge: routes, transport rules of both protocol
+//! eras, and the mapping of every failure to an HTTP status and a JSON-RPC
+//! error a client understands.
+//!
+//! - `POST /mcp[/{name}]`: JSON-RPC messages. Session-based versions
+//!   (`initialize` → `Mcp-Session-Id`) and the stateless 2026-07-28 version
+//!   share the endpoint; the era is decided per request.
+//! - `GET /mcp[/{name}]`: the session's stream of unsolicited messages.
+//! - `DELETE /mcp[/{name}]`: ends a session.
+//! - `GET /sse[/{name}]` + `POST /messages?sessionId=…`: legacy HTTP+SSE.
+//! - `GET /healthz`, `GET /readyz`.
+//!
+//! A request is answered with plain JSON when the server's answer comes
+//! alone, and switches to an SSE stream as soon as the server sends
+//! anything about the request first (progress, logging, sampling…).
+
+mod edge;
+mod legacy;
+mod stateless;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bastion_core::jsonrpc::{self, Message, Request, error_object, error_response, id_key};
+use bastion_core::protocol;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::{AuthError, Principal};
+use crate::gateway::Gateway;
+use crate::proxy;
+use crate::session::{NewSession, Scope, Session};
+use crate::upstream::{EVENT_BUFFER, UpstreamEvent};
+
+pub use edge::HostPolicy;
+
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+pub(crate) const VERSION_HEADER: &str = "mcp-protocol-version";
+/// Interval of SSE keep-alive comments on long-lived streams.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The gateway's HTTP application.
+pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
+    Router::new()
+        .route("/mcp", get(get_all).post(post_all).delete(delete_all))
+        .route("/mcp/{name}", get(get_named).post(post_named).delete(delete_named))
+        .route("/sse", get(legacy::sse_all))
+        .route("/sse/{name}", get(legacy::sse_named))
+        .route("/messages", axum::routing::post(legacy::message))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), edge::guard))
+        .with_state(gw)
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.ready().await {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Err(reason) => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready", "reason": reason}))
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"}))
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// An HTTP error carrying a JSON-RPC error body.
+pub(crate) fn rpc_error(status: StatusCode, id: Option<&Value>, code: i64, message: impl Into<String>) -> Response {
+    json_response(status, &error_response(id, code, message))
+}
+
+/// 401 (or 503 when the store cannot decide) with a `WWW-Authenticate`
+/// challenge and a JSON body.
+pub(crate) fn auth_failure(e: &AuthError) -> Response {
+    if *e == AuthError::Unavailable {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "temporarily_unavailable", "error_description": e.to_string()}),
+        );
+    }
+    let challenge = match e.challenge_error() {
+        Some(err) => format!("Bearer realm=\"bastion\", error=\"{err}\", error_description=\"{e}\""),
+        None => "Bearer realm=\"bastion\"".to_string(),
+    };
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": e.challenge_error().unwrap_or("unauthorized"), "error_description": e.to_string()}),
+    );
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii"));
+    resp
+}
+
+async fn post_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    post(gw, Scope::All, headers, body).await
+}
+
+async fn post_named(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match gw.resolve_scope(&name) {
+        Some(scope) => post(gw, scope, headers, body).await,
+        None => unknown_endpoint(&gw, &headers, &name).await,
+    }
+}
+
+async fn get_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    open_stream(gw, Scope::All, headers).await
+}
+
+async fn get_named(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match gw.resolve_scope(&name) {
+        Some(scope) => open_stream(gw, scope, headers).await,
+        None => unknown_endpoint(&gw, &headers, &name).await,
+    }
+}
+
+async fn delete_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    delete(gw, Scope::All, headers).await
+}
+
+async fn delete_named(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match gw.resolve_scope(&name) {
+        Some(scope) => delete(gw, scope, headers).await,
+        None => unknown_endpoint(&gw, &headers, &name).await,
+    }
+}
+
+/// An endpoint name that is neither a group nor a server. Unauthenticated
+/// callers learn nothing about which names exist.
+async fn unknown_endpoint(gw: &Gateway, headers: &HeaderMap, _name: &str) -> Response {
+    if let Err(e) = gw.authenticate(headers).await {
+        return auth_failure(&e);
+    }
+    json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found", "error_description": "no such server or group"}))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_json_content(headers: &HeaderMap) -> bool {
+    header_str(headers, "content-type")
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether the Accept header admits a media type.
+pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    let (kind, _) = media.split_once('/').unwrap_or((media, ""));
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|item| {
+        let m = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        m == media || m == "*/*" || m == format!("{kind}/*")
+    })
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    format!("request body larger than {limit} bytes"),
+                ))
+            } else {
+                Err(rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "could not read the request body"))
+            }
+        }
+    }
+}
+
+async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) -> Response {
+    let principal = match gw.authenticate(&headers).await {
+        Ok(p) => p,
+        Err(e) => return auth_failure(&e),
+    };
+    if !is_json_content(&headers) {
+        return rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        );
+    }
+    if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Accept must list both application/json and text/event-stream",
+        );
+    }
+    let limit = gw.runtime().config.http.max_body_bytes;
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "Parse error: invalid JSON"),
+    };
+    let session_id = header_str(&headers, SESSION_HEADER).map(str::to_string);
+
+    if let Value::Array(items) = value {
+        return batch(gw, scope, principal, session_id, items).await;
+    }
+    let msg = match Message::from_value(value.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            let id = value.get("id").filter(|i| i.is_string() || i.is_number());
+            return rpc_error(StatusCode::BAD_REQUEST, id, jsonrpc::INVALID_REQUEST, format!("Invalid request: {e}"));
+        }
+    };
+
+    if let Message::Request(req) = &msg {
+        if req.method == "initialize" {
+            return initialize(&gw, scope, principal, req).await;
+        }
+    }
+    match session_id {
+        Some(sid) => {
+            let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && !s.legacy) else {
+                return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+            };
+            if let Some(v) = header_str(&headers, VERSION_HEADER) {
+                if !protocol::is_session_version(v) {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        jsonrpc::INVALID_REQUEST,
+                        format!("Unsupported protocol version: {v}"),
+                    );
+                }
+            }
+            session_message(gw, session, msg).await
+        }
+        None if stateless::is_stateless(&headers, &msg) => stateless::handle(gw, scope, principal, &headers, msg).await,
+        None => rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+        ),
+    }
+}
+
+/// `initialize`: a new session bound to the caller.
+async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Request) -> Response {
+    let params = req.params.as_ref();
+    let requested = params.and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
+    let version = protocol::negotiate_session_version(requested);
+    let client_capabilities = params.and_then(|p| p.get("capabilities")).cloned().unwrap_or_else(|| json!({}));
+    let mut result = match &scope {
+        Scope::Server(name) => {
+            let Some(server) = gw.servers_in(&scope).into_iter().next() else {
+                return rpc_error(StatusCode::NOT_FOUND, Some(&req.id), jsonrpc::INVALID_REQUEST, "no such server");
+            };
+            match server.info().await {
+                Ok(info) => {
+                    let mut r = json!({
+                        "protocolVersion": version,
+                        "capabilities": info.capabilities,
+                        "serverInfo": info.server_info,
+                    });
+                    if let Some(i) = info.instructions {
+                        r["instructions"] = i;
+                    }
+                    r
+                }
+                Err(e) => {
+                    let err = e.to_error_object(name);
+                    return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
+                }
+            }
+        }
+        _ => aggregate_initialize_result(version),
+    };
+    result["protocolVersion"] = Value::from(version);
+    let session = gw.sessions.create(NewSession {
+        principal,
+        scope,
+        protocol_version: version.to_string(),
+        client_capabilities,
+        legacy: false,
+    });
+    tracing::info!(session = %short(&session.id), user = %session.principal.user, version, "session created");
+    let mut resp = json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "result": result}));
+    resp.headers_mut().insert(SESSION_HEADER, HeaderValue::from_str(&session.id).expect("base64url"));
+    resp
+}
+
+/// What Bastion says about itself on an endpoint that spans servers.
+pub(crate) fn aggregate_capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": true},
+        "prompts": {"listChanged": true},
+        "resources": {"subscribe": true, "listChanged": true},
+        "logging": {},
+        "completions": {}
+    })
+}
+
+fn aggregate_initialize_result(version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": aggregate_capabilities(),
+        "serverInfo": {"name": "bastion", "title": "Bastion MCP gateway", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Tools, prompts and resources of several servers. Names are prefixed with the server's name and two underscores (server__tool); resource URIs with the server's name and '+'."
+    })
+}
+
+/// A short, non-secret form of a session id for logs.
+pub(crate) fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+/// One message in a session.
+async fn session_message(gw: Arc<Gateway>, session: Arc<Session>, msg: Message) -> Response {
+    match msg {
+        Message::Request(req) => respond(gw, session.scope.clone(), Some(session), req).await,
+        Message::Notification(n) => {
+            on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await;
+            accepted()
+        }
+        Message::Response(r) => {
+            if !session.answer_server_request(&id_key(&r.id), r.outcome) {
+                tracing::debug!(session = %short(&session.id), "answer to an unknown request dropped");
+            }
+            accepted()
+        }
+    }
+}
+
+pub(crate) fn accepted() -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+pub(crate) async fn on_client_notification(gw: &Gateway, session: &Session, method: &str, params: Option<&Value>) {
+    match method {
+        "notifications/initialized" => session.initialized.store(true, std::sync::atomic::Ordering::Relaxed),
+        "notifications/cancelled" => {
+            if let Some(id) = params.and_then(|p| p.get("requestId")) {
+                session.cancel_request(&id_key(id));
+            }
+        }
+        "notifications/roots/list_changed" => {
+            for s in gw.servers_in(&session.scope) {
+                if s.is_connected() {
+                    s.notify(method, params.cloned()).await;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs one request and answers it: JSON if the result comes first, an SSE
+/// stream if the server sends anything about the request before it.
+pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<Session>>, req: Request) -> Response {
+    let (sink, mut events) = mpsc::channel(EVENT_BUFFER);
+    let key = id_key(&req.id);
+    let cancel = session.as_ref().map(|s| s.start_request(key.clone()));
+    let work = {
+        let gw = gw.clone();
+        let scope = scope.clone();
+        let session = session.clone();
+        let req = req.clone();
+        async move {
+            let outcome = run_request(&gw, &scope, session.as_deref(), &req, sink).await;
+            response_value(&req.id, outcome)
+        }
+    };
+    let mut work = Box::pin(async move {
+        match cancel {
+            Some(token) => tokio::select! {
+                v = work => Some(v),
+                _ = token.cancelled() => None,
+            },
+            None => Some(work.await),
+        }
+    });
+
+    let first = tokio::select! {
+        biased;
+        done = &mut work => Err(done),
+        ev = events.recv() => Ok(ev),
+    };
+    let first_event = match first {
+        Err(done) => {
+            if let Some(s) = &session {
+                s.finish_request(&key);
+            }
+            return match done {
+                Some(v) => json_response(StatusCode::OK, &v),
+                // Cancelled by the client: it expects no answer.
+                None => accepted(),
+            };
+        }
+        Ok(ev) => ev,
+    };
+
+    // Switch to a stream scoped to this request.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut pending = first_event;
+        loop {
+            if let Some(ev) = pending.take() {
+                if let Some(msg) = event_to_message(session.as_deref(), ev) {
+                    if tx.send(Ok(sse_frame(&msg))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                done = &mut work => {
+                    // Drain what arrived before the result, in order.
+                    while let Ok(ev) = events.try_recv() {
+                        if let Some(msg) = event_to_message(session.as_deref(), ev) {
+                            let _ = tx.send(Ok(sse_frame(&msg))).await;
+                        }
+                    }
+                    if let Some(v) = done {
+                        let _ = tx.send(Ok(sse_frame(&v))).await;
+                    }
+                    break;
+                }
+                ev = events.recv() => pending = ev,
+                _ = tx.closed() => break, // the client went away: dropping `work` cancels upstream
+            }
+        }
+        if let Some(s) = &session {
+            s.finish_request(&key);
+        }
+    });
+    sse_response(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// Handles a request in its session (or stateless) context, adding what
+/// the session layer owns: subscription bookkeeping.
+async fn run_request(
+    gw: &Gateway,
+    scope: &Scope,
+    session: Option<&Session>,
+    req: &Request,
+    sink: crate::upstream::EventSink,
+) -> proxy::Outcome {
+    let mut outcome = proxy::handle_request(gw, scope, req, Some(sink)).await;
+    if session.is_none() {
+        if let Ok(result) = outcome.as_mut() {
+            stateless::decorate_result(&req.method, result);
+        }
+    }
+    if let (Ok(_), Some(s)) = (&outcome, session) {
+        let uri = req.params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str);
+        match (req.method.as_str(), uri) {
+            ("resources/subscribe", Some(u)) => {
+                s.subscriptions.lock().expect("poisoned").insert(u.to_string());
+            }
+            ("resources/unsubscribe", Some(u)) => {
+                s.subscriptions.lock().expect("poisoned").remove(u);
+            }
+            _ => {}
+        }
+    }
+    outcome
+}
+
+pub(crate) fn response_value(id: &Value, outcome: proxy::Outcome) -> Value {
+    match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+    }
+}
+
+/// Turns an upstream event into the message the client sees. Server
+/// requests are registered in the session so the client's answer finds its
+/// way back; without a session (stateless) or without the client's
+/// capability they are refused on the spot.
+pub(crate) fn event_to_message(session: Option<&Session>, ev: UpstreamEvent) -> Option<Value> {
+    match ev {
+        UpstreamEvent::Notification { method, params } => {
+            let mut m = json!({"jsonrpc": "2.0", "method": method});
+            if let Some(p) = params {
+                m["params"] = p;
+            }
+            Some(m)
+        }
+        UpstreamEvent::Request { method, params, reply } => {
+            let capability = match method.as_str() {
+                "sampling/createMessage" => Some("sampling"),
+                "elicitation/create" => Some("elicitation"),
+                "roots/list" => Some("roots"),
+                _ => None,
+            };
+            let Some(session) = session else {
+                let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, "the client cannot receive requests")));
+                return None;
+            };
+            if capability.is_some_and(|c| !session.client_supports(c)) {
+                let _ = reply.send(Err(error_object(
+                    jsonrpc::METHOD_NOT_FOUND,
+                    format!("the client does not support {method}"),
+                )));
+                return None;
+            }
+            let id = session.register_server_request(reply);
+            let mut m = json!({"jsonrpc": "2.0", "id": id, "method": method});
+            if let Some(p) = params {
+                m["params"] = p;
+            }
+            Some(m)
+        }
+    }
+}
+
+pub(crate) fn sse_frame(msg: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+}
+
+pub(crate) fn sse_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// JSON-RPC batches: only in 2025-03-26 sessions.
+async fn batch(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    principal: Principal,
+    sid: Option<String>,
+    items: Vec<Value>,
+) -> Response {
+    let session = sid.and_then(|sid| gw.sessions.get(&sid, &principal)).filter(|s| s.scope == scope && !s.legacy);
+    let Some(session) = session else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "JSON-RPC batches are not supported here (only in 2025-03-26 sessions)",
+        );
+    };
+    if !protocol::allows_batches(&session.protocol_version) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            format!("JSON-RPC batches are not allowed in protocol version {}", session.protocol_version),
+        );
+    }
+    if items.is_empty() {
+        return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "empty batch");
+    }
+    let mut answers = Vec::new();
+    for item in items {
+        let fallback_id = item.get("id").cloned();
+        match Message::from_value(item) {
+            Ok(Message::Request(req)) if req.method == "initialize" => {
+                answers.push(error_response(Some(&req.id), jsonrpc::INVALID_REQUEST, "initialize may not be batched"))
+            }
+            Ok(Message::Request(req)) => {
+                let outcome = proxy::handle_request(&gw, &scope, &req, None).await;
+                answers.push(response_value(&req.id, outcome));
+            }
+            Ok(Message::Notification(n)) => on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await,
+            Ok(Message::Response(r)) => {
+                session.answer_server_request(&id_key(&r.id), r.outcome);
+            }
+            Err(e) => answers.push(error_response(fallback_id.as_ref(), jsonrpc::INVALID_REQUEST, e.to_string())),
+        }
+    }
+    if answers.is_empty() { accepted() } else { json_response(StatusCode::OK, &Value::Array(answers)) }
+}
+
+/// `GET`: the session's stream of unsolicited messages.
+async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+    let principal = match gw.authenticate(&headers).await {
+        Ok(p) => p,
+        Err(e) => return auth_failure(&e),
+    };
+    if !accepts(&headers, "text/event-stream") {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Accept must include text/event-stream",
+        );
+    }
+    let Some(sid) = header_str(&headers, SESSION_HEADER) else {
+        if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
+            return rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "no GET stream in 2026-07-28: use subscriptions/listen",
+            );
+        }
+        return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
+    };
+    let Some(session) = gw.sessions.get(sid, &principal).filter(|s| s.scope == scope && !s.legacy) else {
+        return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+    };
+    let Some(rx) = session.open_stream() else {
+        return rpc_error(
+            StatusCode::CONFLICT,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "a stream is already open for this session",
+        );
+    };
+    sse_response(Body::from_stream(stream_body(rx, session.closed.clone())))
+}
+
+/// A long-lived SSE body: messages from `rx`, keep-alive comments, and an
+/// end when the session closes.
+pub(crate) fn stream_body(
+    rx: mpsc::Receiver<Value>,
+    closed: tokio_util::sync::CancellationToken,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let messages = ReceiverStream::new(rx).map(|m| sse_frame(&m));
+    let keepalive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEP_ALIVE,
+        KEEP_ALIVE,
+    ))
+    .map(|_| Bytes::from_static(b": keep-alive\n\n"));
+    futures::stream::select(messages, keepalive).take_until(closed.cancelled_owned()).map(Ok)
+}
+
+async fn delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+    let principal = match gw.authenticate(&headers).await {
+        Ok(p) => p,
+        Err(e) => return auth_failure(&e),
+    };
+    let Some(sid) = header_str(&headers, SESSION_HEADER) else {
+        return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
+    };
+    if gw.sessions.get(sid, &principal).is_none_or(|s| s.scope != scope) || !gw.sessions.remove(sid, &principal) {
+        return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+    }
+    tracing::info!(session = %short(sid), "session closed by the client");
+    StatusCode::OK.into_response()
+}

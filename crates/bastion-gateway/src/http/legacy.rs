@@ -1,0 +1,188 @@
+//! Legacy HTTP+SSE (protocol 2024-11-05) for old clients: `GET /sse` opens
+//! a stream whose first event names the message endpoint; every answer
+//! travels on the stream, and each POST is answered `202 Accepted`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use bastion_core::jsonrpc::{self, Message, id_key};
+use bastion_core::protocol;
+use futures::StreamExt;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::{
+    accepted, accepts, auth_failure, event_to_message, on_client_notification, read_body, response_value, rpc_error,
+    sse_response, stream_body,
+};
+use crate::gateway::Gateway;
+use crate::proxy;
+use crate::session::{NewSession, Scope, Session};
+use crate::upstream::EVENT_BUFFER;
+
+pub(crate) async fn sse_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    open(gw, Scope::All, headers).await
+}
+
+pub(crate) async fn sse_named(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match gw.resolve_scope(&name) {
+        Some(scope) => open(gw, scope, headers).await,
+        None => match gw.authenticate(&headers).await {
+            Err(e) => auth_failure(&e),
+            Ok(_) => rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "no such server or group"),
+        },
+    }
+}
+
+async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+    let principal = match gw.authenticate(&headers).await {
+        Ok(p) => p,
+        Err(e) => return auth_failure(&e),
+    };
+    if !accepts(&headers, "text/event-stream") {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Accept must include text/event-stream",
+        );
+    }
+    let session = gw.sessions.create(NewSession {
+        principal,
+        scope,
+        protocol_version: "2024-11-05".into(),
+        client_capabilities: json!({}),
+        legacy: true,
+    });
+    let rx = session.open_stream().expect("a new session has no stream");
+    let endpoint = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
+    let first = futures::stream::once(async move { Ok(axum::body::Bytes::from(endpoint)) });
+    // When the stream ends, so does the session.
+    let gw2 = gw.clone();
+    let session2 = session.clone();
+    let guard = SessionEnd { gw: gw2, session: session2 };
+    let body = first.chain(stream_body(rx, session.closed.clone())).map(move |item| {
+        let _keep = &guard;
+        item
+    });
+    sse_response(Body::from_stream(body))
+}
+
+struct SessionEnd {
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.gw.sessions.remove(&self.session.id, &self.session.principal);
+    }
+}
+
+/// `POST /messages?sessionId=…`.
+pub(crate) async fn message(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = match gw.authenticate(&headers).await {
+        Ok(p) => p,
+        Err(e) => return auth_failure(&e),
+    };
+    let Some(session) = query.get("sessionId").and_then(|id| gw.sessions.get(id, &principal)).filter(|s| s.legacy)
+    else {
+        return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+    };
+    let limit = gw.runtime().config.http.max_body_bytes;
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "Parse error: invalid JSON");
+    };
+    let msg = match Message::from_value(value) {
+        Ok(m) => m,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, e.to_string()),
+    };
+    match msg {
+        Message::Request(req) if req.method == "initialize" => {
+            let result = legacy_initialize(&gw, &session, req.params.as_ref()).await;
+            session.push(response_value(&req.id, result));
+        }
+        Message::Request(req) => {
+            let gw = gw.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                let (sink, mut events) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+                let key = id_key(&req.id);
+                let token = session.start_request(key.clone());
+                let work = proxy::handle_request(&gw, &session.scope, &req, Some(sink));
+                tokio::pin!(work);
+                let outcome = loop {
+                    tokio::select! {
+                        biased;
+                        o = &mut work => break Some(o),
+                        Some(ev) = events.recv() => {
+                            if let Some(m) = event_to_message(Some(&session), ev) {
+                                session.push(m);
+                            }
+                        }
+                        _ = token.cancelled() => break None,
+                    }
+                };
+                while let Ok(ev) = events.try_recv() {
+                    if let Some(m) = event_to_message(Some(&session), ev) {
+                        session.push(m);
+                    }
+                }
+                session.finish_request(&key);
+                if let Some(o) = outcome {
+                    session.push(response_value(&req.id, o));
+                }
+            });
+        }
+        Message::Notification(n) => on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await,
+        Message::Response(r) => {
+            session.answer_server_request(&id_key(&r.id), r.outcome);
+        }
+    }
+    accepted()
+}
+
+async fn legacy_initialize(gw: &Gateway, session: &Session, params: Option<&Value>) -> proxy::Outcome {
+    let requested = params.and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
+    let version = protocol::negotiate_session_version(requested);
+    // Legacy sessions learn the client's capabilities only now.
+    if let Some(caps) = params.and_then(|p| p.get("capabilities")) {
+        session.set_client_capabilities(caps.clone());
+    }
+    match &session.scope {
+        Scope::Server(name) => {
+            let server = gw.servers_in(&session.scope).into_iter().next();
+            let Some(server) = server else {
+                return Err(jsonrpc::error_object(jsonrpc::INVALID_REQUEST, "no such server"));
+            };
+            let info = server.info().await.map_err(|e| e.to_error_object(name))?;
+            let mut r =
+                json!({"protocolVersion": version, "capabilities": info.capabilities, "serverInfo": info.server_info});
+            if let Some(i) = info.instructions {
+                r["instructions"] = i;
+            }
+            Ok(r)
+        }
+        _ => Ok(json!({
+            "protocolVersion": version,
+            "capabilities": super::aggregate_capabilities(),
+            "serverInfo": {"name": "bastion", "version": env!("CARGO_PKG_VERSION")}
+        })),
+    }
+}

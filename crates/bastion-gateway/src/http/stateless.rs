@@ -1,0 +1,234 @@
+//! The stateless protocol version (2026-07-28): no handshake and no
+//! session; every request carries its protocol version and the client's
+//! capabilities in `_meta`, mirrored into `MCP-Protocol-Version`,
+//! `Mcp-Method` and `Mcp-Name` headers that must agree with the body.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bastion_core::jsonrpc::{self, Message, Request, error_response};
+use bastion_core::protocol::{self, STATELESS_VERSION, meta};
+use http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::{VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_response, respond, rpc_error};
+use crate::auth::Principal;
+use crate::gateway::Gateway;
+use crate::session::Scope;
+
+/// Methods the stateless version removed.
+const REMOVED: &[&str] = &["ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"];
+
+fn meta_version(msg: &Message) -> Option<&str> {
+    let params = match msg {
+        Message::Request(r) => r.params.as_ref(),
+        Message::Notification(n) => n.params.as_ref(),
+        Message::Response(_) => None,
+    };
+    jsonrpc::params_meta(params)?.get(meta::PROTOCOL_VERSION)?.as_str()
+}
+
+/// Whether a request without a session is meant as a stateless one.
+pub(crate) fn is_stateless(headers: &HeaderMap, msg: &Message) -> bool {
+    header_str(headers, VERSION_HEADER) == Some(STATELESS_VERSION) || meta_version(msg).is_some()
+}
+
+/// A header value, decoding the `=?base64?…?=` sentinel form.
+fn decode_header_value(v: &str) -> Option<String> {
+    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        Some(b64) => String::from_utf8(STANDARD.decode(b64).ok()?).ok(),
+        None => Some(v.to_string()),
+    }
+}
+
+fn mismatch(id: Option<&Value>, what: &str) -> Response {
+    rpc_error(StatusCode::BAD_REQUEST, id, jsonrpc::HEADER_MISMATCH, format!("Header mismatch: {what}"))
+}
+
+pub(crate) async fn handle(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    _principal: Principal,
+    headers: &HeaderMap,
+    msg: Message,
+) -> Response {
+    let req = match msg {
+        Message::Request(r) => r,
+        Message::Notification(_) => return accepted(),
+        Message::Response(_) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "clients do not send responses in this protocol version",
+            );
+        }
+    };
+    let id = Some(&req.id);
+    let header_version = header_str(headers, VERSION_HEADER);
+    let body_version = meta_version(&Message::Request(req.clone())).map(str::to_string);
+    let version = match (header_version, body_version.as_deref()) {
+        (Some(h), Some(b)) if h != b => return mismatch(id, "MCP-Protocol-Version differs from _meta protocolVersion"),
+        (Some(h), _) => h.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => unreachable_version(),
+    };
+    if version != STATELESS_VERSION {
+        let mut body = error_response(
+            id,
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            format!("Unsupported protocol version: {version}"),
+        );
+        body["error"]["data"] = json!({"supported": [STATELESS_VERSION], "requested": version});
+        return json_response(StatusCode::BAD_REQUEST, &body);
+    }
+    if let Some(m) = header_str(headers, "mcp-method") {
+        if m != req.method {
+            return mismatch(id, "Mcp-Method differs from the body's method");
+        }
+    }
+    if let Some(expected) = name_field(&req) {
+        if let Some(h) = header_str(headers, "mcp-name") {
+            if decode_header_value(h).as_deref() != Some(expected) {
+                return mismatch(id, "Mcp-Name differs from the body");
+            }
+        }
+    }
+    if req.method == "server/discover" {
+        return json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": req.id, "result": discover(&gw, &scope).await}),
+        );
+    }
+    if req.method == "initialize" || REMOVED.contains(&req.method.as_str()) {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            jsonrpc::METHOD_NOT_FOUND,
+            format!("Method not found: {}", req.method),
+        );
+    }
+    let req = strip_stateless_meta(req);
+    respond(gw, scope, None, req).await
+}
+
+fn unreachable_version() -> String {
+    // `is_stateless` guarantees one of the two; treat a missing one as the
+    // oldest header-less version, which has no stateless form.
+    "2025-03-26".into()
+}
+
+fn name_field(req: &Request) -> Option<&str> {
+    let p = req.params.as_ref()?;
+    match req.method.as_str() {
+        "tools/call" | "prompts/get" => p.get("name")?.as_str(),
+        "resources/read" => p.get("uri")?.as_str(),
+        _ => None,
+    }
+}
+
+/// The upstream connection has its own protocol version and capabilities;
+/// the per-request ones of the stateless client stay at the gateway.
+fn strip_stateless_meta(mut req: Request) -> Request {
+    if let Some(meta) = req.params.as_mut().and_then(|p| p.get_mut("_meta")).and_then(Value::as_object_mut) {
+        meta.remove(meta::PROTOCOL_VERSION);
+        meta.remove(meta::CLIENT_CAPABILITIES);
+        meta.remove(meta::CLIENT_INFO);
+        meta.remove(meta::LOG_LEVEL);
+    }
+    if let Some(p) = req.params.as_mut().and_then(Value::as_object_mut) {
+        if p.get("_meta").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
+            p.remove("_meta");
+        }
+    }
+    req
+}
+
+async fn discover(gw: &Gateway, scope: &Scope) -> Value {
+    let (capabilities, server_info, instructions) = match scope {
+        Scope::Server(_) => match gw.servers_in(scope).into_iter().next() {
+            Some(s) => match s.info().await {
+                Ok(info) => (info.capabilities, info.server_info, info.instructions),
+                Err(_) => (json!({}), bastion_info(), None),
+            },
+            None => (json!({}), bastion_info(), None),
+        },
+        _ => (aggregate_capabilities(), bastion_info(), None),
+    };
+    let mut result = json!({
+        "resultType": "complete",
+        "supportedVersions": [STATELESS_VERSION],
+        "capabilities": strip_removed_capabilities(capabilities),
+        "_meta": {meta::SERVER_INFO: server_info},
+        "ttlMs": 0,
+        "cacheScope": "private"
+    });
+    if let Some(i) = instructions {
+        result["instructions"] = i;
+    }
+    let _ = protocol::ALL_VERSIONS;
+    result
+}
+
+fn strip_removed_capabilities(mut caps: Value) -> Value {
+    if let Some(r) = caps.get_mut("resources").and_then(Value::as_object_mut) {
+        r.remove("subscribe");
+    }
+    caps
+}
+
+fn bastion_info() -> Value {
+    json!({"name": "bastion", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// Adds what stateless results must carry when the upstream (a
+/// session-based server) did not: `resultType`, and caching hints on lists.
+pub(crate) fn decorate_result(method: &str, result: &mut Value) {
+    let Some(obj) = result.as_object_mut() else { return };
+    obj.entry("resultType").or_insert_with(|| Value::from("complete"));
+    if matches!(
+        method,
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read"
+    ) {
+        obj.entry("ttlMs").or_insert_with(|| Value::from(0));
+        obj.entry("cacheScope").or_insert_with(|| Value::from("private"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_sentinel() {
+        assert_eq!(decode_header_value("plain").as_deref(), Some("plain"));
+        let enc = format!("=?base64?{}?=", STANDARD.encode("héllo"));
+        assert_eq!(decode_header_value(&enc).as_deref(), Some("héllo"));
+        assert_eq!(decode_header_value("=?base64?!!!?="), None);
+    }
+
+    #[test]
+    fn results_get_stateless_fields() {
+        let mut r = json!({"tools": []});
+        decorate_result("tools/list", &mut r);
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["cacheScope"], "private");
+        let mut r = json!({"content": [], "resultType": "input_required"});
+        decorate_result("tools/call", &mut r);
+        assert_eq!(r["resultType"], "input_required");
+        assert!(r.get("ttlMs").is_none());
+    }
+
+    #[test]
+    fn stateless_meta_is_not_forwarded() {
+        let req = Request {
+            id: json!(1),
+            method: "tools/call".into(),
+            params: Some(json!({"name": "x", "_meta": {meta::PROTOCOL_VERSION: "2026-07-28", "progressToken": 1}})),
+        };
+        let out = strip_stateless_meta(req);
+        assert_eq!(out.params.unwrap()["_meta"], json!({"progressToken": 1}));
+    }
+}

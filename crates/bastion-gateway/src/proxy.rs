@@ -1,0 +1,298 @@
+//! The request path, top to bottom: what Bastion does with one MCP request
+//! from an authenticated caller.
+//!
+//! 1. Resolve which upstream server the request is for — by the prefix of a
+//!    tool or prompt name, of a resource URI, or the endpoint's one server.
+//! 2. Rewrite the name back to the server's own.
+//! 3. Call the server, relaying its progress, logging, sampling and
+//!    elicitation to the caller through the event sink.
+//! 4. Return the result unchanged, or the server's error unchanged.
+//!
+//! List methods fan out to every server in scope, merge, prefix, and page
+//! the merged list with Bastion's own cursors.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bastion_core::jsonrpc::{self, Request, error_object};
+use bastion_core::naming;
+use serde_json::{Map, Value, json};
+
+use crate::gateway::Gateway;
+use crate::session::Scope;
+use crate::upstream::{CallError, EventSink, UpstreamHandle};
+
+/// A list method: its result field and the field of each item that names it.
+struct ListKind {
+    method: &'static str,
+    field: &'static str,
+    capability: &'static str,
+    key: ItemKey,
+}
+
+#[derive(Clone, Copy)]
+enum ItemKey {
+    Name(&'static str),
+    Uri(&'static str),
+}
+
+const LISTS: &[ListKind] = &[
+    ListKind { method: "tools/list", field: "tools", capability: "tools", key: ItemKey::Name("name") },
+    ListKind { method: "prompts/list", field: "prompts", capability: "prompts", key: ItemKey::Name("name") },
+    ListKind { method: "resources/list", field: "resources", capability: "resources", key: ItemKey::Uri("uri") },
+    ListKind {
+        method: "resources/templates/list",
+        field: "resourceTemplates",
+        capability: "resources",
+        key: ItemKey::Uri("uriTemplate"),
+    },
+];
+
+/// The result of handling one request: a result value or an error object.
+pub type Outcome = Result<Value, Value>;
+
+fn invalid_params(msg: impl Into<String>) -> Value {
+    error_object(jsonrpc::INVALID_PARAMS, msg)
+}
+
+/// Handles one request. `sink` receives what the server sends about it.
+pub async fn handle_request(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+    let method = req.method.as_str();
+    if let Some(kind) = LISTS.iter().find(|k| k.method == method) {
+        return list(gw, scope, kind, req.params.as_ref()).await;
+    }
+    match method {
+        "ping" => Ok(json!({})),
+        "tools/call" | "prompts/get" => route_by_name(gw, scope, req, sink).await,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            route_by_uri(gw, scope, req, "uri", sink).await
+        }
+        "completion/complete" => complete(gw, scope, req, sink).await,
+        "logging/setLevel" => set_level(gw, scope, req).await,
+        _ => match scope {
+            // One server: whatever it understands passes through unchanged.
+            Scope::Server(_) => {
+                let server = single(gw, scope)?;
+                call(&server, method, req.params.clone(), sink).await
+            }
+            _ => Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("Method not found: {method}"))),
+        },
+    }
+}
+
+fn single(gw: &Gateway, scope: &Scope) -> Result<Arc<UpstreamHandle>, Value> {
+    gw.servers_in(scope)
+        .into_iter()
+        .next()
+        .ok_or_else(|| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "the server is no longer configured"))
+}
+
+async fn call(server: &UpstreamHandle, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Outcome {
+    server.call(method, params, sink).await.map_err(|e| log_call_error(server.name(), method, e))
+}
+
+fn log_call_error(server: &str, method: &str, e: CallError) -> Value {
+    if !matches!(e, CallError::Rpc(_)) {
+        tracing::warn!(server, method, error = %e, "upstream call failed");
+    }
+    e.to_error_object(server)
+}
+
+/// Finds the server for a prefixed name (or the endpoint's one server) and
+/// returns it with the server's own name.
+fn resolve_name<'a>(gw: &Gateway, scope: &Scope, name: &'a str) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
+    if !scope.prefixed() {
+        return Ok((single(gw, scope)?, name));
+    }
+    let unknown = || invalid_params(format!("Unknown tool or prompt: {name}"));
+    let (server, inner) = naming::split_name(name).ok_or_else(unknown)?;
+    let handle = gw.servers_in(scope).into_iter().find(|h| h.name() == server).ok_or_else(unknown)?;
+    Ok((handle, inner))
+}
+
+fn resolve_uri<'a>(gw: &Gateway, scope: &Scope, uri: &'a str) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
+    if !scope.prefixed() {
+        return Ok((single(gw, scope)?, uri));
+    }
+    let unknown = || invalid_params(format!("Unknown resource: {uri}"));
+    let (server, inner) = naming::split_uri(uri).ok_or_else(unknown)?;
+    let handle = gw.servers_in(scope).into_iter().find(|h| h.name() == server).ok_or_else(unknown)?;
+    Ok((handle, inner))
+}
+
+fn params_object(req: &Request) -> Result<Map<String, Value>, Value> {
+    match &req.params {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        _ => Err(invalid_params(format!("{} needs params", req.method))),
+    }
+}
+
+async fn route_by_name(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+    let mut params = params_object(req)?;
+    let name = params.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"name\""))?;
+    let (server, inner) = resolve_name(gw, scope, name)?;
+    let inner = inner.to_string();
+    params.insert("name".into(), Value::from(inner));
+    call(&server, &req.method, Some(Value::Object(params)), sink).await
+}
+
+async fn route_by_uri(gw: &Gateway, scope: &Scope, req: &Request, field: &str, sink: Option<EventSink>) -> Outcome {
+    let mut params = params_object(req)?;
+    let uri = params.get(field).and_then(Value::as_str).ok_or_else(|| invalid_params(format!("missing {field:?}")))?;
+    let (server, inner) = resolve_uri(gw, scope, uri)?;
+    let inner = inner.to_string();
+    params.insert(field.into(), Value::from(inner));
+    let result = call(&server, &req.method, Some(Value::Object(params)), sink).await?;
+    Ok(if scope.prefixed() && req.method == "resources/read" { prefix_contents(server.name(), result) } else { result })
+}
+
+/// `resources/read` contents carry their URI: show it prefixed too.
+fn prefix_contents(server: &str, mut result: Value) -> Value {
+    if let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut) {
+        for c in contents {
+            if let Some(uri) = c.get("uri").and_then(Value::as_str) {
+                let p = naming::prefix_uri(server, uri);
+                c["uri"] = Value::from(p);
+            }
+        }
+    }
+    result
+}
+
+async fn complete(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+    let mut params = params_object(req)?;
+    let reference =
+        params.get("ref").and_then(Value::as_object).cloned().ok_or_else(|| invalid_params("missing \"ref\""))?;
+    let (server, reference) = match reference.get("type").and_then(Value::as_str) {
+        Some("ref/prompt") => {
+            let name =
+                reference.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing ref.name"))?;
+            let (server, inner) = resolve_name(gw, scope, name)?;
+            let mut r = reference.clone();
+            r.insert("name".into(), Value::from(inner));
+            (server, r)
+        }
+        Some("ref/resource") => {
+            let uri = reference.get("uri").and_then(Value::as_str).ok_or_else(|| invalid_params("missing ref.uri"))?;
+            let (server, inner) = resolve_uri(gw, scope, uri)?;
+            let mut r = reference.clone();
+            r.insert("uri".into(), Value::from(inner));
+            (server, r)
+        }
+        _ => return Err(invalid_params("ref.type must be ref/prompt or ref/resource")),
+    };
+    params.insert("ref".into(), Value::Object(reference));
+    call(&server, "completion/complete", Some(Value::Object(params)), sink).await
+}
+
+async fn set_level(gw: &Gateway, scope: &Scope, req: &Request) -> Outcome {
+    let servers = gw.servers_in(scope);
+    if let Scope::Server(_) = scope {
+        let server = single(gw, scope)?;
+        return call(&server, "logging/setLevel", req.params.clone(), None).await;
+    }
+    for s in servers {
+        if s.is_connected() && s.info().await.is_ok_and(|i| i.has("logging")) {
+            let _ = s.call("logging/setLevel", req.params.clone(), None).await;
+        }
+    }
+    Ok(json!({}))
+}
+
+/// Items of a list from every server in scope, merged and paged.
+async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Value>) -> Outcome {
+    let offset = match params.and_then(|p| p.get("cursor")) {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => decode_cursor(c).ok_or_else(|| invalid_params("invalid cursor"))?,
+        Some(_) => return Err(invalid_params("invalid cursor")),
+    };
+    let servers = gw.servers_in(scope);
+    let fetches = servers.iter().map(|s| async move {
+        let info = s.info().await?;
+        if !info.has(kind.capability) {
+            return Ok(None);
+        }
+        s.list_all(kind.method, kind.field).await.map(Some)
+    });
+    let results = futures::future::join_all(fetches).await;
+    let mut items: Vec<Value> = Vec::new();
+    for (server, result) in servers.iter().zip(results) {
+        match result {
+            Ok(Some(list)) => {
+                if scope.prefixed() {
+                    items.extend(list.iter().map(|item| prefix_item(server.name(), item.clone(), kind.key)));
+                } else {
+                    items.extend(list.iter().cloned());
+                }
+            }
+            Ok(None) => {}
+            // One server: its failure is the answer. Several: the others carry on.
+            Err(e) if !scope.prefixed() => return Err(log_call_error(server.name(), kind.method, e)),
+            Err(e) => {
+                tracing::warn!(server = server.name(), method = kind.method, error = %e, "server left out of the list");
+            }
+        }
+    }
+    let page_size = gw.runtime().config.http.page_size;
+    let total = items.len();
+    if offset > total {
+        return Err(invalid_params("invalid cursor"));
+    }
+    let end = (offset + page_size).min(total);
+    let page: Vec<Value> = items.drain(offset..end).collect();
+    let mut result = Map::new();
+    result.insert(kind.field.into(), Value::Array(page));
+    if end < total {
+        result.insert("nextCursor".into(), Value::from(encode_cursor(end)));
+    }
+    Ok(Value::Object(result))
+}
+
+fn prefix_item(server: &str, mut item: Value, key: ItemKey) -> Value {
+    match key {
+        ItemKey::Name(field) => {
+            if let Some(name) = item.get(field).and_then(Value::as_str) {
+                let p = naming::prefix_name(server, name);
+                item[field] = Value::from(p);
+            }
+        }
+        ItemKey::Uri(field) => {
+            if let Some(uri) = item.get(field).and_then(Value::as_str) {
+                let p = naming::prefix_uri(server, uri);
+                item[field] = Value::from(p);
+            }
+        }
+    }
+    item
+}
+
+/// Cursors are opaque to clients: base64url of `o:<offset>`.
+fn encode_cursor(offset: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&raw).ok()?.strip_prefix("o:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("not-base64!"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("x:1")), None);
+    }
+
+    #[test]
+    fn items_are_prefixed() {
+        let t = prefix_item("gh", json!({"name": "search", "inputSchema": {}}), ItemKey::Name("name"));
+        assert_eq!(t["name"], "gh__search");
+        let r = prefix_item("fs", json!({"uri": "file:///a"}), ItemKey::Uri("uri"));
+        assert_eq!(r["uri"], "fs+file:///a");
+    }
+}

@@ -1,0 +1,308 @@
+//! Downstream sessions of the session-based protocol versions (and of the
+//! legacy HTTP+SSE transport).
+//!
+//! A session id is 32 bytes from the OS CSPRNG, and a session is bound to
+//! the principal that created it: anyone else presenting the id is told it
+//! does not exist (404), exactly as for an unknown id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bastion_core::apikey::random_token;
+use dashmap::DashMap;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+
+/// What an endpoint exposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// `/mcp`: every server the caller may use, names prefixed.
+    All,
+    /// `/mcp/{group}`: the group's servers, names prefixed.
+    Group(String),
+    /// `/mcp/{server}`: one server, names unchanged.
+    Server(String),
+}
+
+impl Scope {
+    /// Whether names are prefixed with the server's name.
+    pub fn prefixed(&self) -> bool {
+        !matches!(self, Scope::Server(_))
+    }
+}
+
+/// Capacity of a session's stream of unsolicited messages.
+const OUTBOUND_BUFFER: usize = 256;
+
+pub struct Session {
+    pub id: String,
+    pub principal: Principal,
+    pub scope: Scope,
+    pub protocol_version: String,
+    client_capabilities: Mutex<Value>,
+    /// Set by `notifications/initialized`.
+    pub initialized: AtomicBool,
+    /// True for legacy HTTP+SSE sessions, where every answer goes on the stream.
+    pub legacy: bool,
+    /// The open GET (or legacy SSE) stream, if any.
+    outbound: Mutex<Option<mpsc::Sender<Value>>>,
+    /// Requests Bastion relayed to the client, waiting for its answer.
+    server_requests: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
+    next_server_request: AtomicU64,
+    /// Requests in flight, by the client's id, to cancel on request.
+    in_flight: Mutex<HashMap<String, CancellationToken>>,
+    /// Resource URIs (as the client sees them) the client subscribed to.
+    pub subscriptions: Mutex<HashSet<String>>,
+    last_seen: Mutex<Instant>,
+    pub closed: CancellationToken,
+}
+
+impl Session {
+    pub fn touch(&self) {
+        *self.last_seen.lock().expect("poisoned") = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen.lock().expect("poisoned").elapsed()
+    }
+
+    /// Whether the client declared a capability (`sampling`, `elicitation`, `roots`).
+    pub fn client_supports(&self, capability: &str) -> bool {
+        self.client_capabilities.lock().expect("poisoned").get(capability).is_some_and(|c| !c.is_null())
+    }
+
+    /// Legacy SSE sessions exist before `initialize` says what the client can do.
+    pub fn set_client_capabilities(&self, caps: Value) {
+        *self.client_capabilities.lock().expect("poisoned") = caps;
+    }
+
+    /// Opens the stream of unsolicited messages; `None` if one is already open.
+    pub fn open_stream(&self) -> Option<mpsc::Receiver<Value>> {
+        let mut out = self.outbound.lock().expect("poisoned");
+        if out.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        *out = Some(tx);
+        Some(rx)
+    }
+
+    /// Sends a message on the open stream; false if none is open or it is full.
+    pub fn push(&self, msg: Value) -> bool {
+        let out = self.outbound.lock().expect("poisoned");
+        match out.as_ref() {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn has_stream(&self) -> bool {
+        self.outbound.lock().expect("poisoned").as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Registers a relayed server request and returns the id the client sees.
+    pub fn register_server_request(&self, reply: oneshot::Sender<Result<Value, Value>>) -> String {
+        let n = self.next_server_request.fetch_add(1, Ordering::Relaxed);
+        let id = format!("bastion-{n}");
+        self.server_requests.lock().expect("poisoned").insert(format!("\"{id}\""), reply);
+        id
+    }
+
+    /// Delivers the client's answer to a relayed request. False if there
+    /// was no such request.
+    pub fn answer_server_request(&self, id_key: &str, outcome: Result<Value, Value>) -> bool {
+        match self.server_requests.lock().expect("poisoned").remove(id_key) {
+            Some(tx) => {
+                let _ = tx.send(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn start_request(&self, id_key: String) -> CancellationToken {
+        let token = self.closed.child_token();
+        self.in_flight.lock().expect("poisoned").insert(id_key, token.clone());
+        token
+    }
+
+    pub fn finish_request(&self, id_key: &str) {
+        self.in_flight.lock().expect("poisoned").remove(id_key);
+    }
+
+    /// Cancels an in-flight request (`notifications/cancelled`).
+    pub fn cancel_request(&self, id_key: &str) {
+        if let Some(t) = self.in_flight.lock().expect("poisoned").remove(id_key) {
+            t.cancel();
+        }
+    }
+}
+
+/// Parameters of a new session.
+pub struct NewSession {
+    pub principal: Principal,
+    pub scope: Scope,
+    pub protocol_version: String,
+    pub client_capabilities: Value,
+    pub legacy: bool,
+}
+
+/// All live sessions.
+pub struct Sessions {
+    map: DashMap<String, Arc<Session>>,
+    idle_timeout: Duration,
+}
+
+impl Sessions {
+    pub fn new(idle_timeout: Duration) -> Self {
+        Sessions { map: DashMap::new(), idle_timeout }
+    }
+
+    pub fn create(&self, s: NewSession) -> Arc<Session> {
+        let session = Arc::new(Session {
+            id: random_token(32),
+            principal: s.principal,
+            scope: s.scope,
+            protocol_version: s.protocol_version,
+            client_capabilities: Mutex::new(s.client_capabilities),
+            initialized: AtomicBool::new(false),
+            legacy: s.legacy,
+            outbound: Mutex::new(None),
+            server_requests: Mutex::new(HashMap::new()),
+            next_server_request: AtomicU64::new(1),
+            in_flight: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashSet::new()),
+            last_seen: Mutex::new(Instant::now()),
+            closed: CancellationToken::new(),
+        });
+        self.map.insert(session.id.clone(), session.clone());
+        session
+    }
+
+    /// The session with this id, if it exists and belongs to `principal`.
+    pub fn get(&self, id: &str, principal: &Principal) -> Option<Arc<Session>> {
+        let s = self.map.get(id)?.clone();
+        if s.principal.user != principal.user {
+            tracing::warn!(owner = %s.principal.user, caller = %principal.user, "session presented by another principal");
+            return None;
+        }
+        s.touch();
+        Some(s)
+    }
+
+    pub fn remove(&self, id: &str, principal: &Principal) -> bool {
+        if self.get(id, principal).is_none() {
+            return false;
+        }
+        if let Some((_, s)) = self.map.remove(id) {
+            s.closed.cancel();
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Closes sessions idle for longer than the timeout (an open stream
+    /// counts as activity).
+    pub fn expire_idle(&self) -> usize {
+        let expired: Vec<String> = self
+            .map
+            .iter()
+            .filter(|e| !e.value().has_stream() && e.value().idle_for() > self.idle_timeout)
+            .map(|e| e.key().clone())
+            .collect();
+        for id in &expired {
+            if let Some((_, s)) = self.map.remove(id) {
+                s.closed.cancel();
+            }
+        }
+        expired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(user: &str) -> Principal {
+        Principal { user: user.into(), credential: "k".into() }
+    }
+
+    fn new(sessions: &Sessions, user: &str) -> Arc<Session> {
+        sessions.create(NewSession {
+            principal: p(user),
+            scope: Scope::All,
+            protocol_version: "2025-11-25".into(),
+            client_capabilities: serde_json::json!({"sampling": {}}),
+            legacy: false,
+        })
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_principal() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let s = new(&sessions, "alice");
+        assert!(s.id.len() >= 43);
+        assert!(sessions.get(&s.id, &p("alice")).is_some());
+        assert!(sessions.get(&s.id, &p("mallory")).is_none());
+        assert!(!sessions.remove(&s.id, &p("mallory")));
+        assert!(sessions.remove(&s.id, &p("alice")));
+        assert!(sessions.get(&s.id, &p("alice")).is_none());
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let ids: HashSet<String> = (0..1000).map(|_| new(&sessions, "a").id.clone()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn one_stream_at_a_time() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let s = new(&sessions, "a");
+        let rx = s.open_stream().unwrap();
+        assert!(s.open_stream().is_none());
+        assert!(s.push(serde_json::json!({})));
+        drop(rx);
+        assert!(s.open_stream().is_some());
+    }
+
+    #[test]
+    fn server_request_answers_reach_the_waiter() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let s = new(&sessions, "a");
+        let (tx, mut rx) = oneshot::channel();
+        let id = s.register_server_request(tx);
+        let key = bastion_core::jsonrpc::id_key(&Value::from(id));
+        assert!(s.answer_server_request(&key, Ok(Value::from(1))));
+        assert_eq!(rx.try_recv().unwrap(), Ok(Value::from(1)));
+        assert!(!s.answer_server_request(&key, Ok(Value::from(1))));
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let sessions = Sessions::new(Duration::from_millis(0));
+        let s = new(&sessions, "a");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(sessions.expire_idle(), 1);
+        assert!(s.closed.is_cancelled());
+        assert!(sessions.is_empty());
+    }
+}

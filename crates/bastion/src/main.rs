@@ -1,0 +1,83 @@
+//! `bastion`: the gateway and its administration commands.
+#![forbid(unsafe_code)]
+
+mod keys;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bastion", version, about = "A secure gateway for the Model Context Protocol")]
+struct Cli {
+    /// Configuration file (YAML or JSON).
+    #[arg(long, global = true, env = "BASTION_CONFIG", default_value = "bastion.yaml")]
+    config: PathBuf,
+    /// Log format: text or json (default: the config's `log.format`, else text).
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file without serving.
+    Check {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::serve(&cli.config, cli.log_format.as_deref(), args).await,
+        Command::Keys(cmd) => keys::run(&cli.config, cmd).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            let path = file.unwrap_or(cli.config);
+            let config = bastion_core::config::Config::load(&path)?;
+            let servers = config.enabled_servers().count();
+            eprintln!(
+                "{}: valid ({} server{}, {} group{}, listen {})",
+                path.display(),
+                servers,
+                if servers == 1 { "" } else { "s" },
+                config.groups.len(),
+                if config.groups.len() == 1 { "" } else { "s" },
+                config.listen
+            );
+            Ok(())
+        }
+    }
+}

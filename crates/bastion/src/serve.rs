@@ -1,0 +1,175 @@
+//! `bastion serve`: start-up posture checks, logging, reload on change and
+//! on SIGHUP, graceful shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bastion_core::config::Config;
+use bastion_gateway::auth::ApiKeyAuthenticator;
+use bastion_gateway::gateway::{Authentication, Gateway};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Override the config's `listen` address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Serve without authentication. Refused on a non-loopback address.
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+fn init_logging(format: Option<&str>, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BASTION_LOG").unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == Some("json") {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path)?;
+    init_logging(log_format.or(config.log.format.as_deref()), config.log.level.as_deref());
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if args.insecure_no_auth && !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve without authentication on {}: --insecure-no-auth is allowed on loopback addresses only",
+            config.listen
+        );
+    }
+    let data_dir = config.data_dir(config_path);
+    let pepper = bastion_store::pepper::load_or_create(&data_dir)?;
+    let store = bastion_store::Store::open_sqlite(&data_dir.join("bastion.db"))
+        .await
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let authentication = if args.insecure_no_auth {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone who can reach {} can use every server",
+            config.listen
+        );
+        Authentication::Disabled
+    } else {
+        Authentication::ApiKeys(ApiKeyAuthenticator::new(store.clone(), pepper, config.auth.key_cache_ttl))
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let keys_exist = !store.list_keys(None).await?.is_empty();
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::start(config.clone(), config_path, store, authentication, shutdown.clone());
+    tracing::info!(
+        listen = %local,
+        servers = config.enabled_servers().count(),
+        data_dir = %data_dir.display(),
+        "bastion ready"
+    );
+    print_connect_help(local, &config, args.insecure_no_auth, keys_exist, config_path);
+
+    tokio::spawn(watch_config(gw.clone(), config_path.to_path_buf(), shutdown.clone()));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_stop().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    let stop = shutdown.clone();
+    bastion_gateway::server::run(listener, gw, async move { stop.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reloads on SIGHUP and when the file changes. A file that does not
+/// validate is reported and the running configuration is kept.
+async fn watch_config(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
+    use notify::{RecursiveMode, Watcher};
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(8);
+    let file_name = path.file_name().map(|f| f.to_os_string());
+    let watch_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name) {
+                let _ = watch_tx.try_send(());
+            }
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+    let mut hup = signal(SignalKind::hangup()).expect("signal handler");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => tracing::info!("SIGHUP: reloading configuration"),
+            Some(()) = rx.recv() => {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while rx.try_recv().is_ok() {}
+                tracing::info!("configuration file changed: reloading");
+            }
+        }
+        match Config::load(&path) {
+            Ok(new) => {
+                if new.listen != gw.runtime().config.listen {
+                    tracing::warn!("`listen` changed: it takes effect on restart");
+                }
+                gw.apply_config(new).await;
+            }
+            Err(e) => tracing::error!(error = %e, "configuration not reloaded; the running one is kept"),
+        }
+    }
+}
+
+fn print_connect_help(local: SocketAddr, config: &Config, no_auth: bool, keys_exist: bool, config_path: &Path) {
+    let url = format!("http://{local}/mcp");
+    let auth = if no_auth {
+        String::new()
+    } else {
+        ",\n        \"headers\": { \"Authorization\": \"Bearer <YOUR_KEY>\" }".into()
+    };
+    eprintln!("\nBastion is serving {} server(s) at {url}", config.enabled_servers().count());
+    if !no_auth && !keys_exist {
+        eprintln!(
+            "No API key exists yet. Create one (printed once):\n    bastion --config {} keys create --user $USER",
+            config_path.display()
+        );
+    }
+    eprintln!(
+        "Client configuration (Cursor, Claude Code, VS Code):\n{{\n  \"mcpServers\": {{\n    \"bastion\": {{\n        \"type\": \"http\",\n        \"url\": \"{url}\"{auth}\n    }}\n  }}\n}}\n"
+    );
+}
