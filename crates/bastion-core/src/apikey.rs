@@ -51,9 +51,7 @@ impl std::fmt::Debug for Pepper {
 }
 
 fn fill_random(buf: &mut [u8]) {
-    rand::rngs::OsRng
-        .try_fill_bytes(buf)
-        .expect("the operating system's random number generator failed");
+    rand::rngs::OsRng.try_fill_bytes(buf).expect("the operating system's random number generator failed");
 }
 
 /// A freshly generated key: the plaintext (shown once) and what is stored.
@@ -82,9 +80,7 @@ pub fn generate(pepper: &Pepper) -> NewKey {
 pub fn looks_like_key(token: &str) -> bool {
     token.len() == KEY_LEN
         && token.starts_with(KEY_PREFIX)
-        && token[KEY_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && token[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The stored form of a key: hex of HMAC-SHA256(pepper, key).

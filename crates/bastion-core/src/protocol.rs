@@ -12,13 +12,7 @@ pub const LATEST_SESSION_VERSION: &str = "2025-11-25";
 pub const STATELESS_VERSION: &str = "2026-07-28";
 
 /// Every version Bastion serves, oldest first.
-pub const ALL_VERSIONS: &[&str] = &[
-    "2024-11-05",
-    "2025-03-26",
-    "2025-06-18",
-    "2025-11-25",
-    "2026-07-28",
-];
+pub const ALL_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
 
 /// `_meta` keys of the stateless era.
 pub mod meta {
@@ -33,9 +27,7 @@ pub mod meta {
 /// Bastion speaks it, else the newest session-based one (the client then
 /// decides whether it can continue).
 pub fn negotiate_session_version(requested: Option<&str>) -> &'static str {
-    requested
-        .and_then(|r| SESSION_VERSIONS.iter().find(|v| **v == r).copied())
-        .unwrap_or(LATEST_SESSION_VERSION)
+    requested.and_then(|r| SESSION_VERSIONS.iter().find(|v| **v == r).copied()).unwrap_or(LATEST_SESSION_VERSION)
 }
 
 /// Whether JSON-RPC batches are allowed: only 2025-03-26 had them.

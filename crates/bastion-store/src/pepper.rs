@@ -50,11 +50,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Pepper, StoreError> {
 /// existing one is not writable by others.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| StoreError::Io(dir.into(), e))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StoreError::Io(dir.into(), e))?;
     }
     let mode = fs::metadata(dir).map_err(|e| StoreError::Io(dir.into(), e))?.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {

@@ -21,7 +21,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("{path} has mode {mode:o}: it must not be accessible to other users (chmod 600 for files, 700 for directories)")]
+    #[error(
+        "{path} has mode {mode:o}: it must not be accessible to other users (chmod 600 for files, 700 for directories)"
+    )]
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -137,7 +139,6 @@ impl Store {
         Ok(())
     }
 
-
     fn row_to_key(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         Ok(ApiKeyRecord {
             id: row.try_get("id")?,
@@ -165,10 +166,14 @@ impl Store {
     pub async fn list_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let rows = match user {
             Some(u) => {
-                sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE user_name = ? ORDER BY created_at, id"))
-                    .bind(u)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM api_keys WHERE user_name = ? ORDER BY created_at, id"
+                ))
+                .bind(u)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
                 sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys ORDER BY created_at, id"))

@@ -29,10 +29,7 @@ fn accepts_claude_desktop_json_unchanged() {
     let c = Config::parse(Path::new("claude_desktop_config.json"), text).unwrap();
     assert_eq!(c.servers.len(), 2);
     assert!(matches!(c.servers["filesystem"].transport(), Ok(Transport::Stdio { .. })));
-    assert!(matches!(
-        c.servers["remote"].transport(),
-        Ok(Transport::Http { fallback_sse: true, .. })
-    ));
+    assert!(matches!(c.servers["remote"].transport(), Ok(Transport::Http { fallback_sse: true, .. })));
 }
 
 #[test]
@@ -60,9 +57,7 @@ fn errors_name_the_offending_key() {
     let err = yaml("listen: 127.0.0.1:1\nlisten_typo: 1\n").unwrap_err().to_string();
     assert!(err.contains("listen_typo"), "{err}");
 
-    let err = Config::parse(Path::new("c.json"), r#"{"mcpServers": {"a": {"command": 5}}}"#)
-        .unwrap_err()
-        .to_string();
+    let err = Config::parse(Path::new("c.json"), r#"{"mcpServers": {"a": {"command": 5}}}"#).unwrap_err().to_string();
     assert!(err.contains("mcpServers.a.command"), "{err}");
 
     let err = yaml("upstream:\n  idle_timeout: soon\n").unwrap_err().to_string();
