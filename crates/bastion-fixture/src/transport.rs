@@ -1,0 +1,98 @@
+//! Serving a handler over stdio or Streamable HTTP.
+//!
+//! Over stdio, everything the server writes to stdout passes through one pump
+//! task that writes whole lines, so fault-injection output (a deliberately
+//! malformed line) can be interleaved with protocol traffic without ever
+//! splitting a JSON-RPC message.
+//!
+//! Over HTTP, the rmcp Streamable HTTP service is mounted at `/mcp` on a
+//! loopback listener; the bound address is printed on stdout as one line,
+//! `listening on http://HOST:PORT/mcp`, for harnesses that pass port 0.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rmcp::ServerHandler;
+use rmcp::ServiceExt as _;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `handler` on stdin/stdout until the client closes stdin.
+pub async fn serve_stdio<H: ServerHandler>(handler: H) -> anyhow::Result<()> {
+    let (_tx, rx) = mpsc::unbounded_channel();
+    serve_stdio_with_garbage(handler, rx).await
+}
+
+/// Serves `handler` on stdin/stdout; each string received on `extra` is
+/// written to stdout as one raw line between protocol messages.
+pub async fn serve_stdio_with_garbage<H: ServerHandler>(
+    handler: H,
+    mut extra: mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<()> {
+    let (server_side, pump_side) = tokio::io::duplex(64 * 1024);
+    let pump = tokio::spawn(async move {
+        let mut lines = BufReader::new(pump_side).lines();
+        let mut stdout = tokio::io::stdout();
+        let mut extra_open = true;
+        loop {
+            let line = tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => line,
+                    _ => break,
+                },
+                raw = extra.recv(), if extra_open => match raw {
+                    Some(raw) => raw,
+                    None => {
+                        extra_open = false;
+                        continue;
+                    }
+                },
+            };
+            let mut buf = line.into_bytes();
+            buf.push(b'\n');
+            if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let service = handler.serve((tokio::io::stdin(), server_side)).await.context("stdio handshake")?;
+    service.waiting().await.context("stdio service")?;
+    pump.abort();
+    Ok(())
+}
+
+/// Serves handlers made by `factory` over Streamable HTTP at `http://addr/mcp`.
+pub async fn serve_http<H, F>(addr: SocketAddr, factory: F) -> anyhow::Result<()>
+where
+    H: ServerHandler,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let ct = CancellationToken::new();
+    let config = StreamableHttpServerConfig::default()
+        .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_sse_retry(Some(Duration::from_millis(500)))
+        .with_cancellation_token(ct.clone());
+    let service = StreamableHttpService::new(move || Ok(factory()), Arc::new(LocalSessionManager::default()), config);
+    let router = axum::Router::new().route_service("/mcp", service);
+
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{local}/mcp")?;
+    stdout.flush()?;
+    drop(stdout);
+
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            ct.cancel();
+        })
+        .await
+        .context("http server")
+}
