@@ -27,6 +27,8 @@ pub const FORBIDDEN: i64 = -32003;
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 /// An HTTP header disagrees with the body (2026-07-28).
 pub const HEADER_MISMATCH: i64 = -32020;
+/// The request needs a client capability the client did not declare (2026-07-28).
+pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
 
 /// A JSON-RPC id: a string or a number. Kept as the exact JSON value so that
 /// it round-trips byte for byte.

@@ -243,6 +243,9 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
         }
     };
 
+    if session_id.is_none() && stateless::is_stateless(&headers, &msg) {
+        return stateless::handle(gw, scope, principal, &headers, msg, bytes).await;
+    }
     if let Message::Request(req) = &msg {
         if req.method == "initialize" {
             return initialize(&gw, scope, principal, req).await;
@@ -265,7 +268,6 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
             }
             session_message(gw, session, msg).await
         }
-        None if stateless::is_stateless(&headers, &msg) => stateless::handle(gw, scope, principal, &headers, msg).await,
         None => rpc_error(
             StatusCode::BAD_REQUEST,
             None,
@@ -424,7 +426,14 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
                 s.finish_request(&key);
             }
             return match done {
-                Some(v) => json_response(StatusCode::OK, &v),
+                Some(v) => {
+                    // Stateless answers carry the error's HTTP status.
+                    let status = match (&session, v.pointer("/error/code").and_then(Value::as_i64)) {
+                        (None, Some(code)) => stateless::status_for_error(code),
+                        _ => StatusCode::OK,
+                    };
+                    json_response(status, &v)
+                }
                 // Cancelled by the client: it expects no answer.
                 None => accepted(),
             };

@@ -394,6 +394,28 @@ impl UpstreamHandle {
         result
     }
 
+    /// For a server that speaks the stateless version itself: sends a
+    /// stateless client's request unchanged and returns the raw answer.
+    /// `None` when the server does not speak it (the caller bridges instead).
+    pub async fn stateless_passthrough(
+        &self,
+        body: bytes::Bytes,
+        headers: &::http::HeaderMap,
+    ) -> Option<Result<reqwest::Response, CallError>> {
+        let conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        match &*conn {
+            Conn::Http(h) if h.speaks_stateless() => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                let _in_flight = InFlight(self);
+                Some(h.passthrough(body, headers).await)
+            }
+            _ => None,
+        }
+    }
+
     pub async fn notify(&self, method: &str, params: Option<Value>) {
         if let Some(c) = self.current.load_full() {
             c.notify(method, params).await;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -53,6 +54,7 @@ pub(crate) async fn handle(
     _principal: Principal,
     headers: &HeaderMap,
     msg: Message,
+    raw: Bytes,
 ) -> Response {
     let req = match msg {
         Message::Request(r) => r,
@@ -84,15 +86,29 @@ pub(crate) async fn handle(
         body["error"]["data"] = json!({"supported": [STATELESS_VERSION], "requested": version});
         return json_response(StatusCode::BAD_REQUEST, &body);
     }
-    if let Some(m) = header_str(headers, "mcp-method") {
-        if m != req.method {
-            return mismatch(id, "Mcp-Method differs from the body's method");
-        }
+    match header_str(headers, "mcp-method") {
+        Some(m) if m == req.method => {}
+        Some(_) => return mismatch(id, "Mcp-Method differs from the body's method"),
+        None => return mismatch(id, "the Mcp-Method header is required"),
     }
     if let Some(expected) = name_field(&req) {
-        if let Some(h) = header_str(headers, "mcp-name") {
-            if decode_header_value(h).as_deref() != Some(expected) {
-                return mismatch(id, "Mcp-Name differs from the body");
+        match header_str(headers, "mcp-name") {
+            Some(h) if decode_header_value(h).as_deref() == Some(expected) => {}
+            Some(_) => return mismatch(id, "Mcp-Name differs from the body"),
+            None => return mismatch(id, "the Mcp-Name header is required"),
+        }
+    }
+    // A single server that speaks this version itself gets the request as it
+    // is, and its answer — status, body, stream — comes back as it is.
+    if let Scope::Server(_) = &scope {
+        if let Some(server) = gw.servers_in(&scope).into_iter().next() {
+            match server.stateless_passthrough(raw, headers).await {
+                Some(Ok(resp)) => return relay(resp),
+                Some(Err(e)) => {
+                    let err = e.to_error_object(server.name());
+                    return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
+                }
+                None => {}
             }
         }
     }
@@ -112,6 +128,31 @@ pub(crate) async fn handle(
     }
     let req = strip_stateless_meta(req);
     respond(gw, scope, None, req).await
+}
+
+/// Streams an upstream answer back unchanged (status, type, body).
+fn relay(resp: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
+    let is_sse = content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = axum::body::Body::from_stream(resp.bytes_stream());
+    let mut out = if is_sse { super::sse_response(body) } else { Response::new(body) };
+    *out.status_mut() = status;
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    }
+    out
+}
+
+/// The HTTP status a stateless error answer carries (2026-07-28 transport rules).
+pub(crate) fn status_for_error(code: i64) -> StatusCode {
+    match code {
+        jsonrpc::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        jsonrpc::HEADER_MISMATCH | jsonrpc::MISSING_CLIENT_CAPABILITY | jsonrpc::UNSUPPORTED_PROTOCOL_VERSION => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::OK,
+    }
 }
 
 fn unreachable_version() -> String {

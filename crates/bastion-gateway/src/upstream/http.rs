@@ -53,6 +53,19 @@ struct Inner {
     next_id: AtomicU64,
     alive: AtomicBool,
     stop: CancellationToken,
+    /// Whether the server also speaks the stateless 2026-07-28 version, so
+    /// stateless clients can be passed through unchanged.
+    stateless: AtomicBool,
+}
+
+/// Request headers a stateless client's request carries through to a
+/// server that speaks the same version.
+pub(crate) fn is_forwarded_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "mcp-protocol-version" | "mcp-method" | "mcp-name" | "traceparent" | "tracestate" | "baggage"
+    ) || n.starts_with("mcp-param-")
 }
 
 pub(crate) struct HttpConn {
@@ -134,6 +147,7 @@ impl HttpConn {
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             stop: CancellationToken::new(),
+            stateless: AtomicBool::new(false),
         };
         let result = read_response(&inner, resp, &Value::from(0), None).await?;
         let info = ServerInfo::from_initialize_result(&result)?;
@@ -142,12 +156,42 @@ impl HttpConn {
         let inner = Arc::new(inner);
         let conn = HttpConn { inner: inner.clone(), info };
         conn.notify("notifications/initialized", None).await;
+        if probe_stateless(&inner).await {
+            inner.stateless.store(true, Ordering::Release);
+            tracing::info!(server = %inner.ctx.server, "server also speaks 2026-07-28: stateless clients pass through");
+        }
         tokio::spawn(listen(inner));
         Ok(conn)
     }
 
     pub fn is_alive(&self) -> bool {
         self.inner.alive.load(Ordering::Acquire)
+    }
+
+    pub fn speaks_stateless(&self) -> bool {
+        self.inner.stateless.load(Ordering::Acquire)
+    }
+
+    /// Sends a stateless client's request to the server as it is, with its
+    /// protocol headers, and returns the server's answer unread so it can be
+    /// streamed back.
+    pub async fn passthrough(&self, body: bytes::Bytes, headers: &HeaderMap) -> Result<reqwest::Response, CallError> {
+        let inner = &self.inner;
+        let mut req = inner
+            .client
+            .post(inner.url.clone())
+            .headers(inner.headers.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            if is_forwarded_header(name.as_str()) {
+                req = req.header(name, value);
+            }
+        }
+        tokio::time::timeout(inner.ctx.call_timeout, req.body(body).send())
+            .await
+            .map_err(|_| CallError::Timeout(inner.ctx.call_timeout))?
+            .map_err(|e| CallError::Unavailable(describe(&e)))
     }
 
     pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
@@ -198,6 +242,42 @@ impl HttpConn {
             )
             .await;
         }
+    }
+}
+
+/// Asks the server whether it speaks 2026-07-28 (`server/discover`).
+async fn probe_stateless(inner: &Inner) -> bool {
+    use bastion_core::protocol::{STATELESS_VERSION, meta};
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": "bastion-discover",
+        "method": "server/discover",
+        "params": {"_meta": {
+            meta::PROTOCOL_VERSION: STATELESS_VERSION,
+            meta::CLIENT_CAPABILITIES: {},
+            meta::CLIENT_INFO: {"name": "bastion", "version": env!("CARGO_PKG_VERSION")}
+        }}
+    });
+    let send = inner
+        .client
+        .post(inner.url.clone())
+        .headers(inner.headers.clone())
+        .header(ACCEPT, "application/json, text/event-stream")
+        .header(CONTENT_TYPE, "application/json")
+        .header(VERSION_HEADER, STATELESS_VERSION)
+        .header("mcp-method", "server/discover")
+        .body(body.to_string())
+        .send();
+    let Ok(Ok(resp)) = tokio::time::timeout(inner.ctx.connect_timeout, send).await else { return false };
+    if !resp.status().is_success() {
+        return false;
+    }
+    match read_response(inner, resp, &Value::from("bastion-discover"), None).await {
+        Ok(result) => result
+            .get("supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| v.iter().any(|x| x == STATELESS_VERSION)),
+        Err(_) => false,
     }
 }
 
