@@ -36,6 +36,8 @@ pub enum Authentication {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub sessions: Sessions,
+    /// Calls of stateless clients waiting for their input (multi round-trip).
+    pub continuations: crate::mrtr::Continuations,
     pub authentication: Authentication,
     pub store: Store,
     spawn_permits: Arc<Semaphore>,
@@ -61,6 +63,7 @@ impl Gateway {
         let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &BTreeMap::new());
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(config.http.session_idle_timeout),
+            continuations: Default::default(),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             authentication,
             store,
@@ -245,6 +248,10 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             h.stop_if_idle().await;
         }
         if n % 10 == 0 {
+            let abandoned = gw.continuations.expire();
+            if abandoned > 0 {
+                tracing::info!(abandoned, "calls waiting for client input expired");
+            }
             let expired = gw.sessions.expire_idle();
             if expired > 0 {
                 tracing::info!(expired, "idle sessions closed");

@@ -4,6 +4,7 @@
 //! - [`gateway`]: shared state, config reload, background tasks.
 //! - [`http`]: the downstream edge — routes, both protocol eras, legacy SSE.
 //! - [`proxy`]: the request path, top to bottom.
+//! - [`mrtr`]: multi round-trip requests for stateless clients.
 //! - [`session`]: downstream sessions bound to their principal.
 //! - [`auth`]: API key authentication.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod gateway;
 pub mod http;
+pub mod mrtr;
 pub mod proxy;
 pub mod server;
 pub mod session;

@@ -9,15 +9,20 @@ use axum::body::Bytes;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bastion_core::jsonrpc::{self, Message, Request, error_response};
+use bastion_core::jsonrpc::{self, Message, Request, error_object, error_response};
 use bastion_core::protocol::{self, STATELESS_VERSION, meta};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::{VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_response, respond, rpc_error};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_response, response_value, rpc_error};
 use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::session::Scope;
+use crate::upstream::{EVENT_BUFFER, UpstreamEvent};
+use crate::{mrtr, proxy};
 
 /// Methods the stateless version removed.
 const REMOVED: &[&str] = &["ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"];
@@ -51,7 +56,7 @@ fn mismatch(id: Option<&Value>, what: &str) -> Response {
 pub(crate) async fn handle(
     gw: Arc<Gateway>,
     scope: Scope,
-    _principal: Principal,
+    principal: Principal,
     headers: &HeaderMap,
     msg: Message,
     raw: Bytes,
@@ -69,6 +74,9 @@ pub(crate) async fn handle(
         }
     };
     let id = Some(&req.id);
+    if let Err(problem) = check_meta(&req) {
+        return rpc_error(StatusCode::BAD_REQUEST, id, jsonrpc::INVALID_PARAMS, problem);
+    }
     let header_version = header_str(headers, VERSION_HEADER);
     let body_version = meta_version(&Message::Request(req.clone())).map(str::to_string);
     let version = match (header_version, body_version.as_deref()) {
@@ -126,15 +134,161 @@ pub(crate) async fn handle(
             format!("Method not found: {}", req.method),
         );
     }
+    let client_capabilities = jsonrpc::params_meta(req.params.as_ref())
+        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     let req = strip_stateless_meta(req);
-    respond(gw, scope, None, req).await
+    bridge(gw, scope, principal, req, client_capabilities).await
+}
+
+/// What the producer of an answer sends: messages about the request, then
+/// the final JSON-RPC response.
+enum Frame {
+    Message(Value),
+    Final(Value),
+}
+
+/// A stateless client of a session-based server: the call runs in a task;
+/// server requests become an `InputRequiredResult`, and a retry carrying
+/// the `requestState` resumes the same call (see [`crate::mrtr`]).
+async fn bridge(gw: Arc<Gateway>, scope: Scope, principal: Principal, mut req: Request, caps: Value) -> Response {
+    let (state, responses) = mrtr::take_retry_fields(&mut req);
+    let fingerprint = mrtr::fingerprint(&req);
+    let running = match state {
+        Some(token) => match gw.continuations.resume(&token, &principal.user, &fingerprint, responses) {
+            Ok(r) => r,
+            Err(e) => return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": e})),
+        },
+        None => start(gw.clone(), scope, req.clone()),
+    };
+    let (tx, rx) = mpsc::channel::<Frame>(64);
+    tokio::spawn(drive(gw, principal.user.clone(), fingerprint, req, caps, running, tx));
+    frames_response(rx).await
+}
+
+fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
+    let (sink, events) = mpsc::channel(EVENT_BUFFER);
+    let (otx, orx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut outcome = proxy::handle_request(&gw, &scope, &req, Some(sink)).await;
+        if let Ok(result) = outcome.as_mut() {
+            decorate_result(&req.method, result);
+        }
+        let _ = otx.send(outcome);
+    });
+    mrtr::Running { events, outcome: orx, task: mrtr::AbortOnDrop(task.abort_handle()) }
+}
+
+fn notification_value(method: String, params: Option<Value>) -> Value {
+    let mut m = json!({"jsonrpc": "2.0", "method": method});
+    if let Some(p) = params {
+        m["params"] = p;
+    }
+    m
+}
+
+/// Follows a running call until it ends or needs input from the client.
+async fn drive(
+    gw: Arc<Gateway>,
+    user: Arc<str>,
+    fingerprint: String,
+    req: Request,
+    caps: Value,
+    mut running: mrtr::Running,
+    tx: mpsc::Sender<Frame>,
+) {
+    let mut events_open = true;
+    let can_ask = mrtr::SUPPORTED.contains(&req.method.as_str());
+    loop {
+        tokio::select! {
+            biased;
+            outcome = &mut running.outcome => {
+                while let Ok(UpstreamEvent::Notification { method, params }) = running.events.try_recv() {
+                    let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                }
+                let outcome = outcome.unwrap_or_else(|_| Err(error_object(jsonrpc::INTERNAL_ERROR, "the call ended unexpectedly")));
+                let _ = tx.send(Frame::Final(response_value(&req.id, outcome))).await;
+                return;
+            }
+            ev = running.events.recv(), if events_open => match ev {
+                None => events_open = false,
+                Some(UpstreamEvent::Notification { method, params }) => {
+                    if tx.send(Frame::Message(notification_value(method, params))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(UpstreamEvent::Request { method, params, reply }) => {
+                    if !can_ask {
+                        let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, "the client cannot receive requests")));
+                        continue;
+                    }
+                    if let Some(cap) = mrtr::required_capability(&method) {
+                        if caps.get(cap).is_none_or(Value::is_null) {
+                            let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("the client does not support {method}"))));
+                            let err = error_object(
+                                jsonrpc::MISSING_CLIENT_CAPABILITY,
+                                format!("Missing required client capability: {cap}"),
+                            );
+                            let _ = tx.send(Frame::Final(response_value(&req.id, Err(err)))).await;
+                            return; // dropping `running` cancels the call upstream
+                        }
+                    }
+                    let mut requests = vec![("input-1".to_string(), method, params)];
+                    let mut pending = vec![("input-1".to_string(), reply)];
+                    // Requests the server sent together are asked together.
+                    while let Ok(ev) = running.events.try_recv() {
+                        match ev {
+                            UpstreamEvent::Request { method, params, reply } => {
+                                let key = format!("input-{}", requests.len() + 1);
+                                requests.push((key.clone(), method, params));
+                                pending.push((key, reply));
+                            }
+                            UpstreamEvent::Notification { method, params } => {
+                                let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                            }
+                        }
+                    }
+                    let token = gw.continuations.park(user, fingerprint, pending, running);
+                    let result = mrtr::input_required(&requests, &token);
+                    let _ = tx.send(Frame::Final(response_value(&req.id, Ok(result)))).await;
+                    return;
+                }
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// JSON when the final answer comes first, else an SSE stream.
+async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
+    let first = match rx.recv().await {
+        Some(f) => f,
+        None => return super::accepted(),
+    };
+    let first = match first {
+        Frame::Final(v) => {
+            let status =
+                v.pointer("/error/code").and_then(Value::as_i64).map(status_for_error).unwrap_or(StatusCode::OK);
+            return json_response(status, &v);
+        }
+        Frame::Message(m) => m,
+    };
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx).map(|f| match f {
+        Frame::Message(m) | Frame::Final(m) => m,
+    });
+    let stream = futures::stream::once(async move { first })
+        .chain(rest)
+        .map(|m| Ok::<_, std::convert::Infallible>(super::sse_frame(&m)));
+    super::sse_response(axum::body::Body::from_stream(stream))
 }
 
 /// Streams an upstream answer back unchanged (status, type, body).
 fn relay(resp: reqwest::Response) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
-    let is_sse = content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse =
+        content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
     let body = axum::body::Body::from_stream(resp.bytes_stream());
     let mut out = if is_sse { super::sse_response(body) } else { Response::new(body) };
     *out.status_mut() = status;
@@ -159,6 +313,21 @@ fn unreachable_version() -> String {
     // `is_stateless` guarantees one of the two; treat a missing one as the
     // oldest header-less version, which has no stateless form.
     "2025-03-26".into()
+}
+
+/// Every stateless request says, in `_meta`, which version it speaks and
+/// what the client can do.
+fn check_meta(req: &Request) -> Result<(), &'static str> {
+    let Some(meta) = jsonrpc::params_meta(req.params.as_ref()) else {
+        return Err("Invalid params: _meta with the protocol version and client capabilities is required");
+    };
+    if !meta.get(meta::PROTOCOL_VERSION).is_some_and(Value::is_string) {
+        return Err("Invalid params: _meta is missing io.modelcontextprotocol/protocolVersion");
+    }
+    if !meta.get(meta::CLIENT_CAPABILITIES).is_some_and(Value::is_object) {
+        return Err("Invalid params: _meta is missing io.modelcontextprotocol/clientCapabilities");
+    }
+    Ok(())
 }
 
 fn name_field(req: &Request) -> Option<&str> {

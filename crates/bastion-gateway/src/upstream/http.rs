@@ -62,10 +62,8 @@ struct Inner {
 /// server that speaks the same version.
 pub(crate) fn is_forwarded_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "mcp-protocol-version" | "mcp-method" | "mcp-name" | "traceparent" | "tracestate" | "baggage"
-    ) || n.starts_with("mcp-param-")
+    matches!(n.as_str(), "mcp-protocol-version" | "mcp-method" | "mcp-name" | "traceparent" | "tracestate" | "baggage")
+        || n.starts_with("mcp-param-")
 }
 
 pub(crate) struct HttpConn {
