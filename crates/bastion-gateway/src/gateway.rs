@@ -213,6 +213,9 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             if !gw.scope_includes(&session.scope, &n.server) {
                 continue;
             }
+            if session.listen.as_ref().is_some_and(|f| !f.wants(&n.method)) {
+                continue;
+            }
             let mut params = n.params.clone();
             if n.method == "notifications/resources/updated" {
                 let Some(uri) = params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str) else { continue };
@@ -222,6 +225,13 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
                 }
                 if let Some(p) = params.as_mut() {
                     p["uri"] = Value::from(seen);
+                }
+            }
+            if let Some(f) = &session.listen {
+                let p = params.get_or_insert_with(|| json!({}));
+                if let Some(obj) = p.as_object_mut() {
+                    let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                    meta[bastion_core::protocol::meta::SUBSCRIPTION_ID] = f.subscription_id.clone();
                 }
             }
             let mut msg = json!({"jsonrpc": "2.0", "method": n.method});

@@ -253,7 +253,8 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
     }
     match session_id {
         Some(sid) => {
-            let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && !s.legacy) else {
+            let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && s.is_client_session())
+            else {
                 return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
             };
             if let Some(v) = header_str(&headers, VERSION_HEADER) {
@@ -315,6 +316,7 @@ async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Requ
         protocol_version: version.to_string(),
         client_capabilities,
         legacy: false,
+        listen: None,
     });
     tracing::info!(session = %short(&session.id), user = %session.principal.user, version, "session created");
     let mut resp = json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "result": result}));
@@ -577,7 +579,8 @@ async fn batch(
     sid: Option<String>,
     items: Vec<Value>,
 ) -> Response {
-    let session = sid.and_then(|sid| gw.sessions.get(&sid, &principal)).filter(|s| s.scope == scope && !s.legacy);
+    let session =
+        sid.and_then(|sid| gw.sessions.get(&sid, &principal)).filter(|s| s.scope == scope && s.is_client_session());
     let Some(session) = session else {
         return rpc_error(
             StatusCode::BAD_REQUEST,
@@ -643,7 +646,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
         }
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
     };
-    let Some(session) = gw.sessions.get(sid, &principal).filter(|s| s.scope == scope && !s.legacy) else {
+    let Some(session) = gw.sessions.get(sid, &principal).filter(|s| s.scope == scope && s.is_client_session()) else {
         return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
     };
     let Some(rx) = session.open_stream() else {
@@ -680,7 +683,9 @@ async fn delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response 
     let Some(sid) = header_str(&headers, SESSION_HEADER) else {
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
     };
-    if gw.sessions.get(sid, &principal).is_none_or(|s| s.scope != scope) || !gw.sessions.remove(sid, &principal) {
+    if gw.sessions.get(sid, &principal).is_none_or(|s| s.scope != scope || !s.is_client_session())
+        || !gw.sessions.remove(sid, &principal)
+    {
         return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
     }
     tracing::info!(session = %short(sid), "session closed by the client");

@@ -37,6 +37,30 @@ impl Scope {
     }
 }
 
+/// What a stateless client's `subscriptions/listen` stream asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenFilter {
+    /// The id of the `subscriptions/listen` request; tags every notification.
+    pub subscription_id: Value,
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+}
+
+impl ListenFilter {
+    /// Whether a server notification belongs on this stream.
+    pub fn wants(&self, method: &str) -> bool {
+        match method {
+            "notifications/tools/list_changed" => self.tools,
+            "notifications/prompts/list_changed" => self.prompts,
+            "notifications/resources/list_changed" => self.resources,
+            // further filtered by the subscribed URIs
+            "notifications/resources/updated" => true,
+            _ => false,
+        }
+    }
+}
+
 /// Capacity of a session's stream of unsolicited messages.
 const OUTBOUND_BUFFER: usize = 256;
 
@@ -50,6 +74,9 @@ pub struct Session {
     pub initialized: AtomicBool,
     /// True for legacy HTTP+SSE sessions, where every answer goes on the stream.
     pub legacy: bool,
+    /// Set for the internal session behind a stateless `subscriptions/listen`
+    /// stream; such a session has no id a client knows.
+    pub listen: Option<ListenFilter>,
     /// The open GET (or legacy SSE) stream, if any.
     outbound: Mutex<Option<mpsc::Sender<Value>>>,
     /// Requests Bastion relayed to the client, waiting for its answer.
@@ -64,6 +91,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether this is a session a client holds the id of, for the
+    /// Streamable HTTP session endpoints.
+    pub fn is_client_session(&self) -> bool {
+        !self.legacy && self.listen.is_none()
+    }
+
     pub fn touch(&self) {
         *self.last_seen.lock().expect("poisoned") = Instant::now();
     }
@@ -151,6 +184,7 @@ pub struct NewSession {
     pub protocol_version: String,
     pub client_capabilities: Value,
     pub legacy: bool,
+    pub listen: Option<ListenFilter>,
 }
 
 /// All live sessions.
@@ -173,6 +207,7 @@ impl Sessions {
             client_capabilities: Mutex::new(s.client_capabilities),
             initialized: AtomicBool::new(false),
             legacy: s.legacy,
+            listen: s.listen,
             outbound: Mutex::new(None),
             server_requests: Mutex::new(HashMap::new()),
             next_server_request: AtomicU64::new(1),
@@ -251,6 +286,7 @@ mod tests {
             protocol_version: "2025-11-25".into(),
             client_capabilities: serde_json::json!({"sampling": {}}),
             legacy: false,
+            listen: None,
         })
     }
 

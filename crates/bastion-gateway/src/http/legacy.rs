@@ -60,6 +60,7 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
         protocol_version: "2024-11-05".into(),
         client_capabilities: json!({}),
         legacy: true,
+        listen: None,
     });
     let rx = session.open_stream().expect("a new session has no stream");
     let endpoint = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
@@ -75,9 +76,9 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
     sse_response(Body::from_stream(body))
 }
 
-struct SessionEnd {
-    gw: Arc<Gateway>,
-    session: Arc<Session>,
+pub(crate) struct SessionEnd {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) session: Arc<Session>,
 }
 
 impl Drop for SessionEnd {

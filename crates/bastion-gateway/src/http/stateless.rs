@@ -134,12 +134,74 @@ pub(crate) async fn handle(
             format!("Method not found: {}", req.method),
         );
     }
+    if req.method == "subscriptions/listen" {
+        return listen(gw, scope, principal, req).await;
+    }
     let client_capabilities = jsonrpc::params_meta(req.params.as_ref())
         .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
         .cloned()
         .unwrap_or_else(|| json!({}));
     let req = strip_stateless_meta(req);
     bridge(gw, scope, principal, req, client_capabilities).await
+}
+
+/// `subscriptions/listen` on servers reached through a session-based
+/// connection: Bastion keeps the subscription itself, fed by the servers'
+/// notifications, and subscribes upstream to the resources asked for.
+async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Request) -> Response {
+    let filter = req.params.as_ref().and_then(|p| p.get("notifications")).cloned().unwrap_or_else(|| json!({}));
+    let flag = |k: &str| filter.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let uris: Vec<String> = filter
+        .get("resourceSubscriptions")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut subscribed = Vec::new();
+    for uri in &uris {
+        let sub = Request { id: json!(0), method: "resources/subscribe".into(), params: Some(json!({"uri": uri})) };
+        if proxy::handle_request(&gw, &scope, &sub, None).await.is_ok() {
+            subscribed.push(uri.clone());
+        }
+    }
+    let f = crate::session::ListenFilter {
+        subscription_id: req.id.clone(),
+        tools: flag("toolsListChanged"),
+        prompts: flag("promptsListChanged"),
+        resources: flag("resourcesListChanged"),
+    };
+    let mut acknowledged = serde_json::Map::new();
+    for (key, on) in
+        [("toolsListChanged", f.tools), ("promptsListChanged", f.prompts), ("resourcesListChanged", f.resources)]
+    {
+        if on {
+            acknowledged.insert(key.into(), Value::Bool(true));
+        }
+    }
+    if !uris.is_empty() {
+        acknowledged.insert("resourceSubscriptions".into(), json!(subscribed));
+    }
+    let session = gw.sessions.create(crate::session::NewSession {
+        principal,
+        scope,
+        protocol_version: STATELESS_VERSION.into(),
+        client_capabilities: json!({}),
+        legacy: false,
+        listen: Some(f),
+    });
+    session.subscriptions.lock().expect("poisoned").extend(subscribed);
+    let rx = session.open_stream().expect("a new session has no stream");
+    let ack = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/subscriptions/acknowledged",
+        "params": {"_meta": {meta::SUBSCRIPTION_ID: req.id}, "notifications": acknowledged}
+    });
+    let guard = super::legacy::SessionEnd { gw: gw.clone(), session: session.clone() };
+    let first = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(super::sse_frame(&ack)) });
+    let body = first.chain(super::stream_body(rx, session.closed.clone())).map(move |item| {
+        let _keep = &guard;
+        item
+    });
+    super::sse_response(axum::body::Body::from_stream(body))
 }
 
 /// What the producer of an answer sends: messages about the request, then
