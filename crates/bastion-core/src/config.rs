@@ -431,11 +431,10 @@ impl Config {
         if self.upstream.max_concurrent_spawns == 0 {
             return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
         }
-        if let Some(f) = &self.log.format {
-            if f != "json" && f != "text" {
+        if let Some(f) = &self.log.format
+            && f != "json" && f != "text" {
                 return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
             }
-        }
         Ok(())
     }
 

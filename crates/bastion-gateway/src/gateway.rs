@@ -201,14 +201,13 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             "notifications/resources/list_changed" => Some("resources/list"),
             _ => None,
         };
-        if let Some(method) = list {
-            if let Some(h) = gw.runtime().upstreams.get(&*n.server) {
+        if let Some(method) = list
+            && let Some(h) = gw.runtime().upstreams.get(&*n.server) {
                 h.invalidate_list(method);
                 if method == "resources/list" {
                     h.invalidate_list("resources/templates/list");
                 }
             }
-        }
         for session in gw.sessions.all() {
             if !gw.scope_includes(&session.scope, &n.server) {
                 continue;
@@ -257,7 +256,7 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
         for h in upstreams {
             h.stop_if_idle().await;
         }
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let abandoned = gw.continuations.expire();
             if abandoned > 0 {
                 tracing::info!(abandoned, "calls waiting for client input expired");
@@ -267,10 +266,9 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
                 tracing::info!(expired, "idle sessions closed");
             }
         }
-        if n % 5 == 0 {
-            if let Authentication::ApiKeys(a) = &gw.authentication {
+        if n.is_multiple_of(5)
+            && let Authentication::ApiKeys(a) = &gw.authentication {
                 a.flush_usage().await;
             }
-        }
     }
 }

@@ -246,19 +246,18 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
     if session_id.is_none() && stateless::is_stateless(&headers, &msg) {
         return stateless::handle(gw, scope, principal, &headers, msg, bytes).await;
     }
-    if let Message::Request(req) = &msg {
-        if req.method == "initialize" {
+    if let Message::Request(req) = &msg
+        && req.method == "initialize" {
             return initialize(&gw, scope, principal, req).await;
         }
-    }
     match session_id {
         Some(sid) => {
             let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && s.is_client_session())
             else {
                 return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
             };
-            if let Some(v) = header_str(&headers, VERSION_HEADER) {
-                if !protocol::is_session_version(v) {
+            if let Some(v) = header_str(&headers, VERSION_HEADER)
+                && !protocol::is_session_version(v) {
                     return rpc_error(
                         StatusCode::BAD_REQUEST,
                         None,
@@ -266,7 +265,6 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
                         format!("Unsupported protocol version: {v}"),
                     );
                 }
-            }
             session_message(gw, session, msg).await
         }
         None => rpc_error(
@@ -448,13 +446,11 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
     tokio::spawn(async move {
         let mut pending = first_event;
         loop {
-            if let Some(ev) = pending.take() {
-                if let Some(msg) = event_to_message(session.as_deref(), ev) {
-                    if tx.send(Ok(sse_frame(&msg))).await.is_err() {
+            if let Some(ev) = pending.take()
+                && let Some(msg) = event_to_message(session.as_deref(), ev)
+                    && tx.send(Ok(sse_frame(&msg))).await.is_err() {
                         break;
                     }
-                }
-            }
             tokio::select! {
                 biased;
                 done = &mut work => {
@@ -490,11 +486,10 @@ async fn run_request(
     sink: crate::upstream::EventSink,
 ) -> proxy::Outcome {
     let mut outcome = proxy::handle_request(gw, scope, req, Some(sink)).await;
-    if session.is_none() {
-        if let Ok(result) = outcome.as_mut() {
+    if session.is_none()
+        && let Ok(result) = outcome.as_mut() {
             stateless::decorate_result(&req.method, result);
         }
-    }
     if let (Ok(_), Some(s)) = (&outcome, session) {
         let uri = req.params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str);
         match (req.method.as_str(), uri) {

@@ -145,7 +145,7 @@ pub(crate) struct ConnContext {
 
 /// A live connection to one server.
 pub(crate) enum Conn {
-    Stdio(stdio::StdioConn),
+    Stdio(Box<stdio::StdioConn>),
     Http(http::HttpConn),
     Sse(sse::SseConn),
 }
@@ -283,11 +283,10 @@ impl UpstreamHandle {
     /// The live connection, connecting (or restarting, after the backoff
     /// delay) if there is none.
     async fn conn(&self) -> Result<Arc<Conn>, CallError> {
-        if let Some(c) = self.current.load_full() {
-            if c.is_alive() {
+        if let Some(c) = self.current.load_full()
+            && c.is_alive() {
                 return Ok(c);
             }
-        }
         let _guard = self.connect_lock.lock().await;
         if let Some(c) = self.current.load_full() {
             if c.is_alive() {
@@ -356,7 +355,7 @@ impl UpstreamHandle {
                     Some(c) => self.spec.base_dir.join(c),
                     None => self.spec.base_dir.clone(),
                 };
-                stdio::StdioConn::spawn(ctx, command, args, env, &cwd).await.map(Conn::Stdio)
+                stdio::StdioConn::spawn(ctx, command, args, env, &cwd).await.map(|c| Conn::Stdio(Box::new(c)))
             }
             Transport::Http { url, headers, fallback_sse } => {
                 match http::HttpConn::connect(ctx.clone(), url, headers).await {

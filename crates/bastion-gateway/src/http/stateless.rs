@@ -108,8 +108,8 @@ pub(crate) async fn handle(
     }
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is.
-    if let Scope::Server(_) = &scope {
-        if let Some(server) = gw.servers_in(&scope).into_iter().next() {
+    if let Scope::Server(_) = &scope
+        && let Some(server) = gw.servers_in(&scope).into_iter().next() {
             match server.stateless_passthrough(raw, headers).await {
                 Some(Ok(resp)) => return relay(resp),
                 Some(Err(e)) => {
@@ -119,7 +119,6 @@ pub(crate) async fn handle(
                 None => {}
             }
         }
-    }
     if req.method == "server/discover" {
         return json_response(
             StatusCode::OK,
@@ -285,8 +284,8 @@ async fn drive(
                         let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, "the client cannot receive requests")));
                         continue;
                     }
-                    if let Some(cap) = mrtr::required_capability(&method) {
-                        if caps.get(cap).is_none_or(Value::is_null) {
+                    if let Some(cap) = mrtr::required_capability(&method)
+                        && caps.get(cap).is_none_or(Value::is_null) {
                             let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("the client does not support {method}"))));
                             let err = error_object(
                                 jsonrpc::MISSING_CLIENT_CAPABILITY,
@@ -295,7 +294,6 @@ async fn drive(
                             let _ = tx.send(Frame::Final(response_value(&req.id, Err(err)))).await;
                             return; // dropping `running` cancels the call upstream
                         }
-                    }
                     let mut requests = vec![("input-1".to_string(), method, params)];
                     let mut pending = vec![("input-1".to_string(), reply)];
                     // Requests the server sent together are asked together.
@@ -410,11 +408,10 @@ fn strip_stateless_meta(mut req: Request) -> Request {
         meta.remove(meta::CLIENT_INFO);
         meta.remove(meta::LOG_LEVEL);
     }
-    if let Some(p) = req.params.as_mut().and_then(Value::as_object_mut) {
-        if p.get("_meta").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
+    if let Some(p) = req.params.as_mut().and_then(Value::as_object_mut)
+        && p.get("_meta").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
             p.remove("_meta");
         }
-    }
     req
 }
 

@@ -151,12 +151,11 @@ impl Mux {
             }
             return;
         }
-        if method == "notifications/message" {
-            if let Some(sink) = self.newest_sink() {
+        if method == "notifications/message"
+            && let Some(sink) = self.newest_sink() {
                 let _ = sink.try_send(UpstreamEvent::Notification { method, params });
                 return;
             }
-        }
         if method == "notifications/cancelled" {
             return;
         }
