@@ -27,3 +27,31 @@ if (token && origin && modules) {
   };
   setGlobalDispatcher(new Agent().compose(addAuth));
 }
+
+// Some scenarios send raw requests with node:http to control header casing.
+if (token && origin) {
+  const http = (await import('node:http')).default;
+  const target = new URL(origin);
+  const originalRequest = http.request;
+  const matches = (o) =>
+    o && (o.hostname ?? o.host) === target.hostname && String(o.port ?? '') === target.port;
+  http.request = function (...args) {
+    if (typeof args[0] === 'string' || args[0] instanceof URL) {
+      const url = new URL(args[0]);
+      if (url.origin === target.origin) {
+        const opts = typeof args[1] === 'object' && args[1] !== null && typeof args[1] !== 'function' ? args[1] : {};
+        const rest = opts === args[1] ? args.slice(2) : args.slice(1);
+        return originalRequest.call(this, url, { ...opts, headers: withAuth(opts.headers) }, ...rest);
+      }
+    } else if (matches(args[0])) {
+      args[0] = { ...args[0], headers: withAuth(args[0].headers) };
+    }
+    return originalRequest.apply(this, args);
+  };
+  function withAuth(headers) {
+    if (Array.isArray(headers)) return [...headers, 'authorization', `Bearer ${token}`];
+    const h = { ...(headers ?? {}) };
+    if (!Object.keys(h).some((k) => k.toLowerCase() === 'authorization')) h.authorization = `Bearer ${token}`;
+    return h;
+  }
+}

@@ -202,12 +202,13 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             _ => None,
         };
         if let Some(method) = list
-            && let Some(h) = gw.runtime().upstreams.get(&*n.server) {
-                h.invalidate_list(method);
-                if method == "resources/list" {
-                    h.invalidate_list("resources/templates/list");
-                }
+            && let Some(h) = gw.runtime().upstreams.get(&*n.server)
+        {
+            h.invalidate_list(method);
+            if method == "resources/list" {
+                h.invalidate_list("resources/templates/list");
             }
+        }
         for session in gw.sessions.all() {
             if !gw.scope_includes(&session.scope, &n.server) {
                 continue;
@@ -267,8 +268,9 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             }
         }
         if n.is_multiple_of(5)
-            && let Authentication::ApiKeys(a) = &gw.authentication {
-                a.flush_usage().await;
-            }
+            && let Authentication::ApiKeys(a) = &gw.authentication
+        {
+            a.flush_usage().await;
+        }
     }
 }

@@ -247,9 +247,10 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
         return stateless::handle(gw, scope, principal, &headers, msg, bytes).await;
     }
     if let Message::Request(req) = &msg
-        && req.method == "initialize" {
-            return initialize(&gw, scope, principal, req).await;
-        }
+        && req.method == "initialize"
+    {
+        return initialize(&gw, scope, principal, req).await;
+    }
     match session_id {
         Some(sid) => {
             let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && s.is_client_session())
@@ -257,14 +258,15 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
                 return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
             };
             if let Some(v) = header_str(&headers, VERSION_HEADER)
-                && !protocol::is_session_version(v) {
-                    return rpc_error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        jsonrpc::INVALID_REQUEST,
-                        format!("Unsupported protocol version: {v}"),
-                    );
-                }
+                && !protocol::is_session_version(v)
+            {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    format!("Unsupported protocol version: {v}"),
+                );
+            }
             session_message(gw, session, msg).await
         }
         None => rpc_error(
@@ -448,9 +450,10 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
         loop {
             if let Some(ev) = pending.take()
                 && let Some(msg) = event_to_message(session.as_deref(), ev)
-                    && tx.send(Ok(sse_frame(&msg))).await.is_err() {
-                        break;
-                    }
+                && tx.send(Ok(sse_frame(&msg))).await.is_err()
+            {
+                break;
+            }
             tokio::select! {
                 biased;
                 done = &mut work => {
@@ -487,9 +490,10 @@ async fn run_request(
 ) -> proxy::Outcome {
     let mut outcome = proxy::handle_request(gw, scope, req, Some(sink)).await;
     if session.is_none()
-        && let Ok(result) = outcome.as_mut() {
-            stateless::decorate_result(&req.method, result);
-        }
+        && let Ok(result) = outcome.as_mut()
+    {
+        stateless::decorate_result(&req.method, result);
+    }
     if let (Ok(_), Some(s)) = (&outcome, session) {
         let uri = req.params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str);
         match (req.method.as_str(), uri) {

@@ -121,6 +121,13 @@ fn resolve_uri<'a>(gw: &Gateway, scope: &Scope, uri: &'a str) -> Result<(Arc<Ups
     Ok((handle, inner))
 }
 
+/// A tool's definition as its server lists it (name unprefixed).
+pub async fn tool_definition(gw: &Gateway, scope: &Scope, name: &str) -> Option<Value> {
+    let (server, inner) = resolve_name(gw, scope, name).ok()?;
+    let tools = server.list_all("tools/list", "tools").await.ok()?;
+    tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(inner)).cloned()
+}
+
 fn params_object(req: &Request) -> Result<Map<String, Value>, Value> {
     match &req.params {
         Some(Value::Object(m)) => Ok(m.clone()),

@@ -284,9 +284,10 @@ impl UpstreamHandle {
     /// delay) if there is none.
     async fn conn(&self) -> Result<Arc<Conn>, CallError> {
         if let Some(c) = self.current.load_full()
-            && c.is_alive() {
-                return Ok(c);
-            }
+            && c.is_alive()
+        {
+            return Ok(c);
+        }
         let _guard = self.connect_lock.lock().await;
         if let Some(c) = self.current.load_full() {
             if c.is_alive() {

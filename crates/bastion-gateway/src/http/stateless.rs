@@ -106,19 +106,23 @@ pub(crate) async fn handle(
             None => return mismatch(id, "the Mcp-Name header is required"),
         }
     }
+    if let Err(resp) = check_param_headers(&gw, &scope, &req, headers).await {
+        return resp;
+    }
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is.
     if let Scope::Server(_) = &scope
-        && let Some(server) = gw.servers_in(&scope).into_iter().next() {
-            match server.stateless_passthrough(raw, headers).await {
-                Some(Ok(resp)) => return relay(resp),
-                Some(Err(e)) => {
-                    let err = e.to_error_object(server.name());
-                    return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
-                }
-                None => {}
+        && let Some(server) = gw.servers_in(&scope).into_iter().next()
+    {
+        match server.stateless_passthrough(raw, headers).await {
+            Some(Ok(resp)) => return relay(resp),
+            Some(Err(e)) => {
+                let err = e.to_error_object(server.name());
+                return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
             }
+            None => {}
         }
+    }
     if req.method == "server/discover" {
         return json_response(
             StatusCode::OK,
@@ -140,8 +144,12 @@ pub(crate) async fn handle(
         .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
         .cloned()
         .unwrap_or_else(|| json!({}));
+    let log_level = jsonrpc::params_meta(req.params.as_ref())
+        .and_then(|m| m.get(meta::LOG_LEVEL))
+        .and_then(Value::as_str)
+        .and_then(log_rank);
     let req = strip_stateless_meta(req);
-    bridge(gw, scope, principal, req, client_capabilities).await
+    bridge(gw, scope, principal, req, client_capabilities, log_level).await
 }
 
 /// `subscriptions/listen` on servers reached through a session-based
@@ -213,7 +221,14 @@ enum Frame {
 /// A stateless client of a session-based server: the call runs in a task;
 /// server requests become an `InputRequiredResult`, and a retry carrying
 /// the `requestState` resumes the same call (see [`crate::mrtr`]).
-async fn bridge(gw: Arc<Gateway>, scope: Scope, principal: Principal, mut req: Request, caps: Value) -> Response {
+async fn bridge(
+    gw: Arc<Gateway>,
+    scope: Scope,
+    principal: Principal,
+    mut req: Request,
+    caps: Value,
+    log_level: Option<u8>,
+) -> Response {
     let (state, responses) = mrtr::take_retry_fields(&mut req);
     let fingerprint = mrtr::fingerprint(&req);
     let running = match state {
@@ -224,7 +239,8 @@ async fn bridge(gw: Arc<Gateway>, scope: Scope, principal: Principal, mut req: R
         None => start(gw.clone(), scope, req.clone()),
     };
     let (tx, rx) = mpsc::channel::<Frame>(64);
-    tokio::spawn(drive(gw, principal.user.clone(), fingerprint, req, caps, running, tx));
+    let call = Call { user: principal.user.clone(), fingerprint, req, caps, log_level };
+    tokio::spawn(drive(gw, call, running, tx));
     frames_response(rx).await
 }
 
@@ -250,15 +266,37 @@ fn notification_value(method: String, params: Option<Value>) -> Value {
 }
 
 /// Follows a running call until it ends or needs input from the client.
-async fn drive(
-    gw: Arc<Gateway>,
+/// A stateless call being followed.
+struct Call {
     user: Arc<str>,
     fingerprint: String,
     req: Request,
     caps: Value,
-    mut running: mrtr::Running,
-    tx: mpsc::Sender<Frame>,
-) {
+    /// The `_meta` log level; without one the client gets no log messages.
+    log_level: Option<u8>,
+}
+
+/// Severity rank of an MCP log level (RFC 5424 order).
+fn log_rank(level: &str) -> Option<u8> {
+    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+        .iter()
+        .position(|l| *l == level)
+        .map(|p| p as u8)
+}
+
+impl Call {
+    /// Whether a notification may reach this client.
+    fn admits(&self, method: &str, params: Option<&Value>) -> bool {
+        if method != "notifications/message" {
+            return true;
+        }
+        let level = params.and_then(|p| p.get("level")).and_then(Value::as_str).and_then(log_rank).unwrap_or(0);
+        self.log_level.is_some_and(|min| level >= min)
+    }
+}
+
+async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mpsc::Sender<Frame>) {
+    let Call { ref req, ref caps, .. } = call;
     let mut events_open = true;
     let can_ask = mrtr::SUPPORTED.contains(&req.method.as_str());
     loop {
@@ -266,7 +304,9 @@ async fn drive(
             biased;
             outcome = &mut running.outcome => {
                 while let Ok(UpstreamEvent::Notification { method, params }) = running.events.try_recv() {
-                    let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                    if call.admits(&method, params.as_ref()) {
+                        let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                    }
                 }
                 let outcome = outcome.unwrap_or_else(|_| Err(error_object(jsonrpc::INTERNAL_ERROR, "the call ended unexpectedly")));
                 let _ = tx.send(Frame::Final(response_value(&req.id, outcome))).await;
@@ -275,7 +315,9 @@ async fn drive(
             ev = running.events.recv(), if events_open => match ev {
                 None => events_open = false,
                 Some(UpstreamEvent::Notification { method, params }) => {
-                    if tx.send(Frame::Message(notification_value(method, params))).await.is_err() {
+                    if call.admits(&method, params.as_ref())
+                        && tx.send(Frame::Message(notification_value(method, params))).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -305,11 +347,13 @@ async fn drive(
                                 pending.push((key, reply));
                             }
                             UpstreamEvent::Notification { method, params } => {
-                                let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                                if call.admits(&method, params.as_ref()) {
+                                    let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                                }
                             }
                         }
                     }
-                    let token = gw.continuations.park(user, fingerprint, pending, running);
+                    let token = gw.continuations.park(call.user.clone(), call.fingerprint.clone(), pending, running);
                     let result = mrtr::input_required(&requests, &token);
                     let _ = tx.send(Frame::Final(response_value(&req.id, Ok(result)))).await;
                     return;
@@ -375,6 +419,50 @@ fn unreachable_version() -> String {
     "2025-03-26".into()
 }
 
+/// `Mcp-Param-*` headers mirror tool arguments the tool's schema marks with
+/// `x-mcp-header`; whatever routes or limits by header must see the same
+/// values the server executes, so they are checked against the body.
+async fn check_param_headers(gw: &Gateway, scope: &Scope, req: &Request, headers: &HeaderMap) -> Result<(), Response> {
+    let id = Some(&req.id);
+    for (name, value) in headers {
+        if name.as_str().starts_with("mcp-param-") && value.to_str().is_err() {
+            return Err(mismatch(id, &format!("{name} contains characters not allowed in a header")));
+        }
+    }
+    if req.method != "tools/call" {
+        return Ok(());
+    }
+    let Some(name) = req.params.as_ref().and_then(|p| p.get("name")).and_then(Value::as_str) else { return Ok(()) };
+    let Some(tool) = crate::proxy::tool_definition(gw, scope, name).await else { return Ok(()) };
+    let Some(props) = tool.pointer("/inputSchema/properties").and_then(Value::as_object) else { return Ok(()) };
+    let args = req.params.as_ref().and_then(|p| p.get("arguments"));
+    for (prop, schema) in props {
+        let Some(header) = schema.get("x-mcp-header").and_then(Value::as_str) else { continue };
+        let header_name = format!("mcp-param-{}", header.to_ascii_lowercase());
+        let arg = args.and_then(|a| a.get(prop)).filter(|v| !v.is_null());
+        let sent = headers.get(header_name.as_str()).and_then(|v| v.to_str().ok()).and_then(decode_header_value);
+        match (arg, sent) {
+            (Some(_), None) => return Err(mismatch(id, &format!("the Mcp-Param-{header} header is required"))),
+            (Some(a), Some(v)) if !param_matches(a, &v) => {
+                return Err(mismatch(id, &format!("Mcp-Param-{header} differs from the body")));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Compares a header value with the argument it mirrors: strings exactly,
+/// booleans as `true`/`false`, numbers numerically.
+fn param_matches(arg: &Value, header: &str) -> bool {
+    match arg {
+        Value::String(s) => s == header,
+        Value::Bool(b) => header == if *b { "true" } else { "false" },
+        Value::Number(n) => header.trim().parse::<f64>().ok().zip(n.as_f64()).is_some_and(|(h, a)| h == a),
+        _ => false,
+    }
+}
+
 /// Every stateless request says, in `_meta`, which version it speaks and
 /// what the client can do.
 fn check_meta(req: &Request) -> Result<(), &'static str> {
@@ -409,9 +497,10 @@ fn strip_stateless_meta(mut req: Request) -> Request {
         meta.remove(meta::LOG_LEVEL);
     }
     if let Some(p) = req.params.as_mut().and_then(Value::as_object_mut)
-        && p.get("_meta").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
-            p.remove("_meta");
-        }
+        && p.get("_meta").and_then(Value::as_object).is_some_and(|m| m.is_empty())
+    {
+        p.remove("_meta");
+    }
     req
 }
 
@@ -469,6 +558,16 @@ pub(crate) fn decorate_result(method: &str, result: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn param_values_compare_by_type() {
+        assert!(param_matches(&json!("us-west1"), "us-west1"));
+        assert!(!param_matches(&json!("a"), "b"));
+        assert!(param_matches(&json!(42), "42.0"));
+        assert!(param_matches(&json!(true), "true"));
+        assert!(!param_matches(&json!(true), "True"));
+        assert!(!param_matches(&json!({"x": 1}), "x"));
+    }
 
     #[test]
     fn base64_sentinel() {

@@ -152,10 +152,11 @@ impl Mux {
             return;
         }
         if method == "notifications/message"
-            && let Some(sink) = self.newest_sink() {
-                let _ = sink.try_send(UpstreamEvent::Notification { method, params });
-                return;
-            }
+            && let Some(sink) = self.newest_sink()
+        {
+            let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+            return;
+        }
         if method == "notifications/cancelled" {
             return;
         }
