@@ -665,7 +665,7 @@ impl ServerHandler for Everything {
                 }
             ]),
             _ => {
-                if let Some(response) = stateless::get_prompt(&request, &context) {
+                if let Some(response) = stateless::get_prompt(&request, &context).await {
                     return response;
                 }
                 return Err(McpError::invalid_params(format!("Prompt {} not found", request.name), None));

@@ -7,10 +7,14 @@
 //!
 //! * multi round-trip request tools and prompt (SEP-2322), which answer with an
 //!   `input_required` result and then with the final result once the client
-//!   retries with `inputResponses` and the echoed `requestState`;
+//!   retries with `inputResponses` and the echoed `requestState`. On the
+//!   session-based revisions the same tools and prompt gather the same input
+//!   through real server-to-client requests over the session (elicitation,
+//!   sampling, roots) and then return the same final result;
 //! * `requestState` sealing with an HMAC, so tampered state is rejected;
 //! * `test_missing_capability`, which rejects callers that did not declare
-//!   sampling in their per-request client capabilities;
+//!   sampling in their client capabilities (per-request, or at `initialize` on
+//!   the session-based revisions, where it also sends a real sampling request);
 //! * list-changed fan-out to open `subscriptions/listen` streams;
 //! * the log-level gate: stateless requests get `notifications/message` only
 //!   when their `_meta` asks for a log level.
@@ -22,7 +26,7 @@ use rmcp::ErrorData as McpError;
 use rmcp::RoleServer;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientCapabilities, GetPromptRequestParams, GetPromptResponse,
-    InputRequests, InputRequiredResult, ProtocolVersion, ServerNotification, Tool,
+    InputRequests, InputRequiredResult, InputResponses, ProtocolVersion, ServerNotification, Tool,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use serde_json::{Value, json};
@@ -195,7 +199,7 @@ fn invalid_state() -> McpError {
     McpError::invalid_params("requestState integrity check failed", None)
 }
 
-/// Handles the stateless-only tools; `None` if `request` names none of them.
+/// Handles the tools listed by [`tools`]; `None` if `request` names none of them.
 pub async fn call_tool(
     server: &Everything,
     request: &CallToolRequestParams,
@@ -211,16 +215,22 @@ pub async fn call_tool(
     let caps = context.client_capabilities();
     let is_mrtr = name.starts_with("test_input_required_result_");
     if is_mrtr && !is_stateless(context) {
-        let mut result =
-            text_result(format!("{name} needs protocol version {} or later", ProtocolVersion::V_2026_07_28));
-        result.is_error = Some(true);
-        return Some(Ok(result.into()));
+        return Some(Ok(session_tool_result(name, call_session_tool(name, context).await)));
     }
 
     let outcome = match name {
         "test_missing_capability" => {
             if caps.as_ref().is_some_and(|c| c.sampling.is_some()) {
-                Ok(text_result("Success").into())
+                if is_stateless(context) {
+                    Ok(text_result("Success").into())
+                } else {
+                    let asked = ask_client(
+                        context,
+                        json!({ "sample": sampling_request("Reply with a short confirmation", 50) }),
+                    )
+                    .await;
+                    Ok(session_tool_result(name, asked.map(|_| "Success".to_owned())))
+                }
             } else {
                 let required: Result<ClientCapabilities, McpError> = parse(json!({ "sampling": {} }));
                 match required {
@@ -381,8 +391,8 @@ pub async fn call_tool(
     Some(outcome)
 }
 
-/// Handles the stateless-only prompt; `None` for any other prompt name.
-pub fn get_prompt(
+/// Handles the multi round-trip prompt; `None` for any other prompt name.
+pub async fn get_prompt(
     request: &GetPromptRequestParams,
     context: &RequestContext<RoleServer>,
 ) -> Option<Result<GetPromptResponse, McpError>> {
@@ -390,10 +400,7 @@ pub fn get_prompt(
         return None;
     }
     if !is_stateless(context) {
-        return Some(Err(McpError::invalid_params(
-            format!("{} needs protocol version {} or later", request.name, ProtocolVersion::V_2026_07_28),
-            None,
-        )));
+        return Some(get_session_prompt(&request.name, context).await);
     }
     let responses = request.input_responses.as_ref();
     let outcome =
@@ -411,6 +418,190 @@ pub fn get_prompt(
             .map(|requests| InputRequiredResult::from_input_requests(requests).into()),
         };
     Some(outcome)
+}
+
+/// Sends each request of `requests` (an `inputRequests`-shaped map) to the
+/// client as a real server-to-client request over the session, all at once,
+/// and collects the results under the same keys, as `inputResponses`.
+async fn ask_client(context: &RequestContext<RoleServer>, requests: Value) -> Result<InputResponses, String> {
+    let Value::Object(requests) = requests else {
+        return Err("no input requests".to_owned());
+    };
+    let asks = requests.into_iter().map(|(key, request)| async move {
+        let result = ask_one(context, &request).await?;
+        Ok::<_, String>((key, result))
+    });
+    Ok(futures::future::try_join_all(asks).await?.into_iter().collect())
+}
+
+/// Sends one `{ method, params }` input request to the client through the
+/// session, provided the client declared the capability it needs.
+#[expect(deprecated, reason = "the session-based revisions still define sampling and roots")]
+async fn ask_one(context: &RequestContext<RoleServer>, request: &Value) -> Result<Value, String> {
+    let method = request.get("method").and_then(Value::as_str).unwrap_or_default();
+    let params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+    let caps = context.client_capabilities().unwrap_or_default();
+    let declared = match method {
+        "elicitation/create" => caps.elicitation.is_some(),
+        "sampling/createMessage" => caps.sampling.is_some(),
+        "roots/list" => caps.roots.is_some(),
+        _ => return Err(format!("unsupported input request {method}")),
+    };
+    if !declared {
+        return Err(format!("the client did not declare the capability {method} needs"));
+    }
+    let peer = &context.peer;
+    let bad_params = |e: McpError| e.message.to_string();
+    let failed = |e: rmcp::service::ServiceError| format!("{method} failed: {e}");
+    let result = match method {
+        "elicitation/create" => {
+            serde_json::to_value(peer.create_elicitation(parse(params).map_err(bad_params)?).await.map_err(failed)?)
+        }
+        "sampling/createMessage" => {
+            serde_json::to_value(peer.create_message(parse(params).map_err(bad_params)?).await.map_err(failed)?)
+        }
+        _ => serde_json::to_value(peer.list_roots().await.map_err(failed)?),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Why the client's answers did not complete a session-era tool call.
+fn not_supplied(what: &str) -> String {
+    format!("the client did not supply {what}")
+}
+
+/// The text of accepted elicitation response `key`'s `field`.
+fn accepted_text<'a>(responses: &'a InputResponses, key: &str, field: &str) -> Result<&'a str, String> {
+    accepted_content(Some(responses), key)
+        .and_then(|c| c.get(field))
+        .and_then(Value::as_str)
+        .ok_or_else(|| not_supplied(&format!("an accepted {field}")))
+}
+
+/// A session-era tool call's final result: the completion text, or an error
+/// result saying why the call could not complete.
+fn session_tool_result(name: &str, outcome: Result<String, String>) -> CallToolResponse {
+    match outcome {
+        Ok(text) => text_result(text).into(),
+        Err(why) => {
+            let mut result = text_result(format!("{name}: {why}"));
+            result.is_error = Some(true);
+            result.into()
+        }
+    }
+}
+
+/// Runs a multi round-trip tool on a session-based revision: the input the
+/// stateless revision asks for with `input_required` is requested from the
+/// client directly, and the same completion text is returned.
+async fn call_session_tool(name: &str, context: &RequestContext<RoleServer>) -> Result<String, String> {
+    match name {
+        "test_input_required_result_elicitation" => {
+            let responses =
+                ask_client(context, json!({ "user_name": elicit_request("What is your name?", "name", "string") }))
+                    .await?;
+            let user = accepted_text(&responses, "user_name", "name")?;
+            Ok(format!("Hello, {user}!"))
+        }
+        "test_input_required_result_sampling" => {
+            let responses = ask_client(
+                context,
+                json!({ "sample_request": sampling_request("What is the capital of France?", 100) }),
+            )
+            .await?;
+            let text = sampled_text(Some(&responses), "sample_request").ok_or_else(|| not_supplied("sampled text"))?;
+            Ok(format!("Sampling result: {text}"))
+        }
+        "test_input_required_result_list_roots" => {
+            let responses = ask_client(context, json!({ "roots_request": roots_request() })).await?;
+            let n = roots_count(Some(&responses), "roots_request").ok_or_else(|| not_supplied("a roots list"))?;
+            Ok(format!("Found {n} root(s)"))
+        }
+        "test_input_required_result_request_state" => {
+            let responses =
+                ask_client(context, json!({ "confirm": elicit_request("Please confirm", "ok", "boolean") })).await?;
+            let ok = accepted_content(Some(&responses), "confirm").and_then(|c| c.get("ok")).and_then(Value::as_bool);
+            if ok == Some(true) {
+                Ok("state-ok: requestState validated".to_owned())
+            } else {
+                Err(not_supplied("a confirmation"))
+            }
+        }
+        "test_input_required_result_multiple_inputs" => {
+            let responses = ask_client(
+                context,
+                json!({
+                    "user_name": elicit_request("What is your name?", "name", "string"),
+                    "greeting": sampling_request("Generate a greeting", 50),
+                    "client_roots": roots_request()
+                }),
+            )
+            .await?;
+            let user = accepted_text(&responses, "user_name", "name")?;
+            let greeting = sampled_text(Some(&responses), "greeting").ok_or_else(|| not_supplied("a greeting"))?;
+            let roots = roots_count(Some(&responses), "client_roots").ok_or_else(|| not_supplied("a roots list"))?;
+            Ok(format!("Name: {user}; Greeting: {greeting}; Roots: {roots}"))
+        }
+        "test_input_required_result_multi_round" => {
+            let step1 =
+                ask_client(context, json!({ "step1": elicit_request("Step 1: What is your name?", "name", "string") }))
+                    .await?;
+            let user = accepted_text(&step1, "step1", "name")?;
+            let step2 = ask_client(
+                context,
+                json!({ "step2": elicit_request("Step 2: What is your favorite color?", "color", "string") }),
+            )
+            .await?;
+            let color = accepted_text(&step2, "step2", "color")?;
+            Ok(format!("Multi-round complete for {user} who likes {color}"))
+        }
+        "test_input_required_result_tampered_state" => {
+            let responses =
+                ask_client(context, json!({ "confirm": elicit_request("Please confirm", "ok", "boolean") })).await?;
+            match accepted_content(Some(&responses), "confirm") {
+                Some(_) => Ok("integrity-ok: state verified".to_owned()),
+                None => Err(not_supplied("a confirmation")),
+            }
+        }
+        "test_input_required_result_capabilities" => {
+            let caps = context.client_capabilities().unwrap_or_default();
+            let mut requests = serde_json::Map::new();
+            if caps.elicitation.is_some() {
+                requests.insert("elicit_input".into(), elicit_request("Elicitation input", "value", "string"));
+            }
+            if caps.sampling.is_some() {
+                requests.insert("sample_input".into(), sampling_request("Sample request", 50));
+            }
+            if requests.is_empty() {
+                return Ok("No supported capabilities declared".to_owned());
+            }
+            let responses = ask_client(context, Value::Object(requests)).await?;
+            let keys: Vec<&str> = responses.keys().map(String::as_str).collect();
+            Ok(format!("capabilities-ok: received {}", keys.join(",")))
+        }
+        _ => Err(format!("unknown tool {name}")),
+    }
+}
+
+/// Serves the multi round-trip prompt on a session-based revision: elicits
+/// the context over the session, then returns the same prompt.
+async fn get_session_prompt(name: &str, context: &RequestContext<RoleServer>) -> Result<GetPromptResponse, McpError> {
+    let responses = ask_client(
+        context,
+        json!({ "user_context": elicit_request("What context should the prompt use?", "context", "string") }),
+    )
+    .await
+    .and_then(|responses| accepted_text(&responses, "user_context", "context").map(str::to_owned));
+    match responses {
+        Ok(ctx) => crate::json::result::<rmcp::model::GetPromptResult>(json!({
+            "messages": [{
+                "role": "user",
+                "content": { "type": "text", "text": format!("Prompt with context: {ctx}") }
+            }]
+        }))
+        .map(GetPromptResponse::from),
+        Err(why) => Err(McpError::invalid_params(format!("{name}: {why}"), None)),
+    }
 }
 
 /// Serves one `subscriptions/listen` stream: forwards the list changes its
