@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
-use crate::session::{Scope, Sessions};
+use crate::session::{Scope, Session, Sessions};
 use crate::upstream::{ServerNotification, UpstreamHandle, specs_from_config};
 
 /// A configuration and the upstreams built from it.
@@ -140,9 +140,35 @@ impl Gateway {
                 stopped.push(handle.clone());
             }
         }
-        let kept = upstreams.len() - (upstreams.keys().filter(|k| !old.upstreams.contains_key(*k)).count());
+        let added: Vec<String> = upstreams.keys().filter(|k| !old.upstreams.contains_key(*k)).cloned().collect();
+        let kept = upstreams.len() - added.len();
         tracing::info!(servers = upstreams.len(), replaced_or_removed = stopped.len(), kept, "configuration applied");
+        let changed: Vec<String> = stopped.iter().map(|h| h.name().to_string()).chain(added).collect();
+        let old_groups = old.config.groups.clone();
+        let groups_changed = old_groups != config.groups;
         self.runtime.store(Arc::new(Runtime { config, upstreams }));
+        // Sessions whose view changed are told their lists changed.
+        for session in self.sessions.all() {
+            let affected = match &session.scope {
+                Scope::All => !changed.is_empty(),
+                Scope::Server(s) => changed.contains(s),
+                Scope::Group(g) => {
+                    (groups_changed && old_groups.get(g) != self.runtime().config.groups.get(g))
+                        || changed.iter().any(|c| {
+                            self.scope_includes(&session.scope, c) || old_groups.get(g).is_some_and(|m| m.contains(c))
+                        })
+                }
+            };
+            if affected {
+                for method in [
+                    "notifications/tools/list_changed",
+                    "notifications/prompts/list_changed",
+                    "notifications/resources/list_changed",
+                ] {
+                    deliver(&session, "", method, None);
+                }
+            }
+        }
         for h in stopped {
             h.shutdown().await;
         }
@@ -151,9 +177,7 @@ impl Gateway {
     /// Stops every upstream.
     pub async fn shutdown(&self) {
         let rt = self.runtime.load_full();
-        for h in rt.upstreams.values() {
-            h.shutdown().await;
-        }
+        futures::future::join_all(rt.upstreams.values().map(|h| h.shutdown())).await;
         if let Authentication::ApiKeys(a) = &self.authentication {
             a.flush_usage().await;
         }
@@ -210,37 +234,42 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             }
         }
         for session in gw.sessions.all() {
-            if !gw.scope_includes(&session.scope, &n.server) {
-                continue;
+            if gw.scope_includes(&session.scope, &n.server) {
+                deliver(&session, &n.server, &n.method, n.params.clone());
             }
-            if session.listen.as_ref().is_some_and(|f| !f.wants(&n.method)) {
-                continue;
-            }
-            let mut params = n.params.clone();
-            if n.method == "notifications/resources/updated" {
-                let Some(uri) = params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str) else { continue };
-                let seen = if session.scope.prefixed() { naming::prefix_uri(&n.server, uri) } else { uri.to_string() };
-                if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
-                    continue;
-                }
-                if let Some(p) = params.as_mut() {
-                    p["uri"] = Value::from(seen);
-                }
-            }
-            if let Some(f) = &session.listen {
-                let p = params.get_or_insert_with(|| json!({}));
-                if let Some(obj) = p.as_object_mut() {
-                    let meta = obj.entry("_meta").or_insert_with(|| json!({}));
-                    meta[bastion_core::protocol::meta::SUBSCRIPTION_ID] = f.subscription_id.clone();
-                }
-            }
-            let mut msg = json!({"jsonrpc": "2.0", "method": n.method});
-            if let Some(p) = params {
-                msg["params"] = p;
-            }
-            session.push(msg);
         }
     }
+}
+
+/// Sends one server notification to one session, in its namespace: resource
+/// updates only for subscribed URIs, and on a `subscriptions/listen` stream
+/// only what it asked for, tagged with its subscription id.
+fn deliver(session: &Session, server: &str, method: &str, mut params: Option<Value>) {
+    if session.listen.as_ref().is_some_and(|f| !f.wants(method)) {
+        return;
+    }
+    if method == "notifications/resources/updated" {
+        let Some(uri) = params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str) else { return };
+        let seen = if session.scope.prefixed() { naming::prefix_uri(server, uri) } else { uri.to_string() };
+        if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
+            return;
+        }
+        if let Some(p) = params.as_mut() {
+            p["uri"] = Value::from(seen);
+        }
+    }
+    if let Some(f) = &session.listen {
+        let p = params.get_or_insert_with(|| json!({}));
+        if let Some(obj) = p.as_object_mut() {
+            let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+            meta[bastion_core::protocol::meta::SUBSCRIPTION_ID] = f.subscription_id.clone();
+        }
+    }
+    let mut msg = json!({"jsonrpc": "2.0", "method": method});
+    if let Some(p) = params {
+        msg["params"] = p;
+    }
+    session.push(msg);
 }
 
 /// Periodic chores: idle upstreams, idle sessions, usage counters.

@@ -39,7 +39,7 @@ use crate::auth::{AuthError, Principal};
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::session::{NewSession, Scope, Session};
-use crate::upstream::{EVENT_BUFFER, UpstreamEvent};
+use crate::upstream::{EventSink, UpstreamEvent};
 
 pub use edge::HostPolicy;
 
@@ -394,7 +394,8 @@ pub(crate) async fn on_client_notification(gw: &Gateway, session: &Session, meth
 /// Runs one request and answers it: JSON if the result comes first, an SSE
 /// stream if the server sends anything about the request before it.
 pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<Session>>, req: Request) -> Response {
-    let (sink, mut events) = mpsc::channel(EVENT_BUFFER);
+    let owner = session.as_ref().map(|s| s.id.clone()).unwrap_or_else(|| bastion_core::apikey::random_token(16));
+    let (sink, mut events) = EventSink::new(owner);
     let key = id_key(&req.id);
     let cancel = session.as_ref().map(|s| s.start_request(key.clone()));
     let work = {

@@ -37,9 +37,33 @@ pub enum UpstreamEvent {
     Request { method: String, params: Option<Value>, reply: oneshot::Sender<Result<Value, Value>> },
 }
 
-/// Where a call's related messages go. Bounded: a downstream that does not
-/// read is not allowed to make the gateway buffer without limit.
-pub type EventSink = mpsc::Sender<UpstreamEvent>;
+/// Where a call's related messages go, tagged with who made the call.
+/// Bounded: a downstream that does not read is not allowed to make the
+/// gateway buffer without limit.
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    tx: mpsc::Sender<UpstreamEvent>,
+    /// The downstream client the call belongs to (a session id, or a
+    /// per-request token for stateless calls). On a shared stdio connection a
+    /// server request is only delivered when every call in flight has the
+    /// same owner: it can never reach another client.
+    owner: Arc<str>,
+}
+
+impl EventSink {
+    pub fn new(owner: impl Into<Arc<str>>) -> (EventSink, mpsc::Receiver<UpstreamEvent>) {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        (EventSink { tx, owner: owner.into() }, rx)
+    }
+
+    pub fn try_send(&self, ev: UpstreamEvent) -> Result<(), mpsc::error::TrySendError<UpstreamEvent>> {
+        self.tx.try_send(ev)
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
 
 /// Capacity of an [`EventSink`].
 pub const EVENT_BUFFER: usize = 256;

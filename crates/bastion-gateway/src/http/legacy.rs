@@ -21,7 +21,7 @@ use super::{
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::session::{NewSession, Scope, Session};
-use crate::upstream::EVENT_BUFFER;
+use crate::upstream::EventSink;
 
 pub(crate) async fn sse_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     open(gw, Scope::All, headers).await
@@ -123,7 +123,7 @@ pub(crate) async fn message(
             let gw = gw.clone();
             let session = session.clone();
             tokio::spawn(async move {
-                let (sink, mut events) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+                let (sink, mut events) = EventSink::new(session.id.clone());
                 let key = id_key(&req.id);
                 let token = session.start_request(key.clone());
                 let work = proxy::handle_request(&gw, &session.scope, &req, Some(sink));

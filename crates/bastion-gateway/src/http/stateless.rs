@@ -21,7 +21,7 @@ use super::{VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_r
 use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::session::Scope;
-use crate::upstream::{EVENT_BUFFER, UpstreamEvent};
+use crate::upstream::{EventSink, UpstreamEvent};
 use crate::{mrtr, proxy};
 
 /// Methods the stateless version removed.
@@ -245,7 +245,7 @@ async fn bridge(
 }
 
 fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
-    let (sink, events) = mpsc::channel(EVENT_BUFFER);
+    let (sink, events) = EventSink::new(bastion_core::apikey::random_token(16));
     let (otx, orx) = oneshot::channel();
     let task = tokio::spawn(async move {
         let mut outcome = proxy::handle_request(&gw, &scope, &req, Some(sink)).await;

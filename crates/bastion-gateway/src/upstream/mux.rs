@@ -9,10 +9,12 @@
 //! Messages the server sends on its own are routed:
 //! - responses → the waiting call;
 //! - `notifications/progress` → the call whose token it names;
-//! - requests (sampling, elicitation, roots) and logging → the newest call
-//!   in flight that accepts events (stdio carries no better association);
-//!   with none in flight, requests are refused and notifications go to the
-//!   gateway's notification fan-out;
+//! - requests (sampling, elicitation, roots) and logging → the call in
+//!   flight, when every call in flight that accepts events belongs to one
+//!   client (stdio carries no better association). When calls of several
+//!   clients overlap, a request is refused and a log message dropped rather
+//!   than risk handing one client's data to another; with no call in flight,
+//!   requests are refused and log messages dropped likewise;
 //! - other notifications (list changes, resource updates) → the fan-out.
 
 use std::collections::HashMap;
@@ -151,10 +153,13 @@ impl Mux {
             }
             return;
         }
-        if method == "notifications/message"
-            && let Some(sink) = self.newest_sink()
-        {
-            let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+        if method == "notifications/message" {
+            match self.owning_sink() {
+                Some(sink) => {
+                    let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+                }
+                None => tracing::debug!(server = %self.ctx.server, "log message with no single owner dropped"),
+            }
             return;
         }
         if method == "notifications/cancelled" {
@@ -176,8 +181,12 @@ impl Mux {
             respond(Ok(json!({})));
             return;
         }
-        let Some(sink) = self.newest_sink() else {
-            respond(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("no client is waiting for {method}"))));
+        let Some(sink) = self.owning_sink() else {
+            tracing::warn!(server = %self.ctx.server, %method, "server request refused: no single client owns the calls in flight");
+            respond(Err(error_object(
+                jsonrpc::INTERNAL_ERROR,
+                format!("{method} refused: the gateway cannot tell which client this request is for"),
+            )));
             return;
         };
         let (tx, rx) = oneshot::channel();
@@ -196,9 +205,20 @@ impl Mux {
         });
     }
 
-    fn newest_sink(&self) -> Option<EventSink> {
+    /// The sink of the calls in flight when they all belong to one client.
+    fn owning_sink(&self) -> Option<EventSink> {
         let pending = self.pending.lock().expect("poisoned");
-        pending.iter().filter(|(_, p)| p.sink.is_some()).max_by_key(|(id, _)| **id).and_then(|(_, p)| p.sink.clone())
+        let mut sinks = pending.iter().filter_map(|(id, p)| Some((*id, p.sink.as_ref()?)));
+        let (mut newest_id, mut newest) = sinks.next()?;
+        for (id, sink) in sinks {
+            if sink.owner() != newest.owner() {
+                return None;
+            }
+            if id > newest_id {
+                (newest_id, newest) = (id, sink);
+            }
+        }
+        Some(newest.clone())
     }
 
     /// The connection ended: every waiting call fails.
@@ -264,7 +284,7 @@ mod tests {
     #[tokio::test]
     async fn progress_token_is_rewritten_and_restored() {
         let (m, mut out, _n) = mux();
-        let (sink, mut events) = mpsc::channel(4);
+        let (sink, mut events) = EventSink::new("a");
         let call = tokio::spawn({
             let m = m.clone();
             async move { m.call("tools/call", Some(json!({"_meta": {"progressToken": "client-tok"}})), Some(sink)).await }
@@ -284,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn server_requests_reach_the_call_and_the_answer_goes_back() {
         let (m, mut out, _n) = mux();
-        let (sink, mut events) = mpsc::channel(4);
+        let (sink, mut events) = EventSink::new("a");
         let _call = tokio::spawn({
             let m = m.clone();
             async move { m.call("tools/call", None, Some(sink)).await }
@@ -304,11 +324,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn server_requests_never_cross_clients() {
+        let (m, mut out, _n) = mux();
+        let (alice, mut alice_events) = EventSink::new("alice");
+        let (bob, mut bob_events) = EventSink::new("bob");
+        for sink in [alice, bob] {
+            let m = m.clone();
+            tokio::spawn(async move { m.call("tools/call", None, Some(sink)).await });
+            let _ = out.recv().await.unwrap();
+        }
+        m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"sampling/createMessage","params":{}}));
+        let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(answer["id"], "s");
+        assert!(answer["error"].is_object());
+        m.on_message(json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}));
+        assert!(alice_events.try_recv().is_err());
+        assert!(bob_events.try_recv().is_err());
+    }
+
+    #[tokio::test]
     async fn unsolicited_requests_are_refused_and_notifications_fanned_out() {
         let (m, mut out, mut n) = mux();
         m.on_message(json!({"jsonrpc":"2.0","id":9,"method":"roots/list"}));
         let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
-        assert_eq!(answer["error"]["code"], jsonrpc::METHOD_NOT_FOUND);
+        assert!(answer["error"].is_object());
         m.on_message(json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}));
         assert_eq!(n.recv().await.unwrap().method, "notifications/tools/list_changed");
     }

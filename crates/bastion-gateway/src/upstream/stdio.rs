@@ -34,6 +34,8 @@ pub(crate) struct StdioConn {
     pub info: ServerInfo,
     child: tokio::sync::Mutex<Option<Child>>,
     pid: Option<u32>,
+    /// Closes the child's stdin.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// Finds `command` the way a shell would, on Bastion's own PATH.
@@ -99,11 +101,18 @@ impl StdioConn {
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
         let mux = Arc::new(Mux::new(ctx.clone(), out_tx));
 
-        // Writer: one task owns stdin, so lines never interleave.
+        // Writer: one task owns stdin, so lines never interleave. Stopping
+        // it closes stdin: the polite way to ask a stdio server to exit.
         let server = ctx.server.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer_stop = stop.clone();
         tokio::spawn(async move {
             let mut stdin = tokio::io::BufWriter::new(stdin);
-            while let Some(line) = out_rx.recv().await {
+            loop {
+                let line = tokio::select! {
+                    _ = writer_stop.cancelled() => break,
+                    line = out_rx.recv() => match line { Some(l) => l, None => break },
+                };
                 let write = async {
                     stdin.write_all(line.as_bytes()).await?;
                     stdin.write_all(b"\n").await?;
@@ -117,6 +126,7 @@ impl StdioConn {
                     break;
                 }
             }
+            let _ = stdin.flush().await;
         });
 
         // Reader: stdout lines → the multiplexer.
@@ -172,7 +182,8 @@ impl StdioConn {
             }
         });
 
-        let conn = StdioConn { mux, info: ServerInfo::default(), child: tokio::sync::Mutex::new(Some(child)), pid };
+        let conn =
+            StdioConn { mux, info: ServerInfo::default(), child: tokio::sync::Mutex::new(Some(child)), pid, stop };
         conn.initialize().await
     }
 
@@ -196,8 +207,8 @@ impl StdioConn {
     /// process group.
     pub async fn shutdown(&self) {
         self.mux.close();
+        self.stop.cancel();
         let Some(mut child) = self.child.lock().await.take() else { return };
-        drop(child.stdin.take());
         let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_ok();
         if let Some(pid) = self.pid {
             // The group may still hold grandchildren even when the child exited.

@@ -1,1 +1,14 @@
+//! Integration tests of the `bastion` binary: the real gateway process,
+//! real upstream MCP servers (the workspace's fixture, the official
+//! server-everything and mcp-server-time) and real MCP clients (the Python
+//! SDK scripts in `tests/clients`).
+#![forbid(unsafe_code)]
 
+mod auth;
+mod bad_input;
+mod faults;
+mod harness;
+mod keys_cli;
+mod lifecycle;
+mod real_clients;
+mod reload;

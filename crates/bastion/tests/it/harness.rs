@@ -1,0 +1,918 @@
+//! Runs the real `bastion` binary against real upstream servers.
+//!
+//! A [`Gateway`] is one `bastion serve` process with a generated JSON
+//! config in its own temporary directory. Its stderr (the log) is kept in a
+//! file so tests can look for lines in it. Each gateway has a small shell
+//! watchdog whose stdin is a pipe held by this test process: when the test
+//! process ends, however it ends, the pipe closes and the watchdog stops
+//! the gateway, so shared gateways kept in statics never outlive the tests.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+/// Longest time any single wait in these tests may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Paths
+// ---------------------------------------------------------------------------
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+pub fn bastion_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bastion"))
+}
+
+/// The fixture servers' binary, built next to `bastion` by the workspace.
+pub fn fixture_bin() -> PathBuf {
+    let p = bastion_bin().with_file_name("bastion-fixture");
+    assert!(
+        p.is_file(),
+        "{} not found: build the workspace's binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The third-party servers and clients installed by `scripts/provision`.
+pub struct Tools {
+    pub node: PathBuf,
+    pub everything_js: PathBuf,
+    pub python: PathBuf,
+    pub mcp_server_time: PathBuf,
+}
+
+/// The provisioned tools; a missing one fails the test with a message
+/// saying how to install them (these tests never skip).
+pub fn tools() -> Tools {
+    let t = repo_root().join(".tools");
+    let tools = Tools {
+        node: t.join("node/bin/node"),
+        everything_js: t.join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+        python: t.join("venv/bin/python"),
+        mcp_server_time: t.join("venv/bin/mcp-server-time"),
+    };
+    for p in [&tools.node, &tools.everything_js, &tools.python, &tools.mcp_server_time] {
+        assert!(p.exists(), "{} is missing: run scripts/provision first (it installs .tools)", p.display());
+    }
+    tools
+}
+
+/// Config entry for a `bastion-fixture echo --stdio` server, tagged with an
+/// environment variable so its process can be recognised in /proc.
+pub fn fixture_echo(tag: &str) -> Value {
+    json!({
+        "command": fixture_bin(),
+        "args": ["echo", "--stdio"],
+        "env": {"BASTION_IT_SERVER": tag}
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A process seen in /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    pub cmdline: String,
+    pub environ: Vec<String>,
+}
+
+impl Proc {
+    /// The value of `BASTION_IT_SERVER` in its environment.
+    pub fn tag(&self) -> Option<&str> {
+        self.environ.iter().find_map(|e| e.strip_prefix("BASTION_IT_SERVER="))
+    }
+
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}=");
+        self.environ.iter().find_map(|e| e.strip_prefix(prefix.as_str()))
+    }
+}
+
+/// Live (non-zombie) processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<Proc> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(parent) || state == "Z" || state == "X" {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+            .unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|b| {
+                b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into()).collect()
+            })
+            .unwrap_or_default();
+        out.push(Proc { pid, cmdline, environ });
+    }
+    out
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`;
+/// panics naming `what` if it never does.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a command to completion within `timeout` (killed otherwise).
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
+}
+
+/// A watchdog that stops `pid` when this test process goes away (its stdin
+/// closes), then removes `cleanup` if given.
+fn spawn_watchdog(pid: u32, cleanup: Option<&Path>) -> Child {
+    let script = r#"read _ignored
+kill -TERM "$1" 2>/dev/null
+i=0
+while kill -0 "$1" 2>/dev/null && [ "$i" -lt 150 ]; do sleep 0.2; i=$((i+1)); done
+kill -KILL "$1" 2>/dev/null
+if [ -n "$2" ]; then rm -rf "$2"; fi"#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("watchdog")
+        .arg(pid.to_string())
+        .arg(cleanup.map(|p| p.as_os_str().to_owned()).unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watchdog")
+}
+
+/// Removes ANSI colour sequences (the log is meant for people).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf))
+}
+
+// ---------------------------------------------------------------------------
+// The gateway
+// ---------------------------------------------------------------------------
+
+/// How to start a gateway.
+#[derive(Default)]
+pub struct Options {
+    /// Extra environment of the gateway process.
+    pub env: Vec<(String, String)>,
+    /// Make the config path a symlink into a subdirectory, so that edits of
+    /// the real file are not seen by the gateway's file watcher (only a
+    /// SIGHUP reloads them).
+    pub config_via_symlink: bool,
+    /// Keep the directory when the value is dropped (for shared gateways,
+    /// whose watchdog removes it when the test process ends).
+    pub shared: bool,
+    /// Extra arguments of `serve`.
+    pub serve_args: Vec<String>,
+}
+
+pub struct Gateway {
+    dir: PathBuf,
+    _tempdir: Option<tempfile::TempDir>,
+    /// The path given to `--config`.
+    pub config_path: PathBuf,
+    /// The file actually holding the config (differs with a symlink).
+    real_config: PathBuf,
+    pub port: u16,
+    log_path: PathBuf,
+    child: Child,
+    watchdog: Child,
+}
+
+impl Gateway {
+    /// Starts `bastion serve` with `config` (its `listen` is filled in) and
+    /// waits until `/healthz` answers.
+    pub fn start(config: Value) -> Gateway {
+        Gateway::start_with(config, Options::default())
+    }
+
+    // The child is waited for in `stop` (also on drop).
+    #[allow(clippy::zombie_processes)]
+    pub fn start_with(config: Value, opts: Options) -> Gateway {
+        let tempdir = tempfile::Builder::new().prefix("bastion-it-").tempdir().expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let config_path = dir.join("bastion.json");
+        let real_config = if opts.config_via_symlink {
+            let real_dir = dir.join("real");
+            std::fs::create_dir(&real_dir).expect("mkdir");
+            let real = real_dir.join("bastion.json");
+            std::os::unix::fs::symlink(&real, &config_path).expect("symlink");
+            real
+        } else {
+            config_path.clone()
+        };
+        let log_path = dir.join("gateway.log");
+        let tempdir = if opts.shared {
+            let _ = tempdir.keep();
+            None
+        } else {
+            Some(tempdir)
+        };
+
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut cfg = config.clone();
+            cfg["listen"] = Value::from(format!("127.0.0.1:{port}"));
+            std::fs::write(&real_config, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write config");
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let mut cmd = Command::new(bastion_bin());
+            cmd.arg("--config")
+                .arg(&config_path)
+                .arg("serve")
+                .args(&opts.serve_args)
+                .current_dir(&dir)
+                .env_remove("BASTION_CONFIG")
+                .env("BASTION_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            for (k, v) in &opts.env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn bastion serve");
+            let watchdog = spawn_watchdog(child.id(), if opts.shared { Some(&dir) } else { None });
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    let mut w = watchdog;
+                    let _ = w.kill();
+                    let _ = w.wait();
+                    if last_log.contains("cannot listen") {
+                        break; // the port was taken meanwhile: try another
+                    }
+                    panic!("bastion serve exited with {status} during start-up; log:\n{}", strip_ansi(&last_log));
+                }
+                let healthy = http_get_blocking(addr, "/healthz").is_some_and(|(s, _)| s == 200);
+                let ours = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("bastion ready"));
+                if healthy && ours {
+                    return Gateway {
+                        dir,
+                        _tempdir: tempdir,
+                        config_path,
+                        real_config,
+                        port,
+                        log_path,
+                        child,
+                        watchdog,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "bastion serve did not become healthy within {WAIT:?}; log:\n{}",
+                        strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default())
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("could not find a free port for bastion serve; last log:\n{}", strip_ansi(&last_log));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The log so far, without colours.
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        eventually(WAIT, &format!("{needle:?} in the gateway log"), || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await
+    }
+
+    /// Replaces the config file (keeping the port).
+    pub fn write_config(&self, config: &Value) {
+        let mut cfg = config.clone();
+        cfg["listen"] = Value::from(format!("127.0.0.1:{}", self.port));
+        self.write_config_text(&serde_json::to_string_pretty(&cfg).expect("json"));
+    }
+
+    /// Replaces the config file with arbitrary text.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.real_config, text).expect("write config");
+    }
+
+    pub fn sighup(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP).expect("SIGHUP");
+    }
+
+    /// Runs `bastion --config <this gateway's config> ARGS…`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        run_bounded(
+            Command::new(bastion_bin()).arg("--config").arg(&self.config_path).args(args).current_dir(&self.dir),
+            WAIT,
+        )
+    }
+
+    /// Creates an API key with `bastion keys create --user USER [EXTRA…]`.
+    pub fn create_key(&self, user: &str, extra: &[&str]) -> String {
+        let mut args = vec!["keys", "create", "--user", user];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        stdout.trim().to_string()
+    }
+
+    /// The id of the (only) key of `user`, from `keys list --json`.
+    pub fn key_id(&self, user: &str) -> String {
+        let out = self.cli(&["keys", "list", "--json", "--user", user]);
+        assert!(out.status.success(), "keys list failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        let rows: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        assert_eq!(rows.len(), 1, "expected one key for {user}: {stdout}");
+        rows[0]["id"].as_str().expect("id").to_string()
+    }
+
+    /// The gateway's live child processes.
+    pub fn children(&self) -> Vec<Proc> {
+        children_of(self.pid())
+    }
+
+    /// The child started for the server tagged `tag` (see [`fixture_echo`]).
+    pub fn child_tagged(&self, tag: &str) -> Option<Proc> {
+        self.children().into_iter().find(|p| p.tag() == Some(tag))
+    }
+
+    /// Stops the gateway (SIGTERM), waiting a bounded time.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
+        }
+        let children = self.children();
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for c in children {
+            let _ = killpg(Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    /// Tears down quickly: the servers first, then the gateway (a graceful
+    /// stop is what [`Gateway::stop`] tests).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            for c in self.children() {
+                let _ = killpg(Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+            }
+        }
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Other long-running helpers
+// ---------------------------------------------------------------------------
+
+/// `bastion-fixture everything --http 127.0.0.1:0`, for the whole test run.
+pub struct HttpFixture {
+    pub url: String,
+    _child: Child,
+    _watchdog: Child,
+}
+
+impl HttpFixture {
+    pub fn start() -> HttpFixture {
+        let mut child = Command::new(fixture_bin())
+            .args(["everything", "--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn bastion-fixture --http");
+        let watchdog = spawn_watchdog(child.id(), None);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("fixture stdout");
+        let url =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("fixture said {line:?}")).to_string();
+        HttpFixture { url, _child: child, _watchdog: watchdog }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared gateways
+// ---------------------------------------------------------------------------
+
+/// A gateway shared by the tests that do not disturb each other, with the
+/// keys of two users.
+pub struct Shared {
+    pub gw: Gateway,
+    pub alice: String,
+    pub bob: String,
+}
+
+/// A value set only in the gateway's environment: it must never reach an
+/// upstream server.
+pub const GATEWAY_SECRET: (&str, &str) = ("BASTION_TEST_SECRET", "gateway-only-secret-value");
+/// A value granted to server-everything by the config's `env`.
+pub const GRANTED: (&str, &str) = ("BASTION_GRANTED_VAR", "granted-to-the-server");
+
+/// Real third-party servers: `everything` (server-everything over stdio;
+/// `sampler` is a second one, used only by the sampling test, because a
+/// stdio server's requests cannot be told apart between concurrent calls),
+/// `time` (mcp-server-time), `echo` (the fixture over stdio), and `remote`
+/// (the fixture's everything server over Streamable HTTP). Lists are paged
+/// three items at a time, bodies are limited to 64 KiB.
+pub fn real() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    static REMOTE: OnceLock<HttpFixture> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let t = tools();
+        let remote = REMOTE.get_or_init(HttpFixture::start);
+        let config = json!({
+            "mcpServers": {
+                "everything": {
+                    "command": t.node,
+                    "args": [t.everything_js, "stdio"],
+                    "env": {GRANTED.0: GRANTED.1}
+                },
+                "sampler": {"command": t.node, "args": [t.everything_js, "stdio"]},
+                "time": {"command": t.mcp_server_time, "args": ["--local-timezone", "Etc/UTC"]},
+                "echo": fixture_echo("echo"),
+                "remote": {"url": remote.url, "type": "streamable-http"}
+            },
+            "http": {"page_size": 3, "max_body_bytes": 65536},
+            "upstream": {"restart_backoff": "100ms"}
+        });
+        let gw = Gateway::start_with(
+            config,
+            Options {
+                env: vec![(GATEWAY_SECRET.0.into(), GATEWAY_SECRET.1.into())],
+                shared: true,
+                ..Options::default()
+            },
+        );
+        let alice = gw.create_key("alice", &[]);
+        let bob = gw.create_key("bob", &[]);
+        Shared { gw, alice, bob }
+    })
+}
+
+/// Fixture echo servers for fault injection, one per kind of fault so the
+/// tests can run at once: `crashy`, `hang` (500 ms call timeout), `garbage`,
+/// `slow`, `steady`, and `missing` (a command that does not exist).
+pub fn faults() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let mut hang = fixture_echo("hang");
+        hang["callTimeout"] = Value::from("500ms");
+        let config = json!({
+            "mcpServers": {
+                "crashy": fixture_echo("crashy"),
+                "hang": hang,
+                "garbage": fixture_echo("garbage"),
+                "slow": fixture_echo("slow"),
+                "steady": fixture_echo("steady"),
+                "missing": {"command": "/nonexistent/bastion-it-no-such-command"}
+            },
+            "upstream": {"restart_backoff": "100ms", "restart_backoff_max": "1s"}
+        });
+        let gw = Gateway::start_with(
+            config,
+            Options {
+                env: vec![(GATEWAY_SECRET.0.into(), GATEWAY_SECRET.1.into())],
+                shared: true,
+                ..Options::default()
+            },
+        );
+        let alice = gw.create_key("alice", &[]);
+        let bob = gw.create_key("bob", &[]);
+        Shared { gw, alice, bob }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP and JSON-RPC
+// ---------------------------------------------------------------------------
+
+pub const STATELESS: &str = "2026-07-28";
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("reqwest client")
+}
+
+/// An HTTP answer, read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn read(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("response body");
+        Reply { status, headers, text }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.text))
+    }
+
+    /// Every JSON-RPC message in the body: the JSON body itself, or each
+    /// `data:` of an SSE stream.
+    pub fn messages(&self) -> Vec<Value> {
+        if self.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+            let mut out = Vec::new();
+            for event in self.text.replace("\r\n", "\n").split("\n\n") {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty()
+                    && let Ok(v) = serde_json::from_str(&data.join("\n"))
+                {
+                    out.push(v);
+                }
+            }
+            out
+        } else if self.text.trim().is_empty() {
+            Vec::new()
+        } else {
+            vec![self.json()]
+        }
+    }
+
+    /// The JSON-RPC response (the message with a result or an error).
+    pub fn rpc(&self) -> Value {
+        self.messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no JSON-RPC response in {} {:?}", self.status, self.text))
+    }
+}
+
+/// A minimal MCP client over raw HTTP: session era (after
+/// [`Mcp::initialize`]) or stateless 2026-07-28.
+pub struct Mcp {
+    http: reqwest::Client,
+    pub url: String,
+    pub token: Option<String>,
+    pub session: Option<String>,
+    /// The `initialize` result (session era).
+    pub init: Value,
+    stateless: bool,
+    next_id: std::sync::atomic::AtomicI64,
+}
+
+impl Mcp {
+    fn new(url: String, token: Option<&str>, stateless: bool) -> Mcp {
+        Mcp {
+            http: http(),
+            url,
+            token: token.map(str::to_string),
+            session: None,
+            init: Value::Null,
+            stateless,
+            next_id: std::sync::atomic::AtomicI64::new(1),
+        }
+    }
+
+    /// A session-era client presenting an existing session id.
+    pub fn with_session(url: String, token: &str, session: &str) -> Mcp {
+        let mut m = Mcp::new(url, Some(token), false);
+        m.session = Some(session.to_string());
+        m
+    }
+
+    /// A stateless (2026-07-28) client.
+    pub fn stateless(url: String, token: &str) -> Mcp {
+        Mcp::new(url, Some(token), true)
+    }
+
+    /// A session-era client: `initialize` with `version`, then `initialized`.
+    pub async fn session(url: String, token: &str, version: &str) -> Mcp {
+        let mut m = Mcp::new(url, Some(token), false);
+        let id = m.id();
+        let init = json!({
+            "jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {
+                "protocolVersion": version,
+                "capabilities": {"sampling": {}, "elicitation": {}},
+                "clientInfo": {"name": "bastion-it", "version": "0"}
+            }
+        });
+        let reply = m.post(&init).await;
+        assert_eq!(reply.status, 200, "initialize: {}", reply.text);
+        let rpc = reply.rpc();
+        assert!(rpc.get("result").is_some(), "initialize failed: {rpc}");
+        m.init = rpc["result"].clone();
+        m.session = Some(reply.header("mcp-session-id").expect("Mcp-Session-Id on initialize").to_string());
+        let n = m.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+        assert_eq!(n.status, 202, "notifications/initialized: {}", n.text);
+        m
+    }
+
+    fn id(&self) -> i64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A POST request with this client's headers, not yet sent.
+    pub fn builder(&self) -> reqwest::RequestBuilder {
+        let mut b = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(t) = &self.token {
+            b = b.bearer_auth(t);
+        }
+        if let Some(s) = &self.session {
+            b = b.header("mcp-session-id", s);
+        }
+        b
+    }
+
+    /// POSTs one message (or batch) as is.
+    pub async fn post(&self, body: &Value) -> Reply {
+        let mut b = self.builder();
+        if self.stateless {
+            b = b.header("mcp-protocol-version", STATELESS);
+            if let Some(m) = body.get("method").and_then(Value::as_str) {
+                b = b.header("mcp-method", m);
+                let field = match m {
+                    "tools/call" | "prompts/get" => Some("name"),
+                    "resources/read" => Some("uri"),
+                    _ => None,
+                };
+                if let Some(name) = field.and_then(|f| body["params"][f].as_str()) {
+                    b = b.header("mcp-name", name);
+                }
+            }
+        }
+        Reply::read(b.body(body.to_string()).send().await.expect("POST")).await
+    }
+
+    /// Sends a request and returns the raw reply.
+    pub async fn request(&self, method: &str, params: Value) -> Reply {
+        let mut params = params;
+        if self.stateless {
+            if !params.is_object() {
+                params = json!({});
+            }
+            params["_meta"][META_VERSION] = Value::from(STATELESS);
+            params["_meta"][META_CAPABILITIES] = json!({});
+        }
+        let body = json!({"jsonrpc": "2.0", "id": self.id(), "method": method, "params": params});
+        self.post(&body).await
+    }
+
+    /// Sends a request that must get HTTP 200; returns the JSON-RPC response.
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        let reply = self.request(method, params).await;
+        assert_eq!(reply.status, 200, "{method}: HTTP {} {}", reply.status, reply.text);
+        reply.rpc()
+    }
+
+    /// `tools/call`; returns the JSON-RPC response.
+    pub async fn call_tool(&self, name: &str, args: Value) -> Value {
+        self.call("tools/call", json!({"name": name, "arguments": args})).await
+    }
+
+    /// Every item of a list method, following cursors; also the page count.
+    pub async fn list_all(&self, method: &str, field: &str) -> (Vec<Value>, usize) {
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for pages in 1..=1000 {
+            let params = match cursor.take() {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let rpc = self.call(method, params).await;
+            let result = rpc.get("result").unwrap_or_else(|| panic!("{method} failed: {rpc}"));
+            items.extend(result[field].as_array().unwrap_or_else(|| panic!("no {field}: {rpc}")).iter().cloned());
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => return (items, pages),
+            }
+        }
+        panic!("{method}: more than 1000 pages");
+    }
+
+    /// Names of every tool.
+    pub async fn tool_names(&self) -> Vec<String> {
+        let (tools, _) = self.list_all("tools/list", "tools").await;
+        tools.iter().map(|t| t["name"].as_str().expect("tool name").to_string()).collect()
+    }
+}
+
+/// The text of a `tools/call` JSON-RPC response (panics on an error).
+pub fn tool_text(rpc: &Value) -> String {
+    let result = rpc.get("result").unwrap_or_else(|| panic!("tools/call failed: {rpc}"));
+    result["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no content: {rpc}"))
+        .iter()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+// ---------------------------------------------------------------------------
+// Real clients (the Python scripts)
+// ---------------------------------------------------------------------------
+
+/// What a client script printed.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub out: Value,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+impl ClientRun {
+    /// The output, asserting `"ok": true`.
+    pub fn ok(&self) -> &Value {
+        assert!(
+            self.out["ok"] == json!(true) && self.status.success(),
+            "client failed ({}): {}\nstderr:\n{}",
+            self.status,
+            self.out,
+            self.stderr
+        );
+        &self.out
+    }
+}
+
+/// Runs `tests/clients/SCRIPT` against `url` with `token` and `args`.
+pub async fn run_client(script: &str, url: &str, token: &str, args: &[&str]) -> ClientRun {
+    let t = tools();
+    let mut cmd = tokio::process::Command::new(&t.python);
+    cmd.arg(clients_dir().join(script))
+        .args(["--url", url, "--token", token, "--timeout", "60"])
+        .args(args)
+        .current_dir(clients_dir())
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} {args:?} did not finish within 90 s"))
+        .expect("client output");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let out = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("{script} printed no JSON object; stdout {stdout:?}\nstderr:\n{stderr}"));
+    ClientRun { out, stderr, status: output.status }
+}
+
+/// A string array field of a client's output.
+pub fn strings(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} array in {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("string").to_string())
+        .collect()
+}

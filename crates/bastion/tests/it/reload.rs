@@ -1,0 +1,150 @@
+//! Configuration reload: on file change and on SIGHUP, keeping sessions and
+//! the processes of unchanged servers; a bad file is reported and ignored.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Gateway, Mcp, Options, WAIT, eventually, fixture_bin, fixture_echo, tool_text};
+
+fn with_servers(servers: Value) -> Value {
+    json!({"mcpServers": servers})
+}
+
+fn fixture_everything(tag: &str) -> Value {
+    json!({"command": fixture_bin(), "args": ["everything", "--stdio"], "env": {"BASTION_IT_SERVER": tag}})
+}
+
+async fn wait_for_tool(m: &Mcp, tool: &str) -> Vec<String> {
+    eventually(WAIT, &format!("{tool} in the session's tools/list"), || async {
+        let names = m.tool_names().await;
+        names.iter().any(|t| t == tool).then_some(names)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_changed_file_adds_a_server_to_open_sessions_and_keeps_running_processes() {
+    let gw = Gateway::start(with_servers(json!({"a": fixture_echo("a")})));
+    let key = gw.create_key("reloader", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "before"})).await), "before");
+    let a_before = gw.child_tagged("a").expect("a runs");
+    assert!(!m.tool_names().await.iter().any(|t| t.starts_with("b__")));
+
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_everything("b")})));
+    let names = wait_for_tool(&m, "b__test_simple_text").await;
+    assert!(names.iter().any(|t| t == "a__echo"), "{names:?}");
+
+    let rpc = m.call_tool("b__test_simple_text", json!({})).await;
+    assert_eq!(tool_text(&rpc), "This is a simple text response for testing.");
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "after"})).await), "after");
+    let a_after = gw.child_tagged("a").expect("a still runs");
+    assert_eq!(a_before.pid, a_after.pid, "the unchanged server kept its process");
+    assert!(gw.log().contains("configuration file changed"), "{}", gw.log());
+
+    // Removing a server takes it out of the same session, and stops it.
+    gw.write_config(&with_servers(json!({"b": fixture_everything("b")})));
+    eventually(WAIT, "a__echo to leave the session's tools/list", || async {
+        (!m.tool_names().await.iter().any(|t| t.starts_with("a__"))).then_some(())
+    })
+    .await;
+    let rpc = m.call_tool("a__echo", json!({"text": "gone"})).await;
+    assert_eq!(rpc["error"]["code"], -32602, "a removed server's tool is unknown: {rpc}");
+    eventually(WAIT, "the removed server's process to exit", || async { gw.child_tagged("a").is_none().then_some(()) })
+        .await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration() {
+    // The config path is a symlink whose target the file watcher does not
+    // see: only the signal can make the gateway notice the change.
+    let gw = Gateway::start_with(
+        with_servers(json!({"a": fixture_echo("a")})),
+        Options { config_via_symlink: true, ..Options::default() },
+    );
+    let key = gw.create_key("hup", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "x"})).await), "x");
+    let a_before = gw.child_tagged("a").expect("a runs");
+
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "c": fixture_echo("c")})));
+    gw.sighup();
+    wait_for_tool(&m, "c__echo").await;
+    assert_eq!(tool_text(&m.call_tool("c__echo", json!({"text": "hup"})).await), "hup");
+    assert!(gw.log().contains("SIGHUP"), "{}", gw.log());
+    assert_eq!(gw.child_tagged("a").map(|p| p.pid), Some(a_before.pid), "the unchanged server kept its process");
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_reported_and_the_running_config_kept() {
+    let gw = Gateway::start(with_servers(json!({"a": fixture_echo("a")})));
+    let key = gw.create_key("careful", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "1"})).await), "1");
+
+    // A value that does not validate…
+    let mut bad = with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")}));
+    bad["http"] = json!({"page_size": 0});
+    gw.write_config(&bad);
+    gw.wait_for_log("http.page_size").await;
+    assert!(gw.log().contains("not reloaded"), "{}", gw.log());
+    // …and a file that is not even JSON.
+    gw.write_config_text("{\"mcpServers\": {\"a\": ");
+    gw.sighup();
+    eventually(WAIT, "a second rejection in the log", || async {
+        (gw.log().matches("not reloaded").count() >= 2).then_some(())
+    })
+    .await;
+
+    let names = m.tool_names().await;
+    assert!(names.iter().any(|t| t == "a__echo"), "{names:?}");
+    assert!(!names.iter().any(|t| t.starts_with("b__")), "the rejected file's server appeared: {names:?}");
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "2"})).await), "2");
+
+    // A good file afterwards is applied.
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
+    wait_for_tool(&m, "b__echo").await;
+}
+
+#[tokio::test]
+async fn open_sessions_are_told_that_the_tool_list_changed() {
+    let gw = Gateway::start(with_servers(json!({"a": fixture_echo("a")})));
+    let key = gw.create_key("listener", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(m.init["capabilities"]["tools"]["listChanged"], true, "{}", m.init);
+    let mut stream = crate::harness::http()
+        .get(gw.url("/mcp"))
+        .bearer_auth(&key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", m.session.as_deref().expect("session"))
+        .send()
+        .await
+        .expect("GET /mcp");
+    assert_eq!(stream.status(), 200);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    });
+
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
+    gw.wait_for_log("configuration applied").await;
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if seen.lock().expect("poisoned").contains("notifications/tools/list_changed") {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    reader.abort();
+    assert!(
+        outcome.is_ok(),
+        "no notifications/tools/list_changed on the session's stream after a reload added a server; stream: {:?}",
+        seen.lock().expect("poisoned")
+    );
+}
