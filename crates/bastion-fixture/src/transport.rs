@@ -88,6 +88,11 @@ where
     stdout.flush()?;
     drop(stdout);
 
+    // Answers are written in several pieces (SSE): without TCP_NODELAY,
+    // Nagle's algorithm and delayed ACKs add ~40 ms to each.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;

@@ -22,6 +22,11 @@ pub async fn run(
         (rt.config.http.allowed_hosts.clone(), rt.config.http.allowed_origins.clone())
     };
     let app = router(gw.clone(), HostPolicy::new(local, &hosts, &origins));
+    // Streams are written frame by frame: without TCP_NODELAY, Nagle's
+    // algorithm and delayed ACKs would hold each one back ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;

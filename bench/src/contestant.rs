@@ -1,0 +1,373 @@
+//! The gateways under test, how each is started with the echo fixture as
+//! its upstream, and how each is stopped.
+//!
+//! Every contestant listens on 127.0.0.1. Those that cannot be told which
+//! address to bind (supergateway listens on all interfaces) are meant to be
+//! run with the whole suite inside a private network namespace, which
+//! `scripts/bench` arranges.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::mcp::Endpoint;
+use crate::procs;
+
+/// Where the binaries of the peers are; `None` when not installed.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    pub node: Option<PathBuf>,
+    pub supergateway: Option<PathBuf>,
+    pub mcp_proxy: Option<PathBuf>,
+    pub contextforge_python: Option<PathBuf>,
+}
+
+impl Peers {
+    /// From `BASTION_BENCH_*` variables (see `scripts/bench-provision --env`),
+    /// keeping only paths that exist.
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var_os(k).map(PathBuf::from).filter(|p| p.exists());
+        Peers {
+            node: get("BASTION_BENCH_NODE"),
+            supergateway: get("BASTION_BENCH_SUPERGATEWAY"),
+            mcp_proxy: get("BASTION_BENCH_MCP_PROXY"),
+            contextforge_python: get("BASTION_BENCH_CONTEXTFORGE_PYTHON"),
+        }
+    }
+}
+
+/// The upstream the contestant forwards to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The echo fixture as a child process over stdio.
+    Stdio,
+    /// The echo fixture serving Streamable HTTP.
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The echo fixture itself over HTTP: the floor.
+    Direct,
+    /// Bastion with API key authentication.
+    Bastion,
+    SupergatewayStateful,
+    SupergatewayStateless,
+    McpProxy,
+    ContextForge,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Bastion => "bastion",
+            Kind::SupergatewayStateful => "supergateway-stateful",
+            Kind::SupergatewayStateless => "supergateway-stateless",
+            Kind::McpProxy => "mcp-proxy",
+            Kind::ContextForge => "contextforge-translate",
+        }
+    }
+
+    /// Whether the contestant cannot be told to bind 127.0.0.1 alone, and so
+    /// runs only inside a private network namespace.
+    pub fn binds_all_interfaces(self) -> bool {
+        matches!(self, Kind::SupergatewayStateful | Kind::SupergatewayStateless)
+    }
+
+    /// Whether the peer's software is installed.
+    pub fn available(self, peers: &Peers) -> bool {
+        match self {
+            Kind::Direct | Kind::Bastion => true,
+            Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
+                peers.node.is_some() && peers.supergateway.is_some()
+            }
+            Kind::McpProxy => peers.mcp_proxy.is_some(),
+            Kind::ContextForge => peers.contextforge_python.is_some(),
+        }
+    }
+}
+
+/// Paths of our own release binaries.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub bastion: PathBuf,
+    pub fixture: PathBuf,
+}
+
+/// A started contestant.
+pub struct Running {
+    pub kind: Kind,
+    pub upstream: Upstream,
+    /// The MCP endpoint to load.
+    pub url: String,
+    pub bearer: Option<String>,
+    /// The gateway process: the root of the measured process tree.
+    pub root: Child,
+    /// Helpers outside the measured tree (an HTTP upstream).
+    pub helpers: Vec<Child>,
+    /// Kept alive for the contestant's lifetime (config, data, logs).
+    pub _dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.root.id().unwrap_or(0)
+    }
+
+    /// Stops the gateway and everything it started, then the helpers.
+    pub async fn stop(mut self) {
+        let pid = self.pid();
+        stop_tree(pid, &mut self.root).await;
+        for mut h in self.helpers.drain(..) {
+            let hp = h.id().unwrap_or(0);
+            stop_tree(hp, &mut h).await;
+        }
+    }
+}
+
+/// SIGTERM to a process tree we started, SIGKILL to whatever is left after
+/// a grace period.
+async fn stop_tree(pid: u32, child: &mut Child) {
+    if pid == 0 {
+        return;
+    }
+    let pids = procs::tree(pid);
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for p in procs::tree(pid).into_iter().chain(pids) {
+        if Path::new(&format!("/proc/{p}")).exists() {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (there is a small race until it is bound).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let path = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&path)?;
+    Ok((path, f))
+}
+
+/// Starts `bastion-fixture echo --http 127.0.0.1:0` and returns it with its URL.
+pub async fn start_http_fixture(bins: &Bins, dir: &Path) -> anyhow::Result<(Child, String)> {
+    let (_, log) = log_file(dir, "fixture-http")?;
+    let mut child = Command::new(&bins.fixture)
+        .args(["echo", "--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bins.fixture.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .context("the fixture did not print its address")??
+        .context("the fixture exited")?;
+    let url = line.strip_prefix("listening on ").context("unexpected fixture output")?.trim().to_string();
+    // Keep draining stdout so the fixture never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
+}
+
+fn fixture_stdio_command(bins: &Bins) -> String {
+    format!("{} echo --stdio", shell_quote(&bins.fixture.to_string_lossy()))
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Writes a Bastion config with the given `mcpServers` JSON entries, creates
+/// an API key, and returns the config path and the key.
+pub async fn bastion_setup(
+    bins: &Bins,
+    dir: &Path,
+    port: u16,
+    servers: &serde_json::Map<String, serde_json::Value>,
+    log_level: &str,
+) -> anyhow::Result<(PathBuf, String)> {
+    let config = serde_json::json!({
+        "listen": format!("127.0.0.1:{port}"),
+        "data_dir": dir.join("data"),
+        "mcpServers": servers,
+        "log": {"level": log_level},
+    });
+    let path = dir.join("bastion.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    let out = Command::new(&bins.bastion)
+        .arg("--config")
+        .arg(&path)
+        .args(["keys", "create", "--user", "bench", "--expires", "never"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running bastion keys create")?;
+    if !out.status.success() {
+        bail!("bastion keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let key = String::from_utf8(out.stdout)?.trim().to_string();
+    if key.is_empty() {
+        bail!("bastion keys create printed no key");
+    }
+    Ok((path, key))
+}
+
+/// Starts a contestant and waits until it answers `initialize`.
+pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -> anyhow::Result<Running> {
+    let dir = tempfile::Builder::new().prefix("bastion-bench-").tempdir()?;
+    let mut helpers = Vec::new();
+    let http_upstream = if upstream == Upstream::Http {
+        let (child, url) = start_http_fixture(bins, dir.path()).await?;
+        helpers.push(child);
+        Some(url)
+    } else {
+        None
+    };
+    let (log_path, log) = log_file(dir.path(), kind.name())?;
+    let stdio_cmd = fixture_stdio_command(bins);
+    let port = free_port()?;
+    let mut bearer = None;
+    let mut cmd;
+    let url;
+    match kind {
+        Kind::Direct => {
+            if upstream == Upstream::Stdio {
+                bail!("the direct contestant is the HTTP fixture itself");
+            }
+            // The helper is the contestant: measure it, not a gateway.
+            let root = helpers.pop().expect("started above");
+            return Ok(Running {
+                kind,
+                upstream,
+                url: http_upstream.expect("http"),
+                bearer: None,
+                root,
+                helpers,
+                _dir: dir,
+                log: log_path,
+            });
+        }
+        Kind::Bastion => {
+            let mut servers = serde_json::Map::new();
+            let entry = match &http_upstream {
+                None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
+                Some(u) => serde_json::json!({"url": u, "type": "streamable-http"}),
+            };
+            servers.insert("echo".into(), entry);
+            let (config, key) = bastion_setup(bins, dir.path(), port, &servers, "warn").await?;
+            bearer = Some(key);
+            cmd = Command::new(&bins.bastion);
+            cmd.arg("--config").arg(&config).arg("serve");
+            url = format!("http://127.0.0.1:{port}/mcp/echo");
+        }
+        Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
+            if upstream == Upstream::Http {
+                bail!("supergateway does not serve a Streamable HTTP upstream over Streamable HTTP");
+            }
+            cmd = Command::new(peers.node.as_ref().context("node")?);
+            cmd.arg(peers.supergateway.as_ref().context("supergateway")?)
+                .args(["--stdio", &stdio_cmd, "--outputTransport", "streamableHttp", "--port"])
+                .arg(port.to_string())
+                .args(["--logLevel", "none"]);
+            if kind == Kind::SupergatewayStateful {
+                cmd.arg("--stateful");
+            }
+            url = format!("http://127.0.0.1:{port}/mcp");
+        }
+        Kind::McpProxy => {
+            if upstream == Upstream::Http {
+                bail!("mcp-proxy serves stdio servers only");
+            }
+            cmd = Command::new(peers.mcp_proxy.as_ref().context("mcp-proxy")?);
+            cmd.args(["--host", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--log-level", "WARNING", "--"])
+                .arg(&bins.fixture)
+                .args(["echo", "--stdio"]);
+            url = format!("http://127.0.0.1:{port}/mcp");
+        }
+        Kind::ContextForge => {
+            if upstream == Upstream::Http {
+                // Tried: `--connect-streamable-http URL --expose-streamable-http`
+                // pumps the remote server to stdio and never listens.
+                bail!("its bridge connects a Streamable HTTP server to stdio only, not to Streamable HTTP");
+            }
+            cmd = Command::new(peers.contextforge_python.as_ref().context("contextforge")?);
+            cmd.args(["-m", "mcpgateway.translate"]);
+            cmd.args(["--stdio", &stdio_cmd, "--expose-streamable-http", "--host", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--logLevel", "warning"])
+                .current_dir(dir.path());
+            // Its settings refuse to load without strong secrets; the bridge
+            // uses none of them.
+            let secret = bastion_core::apikey::random_token(32);
+            for k in ["JWT_SECRET_KEY", "AUTH_ENCRYPTION_SECRET"] {
+                cmd.env(k, &secret);
+            }
+            for k in ["BASIC_AUTH_PASSWORD", "PLATFORM_ADMIN_PASSWORD", "DEFAULT_USER_PASSWORD"] {
+                cmd.env(k, format!("Pw1-{secret}"));
+            }
+            cmd.env("LOG_LEVEL", "WARNING");
+            url = format!("http://127.0.0.1:{port}/mcp");
+        }
+    }
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    let root = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
+    let running = Running { kind, upstream, url, bearer, root, helpers, _dir: dir, log: log_path };
+    if let Err(e) = wait_ready(&running, Duration::from_secs(60)).await {
+        let log = std::fs::read_to_string(&running.log).unwrap_or_default();
+        let tail: String =
+            log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        running.stop().await;
+        bail!("{e:#}\n--- log tail ---\n{tail}");
+    }
+    Ok(running)
+}
+
+/// Polls until a session can be opened and the echo tool answers.
+async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
+    let ep = Endpoint::new(&r.url, r.bearer.as_deref(), Duration::from_secs(10), 4)?;
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match ep.initialize().await {
+            Ok(mut s) => {
+                let args = serde_json::json!({"name": "echo", "arguments": {"text": "ready"}});
+                let res = ep.request(&mut s, "tools/call", args).await;
+                let _ = ep.close(s).await;
+                match res {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{} not ready after {limit:?}: {last}", r.kind.name())
+}

@@ -1,0 +1,336 @@
+//! Tables: one line per run for the console, the markdown report, and the
+//! project's targets set against what was measured (reported, never
+//! asserted).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::LoadResult;
+use crate::suite::{Report, RunRecord, Scenario};
+
+/// One target and what was measured for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// `None` when the inputs were not measured.
+    pub met: Option<bool>,
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.3}", us / 1000.0)
+}
+
+fn opt1(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn mode(l: &LoadResult) -> String {
+    match l.target_rate {
+        Some(r) => format!("{r:.0}/s"),
+        None => "max".into(),
+    }
+}
+
+fn errors(l: &LoadResult) -> String {
+    let unsent = if l.unsent > 0 { format!(", {} unsent", l.unsent) } else { String::new() };
+    if l.errors == 0 {
+        return format!("0{unsent}");
+    }
+    let kinds: Vec<String> = l.error_kinds.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    format!("{} ({}){unsent}", l.errors, kinds.join(", "))
+}
+
+/// A one-line summary of a run, for progress output.
+pub fn one_line(r: &RunRecord) -> String {
+    let l = &r.load;
+    format!(
+        "{} ({}) {:?} {}: {:.0} calls/s, p50 {} ms, p99 {} ms, p99.9 {} ms, errors {}, gw CPU {} µs/call",
+        r.contestant,
+        r.upstream,
+        r.scenario,
+        mode(l),
+        l.calls_per_s,
+        ms(l.latency.p50_us),
+        ms(l.latency.p99_us),
+        ms(l.latency.p999_us),
+        errors(l),
+        opt1(r.gateway_cpu_us_per_call),
+    )
+}
+
+/// The table of a single load run (the `load` command).
+pub fn load_table(l: &LoadResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| mode | sessions | requests | ok | errors | calls/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+        mode(l),
+        l.concurrency,
+        l.requests,
+        l.ok,
+        errors(l),
+        l.calls_per_s,
+        ms(l.latency.p50_us),
+        ms(l.latency.p90_us),
+        ms(l.latency.p99_us),
+        ms(l.latency.p999_us),
+        ms(l.latency.max_us),
+    );
+    for e in &l.error_samples {
+        let _ = writeln!(s, "\nerror: {e}");
+    }
+    s
+}
+
+fn find<'a>(r: &'a Report, contestant: &str, upstream: &str, scenario: Scenario, fixed: bool) -> Option<&'a RunRecord> {
+    r.runs.iter().find(|x| {
+        x.contestant == contestant
+            && x.upstream == upstream
+            && x.scenario == scenario
+            && x.load.target_rate.is_some() == fixed
+            && x.load.ok > 0
+    })
+}
+
+pub fn targets(r: &Report) -> Vec<TargetCheck> {
+    let mut v = Vec::new();
+    // 1. CPU per proxied call (gateway process alone, max-rate run).
+    let cpu = find(r, "bastion", "stdio", Scenario::Call, false).and_then(|x| x.gateway_cpu_us_per_call);
+    v.push(TargetCheck {
+        target: "gateway CPU per proxied tools/call ≤ 50 µs".into(),
+        measured: cpu.map_or("not measured".into(), |c| format!("{c:.1} µs (stdio upstream, max rate)")),
+        met: cpu.map(|c| c <= 50.0),
+    });
+    // 2. Added latency at the fixed rate, over the direct floor.
+    let floor = find(r, "direct", "http", Scenario::Call, true);
+    for upstream in ["stdio", "http"] {
+        let b = find(r, "bastion", upstream, Scenario::Call, true);
+        let (m50, m99, met50, met99) = match (b, floor) {
+            (Some(b), Some(f)) if f.load.latency.p50_us > b.load.latency.p50_us => {
+                let m = format!(
+                    "floor invalid: direct p50 {} ms is slower than the gateway's {} ms",
+                    ms(f.load.latency.p50_us),
+                    ms(b.load.latency.p50_us)
+                );
+                (m.clone(), m, None, None)
+            }
+            (Some(b), Some(f)) => {
+                let d50 = b.load.latency.p50_us - f.load.latency.p50_us;
+                let d99 = b.load.latency.p99_us - f.load.latency.p99_us;
+                (format!("{} ms", ms(d50)), format!("{} ms", ms(d99)), Some(d50 <= 200.0), Some(d99 <= 1000.0))
+            }
+            _ => ("not measured".into(), "not measured".into(), None, None),
+        };
+        let rate = floor.and_then(|f| f.load.target_rate).unwrap_or(0.0);
+        v.push(TargetCheck {
+            target: format!("added p50 latency over direct at {rate:.0} calls/s ≤ 0.2 ms ({upstream} upstream)"),
+            measured: m50,
+            met: met50,
+        });
+        v.push(TargetCheck {
+            target: format!("added p99 latency over direct at {rate:.0} calls/s ≤ 1 ms ({upstream} upstream)"),
+            measured: m99,
+            met: met99,
+        });
+    }
+    // 3. Throughput against supergateway's best mode.
+    let bastion = find(r, "bastion", "stdio", Scenario::Call, false).map(|x| x.load.calls_per_s);
+    let sg = ["supergateway-stateful", "supergateway-stateless"]
+        .iter()
+        .filter_map(|c| find(r, c, "stdio", Scenario::Call, false))
+        .map(|x| x.load.calls_per_s)
+        .fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x))));
+    let (m, met) = match (bastion, sg) {
+        (Some(b), Some(s)) if s > 0.0 => (format!("{b:.0} vs {s:.0} calls/s = {:.1}×", b / s), Some(b >= 5.0 * s)),
+        _ => ("not measured".into(), None),
+    };
+    v.push(TargetCheck { target: "calls/s ≥ 5× supergateway's best mode".into(), measured: m, met });
+    // 4. Idle sessions.
+    let idle = r.idle.iter().find(|i| i.contestant == "bastion");
+    let per = idle.and_then(|i| i.bytes_per_session);
+    v.push(TargetCheck {
+        target: "idle session ≤ 16 KiB".into(),
+        measured: per.map_or("not measured".into(), |b| {
+            format!("{:.1} KiB ({} sessions)", b / 1024.0, idle.map_or(0, |i| i.opened))
+        }),
+        met: per.map(|b| b <= 16.0 * 1024.0),
+    });
+    let at10k = idle.filter(|i| i.opened >= 10_000);
+    v.push(TargetCheck {
+        target: "10,000 sessions with RSS ≤ 300 MiB".into(),
+        measured: match (idle, at10k) {
+            (Some(i), Some(_)) => format!("{} MiB", mib(i.rss_after_kib)),
+            (Some(i), None) => format!("only {} sessions opened ({} MiB)", i.opened, mib(i.rss_after_kib)),
+            _ => "not measured".into(),
+        },
+        met: at10k.map(|i| i.rss_after_kib <= 300 * 1024),
+    });
+    // 5. Start to ready.
+    let ready = r.start_to_ready.as_ref().filter(|s| !s.readyz_ms.is_empty());
+    let median = ready.map(|s| {
+        let mut v = s.readyz_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
+    v.push(TargetCheck {
+        target: "start to ready ≤ 100 ms with 100 stdio servers".into(),
+        measured: match (median, ready) {
+            (Some(m), Some(s)) => format!("{m:.1} ms (median of {}, {} servers)", s.readyz_ms.len(), s.servers),
+            _ => "not measured".into(),
+        },
+        met: match (median, ready) {
+            (Some(m), Some(s)) if s.servers >= 100 => Some(m <= 100.0),
+            _ => None,
+        },
+    });
+    v
+}
+
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "–",
+    }
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmark results{}\n", if r.smoke { " (smoke run: not a measurement)" } else { "" });
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "Machine: {} × {}, {} MiB memory, Linux {}. Generated by `scripts/bench` (unix time {}).\n",
+        m.nproc, m.cpu_model, m.memory_mib, m.kernel, r.unix_time
+    );
+    let _ = writeln!(
+        s,
+        "Fixed-rate runs: {} calls/s over {} sessions for {} s (open loop, corrected for coordinated omission). \
+         Max-rate runs: {} sessions, closed loop. Latencies in ms. CPU in µs per successful call: \
+         `gw` is the gateway process alone, `tree` adds its children (the stdio upstream). \
+         Peak RSS in MiB (VmHWM, gateway / whole tree).\n",
+        r.settings["fixed_rate_per_s"], r.settings["concurrency"], r.settings["duration_s"], r.settings["concurrency"]
+    );
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(s, "| target | measured | met |");
+    let _ = writeln!(s, "|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(s, "| {} | {} | {} |", t.target, t.measured, met(t.met));
+    }
+    let sections: [(Scenario, Option<&str>, &str); 4] = [
+        (Scenario::Call, Some("stdio"), "a. tools/call, stdio upstream"),
+        (Scenario::Call, Some("http"), "b. tools/call, Streamable HTTP upstream"),
+        (Scenario::Setup, None, "c. session set-up (initialize + initialized + tools/list)"),
+        (Scenario::Stateless, None, "d. stateless 2026-07-28 tools/call"),
+    ];
+    for (scenario, upstream, title) in sections {
+        let _ = writeln!(s, "\n## {title}\n");
+        let _ = writeln!(
+            s,
+            "| contestant | mode | calls/s | p50 | p99 | p99.9 | errors | gw CPU | tree CPU | peak RSS gw / tree |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|");
+        let mut rows: Vec<&RunRecord> = r
+            .runs
+            .iter()
+            .filter(|x| {
+                x.scenario == scenario
+                    && match upstream {
+                        // The direct fixture is the floor of both a and b.
+                        Some(u) => x.upstream == u || x.contestant == "direct",
+                        None => true,
+                    }
+            })
+            .collect();
+        rows.sort_by_key(|x| (x.contestant != "direct", x.load.target_rate.is_none()));
+        if rows.is_empty() {
+            let _ = writeln!(s, "| (not run) | | | | | | | | | |");
+        }
+        for x in rows {
+            let l = &x.load;
+            let name = if upstream.is_none() && x.contestant == "bastion" && x.upstream == "http" {
+                "bastion (http upstream)".to_string()
+            } else {
+                x.contestant.to_string()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                name,
+                mode(l),
+                l.calls_per_s,
+                ms(l.latency.p50_us),
+                ms(l.latency.p99_us),
+                ms(l.latency.p999_us),
+                errors(l),
+                opt1(x.gateway_cpu_us_per_call),
+                opt1(x.tree_cpu_us_per_call),
+                mib(x.gateway_peak_rss_kib),
+                mib(x.tree_peak_rss_kib),
+            );
+        }
+    }
+    let _ = writeln!(s, "\n## e. idle sessions\n");
+    let _ = writeln!(
+        s,
+        "| contestant | sessions opened | failed | open time s | RSS before → after (MiB) | per session | still answering | processes |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|");
+    if r.idle.is_empty() {
+        let _ = writeln!(s, "| (not run) | | | | | | | |");
+    }
+    for i in &r.idle {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {} | {:.1} | {} → {} | {} | {}/{} | {} |",
+            i.contestant,
+            i.note.as_ref().map_or(String::new(), |n| format!(" ({n})")),
+            i.opened,
+            i.failed,
+            i.open_seconds,
+            mib(i.rss_before_kib),
+            mib(i.rss_after_kib),
+            i.bytes_per_session.map_or("–".into(), |b| format!("{:.1} KiB", b / 1024.0)),
+            i.still_alive,
+            i.checked,
+            i.processes_after,
+        );
+    }
+    let _ = writeln!(s, "\n## Start to ready\n");
+    match &r.start_to_ready {
+        Some(sr) => {
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+            let all: Vec<f64> = sr.all_tools_ms.iter().flatten().copied().collect();
+            let _ = writeln!(
+                s,
+                "`bastion serve` with {} stdio servers: first 200 on `/readyz` after {} ms; \
+                 every server's tools listed after {} ms.",
+                sr.servers,
+                list(&sr.readyz_ms),
+                if all.is_empty() { "–".into() } else { list(&all) }
+            );
+        }
+        None => {
+            let _ = writeln!(s, "(not measured)");
+        }
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(s, "\n## Skipped\n");
+        for k in &r.skipped {
+            let reason = k.reason.lines().next().unwrap_or("");
+            let _ = writeln!(s, "- {} ({} upstream), scenario {}: {}", k.contestant, k.upstream, k.scenario, reason);
+        }
+    }
+    s
+}

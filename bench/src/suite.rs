@@ -1,0 +1,606 @@
+//! The whole comparison: every contestant × scenario, process-tree CPU and
+//! memory around each run, idle sessions, start-to-ready, and the report
+//! (`latest.json`, `latest.md`).
+//!
+//! Scenarios:
+//! * `a`: `tools/call echo` through the gateway to the fixture over stdio;
+//! * `b`: the same with the fixture serving Streamable HTTP;
+//! * `c`: session set-up (`initialize`, `notifications/initialized`,
+//!   `tools/list`);
+//! * `d`: stateless `2026-07-28` `tools/call`;
+//! * `e`: many idle sessions held open, RSS before and after.
+//!
+//! The direct contestant (the fixture over HTTP, no gateway) is the floor
+//! for `a` and `b` alike.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::contestant::{self, Bins, Kind, Peers, Running, Upstream};
+use crate::load::{self, LoadResult, LoadSpec, Workload};
+use crate::mcp::Endpoint;
+use crate::procs;
+use crate::report;
+
+/// Knobs of a suite run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub smoke: bool,
+    /// Calls per second of the fixed-rate runs.
+    pub rate: f64,
+    /// Sessions of the call runs.
+    pub concurrency: usize,
+    /// Length of each timed run.
+    pub duration: Duration,
+    /// Request cap of each timed run.
+    pub max_requests: u64,
+    pub setup_concurrency: usize,
+    pub warmup: Duration,
+    pub warmup_requests: u64,
+    /// Idle sessions to open on Bastion and the direct fixture.
+    pub idle_sessions: usize,
+    /// Idle sessions to open on the other gateways.
+    pub idle_sessions_peers: usize,
+    /// Idle sessions on a gateway that starts a process per session.
+    pub idle_sessions_per_process: usize,
+    /// Stdio servers of the start-to-ready measurement; 0 skips it.
+    pub ready_servers: usize,
+    pub ready_runs: usize,
+    pub timeout: Duration,
+}
+
+impl Settings {
+    pub fn full() -> Self {
+        Settings {
+            smoke: false,
+            rate: 1000.0,
+            concurrency: 16,
+            duration: Duration::from_secs(10),
+            max_requests: 300_000,
+            setup_concurrency: 4,
+            warmup: Duration::from_secs(2),
+            warmup_requests: 20_000,
+            idle_sessions: 10_000,
+            idle_sessions_peers: 1_000,
+            idle_sessions_per_process: 50,
+            ready_servers: 100,
+            ready_runs: 3,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Settings {
+            smoke: true,
+            rate: 500.0,
+            concurrency: 4,
+            duration: Duration::from_secs(1),
+            max_requests: 300,
+            setup_concurrency: 2,
+            warmup: Duration::from_millis(300),
+            warmup_requests: 50,
+            idle_sessions: 200,
+            idle_sessions_peers: 50,
+            idle_sessions_per_process: 10,
+            ready_servers: 10,
+            ready_runs: 1,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// a / b
+    Call,
+    /// c
+    Setup,
+    /// d
+    Stateless,
+}
+
+/// One timed run of one contestant.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub contestant: &'static str,
+    pub upstream: &'static str,
+    pub scenario: Scenario,
+    #[serde(flatten)]
+    pub load: LoadResult,
+    /// CPU of the gateway process alone, per successful request.
+    pub gateway_cpu_us_per_call: Option<f64>,
+    /// CPU of the gateway and all its children (the stdio upstream), per call.
+    pub tree_cpu_us_per_call: Option<f64>,
+    /// CPU of the load generator, per call (to see whether it was the limit).
+    pub loadgen_cpu_us_per_call: Option<f64>,
+    pub gateway_peak_rss_kib: u64,
+    pub tree_peak_rss_kib: u64,
+    pub processes: usize,
+}
+
+/// Scenario `e`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleRecord {
+    pub contestant: &'static str,
+    pub requested: usize,
+    pub opened: usize,
+    pub failed: usize,
+    pub open_seconds: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub gateway_rss_before_kib: u64,
+    pub gateway_rss_after_kib: u64,
+    /// Growth of the tree's RSS per session.
+    pub bytes_per_session: Option<f64>,
+    /// Sessions sampled after opening all, and how many still answered.
+    pub checked: usize,
+    pub still_alive: usize,
+    pub processes_after: usize,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyRecord {
+    pub servers: usize,
+    /// Milliseconds from spawn to the first 200 on `/readyz`, per run.
+    pub readyz_ms: Vec<f64>,
+    /// Milliseconds from spawn until `tools/list` shows every server's tools.
+    pub all_tools_ms: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skip {
+    pub contestant: &'static str,
+    pub upstream: &'static str,
+    pub scenario: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_mib: u64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub unix_time: u64,
+    pub smoke: bool,
+    pub machine: Machine,
+    pub settings: Value,
+    pub runs: Vec<RunRecord>,
+    pub idle: Vec<IdleRecord>,
+    pub start_to_ready: Option<ReadyRecord>,
+    pub skipped: Vec<Skip>,
+    pub targets: Vec<report::TargetCheck>,
+}
+
+pub fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_mib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    Machine { nproc: std::thread::available_parallelism().map_or(1, usize::from), cpu_model, memory_mib, kernel }
+}
+
+fn echo_args() -> Value {
+    json!({"text": "hello from bastion-bench"})
+}
+
+struct Ctx {
+    settings: Settings,
+    bins: Bins,
+    peers: Peers,
+    tps: f64,
+    runs: Vec<RunRecord>,
+    idle: Vec<IdleRecord>,
+    skipped: Vec<Skip>,
+}
+
+impl Ctx {
+    fn skip(&mut self, kind: Kind, upstream: Upstream, scenario: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        eprintln!("bench: skip {} ({}) {scenario}: {reason}", kind.name(), upstream_name(upstream));
+        self.skipped.push(Skip {
+            contestant: kind.name(),
+            upstream: upstream_name(upstream),
+            scenario: scenario.into(),
+            reason,
+        });
+    }
+
+    fn endpoint(&self, r: &Running, pool: usize) -> anyhow::Result<Endpoint> {
+        Endpoint::new(&r.url, r.bearer.as_deref(), self.settings.timeout, pool)
+    }
+
+    /// One timed run with CPU and memory measured around it.
+    async fn measure(&mut self, r: &Running, scenario: Scenario, workload: Workload, rate: Option<f64>) {
+        let s = &self.settings;
+        let concurrency = if scenario == Scenario::Setup { s.setup_concurrency } else { s.concurrency };
+        let spec = LoadSpec { workload, concurrency, rate, duration: s.duration, max_requests: s.max_requests };
+        let Ok(ep) = self.endpoint(r, concurrency * 2) else { return };
+        let pid = r.pid();
+        procs::reset_peaks(pid);
+        let me = std::process::id();
+        let before = procs::sample(pid);
+        let me_before = procs::sample(me);
+        let result = load::run(&ep, &spec).await;
+        let after = procs::sample(pid);
+        let me_after = procs::sample(me);
+        let per_call = |ticks: u64| (result.ok > 0).then(|| ticks as f64 / self.tps / result.ok as f64 * 1e6);
+        let rec = RunRecord {
+            contestant: r.kind.name(),
+            upstream: upstream_name(r.upstream),
+            scenario,
+            gateway_cpu_us_per_call: per_call(after.root_ticks.saturating_sub(before.root_ticks)),
+            tree_cpu_us_per_call: per_call(after.tree_ticks.saturating_sub(before.tree_ticks)),
+            loadgen_cpu_us_per_call: per_call(me_after.root_ticks.saturating_sub(me_before.root_ticks)),
+            gateway_peak_rss_kib: after.root_hwm_kib,
+            tree_peak_rss_kib: after.tree_hwm_kib,
+            processes: after.processes,
+            load: result,
+        };
+        eprintln!("bench: {}", report::one_line(&rec));
+        self.runs.push(rec);
+    }
+
+    async fn warm_up(&self, r: &Running, workload: Workload) {
+        let s = &self.settings;
+        let spec = LoadSpec {
+            workload,
+            concurrency: s.concurrency,
+            rate: None,
+            duration: s.warmup,
+            max_requests: s.warmup_requests,
+        };
+        if let Ok(ep) = self.endpoint(r, s.concurrency * 2) {
+            let _ = load::run(&ep, &spec).await;
+        }
+    }
+
+    /// Whether the contestant answers a stateless request at all.
+    async fn probe_stateless(&self, r: &Running) -> Result<(), String> {
+        let ep = self.endpoint(r, 2).map_err(|e| e.to_string())?;
+        ep.stateless(1, "tools/call", json!({"name": "echo", "arguments": echo_args()}))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn idle_sessions(&mut self, r: &Running, requested: usize, note: Option<String>) {
+        let rec = idle(self, r, requested, note).await;
+        match rec {
+            Ok(rec) => {
+                eprintln!(
+                    "bench: {} idle: {} sessions, {} per session",
+                    rec.contestant,
+                    rec.opened,
+                    rec.bytes_per_session.map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+                );
+                self.idle.push(rec);
+            }
+            Err(e) => self.skip(r.kind, r.upstream, "e", format!("{e:#}")),
+        }
+    }
+}
+
+fn upstream_name(u: Upstream) -> &'static str {
+    match u {
+        Upstream::Stdio => "stdio",
+        Upstream::Http => "http",
+    }
+}
+
+/// Opens `requested` sessions and holds them; RSS before and after.
+async fn idle(ctx: &Ctx, r: &Running, requested: usize, note: Option<String>) -> anyhow::Result<IdleRecord> {
+    use futures::StreamExt as _;
+    let ep = ctx.endpoint(r, 64)?;
+    let pid = r.pid();
+    // Whether the server keeps sessions at all.
+    let probe = ep.initialize().await.map_err(|e| anyhow::anyhow!("initialize: {e}"))?;
+    if probe.id.is_none() {
+        anyhow::bail!("the server issues no session ids (stateless): no idle sessions to hold");
+    }
+    let _ = ep.close(probe).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = procs::sample(pid);
+    let start = Instant::now();
+    // Bounded in time as well as in count.
+    let limit = if ctx.settings.smoke { Duration::from_secs(20) } else { Duration::from_secs(180) };
+    let mut sessions = Vec::with_capacity(requested);
+    let mut failed = 0;
+    let mut opening = futures::stream::iter(0..requested).map(|_| ep.initialize()).buffer_unordered(32);
+    while let Some(res) = opening.next().await {
+        match res {
+            Ok(s) => sessions.push(s),
+            Err(_) => failed += 1,
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+    }
+    drop(opening);
+    let open_seconds = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procs::sample(pid);
+    // A sample of the sessions must still be usable.
+    let step = (sessions.len() / 20).max(1);
+    let mut checked = 0;
+    let mut alive = 0;
+    for s in sessions.iter_mut().step_by(step).take(20) {
+        checked += 1;
+        if ep.request(s, "tools/list", json!({})).await.is_ok() {
+            alive += 1;
+        }
+    }
+    let opened = sessions.len();
+    let grew = after.tree_rss_kib.saturating_sub(before.tree_rss_kib);
+    Ok(IdleRecord {
+        contestant: r.kind.name(),
+        requested,
+        opened,
+        failed,
+        open_seconds,
+        rss_before_kib: before.tree_rss_kib,
+        rss_after_kib: after.tree_rss_kib,
+        gateway_rss_before_kib: before.root_rss_kib,
+        gateway_rss_after_kib: after.root_rss_kib,
+        bytes_per_session: (opened > 0).then(|| grew as f64 * 1024.0 / opened as f64),
+        checked,
+        still_alive: alive,
+        processes_after: after.processes,
+        note,
+    })
+    // The sessions are dropped with the contestant, which is stopped next.
+}
+
+/// What to run against one started contestant.
+struct Plan {
+    kind: Kind,
+    upstream: Upstream,
+    call: bool,
+    setup: bool,
+    stateless: bool,
+    idle: Option<usize>,
+    idle_note: Option<String>,
+}
+
+fn plans(s: &Settings) -> Vec<Plan> {
+    let p = |kind, upstream, call, setup, stateless, idle: Option<usize>| Plan {
+        kind,
+        upstream,
+        call,
+        setup,
+        stateless,
+        idle,
+        idle_note: None,
+    };
+    let mut v = vec![
+        p(Kind::Direct, Upstream::Http, true, true, true, Some(s.idle_sessions)),
+        p(Kind::Bastion, Upstream::Stdio, true, true, true, Some(s.idle_sessions)),
+        p(Kind::Bastion, Upstream::Http, true, false, false, None),
+    ];
+    if s.smoke {
+        return v;
+    }
+    let mut sg = p(Kind::SupergatewayStateful, Upstream::Stdio, true, true, true, Some(s.idle_sessions_per_process));
+    sg.idle_note = Some("one upstream process per session: fewer sessions opened".into());
+    v.push(sg);
+    v.push(p(Kind::SupergatewayStateless, Upstream::Stdio, true, true, true, None));
+    v.push(p(Kind::McpProxy, Upstream::Stdio, true, true, true, Some(s.idle_sessions_peers)));
+    v.push(p(Kind::ContextForge, Upstream::Stdio, true, true, true, Some(s.idle_sessions_peers)));
+    v.push(p(Kind::ContextForge, Upstream::Http, true, false, false, None));
+    v
+}
+
+pub async fn run(
+    settings: Settings,
+    bins: Bins,
+    peers: Peers,
+    out_dir: &Path,
+    only: &[String],
+) -> anyhow::Result<Report> {
+    let mut ctx = Ctx {
+        tps: procs::ticks_per_second() as f64,
+        settings: settings.clone(),
+        bins,
+        peers,
+        runs: Vec::new(),
+        idle: Vec::new(),
+        skipped: Vec::new(),
+    };
+    // Set by scripts/bench when it runs the suite under `unshare -n`.
+    let in_private_netns = std::env::var_os("BASTION_BENCH_NETNS").is_some_and(|v| v == "1");
+    let wanted = |k: Kind| only.is_empty() || only.iter().any(|o| k.name().starts_with(o.as_str()));
+    for plan in plans(&settings).into_iter().filter(|p| wanted(p.kind)) {
+        if !plan.kind.available(&ctx.peers) {
+            ctx.skip(plan.kind, plan.upstream, "all", "not installed (run scripts/bench-provision)");
+            continue;
+        }
+        if plan.kind.binds_all_interfaces() && !in_private_netns {
+            ctx.skip(
+                plan.kind,
+                plan.upstream,
+                "all",
+                "listens on every interface: runs only in a private network namespace (scripts/bench)",
+            );
+            continue;
+        }
+        eprintln!("bench: starting {} ({})", plan.kind.name(), upstream_name(plan.upstream));
+        let r = match contestant::start(plan.kind, plan.upstream, &ctx.bins, &ctx.peers).await {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.skip(plan.kind, plan.upstream, "all", format!("did not start: {e:#}"));
+                continue;
+            }
+        };
+        let call = Workload::tool_call(false, "echo", echo_args());
+        if plan.call {
+            ctx.warm_up(&r, call.clone()).await;
+            ctx.measure(&r, Scenario::Call, call.clone(), Some(settings.rate)).await;
+            ctx.measure(&r, Scenario::Call, call.clone(), None).await;
+        }
+        if plan.setup {
+            ctx.measure(&r, Scenario::Setup, Workload::Setup, None).await;
+        }
+        if plan.stateless {
+            match ctx.probe_stateless(&r).await {
+                Ok(()) => {
+                    let w = Workload::tool_call(true, "echo", echo_args());
+                    ctx.warm_up(&r, w.clone()).await;
+                    ctx.measure(&r, Scenario::Stateless, w.clone(), Some(settings.rate)).await;
+                    ctx.measure(&r, Scenario::Stateless, w, None).await;
+                }
+                Err(e) => ctx.skip(plan.kind, plan.upstream, "d", format!("stateless request refused: {e}")),
+            }
+        }
+        if let Some(n) = plan.idle {
+            ctx.idle_sessions(&r, n, plan.idle_note.clone()).await;
+        }
+        r.stop().await;
+    }
+
+    let start_to_ready = if settings.ready_servers > 0 && wanted(Kind::Bastion) {
+        match start_to_ready(&ctx.bins, settings.ready_servers, settings.ready_runs).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                ctx.skip(Kind::Bastion, Upstream::Stdio, "start-to-ready", format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut report = Report {
+        unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        smoke: settings.smoke,
+        machine: machine(),
+        settings: json!({
+            "fixed_rate_per_s": settings.rate,
+            "concurrency": settings.concurrency,
+            "setup_concurrency": settings.setup_concurrency,
+            "duration_s": settings.duration.as_secs_f64(),
+            "max_requests": settings.max_requests,
+            "warmup_s": settings.warmup.as_secs_f64(),
+            "idle_sessions": settings.idle_sessions,
+            "idle_sessions_peers": settings.idle_sessions_peers,
+            "idle_sessions_per_process": settings.idle_sessions_per_process,
+            "ready_servers": settings.ready_servers,
+            "tool": "echo",
+            "arguments": echo_args(),
+        }),
+        runs: ctx.runs,
+        idle: ctx.idle,
+        start_to_ready,
+        skipped: ctx.skipped,
+        targets: Vec::new(),
+    };
+    report.targets = report::targets(&report);
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut json_text = serde_json::to_vec_pretty(&report)?;
+    json_text.push(b'\n');
+    std::fs::write(out_dir.join("latest.json"), json_text)?;
+    std::fs::write(out_dir.join("latest.md"), report::markdown(&report))?;
+    Ok(report)
+}
+
+/// Start-to-ready of `bastion serve` with `servers` stdio servers.
+pub async fn start_to_ready(bins: &Bins, servers: usize, runs: usize) -> anyhow::Result<ReadyRecord> {
+    let dir = tempfile::Builder::new().prefix("bastion-bench-ready-").tempdir()?;
+    let port = contestant::free_port()?;
+    let mut map = serde_json::Map::new();
+    for i in 0..servers {
+        map.insert(format!("echo{i}"), json!({"command": bins.fixture, "args": ["echo", "--stdio"]}));
+    }
+    let (config, key) = contestant::bastion_setup(bins, dir.path(), port, &map, "warn").await?;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let ep = Endpoint::new(&format!("http://127.0.0.1:{port}/mcp"), Some(&key), Duration::from_secs(30), 2)?;
+    let mut rec = ReadyRecord { servers, readyz_ms: Vec::new(), all_tools_ms: Vec::new() };
+    for _ in 0..runs {
+        let log = std::fs::File::create(dir.path().join("serve.log"))?;
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new(&bins.bastion)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let limit = Duration::from_secs(30);
+        let mut ready = None;
+        while t0.elapsed() < limit {
+            if let Ok(resp) = client.get(&readyz).send().await
+                && resp.status().is_success()
+            {
+                ready = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(ready) = ready else {
+            let _ = child.start_kill();
+            anyhow::bail!("/readyz did not answer 200 within {limit:?}");
+        };
+        rec.readyz_ms.push(ready);
+        // Until every server's tools are listed (each server has 4 tools).
+        let mut all = None;
+        if let Ok(mut session) = ep.initialize().await {
+            while t0.elapsed() < Duration::from_secs(60) {
+                if count_tools(&ep, &mut session).await >= servers * 4 {
+                    all = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        rec.all_tools_ms.push(all);
+        let pid = child.id().unwrap_or(0);
+        for p in procs::tree(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(rec)
+}
+
+async fn count_tools(ep: &Endpoint, session: &mut crate::mcp::Session) -> usize {
+    let mut n = 0;
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let Ok(res) = ep.request(session, "tools/list", params).await else { return n };
+        n += res.get("tools").and_then(Value::as_array).map_or(0, Vec::len);
+        match res.get("nextCursor").and_then(Value::as_str) {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    n
+}
