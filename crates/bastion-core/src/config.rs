@@ -432,9 +432,11 @@ impl Config {
             return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
         }
         if let Some(f) = &self.log.format
-            && f != "json" && f != "text" {
-                return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
-            }
+            && f != "json"
+            && f != "text"
+        {
+            return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
+        }
         Ok(())
     }
 

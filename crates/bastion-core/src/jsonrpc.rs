@@ -79,16 +79,18 @@ impl Message {
         }
         let id = obj.remove("id");
         if let Some(id) = &id
-            && !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null()) {
-                return Err(InvalidMessage("\"id\" must be a string or an integer"));
-            }
+            && !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null())
+        {
+            return Err(InvalidMessage("\"id\" must be a string or an integer"));
+        }
         match obj.remove("method") {
             Some(Value::String(method)) => {
                 let params = obj.remove("params");
                 if let Some(p) = &params
-                    && !(p.is_object() || p.is_array()) {
-                        return Err(InvalidMessage("\"params\" must be an object or an array"));
-                    }
+                    && !(p.is_object() || p.is_array())
+                {
+                    return Err(InvalidMessage("\"params\" must be an object or an array"));
+                }
                 match id {
                     None => Ok(Message::Notification(Notification { method, params })),
                     Some(Value::Null) => Err(InvalidMessage("a request id must not be null")),
