@@ -402,7 +402,6 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
         let gw = gw.clone();
         let scope = scope.clone();
         let session = session.clone();
-        let req = req.clone();
         async move {
             let outcome = run_request(&gw, &scope, session.as_deref(), &req, sink).await;
             response_value(&req.id, outcome)

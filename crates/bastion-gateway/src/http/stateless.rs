@@ -266,6 +266,10 @@ fn notification_value(method: String, params: Option<Value>) -> Value {
 }
 
 /// Follows a running call until it ends or needs input from the client.
+/// How long the bridge waits for more server requests after the first, so
+/// that requests a server sends together reach the client in one round.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A stateless call being followed.
 struct Call {
     user: Arc<str>,
@@ -329,19 +333,35 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
                     if let Some(cap) = mrtr::required_capability(&method)
                         && caps.get(cap).is_none_or(Value::is_null) {
                             let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("the client does not support {method}"))));
-                            let err = error_object(
+                            let mut err = error_object(
                                 jsonrpc::MISSING_CLIENT_CAPABILITY,
                                 format!("Missing required client capability: {cap}"),
                             );
+                            err["data"] = json!({"requiredCapabilities": {cap: {}}});
                             let _ = tx.send(Frame::Final(response_value(&req.id, Err(err)))).await;
                             return; // dropping `running` cancels the call upstream
                         }
                     let mut requests = vec![("input-1".to_string(), method, params)];
                     let mut pending = vec![("input-1".to_string(), reply)];
-                    // Requests the server sent together are asked together.
-                    while let Ok(ev) = running.events.try_recv() {
+                    // Requests the server sent together are asked together:
+                    // gather what arrives within a short window.
+                    let window = tokio::time::sleep(GATHER_WINDOW);
+                    tokio::pin!(window);
+                    loop {
+                        let ev = tokio::select! {
+                            biased;
+                            ev = running.events.recv() => match ev { Some(ev) => ev, None => break },
+                            _ = &mut window => break,
+                        };
                         match ev {
                             UpstreamEvent::Request { method, params, reply } => {
+                                if mrtr::required_capability(&method).is_some_and(|c| caps.get(c).is_none_or(Value::is_null)) {
+                                    let _ = reply.send(Err(error_object(
+                                        jsonrpc::METHOD_NOT_FOUND,
+                                        format!("the client does not support {method}"),
+                                    )));
+                                    continue;
+                                }
                                 let key = format!("input-{}", requests.len() + 1);
                                 requests.push((key.clone(), method, params));
                                 pending.push((key, reply));
