@@ -42,6 +42,8 @@ impl Drop for AbortOnDrop {
 
 /// A call in flight: its events and its eventual outcome.
 pub struct Running {
+    /// The call's own sink, to mark it parked while the client is away.
+    pub sink: crate::upstream::EventSink,
     pub events: mpsc::Receiver<UpstreamEvent>,
     pub outcome: oneshot::Receiver<Outcome>,
     pub task: AbortOnDrop,
@@ -88,6 +90,7 @@ impl Continuations {
         running: Running,
     ) -> String {
         let token = format!("{STATE_PREFIX}{}", random_token(32));
+        running.sink.set_parked(true);
         self.map
             .insert(token.clone(), Continuation { user, fingerprint, pending, running, expires: Instant::now() + TTL });
         token
@@ -115,6 +118,7 @@ impl Continuations {
             return Err(invalid());
         }
         let responses = responses.unwrap_or_default();
+        c.running.sink.set_parked(false);
         for (key, reply) in c.pending {
             let answer = match responses.get(&key) {
                 Some(v) => Ok(v.clone()),
@@ -177,7 +181,8 @@ mod tests {
         let (etx, erx) = mpsc::channel(4);
         let (otx, orx) = oneshot::channel();
         let task = tokio::spawn(async {});
-        (Running { events: erx, outcome: orx, task: AbortOnDrop(task.abort_handle()) }, etx, otx)
+        let (sink, _rx) = crate::upstream::EventSink::new("test");
+        (Running { sink, events: erx, outcome: orx, task: AbortOnDrop(task.abort_handle()) }, etx, otx)
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ mod stdio;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bastion_core::config::{Config, Transport};
@@ -48,12 +48,24 @@ pub struct EventSink {
     /// server request is only delivered when every call in flight has the
     /// same owner: it can never reach another client.
     owner: Arc<str>,
+    /// Set while the call waits for its client to come back with input (a
+    /// multi round-trip request): its server is itself waiting for answers,
+    /// so the call cannot be the one a new server request is for.
+    parked: Arc<AtomicBool>,
 }
 
 impl EventSink {
     pub fn new(owner: impl Into<Arc<str>>) -> (EventSink, mpsc::Receiver<UpstreamEvent>) {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        (EventSink { tx, owner: owner.into() }, rx)
+        (EventSink { tx, owner: owner.into(), parked: Arc::new(AtomicBool::new(false)) }, rx)
+    }
+
+    pub fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
     }
 
     pub fn try_send(&self, ev: UpstreamEvent) -> Result<(), mpsc::error::TrySendError<UpstreamEvent>> {

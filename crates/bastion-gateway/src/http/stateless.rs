@@ -246,6 +246,7 @@ async fn bridge(
 
 fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
     let (sink, events) = EventSink::new(bastion_core::apikey::random_token(16));
+    let own_sink = sink.clone();
     let (otx, orx) = oneshot::channel();
     let task = tokio::spawn(async move {
         let mut outcome = proxy::handle_request(&gw, &scope, &req, Some(sink)).await;
@@ -254,7 +255,7 @@ fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
         }
         let _ = otx.send(outcome);
     });
-    mrtr::Running { events, outcome: orx, task: mrtr::AbortOnDrop(task.abort_handle()) }
+    mrtr::Running { sink: own_sink, events, outcome: orx, task: mrtr::AbortOnDrop(task.abort_handle()) }
 }
 
 fn notification_value(method: String, params: Option<Value>) -> Value {

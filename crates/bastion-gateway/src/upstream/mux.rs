@@ -14,7 +14,9 @@
 //!   client (stdio carries no better association). When calls of several
 //!   clients overlap, a request is refused and a log message dropped rather
 //!   than risk handing one client's data to another; with no call in flight,
-//!   requests are refused and log messages dropped likewise;
+//!   requests are refused and log messages dropped likewise. Calls parked
+//!   while their client answers a multi round-trip request do not count:
+//!   their server is waiting for those answers;
 //! - other notifications (list changes, resource updates) → the fan-out.
 
 use std::collections::HashMap;
@@ -208,7 +210,8 @@ impl Mux {
     /// The sink of the calls in flight when they all belong to one client.
     fn owning_sink(&self) -> Option<EventSink> {
         let pending = self.pending.lock().expect("poisoned");
-        let mut sinks = pending.iter().filter_map(|(id, p)| Some((*id, p.sink.as_ref()?)));
+        let mut sinks =
+            pending.iter().filter_map(|(id, p)| Some((*id, p.sink.as_ref()?))).filter(|(_, s)| !s.is_parked());
         let (mut newest_id, mut newest) = sinks.next()?;
         for (id, sink) in sinks {
             if sink.owner() != newest.owner() {
@@ -340,6 +343,21 @@ mod tests {
         m.on_message(json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}));
         assert!(alice_events.try_recv().is_err());
         assert!(bob_events.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn parked_calls_do_not_make_ownership_ambiguous() {
+        let (m, mut out, _n) = mux();
+        let (parked, _parked_events) = EventSink::new("alice");
+        let (active, mut active_events) = EventSink::new("bob");
+        parked.set_parked(true);
+        for sink in [parked, active] {
+            let m = m.clone();
+            tokio::spawn(async move { m.call("tools/call", None, Some(sink)).await });
+            let _ = out.recv().await.unwrap();
+        }
+        m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"elicitation/create","params":{}}));
+        assert!(matches!(active_events.recv().await, Some(UpstreamEvent::Request { .. })));
     }
 
     #[tokio::test]

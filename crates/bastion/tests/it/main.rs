@@ -12,3 +12,4 @@ mod keys_cli;
 mod lifecycle;
 mod real_clients;
 mod reload;
+mod upstream_transports;
