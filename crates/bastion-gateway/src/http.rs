@@ -620,20 +620,53 @@ async fn batch(
     if answers.is_empty() { accepted() } else { json_response(StatusCode::OK, &Value::Array(answers)) }
 }
 
-/// `GET`: the session's stream of unsolicited messages.
-async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
-    let principal = match gw.authenticate(&headers).await {
-        Ok(p) => p,
-        Err(e) => return auth_failure(&e),
-    };
-    if !accepts(&headers, "text/event-stream") {
-        return rpc_error(
+/// Authenticates a request for an event stream and checks it accepts one.
+pub(crate) async fn authenticate_stream(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
+    let principal = gw.authenticate(headers).await.map_err(|e| auth_failure(&e))?;
+    if !accepts(headers, "text/event-stream") {
+        return Err(rpc_error(
             StatusCode::NOT_ACCEPTABLE,
             None,
             jsonrpc::INVALID_REQUEST,
             "Accept must include text/event-stream",
-        );
+        ));
     }
+    Ok(principal)
+}
+
+/// An SSE response for a session that lives exactly as long as its stream:
+/// the `first` frame, then the session's messages; the session ends with
+/// the stream.
+pub(crate) fn session_stream(gw: Arc<Gateway>, session: Arc<Session>, first: Bytes) -> Response {
+    let rx = session.open_stream().expect("a new session has no stream");
+    let closed = session.closed.clone();
+    let guard = SessionEnd { gw, session };
+    let head = futures::stream::once(async move { Ok::<_, Infallible>(first) });
+    let body = head.chain(stream_body(rx, closed)).map(move |item| {
+        let _keep = &guard;
+        item
+    });
+    sse_response(Body::from_stream(body))
+}
+
+/// Ends a session when the stream it belongs to is dropped.
+struct SessionEnd {
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.gw.sessions.remove(&self.session.id, &self.session.principal);
+    }
+}
+
+/// `GET`: the session's stream of unsolicited messages.
+async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
+    let principal = match authenticate_stream(&gw, &headers).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
     let Some(sid) = header_str(&headers, SESSION_HEADER) else {
         if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
             return rpc_error(

@@ -27,6 +27,13 @@ pub async fn run(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // Long-lived streams (GET, legacy SSE, subscriptions) would hold a
+    // graceful shutdown open forever: ending the sessions ends them.
+    let closing = gw.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.sessions.close_all();
+    };
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;

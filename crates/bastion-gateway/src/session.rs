@@ -253,6 +253,14 @@ impl Sessions {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Ends every session, and so every open stream (shutdown).
+    pub fn close_all(&self) {
+        for s in self.all() {
+            s.closed.cancel();
+        }
+        self.map.clear();
+    }
+
     /// Closes sessions idle for longer than the timeout (an open stream
     /// counts as activity).
     pub fn expire_idle(&self) -> usize {

@@ -10,13 +10,12 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use bastion_core::jsonrpc::{self, Message, id_key};
 use bastion_core::protocol;
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    accepted, accepts, auth_failure, event_to_message, on_client_notification, read_body, response_value, rpc_error,
-    sse_response, stream_body,
+    accepted, auth_failure, authenticate_stream, event_to_message, on_client_notification, read_body, response_value,
+    rpc_error, session_stream,
 };
 use crate::gateway::Gateway;
 use crate::proxy;
@@ -42,18 +41,10 @@ pub(crate) async fn sse_named(
 }
 
 async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
-    let principal = match gw.authenticate(&headers).await {
+    let principal = match authenticate_stream(&gw, &headers).await {
         Ok(p) => p,
-        Err(e) => return auth_failure(&e),
+        Err(resp) => return resp,
     };
-    if !accepts(&headers, "text/event-stream") {
-        return rpc_error(
-            StatusCode::NOT_ACCEPTABLE,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            "Accept must include text/event-stream",
-        );
-    }
     let session = gw.sessions.create(NewSession {
         principal,
         scope,
@@ -62,29 +53,9 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
         legacy: true,
         listen: None,
     });
-    let rx = session.open_stream().expect("a new session has no stream");
+    // The first event names the message endpoint; it is not JSON-RPC.
     let endpoint = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
-    let first = futures::stream::once(async move { Ok(axum::body::Bytes::from(endpoint)) });
-    // When the stream ends, so does the session.
-    let gw2 = gw.clone();
-    let session2 = session.clone();
-    let guard = SessionEnd { gw: gw2, session: session2 };
-    let body = first.chain(stream_body(rx, session.closed.clone())).map(move |item| {
-        let _keep = &guard;
-        item
-    });
-    sse_response(Body::from_stream(body))
-}
-
-pub(crate) struct SessionEnd {
-    pub(crate) gw: Arc<Gateway>,
-    pub(crate) session: Arc<Session>,
-}
-
-impl Drop for SessionEnd {
-    fn drop(&mut self) {
-        self.gw.sessions.remove(&self.session.id, &self.session.principal);
-    }
+    session_stream(gw, session, axum::body::Bytes::from(endpoint))
 }
 
 /// `POST /messages?sessionId=…`.

@@ -196,19 +196,12 @@ async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Reque
         listen: Some(f),
     });
     session.subscriptions.lock().expect("poisoned").extend(subscribed);
-    let rx = session.open_stream().expect("a new session has no stream");
     let ack = json!({
         "jsonrpc": "2.0",
         "method": "notifications/subscriptions/acknowledged",
         "params": {"_meta": {meta::SUBSCRIPTION_ID: req.id}, "notifications": acknowledged}
     });
-    let guard = super::legacy::SessionEnd { gw: gw.clone(), session: session.clone() };
-    let first = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(super::sse_frame(&ack)) });
-    let body = first.chain(super::stream_body(rx, session.closed.clone())).map(move |item| {
-        let _keep = &guard;
-        item
-    });
-    super::sse_response(axum::body::Body::from_stream(body))
+    super::session_stream(gw, session, super::sse_frame(&ack))
 }
 
 /// What the producer of an answer sends: messages about the request, then

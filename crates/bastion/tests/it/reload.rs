@@ -148,3 +148,61 @@ async fn open_sessions_are_told_that_the_tool_list_changed() {
         seen.lock().expect("poisoned")
     );
 }
+
+#[tokio::test]
+async fn stateless_listeners_are_told_that_the_tool_list_changed() {
+    let gw = Gateway::start(with_servers(json!({"a": fixture_echo("a")})));
+    let key = gw.create_key("stateless-listener", &[]);
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": "listen-1",
+        "method": "subscriptions/listen",
+        "params": {
+            "_meta": {
+                crate::harness::META_VERSION: crate::harness::STATELESS,
+                crate::harness::META_CAPABILITIES: {}
+            },
+            "notifications": {"toolsListChanged": true, "promptsListChanged": false}
+        }
+    });
+    let mut stream = crate::harness::http()
+        .post(gw.url("/mcp"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", crate::harness::STATELESS)
+        .header("mcp-method", "subscriptions/listen")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST subscriptions/listen");
+    assert_eq!(stream.status(), 200);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    });
+    eventually(WAIT, "the subscription's acknowledgement", || async {
+        seen.lock().expect("poisoned").contains("notifications/subscriptions/acknowledged").then_some(())
+    })
+    .await;
+
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
+    eventually(WAIT, "notifications/tools/list_changed on the listen stream", || async {
+        seen.lock().expect("poisoned").contains("notifications/tools/list_changed").then_some(())
+    })
+    .await;
+    reader.abort();
+    let text = seen.lock().expect("poisoned").clone();
+    let events: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+    assert_eq!(events[0]["method"], "notifications/subscriptions/acknowledged", "{text}");
+    for e in &events {
+        assert_eq!(e["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1", "untagged: {e}");
+        assert_ne!(e["method"], "notifications/prompts/list_changed", "not asked for: {e}");
+    }
+}
