@@ -259,6 +259,11 @@ fn notification_value(method: String, params: Option<Value>) -> Value {
     m
 }
 
+/// The capability a server request needs that the client did not declare.
+fn lacking(caps: &Value, method: &str) -> Option<&'static str> {
+    mrtr::required_capability(method).filter(|c| caps.get(*c).is_none_or(Value::is_null))
+}
+
 /// Follows a running call until it ends or needs input from the client.
 /// How long the bridge waits for more server requests after the first, so
 /// that requests a server sends together reach the client in one round.
@@ -296,6 +301,8 @@ impl Call {
 async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mpsc::Sender<Frame>) {
     let Call { ref req, ref caps, .. } = call;
     let mut events_open = true;
+    // A capability the server needed and the client lacks, if any.
+    let mut missing: Option<&'static str> = None;
     let can_ask = mrtr::SUPPORTED.contains(&req.method.as_str());
     loop {
         tokio::select! {
@@ -306,7 +313,21 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
                         let _ = tx.send(Frame::Message(notification_value(method, params))).await;
                     }
                 }
-                let outcome = outcome.unwrap_or_else(|_| Err(error_object(jsonrpc::INTERNAL_ERROR, "the call ended unexpectedly")));
+                let mut outcome = outcome.unwrap_or_else(|_| Err(error_object(jsonrpc::INTERNAL_ERROR, "the call ended unexpectedly")));
+                // The server asked for something the client cannot do and
+                // could not finish without it: say which capability.
+                let failed = match &outcome {
+                    Err(_) => true,
+                    Ok(r) => r.get("isError").and_then(Value::as_bool).unwrap_or(false),
+                };
+                if let (Some(cap), true) = (missing, failed) {
+                    let mut err = error_object(
+                        jsonrpc::MISSING_CLIENT_CAPABILITY,
+                        format!("Missing required client capability: {cap}"),
+                    );
+                    err["data"] = json!({"requiredCapabilities": {cap: {}}});
+                    outcome = Err(err);
+                }
                 let _ = tx.send(Frame::Final(response_value(&req.id, outcome))).await;
                 return;
             }
@@ -324,17 +345,13 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
                         let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, "the client cannot receive requests")));
                         continue;
                     }
-                    if let Some(cap) = mrtr::required_capability(&method)
-                        && caps.get(cap).is_none_or(Value::is_null) {
-                            let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("the client does not support {method}"))));
-                            let mut err = error_object(
-                                jsonrpc::MISSING_CLIENT_CAPABILITY,
-                                format!("Missing required client capability: {cap}"),
-                            );
-                            err["data"] = json!({"requiredCapabilities": {cap: {}}});
-                            let _ = tx.send(Frame::Final(response_value(&req.id, Err(err)))).await;
-                            return; // dropping `running` cancels the call upstream
-                        }
+                    if let Some(cap) = lacking(caps, &method) {
+                        // Refused to the server; whether that fails the call
+                        // is the server's decision, reported as -32021 below.
+                        let _ = reply.send(Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("the client does not support {method}"))));
+                        missing = Some(cap);
+                        continue;
+                    }
                     let mut requests = vec![("input-1".to_string(), method, params)];
                     let mut pending = vec![("input-1".to_string(), reply)];
                     // Requests the server sent together are asked together:
@@ -349,7 +366,7 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
                         };
                         match ev {
                             UpstreamEvent::Request { method, params, reply } => {
-                                if mrtr::required_capability(&method).is_some_and(|c| caps.get(c).is_none_or(Value::is_null)) {
+                                if lacking(caps, &method).is_some() {
                                     let _ = reply.send(Err(error_object(
                                         jsonrpc::METHOD_NOT_FOUND,
                                         format!("the client does not support {method}"),
