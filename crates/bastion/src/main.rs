@@ -17,6 +17,11 @@ struct Cli {
     /// Log format: text or json (default: the config's `log.format`, else text).
     #[arg(long, global = true, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Runtime worker threads (default: one per CPU). On a small machine
+    /// shared with stdio servers, fewer workers can mean fewer cross-thread
+    /// wake-ups per proxied call.
+    #[arg(long, global = true, env = "BASTION_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,7 +49,11 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
