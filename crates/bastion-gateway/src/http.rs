@@ -174,8 +174,9 @@ fn is_json_content(headers: &HeaderMap) -> bool {
 pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     let (kind, _) = media.split_once('/').unwrap_or((media, ""));
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|item| {
-        let m = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        m == media || m == "*/*" || m == format!("{kind}/*")
+        let m = item.split(';').next().unwrap_or("").trim();
+        let wildcard_of_kind = m.strip_suffix("/*").is_some_and(|k| k.eq_ignore_ascii_case(kind));
+        m.eq_ignore_ascii_case(media) || m == "*/*" || wildcard_of_kind
     })
 }
 
@@ -235,11 +236,17 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
     if let Value::Array(items) = value {
         return batch(gw, scope, principal, session_id, items).await;
     }
-    let msg = match Message::from_value(value.clone()) {
+    // Kept for the error answer only: the message itself is moved, not copied.
+    let id = value.get("id").filter(|i| i.is_string() || i.is_number()).cloned();
+    let msg = match Message::from_value(value) {
         Ok(m) => m,
         Err(e) => {
-            let id = value.get("id").filter(|i| i.is_string() || i.is_number());
-            return rpc_error(StatusCode::BAD_REQUEST, id, jsonrpc::INVALID_REQUEST, format!("Invalid request: {e}"));
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                id.as_ref(),
+                jsonrpc::INVALID_REQUEST,
+                format!("Invalid request: {e}"),
+            );
         }
     };
 
