@@ -13,6 +13,20 @@ fn fixture_everything(tag: &str) -> Value {
     json!({"command": fixture_bin(), "args": ["everything", "--stdio"], "env": {"BASTION_IT_SERVER": tag}})
 }
 
+/// Reads an event stream in the background into a shared string.
+fn collect(mut stream: reqwest::Response) -> (std::sync::Arc<std::sync::Mutex<String>>, tokio::task::JoinHandle<()>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    });
+    (seen, reader)
+}
+
 async fn wait_for_tool(m: &Mcp, tool: &str) -> Vec<String> {
     eventually(WAIT, &format!("{tool} in the session's tools/list"), || async {
         let names = m.tool_names().await;
@@ -111,7 +125,7 @@ async fn open_sessions_are_told_that_the_tool_list_changed() {
     let key = gw.create_key("listener", &[]);
     let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
     assert_eq!(m.init["capabilities"]["tools"]["listChanged"], true, "{}", m.init);
-    let mut stream = crate::harness::http()
+    let stream = crate::harness::http()
         .get(gw.url("/mcp"))
         .bearer_auth(&key)
         .header("accept", "text/event-stream")
@@ -120,15 +134,7 @@ async fn open_sessions_are_told_that_the_tool_list_changed() {
         .await
         .expect("GET /mcp");
     assert_eq!(stream.status(), 200);
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while let Ok(Some(chunk)) = stream.chunk().await {
-                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
-            }
-        }
-    });
+    let (seen, reader) = collect(stream);
 
     gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
     gw.wait_for_log("configuration applied").await;
@@ -165,7 +171,7 @@ async fn stateless_listeners_are_told_that_the_tool_list_changed() {
             "notifications": {"toolsListChanged": true, "promptsListChanged": false}
         }
     });
-    let mut stream = crate::harness::http()
+    let stream = crate::harness::http()
         .post(gw.url("/mcp"))
         .bearer_auth(&key)
         .header("content-type", "application/json")
@@ -177,15 +183,7 @@ async fn stateless_listeners_are_told_that_the_tool_list_changed() {
         .await
         .expect("POST subscriptions/listen");
     assert_eq!(stream.status(), 200);
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while let Ok(Some(chunk)) = stream.chunk().await {
-                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
-            }
-        }
-    });
+    let (seen, reader) = collect(stream);
     eventually(WAIT, "the subscription's acknowledgement", || async {
         seen.lock().expect("poisoned").contains("notifications/subscriptions/acknowledged").then_some(())
     })
