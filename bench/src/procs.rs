@@ -102,6 +102,33 @@ pub fn reset_peaks(root: u32) {
     }
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    /// Every state: user, nice, system, idle, iowait, irq, softirq, steal.
+    pub total_ticks: u64,
+    /// Time the hypervisor ran something else while a virtual CPU wanted to run.
+    pub steal_ticks: u64,
+}
+
+pub fn machine_cpu() -> MachineCpu {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_machine_cpu(&text)
+}
+
+fn parse_machine_cpu(stat: &str) -> MachineCpu {
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return MachineCpu::default() };
+    let f: Vec<u64> = line.split_ascii_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    MachineCpu { total_ticks: f.iter().sum(), steal_ticks: f.get(7).copied().unwrap_or(0) }
+}
+
+/// Percentage of the machine's CPU time stolen between two readings.
+pub fn steal_percent(before: MachineCpu, after: MachineCpu) -> Option<f64> {
+    let total = after.total_ticks.checked_sub(before.total_ticks).filter(|&t| t > 0)?;
+    let steal = after.steal_ticks.saturating_sub(before.steal_ticks);
+    Some(steal as f64 * 100.0 / total as f64)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux in practice).
 pub fn ticks_per_second() -> u64 {
     std::process::Command::new("getconf")
@@ -125,5 +152,14 @@ mod tests {
         assert!(s.processes >= 1);
         assert!(s.root_rss_kib > 0);
         assert!(s.tree_hwm_kib >= s.root_hwm_kib);
+    }
+
+    #[test]
+    fn steal_is_a_share_of_all_cpu_time() {
+        let a = parse_machine_cpu("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n");
+        assert_eq!((a.total_ticks, a.steal_ticks), (1000, 35));
+        let b = MachineCpu { total_ticks: 1200, steal_ticks: 85 };
+        assert_eq!(steal_percent(a, b), Some(25.0));
+        assert_eq!(steal_percent(a, a), None);
     }
 }

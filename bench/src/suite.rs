@@ -121,6 +121,9 @@ pub struct RunRecord {
     pub gateway_peak_rss_kib: u64,
     pub tree_peak_rss_kib: u64,
     pub processes: usize,
+    /// Share of the machine's CPU time the hypervisor took during the run:
+    /// above a few percent, the run measured its neighbours as much as itself.
+    pub steal_percent: Option<f64>,
 }
 
 /// Scenario `e`.
@@ -240,7 +243,9 @@ impl Ctx {
         let me = std::process::id();
         let before = procs::sample(pid);
         let me_before = procs::sample(me);
+        let machine_before = procs::machine_cpu();
         let result = load::run(&ep, &spec).await;
+        let machine_after = procs::machine_cpu();
         let after = procs::sample(pid);
         let me_after = procs::sample(me);
         let per_call = |ticks: u64| (result.ok > 0).then(|| ticks as f64 / self.tps / result.ok as f64 * 1e6);
@@ -254,6 +259,7 @@ impl Ctx {
             gateway_peak_rss_kib: after.root_hwm_kib,
             tree_peak_rss_kib: after.tree_hwm_kib,
             processes: after.processes,
+            steal_percent: procs::steal_percent(machine_before, machine_after),
             load: result,
         };
         eprintln!("bench: {}", report::one_line(&rec));

@@ -13,6 +13,7 @@
 //! - `sse`: legacy HTTP+SSE servers.
 
 mod http;
+mod lines;
 mod mux;
 mod sse;
 mod stdio;

@@ -20,14 +20,48 @@
 //! - other notifications (list changes, resource updates) → the fan-out.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bastion_core::jsonrpc::{self, Message, error_object};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lines::LineWriter;
 use super::{CallError, ConnContext, EventSink, ServerNotification, UpstreamEvent};
+
+/// Where the multiplexer's outgoing messages go.
+#[derive(Clone)]
+pub(crate) enum Outbound {
+    /// A task that delivers each message in order (legacy SSE: one POST each).
+    Channel(mpsc::Sender<String>),
+    /// A child's stdin, written by the caller itself.
+    Pipe(Arc<LineWriter>),
+}
+
+impl Outbound {
+    async fn send(&self, msg: String) -> Result<(), ()> {
+        match self {
+            Outbound::Channel(tx) => tx.send(msg).await.map_err(|_| ()),
+            Outbound::Pipe(w) => w.send(&msg).await.map_err(|_| ()),
+        }
+    }
+
+    /// Sends without waiting for room; for small control messages.
+    fn try_send(&self, msg: String) {
+        let _ = match self {
+            Outbound::Channel(tx) => tx.try_send(msg).map_err(|_| ()),
+            Outbound::Pipe(w) => w.try_send(&msg).map_err(|_| ()),
+        };
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Outbound::Channel(tx) => tx.is_closed(),
+            Outbound::Pipe(w) => w.is_closed(),
+        }
+    }
+}
 
 struct Pending {
     reply: oneshot::Sender<Result<Value, CallError>>,
@@ -38,7 +72,7 @@ struct Pending {
 
 pub(crate) struct Mux {
     ctx: ConnContext,
-    out: mpsc::Sender<String>,
+    out: Outbound,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -64,13 +98,13 @@ impl Drop for CallGuard<'_> {
                 "method": "notifications/cancelled",
                 "params": {"requestId": self.id, "reason": "cancelled by the client or timed out"}
             });
-            let _ = self.mux.out.try_send(msg.to_string());
+            self.mux.out.try_send(msg.to_string());
         }
     }
 }
 
 impl Mux {
-    pub fn new(ctx: ConnContext, out: mpsc::Sender<String>) -> Self {
+    pub fn new(ctx: ConnContext, out: Outbound) -> Self {
         Mux { ctx, out, pending: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), alive: AtomicBool::new(true) }
     }
 
@@ -177,7 +211,7 @@ impl Mux {
                 Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
                 Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
             };
-            let _ = out.try_send(msg.to_string());
+            out.try_send(msg.to_string());
         };
         if method == "ping" {
             respond(Ok(json!({})));
@@ -245,7 +279,6 @@ fn rewrite_progress_token(params: Option<&mut Value>, id: u64) -> Option<Value> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn mux() -> (Arc<Mux>, mpsc::Receiver<String>, mpsc::UnboundedReceiver<ServerNotification>) {
@@ -258,7 +291,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1 << 20,
         };
-        (Arc::new(Mux::new(ctx, out_tx)), out_rx, n_rx)
+        (Arc::new(Mux::new(ctx, Outbound::Channel(out_tx))), out_rx, n_rx)
     }
 
     #[tokio::test]

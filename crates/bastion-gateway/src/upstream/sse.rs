@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{build_client, describe, header_map};
-use super::mux::Mux;
+use super::mux::{Mux, Outbound};
 use super::{CallError, ConnContext, ServerInfo, initialize_params};
 
 pub(crate) struct SseConn {
@@ -64,7 +64,7 @@ impl SseConn {
         };
 
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        let mux = Arc::new(Mux::new(ctx.clone(), out_tx));
+        let mux = Arc::new(Mux::new(ctx.clone(), Outbound::Channel(out_tx)));
         let stop = CancellationToken::new();
 
         // Writer: POST each message in order.

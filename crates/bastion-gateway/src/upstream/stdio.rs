@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use super::mux::Mux;
+use super::lines::LineWriter;
+use super::mux::{Mux, Outbound};
 use super::{CallError, ConnContext, ServerInfo, initialize_params};
 
 /// Longest stderr line kept in the log.
@@ -34,7 +33,8 @@ pub(crate) struct StdioConn {
     pub info: ServerInfo,
     child: tokio::sync::Mutex<Option<Child>>,
     pid: Option<u32>,
-    /// Closes the child's stdin.
+    writer: Arc<LineWriter>,
+    /// Closes the child's stdin at once, queued lines or not.
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -98,36 +98,12 @@ impl StdioConn {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
 
-        let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        let mux = Arc::new(Mux::new(ctx.clone(), out_tx));
-
-        // Writer: one task owns stdin, so lines never interleave. Stopping
-        // it closes stdin: the polite way to ask a stdio server to exit.
-        let server = ctx.server.clone();
+        // Calls write their lines into stdin themselves; stopping closes it,
+        // the polite way to ask a stdio server to exit.
         let stop = tokio_util::sync::CancellationToken::new();
-        let writer_stop = stop.clone();
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::BufWriter::new(stdin);
-            loop {
-                let line = tokio::select! {
-                    _ = writer_stop.cancelled() => break,
-                    line = out_rx.recv() => match line { Some(l) => l, None => break },
-                };
-                let write = async {
-                    stdin.write_all(line.as_bytes()).await?;
-                    stdin.write_all(b"\n").await?;
-                    if out_rx.is_empty() {
-                        stdin.flush().await?;
-                    }
-                    Ok::<_, std::io::Error>(())
-                };
-                if let Err(e) = write.await {
-                    tracing::debug!(server = %server, error = %e, "upstream stdin closed");
-                    break;
-                }
-            }
-            let _ = stdin.flush().await;
-        });
+        let writer = LineWriter::start(stdin, stop.clone())
+            .map_err(|e| CallError::Unavailable(format!("cannot use the stdin of {command:?}: {e}")))?;
+        let mux = Arc::new(Mux::new(ctx.clone(), Outbound::Pipe(writer.clone())));
 
         // Reader: stdout lines → the multiplexer.
         let reader_mux = mux.clone();
@@ -182,8 +158,14 @@ impl StdioConn {
             }
         });
 
-        let conn =
-            StdioConn { mux, info: ServerInfo::default(), child: tokio::sync::Mutex::new(Some(child)), pid, stop };
+        let conn = StdioConn {
+            mux,
+            info: ServerInfo::default(),
+            child: tokio::sync::Mutex::new(Some(child)),
+            pid,
+            writer,
+            stop,
+        };
         conn.initialize().await
     }
 
@@ -207,9 +189,14 @@ impl StdioConn {
     /// process group.
     pub async fn shutdown(&self) {
         self.mux.close();
-        self.stop.cancel();
-        let Some(mut child) = self.child.lock().await.take() else { return };
+        // Lines already queued (a cancellation, say) still go out first.
+        self.writer.close();
+        let Some(mut child) = self.child.lock().await.take() else {
+            self.stop.cancel();
+            return;
+        };
         let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_ok();
+        self.stop.cancel();
         if let Some(pid) = self.pid {
             // The group may still hold grandchildren even when the child exited.
             let pgid = nix::unistd::Pid::from_raw(pid as i32);
