@@ -81,14 +81,24 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     let (name, mode) = match &cli.server {
         Server::Everything(args) => ("everything", args.mode()?),
         Server::Echo(args) => ("echo", args.mode()?),
     };
+    // Over stdio one client speaks on one ordered stream: one thread serves
+    // it without cross-thread wake-ups. Over HTTP the default runtime serves
+    // many connections (and is the benchmark's direct floor).
+    let runtime = match mode {
+        Mode::Stdio => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Mode::Http(_) => tokio::runtime::Runtime::new()?,
+    };
+    runtime.block_on(serve(cli, name, mode))
+}
+
+async fn serve(cli: Cli, name: &'static str, mode: Mode) -> anyhow::Result<()> {
     let how = match mode {
         Mode::Stdio => "stdio".to_owned(),
         Mode::Http(addr) => format!("http {addr}"),

@@ -11,6 +11,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub async fn serve_stdio_with_garbage<H: ServerHandler>(
     let (server_side, pump_side) = tokio::io::duplex(64 * 1024);
     let pump = tokio::spawn(async move {
         let mut lines = BufReader::new(pump_side).lines();
-        let mut stdout = tokio::io::stdout();
+        let mut stdout = stdout_writer();
         let mut extra_open = true;
         loop {
             let line = tokio::select! {
@@ -61,10 +62,59 @@ pub async fn serve_stdio_with_garbage<H: ServerHandler>(
             }
         }
     });
-    let service = handler.serve((tokio::io::stdin(), server_side)).await.context("stdio handshake")?;
+    let service = handler.serve((stdin_reader(), server_side)).await.context("stdio handshake")?;
     service.waiting().await.context("stdio service")?;
     pump.abort();
     Ok(())
+}
+
+/// Stdin read by the runtime itself, without a blocking thread, when it is
+/// a pipe or a socket (as when a gateway starts the server: Rust and Python
+/// give their children pipes, Node socket pairs); otherwise (a terminal, a
+/// file) through tokio's stdin, which reads on a blocking thread.
+fn stdin_reader() -> Box<dyn tokio::io::AsyncRead + Send + Unpin> {
+    let Some((file, kind)) = std_stream(std::io::stdin().as_fd()) else { return Box::new(tokio::io::stdin()) };
+    let stream: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match kind {
+        Kind::Pipe => tokio::net::unix::pipe::Receiver::from_file(file).ok().map(|p| Box::new(p) as _),
+        Kind::Socket => unix_stream(file).map(|s| Box::new(s) as _),
+    };
+    stream.unwrap_or_else(|| Box::new(tokio::io::stdin()))
+}
+
+/// Stdout likewise.
+fn stdout_writer() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
+    let Some((file, kind)) = std_stream(std::io::stdout().as_fd()) else { return Box::new(tokio::io::stdout()) };
+    let stream: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match kind {
+        Kind::Pipe => tokio::net::unix::pipe::Sender::from_file(file).ok().map(|p| Box::new(p) as _),
+        Kind::Socket => unix_stream(file).map(|s| Box::new(s) as _),
+    };
+    stream.unwrap_or_else(|| Box::new(tokio::io::stdout()))
+}
+
+enum Kind {
+    Pipe,
+    Socket,
+}
+
+/// A duplicate of a standard stream's descriptor, when it is a pipe or a socket.
+fn std_stream(fd: std::os::fd::BorrowedFd<'_>) -> Option<(std::fs::File, Kind)> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let t = file.metadata().ok()?.file_type();
+    let kind = if t.is_fifo() {
+        Kind::Pipe
+    } else if t.is_socket() {
+        Kind::Socket
+    } else {
+        return None;
+    };
+    Some((file, kind))
+}
+
+fn unix_stream(file: std::fs::File) -> Option<tokio::net::UnixStream> {
+    let sock = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
+    sock.set_nonblocking(true).ok()?;
+    tokio::net::UnixStream::from_std(sock).ok()
 }
 
 /// Serves handlers made by `factory` over Streamable HTTP at `http://addr/mcp`.
