@@ -72,23 +72,30 @@ pub async fn serve_stdio_with_garbage<H: ServerHandler>(
 /// a pipe or a socket (as when a gateway starts the server: Rust and Python
 /// give their children pipes, Node socket pairs); otherwise (a terminal, a
 /// file) through tokio's stdin, which reads on a blocking thread.
-fn stdin_reader() -> Box<dyn tokio::io::AsyncRead + Send + Unpin> {
-    let Some((file, kind)) = std_stream(std::io::stdin().as_fd()) else { return Box::new(tokio::io::stdin()) };
-    let stream: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match kind {
-        Kind::Pipe => tokio::net::unix::pipe::Receiver::from_file(file).ok().map(|p| Box::new(p) as _),
-        Kind::Socket => unix_stream(file).map(|s| Box::new(s) as _),
-    };
-    stream.unwrap_or_else(|| Box::new(tokio::io::stdin()))
+fn stdin_reader() -> Box<Reader> {
+    let pipe = |f| tokio::net::unix::pipe::Receiver::from_file(f).ok().map(|p| Box::new(p) as Box<Reader>);
+    runtime_stream(std::io::stdin().as_fd(), pipe, |s| Box::new(s)).unwrap_or_else(|| Box::new(tokio::io::stdin()))
 }
 
 /// Stdout likewise.
-fn stdout_writer() -> Box<dyn tokio::io::AsyncWrite + Send + Unpin> {
-    let Some((file, kind)) = std_stream(std::io::stdout().as_fd()) else { return Box::new(tokio::io::stdout()) };
-    let stream: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match kind {
-        Kind::Pipe => tokio::net::unix::pipe::Sender::from_file(file).ok().map(|p| Box::new(p) as _),
-        Kind::Socket => unix_stream(file).map(|s| Box::new(s) as _),
-    };
-    stream.unwrap_or_else(|| Box::new(tokio::io::stdout()))
+fn stdout_writer() -> Box<Writer> {
+    let pipe = |f| tokio::net::unix::pipe::Sender::from_file(f).ok().map(|p| Box::new(p) as Box<Writer>);
+    runtime_stream(std::io::stdout().as_fd(), pipe, |s| Box::new(s)).unwrap_or_else(|| Box::new(tokio::io::stdout()))
+}
+
+type Reader = dyn tokio::io::AsyncRead + Send + Unpin;
+type Writer = dyn tokio::io::AsyncWrite + Send + Unpin;
+
+/// A standard stream as `pipe` or `socket` make it, when it is one of those.
+fn runtime_stream<T: ?Sized>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    pipe: impl FnOnce(std::fs::File) -> Option<Box<T>>,
+    socket: impl FnOnce(tokio::net::UnixStream) -> Box<T>,
+) -> Option<Box<T>> {
+    match std_stream(fd)? {
+        (file, Kind::Pipe) => pipe(file),
+        (file, Kind::Socket) => unix_stream(file).map(socket),
+    }
 }
 
 enum Kind {
