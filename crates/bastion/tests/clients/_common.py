@@ -440,6 +440,43 @@ def tool_text(result: types.CallToolResult) -> str:
     return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+async def shared_action(
+    target: Any, session: ClientSession, fetch: PageFetcher, args: argparse.Namespace, callbacks: Callbacks
+) -> dict[str, Any] | None:
+    """The actions both eras perform alike, on a session-era `ClientSession`
+    or a 2026-07-28 `Client` (`target`, whose methods have the same names);
+    `session` is the underlying `ClientSession`. None when `args.action` is
+    not one of them."""
+    action = args.action
+    lists = {
+        "list-tools": "tools",
+        "list-resources": "resources",
+        "list-resource-templates": "resourceTemplates",
+        "list-prompts": "prompts",
+    }
+    if action in lists:
+        return await list_all(fetch, lists[action])
+    if action == "read-resource":
+        return {"result": dump(await target.read_resource(args.uri))}
+    if action == "get-prompt":
+        arguments = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.arguments.items()}
+        return {"result": dump(await target.get_prompt(args.name, arguments))}
+    if action in ("call-tool", "sampling-tool"):
+        if args.no_output_validation:
+            skip_output_validation(session, args.tool)
+        progress = ProgressLog()
+        result = await target.call_tool(args.tool, args.arguments, progress_callback=progress if args.progress else None)
+        await settle(args.settle)
+        out: dict[str, Any] = {"result": dump(result), "text": tool_text(result), "logs": callbacks.logs}
+        if args.progress:
+            out["progress"] = progress.events
+        if action == "sampling-tool":
+            out["samplingRequests"] = callbacks.sampling_requests
+            out["elicitationRequests"] = callbacks.elicitation_requests
+        return out
+    return None
+
+
 async def settle(seconds: float = 0.2) -> None:
     """Give notifications that raced the final response time to be delivered."""
     await anyio.sleep(seconds)

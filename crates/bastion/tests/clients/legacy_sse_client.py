@@ -30,9 +30,8 @@ from urllib.parse import parse_qs, urlparse
 sys.dont_write_bytecode = True
 
 import _common as c  # noqa: E402
-from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.sse import sse_client  # noqa: E402
-from session_client import ACTIONS, add_action_args, check_action_args, run_action  # noqa: E402
+from session_client import ACTIONS, add_action_args, check_action_args, run_session  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +47,6 @@ def main() -> None:
     recorder = c.HttpRecorder()
 
     async def body() -> dict[str, Any]:
-        callbacks = c.Callbacks(args.elicit_content)
         session_ids: list[str] = []
         async with sse_client(
             args.url,
@@ -58,20 +56,7 @@ def main() -> None:
             httpx_client_factory=recorder.factory(args),
             on_session_created=session_ids.append,
         ) as (read, write):
-            async with ClientSession(
-                read,
-                write,
-                read_timeout_seconds=args.timeout,
-                sampling_callback=callbacks.sampling,
-                elicitation_callback=callbacks.elicitation,
-                logging_callback=callbacks.logging,
-                client_info=c.CLIENT_INFO,
-            ) as session:
-                init = await c.handshake(session, args.protocol_version)
-                out = c.initialize_summary(init) if args.action == "initialize" else {
-                    "protocolVersion": init.protocol_version
-                }
-                out.update(await run_action(session, args, callbacks))
+            out = await run_session(read, write, args)
         posts = [e for e in recorder.exchanges if e["method"] == "POST"]
         if posts:
             out["endpoint"] = posts[0]["path"]

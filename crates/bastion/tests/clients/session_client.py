@@ -25,7 +25,6 @@ Actions and their output (besides "ok", "protocolVersion", "sessionId"):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -89,39 +88,30 @@ async def run_action(session: ClientSession, args: argparse.Namespace, callbacks
     """Perform one action on an initialized session-era `ClientSession`."""
     if args.log_level:
         await session.set_logging_level(args.log_level)
-    fetch = c.session_page_fetcher(session)
-    action = args.action
-    if action == "initialize":
+    if args.action == "initialize":
         return {}
-    if action == "list-tools":
-        return await c.list_all(fetch, "tools")
-    if action == "list-resources":
-        return await c.list_all(fetch, "resources")
-    if action == "list-resource-templates":
-        return await c.list_all(fetch, "resourceTemplates")
-    if action == "list-prompts":
-        return await c.list_all(fetch, "prompts")
-    if action == "read-resource":
-        return {"result": c.dump(await session.read_resource(args.uri))}
-    if action == "get-prompt":
-        arguments = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.arguments.items()}
-        return {"result": c.dump(await session.get_prompt(args.name, arguments))}
-    if action in ("call-tool", "sampling-tool"):
-        if args.no_output_validation:
-            c.skip_output_validation(session, args.tool)
-        progress = c.ProgressLog()
-        result = await session.call_tool(
-            args.tool, args.arguments, progress_callback=progress if args.progress else None
-        )
-        await c.settle(args.settle)
-        out: dict[str, Any] = {"result": c.dump(result), "text": c.tool_text(result), "logs": callbacks.logs}
-        if args.progress:
-            out["progress"] = progress.events
-        if action == "sampling-tool":
-            out["samplingRequests"] = callbacks.sampling_requests
-            out["elicitationRequests"] = callbacks.elicitation_requests
-        return out
-    raise ValueError(f"unknown action {action}")
+    out = await c.shared_action(session, session, c.session_page_fetcher(session), args, callbacks)
+    if out is None:
+        raise ValueError(f"unknown action {args.action}")
+    return out
+
+
+async def run_session(read: Any, write: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The handshake and the action on a session-era transport's streams."""
+    callbacks = c.Callbacks(args.elicit_content)
+    async with ClientSession(
+        read,
+        write,
+        read_timeout_seconds=args.timeout,
+        sampling_callback=callbacks.sampling,
+        elicitation_callback=callbacks.elicitation,
+        logging_callback=callbacks.logging,
+        client_info=c.CLIENT_INFO,
+    ) as session:
+        init = await c.handshake(session, args.protocol_version)
+        out = c.initialize_summary(init) if args.action == "initialize" else {"protocolVersion": init.protocol_version}
+        out.update(await run_action(session, args, callbacks))
+    return out
 
 
 def main() -> None:
@@ -138,25 +128,11 @@ def main() -> None:
     recorder = c.HttpRecorder()
 
     async def body() -> dict[str, Any]:
-        callbacks = c.Callbacks(args.elicit_content)
         async with recorder.http_client(args) as http:
             async with streamable_http_client(
                 args.url, http_client=http, terminate_on_close=not args.no_terminate
             ) as (read, write):
-                async with ClientSession(
-                    read,
-                    write,
-                    read_timeout_seconds=args.timeout,
-                    sampling_callback=callbacks.sampling,
-                    elicitation_callback=callbacks.elicitation,
-                    logging_callback=callbacks.logging,
-                    client_info=c.CLIENT_INFO,
-                ) as session:
-                    init = await c.handshake(session, args.protocol_version)
-                    out = c.initialize_summary(init) if args.action == "initialize" else {
-                        "protocolVersion": init.protocol_version
-                    }
-                    out.update(await run_action(session, args, callbacks))
+                out = await run_session(read, write, args)
         out["sessionId"] = recorder.session_ids[0] if recorder.session_ids else None
         return out
 

@@ -39,7 +39,6 @@ Actions and their output (besides "ok", "protocolVersion"):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -137,39 +136,12 @@ def main() -> None:
 
 
 async def run_action(client: Client, args: argparse.Namespace, callbacks: c.Callbacks) -> dict[str, Any]:
-    fetch = client_page_fetcher(client)
-    action = args.action
-    if action in ("discover", "initialize"):
+    if args.action in ("discover", "initialize"):
         return discover_summary(client)
-    if action == "list-tools":
-        return await c.list_all(fetch, "tools")
-    if action == "list-resources":
-        return await c.list_all(fetch, "resources")
-    if action == "list-resource-templates":
-        return await c.list_all(fetch, "resourceTemplates")
-    if action == "list-prompts":
-        return await c.list_all(fetch, "prompts")
-    if action == "read-resource":
-        return {"result": c.dump(await client.read_resource(args.uri))}
-    if action == "get-prompt":
-        arguments = {k: v if isinstance(v, str) else json.dumps(v) for k, v in args.arguments.items()}
-        return {"result": c.dump(await client.get_prompt(args.name, arguments))}
-    if action in ("call-tool", "sampling-tool"):
-        if args.no_output_validation:
-            c.skip_output_validation(client.session, args.tool)
-        progress = c.ProgressLog()
-        result = await client.call_tool(
-            args.tool, args.arguments, progress_callback=progress if args.progress else None
-        )
-        await c.settle(args.settle)
-        out: dict[str, Any] = {"result": c.dump(result), "text": c.tool_text(result), "logs": callbacks.logs}
-        if args.progress:
-            out["progress"] = progress.events
-        if action == "sampling-tool":
-            out["samplingRequests"] = callbacks.sampling_requests
-            out["elicitationRequests"] = callbacks.elicitation_requests
-        return out
-    raise ValueError(f"unknown action {action}")
+    out = await c.shared_action(client, client.session, client_page_fetcher(client), args, callbacks)
+    if out is None:
+        raise ValueError(f"unknown action {args.action}")
+    return out
 
 
 if __name__ == "__main__":
