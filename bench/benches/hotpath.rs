@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the pieces every proxied request goes through:
-//! JSON-RPC parsing and classification, API key hashing, and the routing of
-//! prefixed tool names.
+//! JSON-RPC parsing and classification, API key hashing, the authenticator
+//! (cached key and store lookup), and the routing of prefixed tool names.
 //!
 //! Run with `cargo bench -p bastion-bench --bench hotpath`.
 #![forbid(unsafe_code)]
@@ -72,6 +72,66 @@ mod apikey_hash {
         let pepper = Pepper::generate();
         let key = apikey::generate(&pepper).plaintext.to_string();
         b.bench(|| apikey::looks_like_key(black_box(&key)));
+    }
+}
+
+mod auth {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bastion_gateway::auth::ApiKeyAuthenticator;
+    use bastion_store::{NewApiKey, Store};
+
+    use super::*;
+
+    /// An authenticator over a real SQLite store holding one key, and the
+    /// request headers presenting it.
+    fn setup(
+        rt: &tokio::runtime::Runtime,
+        ttl: Duration,
+    ) -> (tempfile::TempDir, Arc<ApiKeyAuthenticator>, http::HeaderMap) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pepper = Pepper::generate();
+        let key = apikey::generate(&pepper);
+        let store = rt.block_on(async {
+            let store = Store::open_sqlite(&dir.path().join("bastion.db")).await.expect("store");
+            let record = NewApiKey {
+                id: "k1".into(),
+                user: "bench".into(),
+                display_prefix: key.display_prefix.clone(),
+                hash: key.hash.clone(),
+                expires_at: None,
+                max_uses: None,
+                description: None,
+            };
+            store.insert_key(&record).await.expect("insert");
+            store
+        });
+        let mut headers = http::HeaderMap::new();
+        let value = format!("Bearer {}", &*key.plaintext).parse().expect("header");
+        headers.insert(http::header::AUTHORIZATION, value);
+        (dir, ApiKeyAuthenticator::new(store, pepper, ttl), headers)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    /// What almost every request costs: the key's hash found in the cache.
+    #[divan::bench]
+    fn cached_key(b: Bencher) {
+        let rt = runtime();
+        let (_dir, auth, headers) = setup(&rt, Duration::from_secs(3600));
+        rt.block_on(auth.authenticate(&headers)).expect("valid");
+        b.bench(|| rt.block_on(auth.authenticate(black_box(&headers))).expect("valid"));
+    }
+
+    /// A key not cached (first use, or the cache TTL passed): a store lookup.
+    #[divan::bench]
+    fn store_lookup(b: Bencher) {
+        let rt = runtime();
+        let (_dir, auth, headers) = setup(&rt, Duration::ZERO);
+        b.bench(|| rt.block_on(auth.authenticate(black_box(&headers))).expect("valid"));
     }
 }
 
