@@ -97,7 +97,8 @@ pub(crate) async fn message(
                 let (sink, mut events) = EventSink::new(session.id.clone());
                 let key = id_key(&req.id);
                 let token = session.start_request(key.clone());
-                let work = proxy::handle_request(&gw, &session.scope, &req, Some(sink));
+                // The session layer's bookkeeping (subscriptions) applies here too.
+                let work = super::run_request(&gw, &session.scope, Some(&session), &req, sink);
                 tokio::pin!(work);
                 let outcome = loop {
                     tokio::select! {

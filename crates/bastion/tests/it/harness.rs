@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -55,6 +55,20 @@ pub struct Tools {
     pub everything_js: PathBuf,
     pub python: PathBuf,
     pub mcp_server_time: PathBuf,
+}
+
+/// Reads an event stream in the background into a shared string.
+pub fn collect(mut stream: reqwest::Response) -> (std::sync::Arc<Mutex<String>>, tokio::task::JoinHandle<()>) {
+    let seen = std::sync::Arc::new(Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    });
+    (seen, reader)
 }
 
 /// The provisioned tools; a missing one fails the test with a message
@@ -743,6 +757,21 @@ impl Mcp {
 
     fn id(&self) -> i64 {
         self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The session's GET stream, opened and checked (200), read in the
+    /// background by [`collect`].
+    pub async fn open_stream(&self) -> (std::sync::Arc<Mutex<String>>, tokio::task::JoinHandle<()>) {
+        let mut b = self.http.get(&self.url).header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            b = b.bearer_auth(t);
+        }
+        if let Some(sid) = &self.session {
+            b = b.header("mcp-session-id", sid);
+        }
+        let stream = b.send().await.expect("GET stream");
+        assert_eq!(stream.status(), 200, "GET stream");
+        collect(stream)
     }
 
     /// A POST request with this client's headers, not yet sent.

@@ -516,3 +516,82 @@ async fn concurrent_sessions_never_mix_results() {
     assert_eq!(out["successes"], 32, "stateless: {out}");
     assert_eq!(out["allMatched"], true, "stateless: {out}");
 }
+
+/// `resources/subscribe` through Bastion, then server-everything's simulated
+/// updates: a subscribed session hears about its resource (prefixed), over
+/// the session-era GET stream and over legacy SSE alike.
+#[tokio::test]
+async fn resource_updates_reach_subscribed_sessions_in_both_transports() {
+    use crate::harness::{Gateway, collect, http, tools};
+    let t = tools();
+    // A gateway of its own: the updates, once toggled on, run every 5 s for
+    // every client of the process.
+    let gw = Gateway::start(json!({
+        "mcpServers": {"everything": {"command": t.node, "args": [t.everything_js, "stdio"]}}
+    }));
+    let key = gw.create_key("subscriber", &[]);
+    let uri = "everything+demo://resource/static/document/architecture.md";
+
+    // Session era: subscribe, then listen on the GET stream.
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let rpc = m.call("resources/subscribe", json!({"uri": uri})).await;
+    assert!(rpc.get("result").is_some(), "subscribe: {rpc}");
+    let (session_seen, session_reader) = m.open_stream().await;
+
+    // Legacy SSE: the stream first, then initialize and subscribe by POST.
+    let stream = http()
+        .get(gw.url("/sse"))
+        .bearer_auth(&key)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(stream.status(), 200);
+    let (legacy_seen, legacy_reader) = collect(stream);
+    let endpoint = crate::harness::eventually(crate::harness::WAIT, "the legacy endpoint event", || async {
+        let seen = legacy_seen.lock().expect("poisoned").clone();
+        seen.lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string())
+    })
+    .await;
+    let post = |body: Value| {
+        let url = gw.url(&endpoint);
+        let key = key.clone();
+        async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("POST /messages");
+            assert_eq!(r.status(), 202, "legacy POST {body}");
+        }
+    };
+    let client_info = json!({"name": "subscriber", "version": "1"});
+    post(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": client_info}}))
+    .await;
+    post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    post(json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}})).await;
+    crate::harness::eventually(crate::harness::WAIT, "the legacy subscribe answer", || async {
+        legacy_seen.lock().expect("poisoned").contains("\"id\":2").then_some(())
+    })
+    .await;
+
+    // Updates start at once and repeat every 5 s.
+    let rpc = m.call_tool("everything__toggle-subscriber-updates", json!({})).await;
+    assert!(rpc.get("result").is_some(), "toggle: {rpc}");
+    for (name, seen) in [("session-era GET stream", &session_seen), ("legacy SSE stream", &legacy_seen)] {
+        crate::harness::eventually(crate::harness::WAIT, &format!("a resource update on the {name}"), || async {
+            let text = seen.lock().expect("poisoned").clone();
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .find(|v| v["method"] == "notifications/resources/updated" && v["params"]["uri"] == uri)
+        })
+        .await;
+    }
+    session_reader.abort();
+    legacy_reader.abort();
+}

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mcp, Options, WAIT, eventually, fixture_bin, fixture_echo, tool_text};
+use crate::harness::{Gateway, Mcp, Options, WAIT, collect, eventually, fixture_bin, fixture_echo, tool_text};
 
 fn with_servers(servers: Value) -> Value {
     json!({"mcpServers": servers})
@@ -11,20 +11,6 @@ fn with_servers(servers: Value) -> Value {
 
 fn fixture_everything(tag: &str) -> Value {
     json!({"command": fixture_bin(), "args": ["everything", "--stdio"], "env": {"BASTION_IT_SERVER": tag}})
-}
-
-/// Reads an event stream in the background into a shared string.
-fn collect(mut stream: reqwest::Response) -> (std::sync::Arc<std::sync::Mutex<String>>, tokio::task::JoinHandle<()>) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while let Ok(Some(chunk)) = stream.chunk().await {
-                seen.lock().expect("poisoned").push_str(&String::from_utf8_lossy(&chunk));
-            }
-        }
-    });
-    (seen, reader)
 }
 
 async fn wait_for_tool(m: &Mcp, tool: &str) -> Vec<String> {
@@ -125,16 +111,7 @@ async fn open_sessions_are_told_that_the_tool_list_changed() {
     let key = gw.create_key("listener", &[]);
     let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
     assert_eq!(m.init["capabilities"]["tools"]["listChanged"], true, "{}", m.init);
-    let stream = crate::harness::http()
-        .get(gw.url("/mcp"))
-        .bearer_auth(&key)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", m.session.as_deref().expect("session"))
-        .send()
-        .await
-        .expect("GET /mcp");
-    assert_eq!(stream.status(), 200);
-    let (seen, reader) = collect(stream);
+    let (seen, reader) = m.open_stream().await;
 
     gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
     gw.wait_for_log("configuration applied").await;
