@@ -7,6 +7,9 @@
 //! * `crash` — terminates the process at once, without answering.
 //! * `garbage` — over stdio, writes one line that is not JSON to stdout, then
 //!   answers normally and keeps serving.
+//!
+//! With `BASTION_FIXTURE_FAIL_TOOLS_LIST` set in its environment, `tools/list`
+//! answers an error while the tools still work (a broken listing).
 
 use std::time::Duration;
 
@@ -86,6 +89,9 @@ impl ServerHandler for Echo {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        if std::env::var_os("BASTION_FIXTURE_FAIL_TOOLS_LIST").is_some() {
+            return Err(McpError::internal_error("tools/list fails (fault injection)", None));
+        }
         Ok(ListToolsResult::with_all_items(Self::tools()))
     }
 

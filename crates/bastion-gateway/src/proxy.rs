@@ -121,11 +121,14 @@ fn resolve_uri<'a>(gw: &Gateway, scope: &Scope, uri: &'a str) -> Result<(Arc<Ups
     Ok((handle, inner))
 }
 
-/// A tool's definition as its server lists it (name unprefixed).
-pub async fn tool_definition(gw: &Gateway, scope: &Scope, name: &str) -> Option<Value> {
-    let (server, inner) = resolve_name(gw, scope, name).ok()?;
-    let tools = server.list_all("tools/list", "tools").await.ok()?;
-    tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(inner)).cloned()
+/// A tool's definition as its server lists it (name unprefixed); `None`
+/// for a name no server in scope has. When the server cannot list its
+/// tools, the error a call would get.
+pub async fn tool_definition(gw: &Gateway, scope: &Scope, name: &str) -> Result<Option<Value>, Value> {
+    let Ok((server, inner)) = resolve_name(gw, scope, name) else { return Ok(None) };
+    let tools =
+        server.list_all("tools/list", "tools").await.map_err(|e| log_call_error(server.name(), "tools/list", e))?;
+    Ok(tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(inner)).cloned())
 }
 
 fn params_object(req: &Request) -> Result<Map<String, Value>, Value> {

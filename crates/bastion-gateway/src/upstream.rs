@@ -424,8 +424,8 @@ impl UpstreamHandle {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(self.spec.call_timeout)),
         };
-        if result.is_ok() {
-            self.failures.store(0, Ordering::Relaxed);
+        // After failures, a success resets the backoff (the lock only then).
+        if result.is_ok() && self.failures.swap(0, Ordering::Relaxed) > 0 {
             *self.retry_at.lock().expect("poisoned") = None;
         }
         result

@@ -464,7 +464,17 @@ async fn check_param_headers(gw: &Gateway, scope: &Scope, req: &Request, headers
         return Ok(());
     }
     let Some(name) = req.params.as_ref().and_then(|p| p.get("name")).and_then(Value::as_str) else { return Ok(()) };
-    let Some(tool) = crate::proxy::tool_definition(gw, scope, name).await else { return Ok(()) };
+    // Unknown tools fail in the call itself. When the tool list cannot be
+    // had, the headers cannot be checked: the request is refused (fail
+    // closed) with the error the call would have met.
+    let tool = match crate::proxy::tool_definition(gw, scope, name).await {
+        Ok(Some(tool)) => tool,
+        Ok(None) => return Ok(()),
+        Err(error) => {
+            let status = status_for_error(error.get("code").and_then(Value::as_i64).unwrap_or(0));
+            return Err(json_response(status, &json!({"jsonrpc": "2.0", "id": req.id, "error": error})));
+        }
+    };
     let Some(props) = tool.pointer("/inputSchema/properties").and_then(Value::as_object) else { return Ok(()) };
     let args = req.params.as_ref().and_then(|p| p.get("arguments"));
     for (prop, schema) in props {

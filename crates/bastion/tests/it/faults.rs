@@ -146,3 +146,19 @@ async fn children_get_only_the_environment_the_config_grants() {
     assert_eq!(child.env_var(GATEWAY_SECRET.0), None, "{:?}", child.environ);
     assert_eq!(child.env_var("BASTION_IT_SERVER"), Some("echo"));
 }
+
+/// A stateless `tools/call` has its `Mcp-Param-*` headers checked against
+/// the tool's definition; when the server cannot list its tools the check
+/// cannot be made, and the call is refused rather than let through
+/// unchecked. The session era has no such headers: the same call passes.
+#[tokio::test]
+async fn a_stateless_call_is_refused_when_its_tool_list_cannot_be_had() {
+    let s = faults();
+    let m = Mcp::stateless(s.gw.url("/mcp"), &s.alice);
+    let rpc = m.call_tool("nolist__echo", json!({"text": "unchecked"})).await;
+    assert_eq!(error_code(&rpc), Some(-32603), "the listing's error, not a result: {rpc}");
+    assert!(rpc.get("result").is_none(), "{rpc}");
+
+    let other = Mcp::session(s.gw.url("/mcp"), &s.bob, "2025-11-25").await;
+    assert_eq!(tool_text(&other.call_tool("nolist__echo", json!({"text": "checked"})).await), "checked");
+}

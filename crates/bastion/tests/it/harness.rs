@@ -591,12 +591,15 @@ pub fn real() -> &'static Shared {
 
 /// Fixture echo servers for fault injection, one per kind of fault so the
 /// tests can run at once: `crashy`, `hang` (500 ms call timeout), `garbage`,
-/// `slow`, `steady`, and `missing` (a command that does not exist).
+/// `slow`, `steady`, `nolist` (its `tools/list` fails, its tools work), and
+/// `missing` (a command that does not exist).
 pub fn faults() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let mut hang = fixture_echo("hang");
         hang["callTimeout"] = Value::from("500ms");
+        let mut nolist = fixture_echo("nolist");
+        nolist["env"]["BASTION_FIXTURE_FAIL_TOOLS_LIST"] = Value::from("1");
         let config = json!({
             "mcpServers": {
                 "crashy": fixture_echo("crashy"),
@@ -604,6 +607,7 @@ pub fn faults() -> &'static Shared {
                 "garbage": fixture_echo("garbage"),
                 "slow": fixture_echo("slow"),
                 "steady": fixture_echo("steady"),
+                "nolist": nolist,
                 "missing": {"command": "/nonexistent/bastion-it-no-such-command"}
             },
             "upstream": {"restart_backoff": "100ms", "restart_backoff_max": "1s"}
