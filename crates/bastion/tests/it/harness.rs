@@ -55,6 +55,8 @@ pub struct Tools {
     pub everything_js: PathBuf,
     pub python: PathBuf,
     pub mcp_server_time: PathBuf,
+    /// The MCP Inspector's command line (`mcp-inspector --cli`).
+    pub inspector: PathBuf,
 }
 
 /// Reads an event stream in the background into a shared string.
@@ -80,8 +82,9 @@ pub fn tools() -> Tools {
         everything_js: t.join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
         python: t.join("venv/bin/python"),
         mcp_server_time: t.join("venv/bin/mcp-server-time"),
+        inspector: t.join("npm/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"),
     };
-    for p in [&tools.node, &tools.everything_js, &tools.python, &tools.mcp_server_time] {
+    for p in [&tools.node, &tools.everything_js, &tools.python, &tools.mcp_server_time, &tools.inspector] {
         assert!(p.exists(), "{} is missing: run scripts/provision first (it installs .tools)", p.display());
     }
     tools
@@ -542,6 +545,24 @@ pub struct Shared {
     pub bob: String,
 }
 
+impl Shared {
+    /// A gateway shared by a group of tests (its secret set in its
+    /// environment), with keys for two users.
+    fn start(config: Value) -> Shared {
+        let gw = Gateway::start_with(
+            config,
+            Options {
+                env: vec![(GATEWAY_SECRET.0.into(), GATEWAY_SECRET.1.into())],
+                shared: true,
+                ..Options::default()
+            },
+        );
+        let alice = gw.create_key("alice", &[]);
+        let bob = gw.create_key("bob", &[]);
+        Shared { gw, alice, bob }
+    }
+}
+
 /// A value set only in the gateway's environment: it must never reach an
 /// upstream server.
 pub const GATEWAY_SECRET: (&str, &str) = ("BASTION_TEST_SECRET", "gateway-only-secret-value");
@@ -575,17 +596,7 @@ pub fn real() -> &'static Shared {
             "http": {"page_size": 3, "max_body_bytes": 65536},
             "upstream": {"restart_backoff": "100ms"}
         });
-        let gw = Gateway::start_with(
-            config,
-            Options {
-                env: vec![(GATEWAY_SECRET.0.into(), GATEWAY_SECRET.1.into())],
-                shared: true,
-                ..Options::default()
-            },
-        );
-        let alice = gw.create_key("alice", &[]);
-        let bob = gw.create_key("bob", &[]);
-        Shared { gw, alice, bob }
+        Shared::start(config)
     })
 }
 
@@ -612,17 +623,7 @@ pub fn faults() -> &'static Shared {
             },
             "upstream": {"restart_backoff": "100ms", "restart_backoff_max": "1s"}
         });
-        let gw = Gateway::start_with(
-            config,
-            Options {
-                env: vec![(GATEWAY_SECRET.0.into(), GATEWAY_SECRET.1.into())],
-                shared: true,
-                ..Options::default()
-            },
-        );
-        let alice = gw.create_key("alice", &[]);
-        let bob = gw.create_key("bob", &[]);
-        Shared { gw, alice, bob }
+        Shared::start(config)
     })
 }
 
@@ -938,6 +939,30 @@ pub async fn run_client(script: &str, url: &str, token: &str, args: &[&str]) -> 
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or_else(|| panic!("{script} printed no JSON object; stdout {stdout:?}\nstderr:\n{stderr}"));
     ClientRun { out, stderr, status: output.status }
+}
+
+/// Runs the MCP Inspector's command line against `url` (Streamable HTTP)
+/// with `token`; returns its exit status and what it printed (JSON on
+/// success).
+pub async fn run_inspector(url: &str, token: &str, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let t = tools();
+    let auth = format!("Authorization: Bearer {token}");
+    let mut cmd = tokio::process::Command::new(&t.node);
+    cmd.arg(&t.inspector)
+        .args(["--cli", url, "--transport", "http", "--header", &auth])
+        .args(args)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run the inspector: {e}"));
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the inspector {args:?} did not finish within 90 s"))
+        .expect("inspector output");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    (output.status, stdout, String::from_utf8_lossy(&output.stderr).to_string())
 }
 
 /// A string array field of a client's output.

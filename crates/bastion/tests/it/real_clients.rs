@@ -595,3 +595,35 @@ async fn resource_updates_reach_subscribed_sessions_in_both_transports() {
     session_reader.abort();
     legacy_reader.abort();
 }
+
+/// The MCP Inspector's command line, a second official client, through
+/// Bastion: lists the prefixed tools, calls one, and is refused without a
+/// valid key (page size 3 on this gateway: the inspector follows cursors).
+#[tokio::test]
+async fn the_mcp_inspector_lists_and_calls_tools_through_bastion() {
+    use crate::harness::run_inspector;
+    let s = real();
+    let url = s.gw.url("/mcp");
+
+    let (status, out, err) = run_inspector(&url, &s.alice, &["--method", "tools/list"]).await;
+    assert!(status.success(), "inspector tools/list failed: {out}\n{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    let names: Vec<&str> =
+        listed["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    for name in ["everything__get-sum", "time__get_current_time", "echo__echo"] {
+        assert!(names.contains(&name), "{name} missing from the inspector's list: {names:?}");
+    }
+
+    let args =
+        ["--method", "tools/call", "--tool-name", "everything__get-sum", "--tool-arg", "a=2", "--tool-arg", "b=3"];
+    let (status, out, err) = run_inspector(&url, &s.alice, &args).await;
+    assert!(status.success(), "inspector tools/call failed: {out}\n{err}");
+    let result: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(result["content"][0]["text"], "The sum of 2 and 3 is 5.", "{result}");
+
+    let (status, out, err) = run_inspector(&url, "bst_not-a-key", &["--method", "tools/list"]).await;
+    assert!(!status.success(), "a wrong key must fail: {out}");
+    // The 401 with its Bearer challenge reads to the inspector as "log in first".
+    let said = format!("{out}{err}");
+    assert!(said.contains("auth_required") || said.contains("401"), "an authentication failure: {said}");
+}
