@@ -920,25 +920,34 @@ pub async fn run_client(script: &str, url: &str, token: &str, args: &[&str]) -> 
         .env_remove("http_proxy")
         .env_remove("https_proxy")
         .env_remove("all_proxy")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} {args:?} did not finish within 90 s"))
-        .expect("client output");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let (status, stdout, stderr) = run_client_process(cmd, &format!("{script} {args:?}")).await;
     let out = stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or_else(|| panic!("{script} printed no JSON object; stdout {stdout:?}\nstderr:\n{stderr}"));
-    ClientRun { out, stderr, status: output.status }
+    ClientRun { out, stderr, status }
+}
+
+/// Runs a client to its end (at most 90 s), on loopback without proxies;
+/// returns its exit status, stdout and stderr.
+async fn run_client_process(
+    mut cmd: tokio::process::Command,
+    what: &str,
+) -> (std::process::ExitStatus, String, String) {
+    cmd.env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 90 s"))
+        .expect("client output");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    (output.status, stdout, String::from_utf8_lossy(&output.stderr).to_string())
 }
 
 /// Runs the MCP Inspector's command line against `url` (Streamable HTTP)
@@ -948,21 +957,8 @@ pub async fn run_inspector(url: &str, token: &str, args: &[&str]) -> (std::proce
     let t = tools();
     let auth = format!("Authorization: Bearer {token}");
     let mut cmd = tokio::process::Command::new(&t.node);
-    cmd.arg(&t.inspector)
-        .args(["--cli", url, "--transport", "http", "--header", &auth])
-        .args(args)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run the inspector: {e}"));
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the inspector {args:?} did not finish within 90 s"))
-        .expect("inspector output");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    (output.status, stdout, String::from_utf8_lossy(&output.stderr).to_string())
+    cmd.arg(&t.inspector).args(["--cli", url, "--transport", "http", "--header", &auth]).args(args);
+    run_client_process(cmd, &format!("the inspector {args:?}")).await
 }
 
 /// A string array field of a client's output.
