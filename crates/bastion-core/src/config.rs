@@ -55,6 +55,8 @@ pub struct Config {
     pub upstream: UpstreamDefaults,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -94,9 +96,26 @@ pub struct ServerConfig {
     /// Per-call timeout for this server. Default: `upstream.call_timeout`.
     #[serde(default, deserialize_with = "opt_duration")]
     pub call_timeout: Option<Duration>,
+    /// The roots (`file://` URIs) Bastion answers a server's `roots/list`
+    /// with. A process shared by several clients never sees a client's own
+    /// roots: one user must not widen what another's server may touch.
+    /// Default none.
+    #[serde(default)]
+    pub roots: Vec<RootConfig>,
     /// Keys other tools keep in the same map; accepted, not used.
     #[serde(flatten)]
     pub ignored: BTreeMap<String, serde_json::Value>,
+}
+
+/// One root offered to a server, in the MCP `Root` shape.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootConfig {
+    /// A `file://` URI.
+    pub uri: String,
+    /// An optional human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -156,6 +175,33 @@ pub struct HttpConfig {
     /// A session unused this long is closed. Default 1h.
     #[serde(default = "default_session_idle", with = "humantime_serde_compat")]
     pub session_idle_timeout: Duration,
+    /// A session ends this long after it was created, however active.
+    /// Default 24h.
+    #[serde(default = "default_session_lifetime", with = "humantime_serde_compat")]
+    pub session_max_lifetime: Duration,
+    /// Time a client has to send a request's headers; a slower client is
+    /// cut off before authentication. Default 10s.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress is closed after this long.
+    /// Default 60s.
+    #[serde(default = "default_idle_connection", with = "humantime_serde_compat")]
+    pub idle_connection_timeout: Duration,
+    /// Most client connections served at once; further ones wait in the
+    /// listen backlog. Default 4096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2: streams one connection may have open at once. Default 128.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request head (request line and headers). Default 64 KiB;
+    /// larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest `capabilities` plus `clientInfo` a client may declare, as
+    /// JSON text; a session keeps them. Default 16 KiB.
+    #[serde(default = "default_max_client_info")]
+    pub max_client_info_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -166,6 +212,13 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             page_size: default_page_size(),
             session_idle_timeout: default_session_idle(),
+            session_max_lifetime: default_session_lifetime(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_connection_timeout: default_idle_connection(),
+            max_connections: default_max_connections(),
+            http2_max_concurrent_streams: default_h2_streams(),
+            max_header_bytes: default_max_header_bytes(),
+            max_client_info_bytes: default_max_client_info(),
         }
     }
 }
@@ -178,6 +231,87 @@ fn default_page_size() -> usize {
 }
 fn default_session_idle() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_connection() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_client_info() -> usize {
+    16 * 1024
+}
+
+/// Limits on what one caller may hold at once. Reaching one is answered
+/// with 429 and `Retry-After`, never with an unbounded queue.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default)]
+    pub per_principal: PrincipalCaps,
+}
+
+/// What one principal (a user) may hold at once.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalCaps {
+    /// Live sessions (Streamable HTTP and legacy SSE). Default 64.
+    #[serde(default = "default_cap_sessions")]
+    pub sessions: usize,
+    /// Open long-lived streams: GET streams, legacy SSE streams and
+    /// `subscriptions/listen` streams together. Default 32.
+    #[serde(default = "default_cap_streams")]
+    pub streams: usize,
+    /// Of those, `subscriptions/listen` streams. Default 16.
+    #[serde(default = "default_cap_listen")]
+    pub listen_streams: usize,
+    /// Stateless calls parked while their client answers a multi
+    /// round-trip request. Default 32.
+    #[serde(default = "default_cap_parked")]
+    pub parked_calls: usize,
+    /// Requests being worked on at once, in every era. Default 64.
+    #[serde(default = "default_cap_in_flight")]
+    pub calls_in_flight: usize,
+}
+
+impl Default for PrincipalCaps {
+    fn default() -> Self {
+        PrincipalCaps {
+            sessions: default_cap_sessions(),
+            streams: default_cap_streams(),
+            listen_streams: default_cap_listen(),
+            parked_calls: default_cap_parked(),
+            calls_in_flight: default_cap_in_flight(),
+        }
+    }
+}
+
+fn default_cap_sessions() -> usize {
+    64
+}
+fn default_cap_streams() -> usize {
+    32
+}
+fn default_cap_listen() -> usize {
+    16
+}
+fn default_cap_parked() -> usize {
+    32
+}
+fn default_cap_in_flight() -> usize {
+    64
 }
 
 /// How upstream servers are run and called.
@@ -408,6 +542,11 @@ impl Config {
                 ));
             }
             server.transport().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
+            for (i, root) in server.roots.iter().enumerate() {
+                if !root.uri.starts_with("file://") {
+                    return Err(invalid(format!("mcpServers.{name}.roots[{i}].uri"), "must be a file:// URI".into()));
+                }
+            }
         }
         for (group, members) in &self.groups {
             if !is_valid_server_name(group) {
@@ -427,6 +566,24 @@ impl Config {
         }
         if self.http.page_size == 0 {
             return Err(invalid("http.page_size".into(), "must be at least 1".into()));
+        }
+        let caps = &self.limits.per_principal;
+        for (key, v) in [
+            ("sessions", caps.sessions),
+            ("streams", caps.streams),
+            ("listen_streams", caps.listen_streams),
+            ("parked_calls", caps.parked_calls),
+            ("calls_in_flight", caps.calls_in_flight),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("limits.per_principal.{key}"), "must be at least 1".into()));
+            }
+        }
+        if self.http.max_connections == 0 || self.http.http2_max_concurrent_streams == 0 {
+            return Err(invalid("http.max_connections".into(), "connection and stream limits must be at least 1".into()));
+        }
+        if self.http.max_header_bytes < 4096 {
+            return Err(invalid("http.max_header_bytes".into(), "must be at least 4096".into()));
         }
         if self.upstream.max_concurrent_spawns == 0 {
             return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
