@@ -29,6 +29,8 @@ pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// The request needs a client capability the client did not declare (2026-07-28).
 pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
+/// The caller reached one of its limits (HTTP 429, with `Retry-After`).
+pub const LIMIT_REACHED: i64 = -32029;
 
 /// A JSON-RPC id: a string or a number. Kept as the exact JSON value so that
 /// it round-trips byte for byte.

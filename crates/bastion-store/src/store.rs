@@ -163,6 +163,14 @@ impl Store {
         row.as_ref().map(Self::row_to_key).transpose()
     }
 
+    pub async fn find_key_by_id(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::row_to_key).transpose()
+    }
+
     pub async fn list_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let rows = match user {
             Some(u) => {
