@@ -8,10 +8,12 @@
 //! - [`naming`]: how tool, prompt and resource names from many servers share
 //!   one namespace.
 //! - [`apikey`]: API key generation and keyed hashing.
+//! - [`cursor`]: pagination cursors bound to a list and authenticated.
 #![forbid(unsafe_code)]
 
 pub mod apikey;
 pub mod config;
+pub mod cursor;
 pub mod jsonrpc;
 pub mod naming;
 pub mod protocol;

@@ -13,8 +13,7 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bastion_core::cursor::{self, CursorKey};
 use bastion_core::jsonrpc::{self, Request, error_object};
 use bastion_core::naming;
 use serde_json::{Map, Value, json};
@@ -214,7 +213,9 @@ async fn set_level(gw: &Gateway, scope: &Scope, req: &Request) -> Outcome {
 async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Value>) -> Outcome {
     let offset = match params.and_then(|p| p.get("cursor")) {
         None | Some(Value::Null) => 0,
-        Some(Value::String(c)) => decode_cursor(c).ok_or_else(|| invalid_params("invalid cursor"))?,
+        Some(Value::String(c)) => {
+            decode_cursor(c, kind.method, scope).ok_or_else(|| invalid_params("invalid cursor"))?
+        }
         Some(_) => return Err(invalid_params("invalid cursor")),
     };
     let servers = gw.servers_in(scope);
@@ -254,7 +255,7 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
     let mut result = Map::new();
     result.insert(kind.field.into(), Value::Array(page));
     if end < total {
-        result.insert("nextCursor".into(), Value::from(encode_cursor(end)));
+        result.insert("nextCursor".into(), Value::from(encode_cursor(end, kind.method, scope)));
     }
     Ok(Value::Object(result))
 }
@@ -277,14 +278,14 @@ fn prefix_item(server: &str, mut item: Value, key: ItemKey) -> Value {
     item
 }
 
-/// Cursors are opaque to clients: base64url of `o:<offset>`.
-fn encode_cursor(offset: usize) -> String {
-    URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+/// Cursors are opaque to clients, bound to the list method and the endpoint,
+/// and authenticated under this process's key (`bastion_core::cursor`).
+fn encode_cursor(offset: usize, method: &str, scope: &Scope) -> String {
+    cursor::encode(CursorKey::process(), method, &format!("{scope:?}"), offset)
 }
 
-fn decode_cursor(cursor: &str) -> Option<usize> {
-    let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&raw).ok()?.strip_prefix("o:")?.parse().ok()
+fn decode_cursor(c: &str, method: &str, scope: &Scope) -> Option<usize> {
+    cursor::decode(CursorKey::process(), c, method, &format!("{scope:?}"))
 }
 
 #[cfg(test)]
@@ -293,9 +294,13 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
-        assert_eq!(decode_cursor("not-base64!"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("x:1")), None);
+        let all = Scope::All;
+        let c = encode_cursor(42, "tools/list", &all);
+        assert_eq!(decode_cursor(&c, "tools/list", &all), Some(42));
+        assert_eq!(decode_cursor(&c, "prompts/list", &all), None);
+        assert_eq!(decode_cursor(&c, "tools/list", &Scope::Server("a".into())), None);
+        assert_eq!(decode_cursor("not-base64!", "tools/list", &all), None);
+        assert_eq!(decode_cursor("eDox", "tools/list", &all), None);
     }
 
     #[test]
