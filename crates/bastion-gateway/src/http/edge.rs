@@ -1,5 +1,7 @@
-//! What every request passes first: a request id, the Host and Origin
-//! checks against DNS rebinding, and one log line when it ends.
+//! What every request passes first: a request id, the size of its head,
+//! the Host and Origin checks against DNS rebinding, and one log line when
+//! it ends. The Host and Origin lists and the head limit are read from the
+//! live configuration on every request, so a reload applies them at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,47 +14,57 @@ use bastion_core::jsonrpc;
 use http::{HeaderValue, StatusCode, header};
 
 use super::rpc_error;
+use crate::gateway::Gateway;
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Which `Host` and `Origin` values are accepted.
-#[derive(Debug, Clone)]
+/// Which requests pass the edge: the `Host` and `Origin` lists and the head
+/// limit of the gateway's current configuration, and the loopback rule of
+/// the address the listener is bound to (which only a restart changes).
 pub struct HostPolicy {
-    /// Accepted hosts (lower case, with or without port). Empty with
-    /// `loopback_only` means: loopback names only; empty without it: any.
-    hosts: Vec<String>,
+    gw: Arc<Gateway>,
     loopback_only: bool,
-    origins: Vec<String>,
 }
 
 impl HostPolicy {
-    pub fn new(listen: SocketAddr, allowed_hosts: &[String], allowed_origins: &[String]) -> Self {
-        HostPolicy {
-            hosts: allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            loopback_only: listen.ip().is_loopback(),
-            origins: allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
-        }
+    pub fn new(listen: SocketAddr, gw: Arc<Gateway>) -> Self {
+        HostPolicy { gw, loopback_only: listen.ip().is_loopback() }
     }
+}
 
-    pub fn host_allowed(&self, host: Option<&str>) -> bool {
-        let Some(host) = host.map(str::to_ascii_lowercase) else {
+/// The Host and Origin rules at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Rules<'a> {
+    /// Accepted hosts (with or without port). Empty with `loopback_only`
+    /// means: loopback names only; empty without it: any.
+    hosts: &'a [String],
+    loopback_only: bool,
+    /// Accepted origins; without a match, only loopback origins.
+    origins: &'a [String],
+}
+
+impl Rules<'_> {
+    fn host_allowed(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
             // HTTP/1.1 requires Host; HTTP/2 carries :authority instead.
             return self.hosts.is_empty() && !self.loopback_only;
         };
         if !self.hosts.is_empty() {
-            return self.hosts.iter().any(|h| *h == host || *h == strip_port(&host));
+            let bare = strip_port(host);
+            return self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(bare));
         }
-        !self.loopback_only || is_loopback_name(strip_port(&host))
+        !self.loopback_only || is_loopback_name(strip_port(host))
     }
 
-    pub fn origin_allowed(&self, origin: &str) -> bool {
-        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.origins.contains(&origin) {
+    fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self.origins.iter().any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
             return true;
         }
-        // Without a list, only pages served from this machine may call.
+        // Without a list entry, only pages served from this machine may call.
         let Some((scheme, rest)) = origin.split_once("://") else { return false };
-        (scheme == "http" || scheme == "https") && is_loopback_name(strip_port(rest))
+        (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+            && is_loopback_name(strip_port(rest))
     }
 }
 
@@ -67,12 +79,24 @@ fn strip_port(host: &str) -> &str {
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The size of a request's head as HTTP/1.1 would carry it: the request
+/// line and every header line. HTTP/2 requests are measured the same way,
+/// so one limit means the same in both protocols.
+fn head_bytes(req: &Request) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    // "METHOD SP target SP HTTP/1.1 CRLF", then "name: value CRLF" each.
+    let line = req.method().as_str().len() + 1 + target + authority + 1 + 8 + 2;
+    line + req.headers().iter().map(|(n, v)| n.as_str().len() + 2 + v.len() + 2).sum::<usize>()
 }
 
 /// The middleware.
@@ -86,21 +110,41 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
     req.headers_mut().insert(REQUEST_ID, id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
 
-    let mut resp = if !policy.host_allowed(host) {
-        rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Host not allowed")
-    } else if let Some(origin) = req.headers().get(header::ORIGIN) {
-        match origin.to_str() {
-            Ok(o) if policy.origin_allowed(o) => next.run(req).await,
-            _ => rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Origin not allowed"),
+    let verdict = {
+        let rt = policy.gw.runtime();
+        let http = &rt.config.http;
+        let rules =
+            Rules { hosts: &http.allowed_hosts, loopback_only: policy.loopback_only, origins: &http.allowed_origins };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if head_bytes(&req) > http.max_header_bytes {
+            Err(rpc_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                format!("request head larger than {} bytes", http.max_header_bytes),
+            ))
+        } else if !rules.host_allowed(host) {
+            Err(rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Host not allowed"))
+        } else {
+            match req.headers().get(header::ORIGIN).map(|o| o.to_str().is_ok_and(|o| rules.origin_allowed(o))) {
+                Some(false) => Err(rpc_error(
+                    StatusCode::FORBIDDEN,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "Forbidden: Origin not allowed",
+                )),
+                _ => Ok(()),
+            }
         }
-    } else {
-        next.run(req).await
+    };
+    let mut resp = match verdict {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused,
     };
     let status = resp.status();
     let headers = resp.headers_mut();
@@ -122,17 +166,21 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
 mod tests {
     use super::*;
 
-    fn loopback() -> HostPolicy {
-        HostPolicy::new("127.0.0.1:8080".parse().unwrap(), &[], &[])
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn rules<'a>(hosts: &'a [String], loopback_only: bool, origins: &'a [String]) -> Rules<'a> {
+        Rules { hosts, loopback_only, origins }
     }
 
     #[test]
     fn loopback_hosts_only_by_default() {
-        let p = loopback();
-        for ok in ["localhost", "localhost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.5"] {
+        let p = rules(&[], true, &[]);
+        for ok in ["localhost", "LocalHost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.5"] {
             assert!(p.host_allowed(Some(ok)), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "0.0.0.0"] {
+        for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "0.0.0.0", "localhost.evil"] {
             assert!(!p.host_allowed(Some(bad)), "{bad}");
         }
         assert!(!p.host_allowed(None));
@@ -140,23 +188,56 @@ mod tests {
 
     #[test]
     fn explicit_hosts() {
-        let p = HostPolicy::new("0.0.0.0:443".parse().unwrap(), &["mcp.example.com".into()], &[]);
+        let hosts = strings(&["mcp.example.com"]);
+        let p = rules(&hosts, false, &[]);
         assert!(p.host_allowed(Some("mcp.example.com")));
         assert!(p.host_allowed(Some("MCP.example.com:443")));
         assert!(!p.host_allowed(Some("localhost")));
-        let any = HostPolicy::new("0.0.0.0:443".parse().unwrap(), &[], &[]);
+        assert!(!p.host_allowed(Some("mcp.example.com.evil.example")));
+        // An explicit list replaces the loopback default, also on loopback.
+        let p = rules(&hosts, true, &[]);
+        assert!(!p.host_allowed(Some("127.0.0.1:8080")));
+        assert!(p.host_allowed(Some("mcp.example.com:8080")));
+        let with_port = strings(&["mcp.example.com:8443"]);
+        let p = rules(&with_port, false, &[]);
+        assert!(p.host_allowed(Some("mcp.example.com:8443")));
+        assert!(!p.host_allowed(Some("mcp.example.com:9999")));
+        let any = rules(&[], false, &[]);
         assert!(any.host_allowed(Some("whatever")));
+        assert!(any.host_allowed(None));
     }
 
     #[test]
     fn origins() {
-        let p = loopback();
+        let p = rules(&[], true, &[]);
         assert!(p.origin_allowed("http://localhost:6274"));
+        assert!(p.origin_allowed("HTTP://LOCALHOST"));
         assert!(p.origin_allowed("http://127.0.0.1"));
+        assert!(p.origin_allowed("https://[::1]:3000"));
         assert!(!p.origin_allowed("https://evil.example"));
+        assert!(!p.origin_allowed("file://localhost"));
         assert!(!p.origin_allowed("null"));
-        let p = HostPolicy::new("127.0.0.1:1".parse().unwrap(), &[], &["https://app.example.com/".into()]);
+        let listed = strings(&["https://app.example.com/"]);
+        let p = rules(&[], true, &listed);
         assert!(p.origin_allowed("https://app.example.com"));
+        assert!(p.origin_allowed("https://APP.example.com/"));
         assert!(!p.origin_allowed("https://app.example.com.evil.example"));
+        assert!(!p.origin_allowed("http://app.example.com"));
+    }
+
+    #[test]
+    fn head_size_counts_the_request_line_and_every_header() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/mcp?x=1")
+            .header("host", "localhost")
+            .header("x-a", "b")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        // "POST /mcp?x=1 HTTP/1.1\r\n" "host: localhost\r\n" "x-a: b\r\n"
+        assert_eq!(head_bytes(&req), 24 + 17 + 8);
+        let big =
+            Request::builder().uri("/").header("x-big", "v".repeat(10_000)).body(axum::body::Body::empty()).unwrap();
+        assert!(head_bytes(&big) > 10_000);
     }
 }
