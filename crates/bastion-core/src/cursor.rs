@@ -41,9 +41,7 @@ impl CursorKey {
     /// A fresh random key.
     pub fn random() -> CursorKey {
         let mut key = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng
-            .try_fill_bytes(key.as_mut())
-            .expect("the operating system's random number generator failed");
+        rand::rngs::OsRng.try_fill_bytes(key.as_mut()).expect("the operating system's random number generator failed");
         CursorKey(key)
     }
 

@@ -9,6 +9,7 @@
 //!   one namespace.
 //! - [`apikey`]: API key generation and keyed hashing.
 //! - [`cursor`]: pagination cursors bound to a list and authenticated.
+//! - [`redact`]: URLs and other values made safe for errors and logs.
 #![forbid(unsafe_code)]
 
 pub mod apikey;
@@ -17,3 +18,4 @@ pub mod cursor;
 pub mod jsonrpc;
 pub mod naming;
 pub mod protocol;
+pub mod redact;
