@@ -30,13 +30,19 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
 
+/// The gateway binary under test: `$BASTION_TEST_BIN` when set (to run the
+/// suite against another build, e.g. an older release), else this build's.
 pub fn bastion_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bastion"))
+    match std::env::var_os("BASTION_TEST_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_bastion")),
+    }
 }
 
-/// The fixture servers' binary, built next to `bastion` by the workspace.
+/// The fixture servers' binary, built next to this build's `bastion` by the
+/// workspace (also when the gateway binary is overridden).
 pub fn fixture_bin() -> PathBuf {
-    let p = bastion_bin().with_file_name("bastion-fixture");
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_bastion")).with_file_name("bastion-fixture");
     assert!(
         p.is_file(),
         "{} not found: build the workspace's binaries first (cargo build --workspace --bins)",
@@ -969,4 +975,97 @@ pub fn strings(v: &Value, field: &str) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().expect("string").to_string())
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The scripted server (tests/clients/scripted_server.py)
+// ---------------------------------------------------------------------------
+
+/// The gate files of a scripted server: `hold(gate)` creates `started-GATE`
+/// and returns once `release-GATE` exists.
+pub struct Gates {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates::new()
+    }
+}
+
+impl Gates {
+    pub fn new() -> Gates {
+        Gates { dir: tempfile::Builder::new().prefix("bastion-gates-").tempdir().expect("gate dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Lets every call waiting on `gate` go on.
+    pub fn release(&self, gate: &str) {
+        std::fs::write(self.dir.path().join(format!("release-{gate}")), "1").expect("release gate");
+    }
+
+    /// Waits until the server has created `KIND-GATE` (`started`, `second-settled`).
+    pub async fn wait(&self, kind: &str, gate: &str) {
+        let path = self.dir.path().join(format!("{kind}-{gate}"));
+        eventually(WAIT, &format!("{kind}-{gate} from the scripted server"), || async { path.exists().then_some(()) })
+            .await
+    }
+}
+
+/// Config entry for the scripted server over stdio, using `gates`.
+pub fn scripted_stdio(gates: &Gates) -> Value {
+    let t = tools();
+    json!({
+        "command": t.python,
+        "args": [clients_dir().join("scripted_server.py"), "--transport", "stdio", "--gate-dir", gates.path()],
+        "env": {"PYTHONDONTWRITEBYTECODE": "1"}
+    })
+}
+
+/// The scripted server over HTTP (`sse` or `streamable-http`) on a free
+/// loopback port, stopped on drop (and by its watchdog if the tests end).
+pub struct ScriptedServer {
+    pub url: String,
+    child: Child,
+    _watchdog: Child,
+}
+
+impl ScriptedServer {
+    pub fn start(transport: &str, gates: &Gates) -> ScriptedServer {
+        let t = tools();
+        let mut child = Command::new(&t.python)
+            .arg(clients_dir().join("scripted_server.py"))
+            .args(["--transport", transport, "--port", "0", "--gate-dir"])
+            .arg(gates.path())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the scripted server");
+        let watchdog = spawn_watchdog(child.id(), None);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("scripted server stdout");
+        let ready: Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("the scripted server said {line:?}"));
+        let url = ready["url"].as_str().unwrap_or_else(|| panic!("no url in {ready}")).to_string();
+        ScriptedServer { url, child, _watchdog: watchdog }
+    }
+
+    /// Config entry reaching this server (`type` as given: `sse` or `http`).
+    pub fn entry(&self, kind: &str) -> Value {
+        json!({"url": self.url, "type": kind})
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

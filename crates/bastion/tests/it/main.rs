@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod faults;
 mod harness;
+mod isolation;
 mod keys_cli;
 mod lifecycle;
 mod real_clients;
