@@ -3,11 +3,14 @@
 //! A bearer token with the shape of a Bastion key is hashed with the
 //! pepper and looked up by hash. Validated keys are cached for a short TTL
 //! (`auth.key_cache_ttl`, default 2 s) so the store is not asked on every
-//! call; revocation takes effect within that TTL. Usage counts are batched
+//! call; revocation takes effect within that TTL — for new requests, and
+//! for what is already open (sessions and streams), which the gateway
+//! closes when [`ApiKeyAuthenticator::ended_keys`] names their key. Usage counts are batched
 //! and written every few seconds. When the store cannot answer, the request
 //! is refused (fail closed) with 503, never let through.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,14 +77,47 @@ struct CachedKey {
 pub struct ApiKeyAuthenticator {
     store: Store,
     pepper: Pepper,
-    ttl: Duration,
+    /// `auth.key_cache_ttl` in milliseconds; changed by a reload.
+    ttl_ms: AtomicU64,
     cache: DashMap<String, CachedKey>,
     usage: Mutex<HashMap<String, i64>>,
 }
 
 impl ApiKeyAuthenticator {
     pub fn new(store: Store, pepper: Pepper, ttl: Duration) -> Arc<Self> {
-        Arc::new(ApiKeyAuthenticator { store, pepper, ttl, cache: DashMap::new(), usage: Mutex::new(HashMap::new()) })
+        Arc::new(ApiKeyAuthenticator {
+            store,
+            pepper,
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            cache: DashMap::new(),
+            usage: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How long a validated key is trusted without asking the store.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Keys revoked or expired between `since` and `now`; they are dropped
+    /// from the cache at once, so requests presenting them are refused.
+    pub async fn ended_keys(
+        &self,
+        since: chrono::DateTime<Utc>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<String>, AuthError> {
+        let ended = self.store.keys_ended_between(since, now).await.map_err(|e| {
+            tracing::warn!(error = %e, "could not check for revoked keys");
+            AuthError::Unavailable
+        })?;
+        if !ended.is_empty() {
+            self.cache.retain(|_, c| !ended.contains(&c.key_id));
+        }
+        Ok(ended)
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
@@ -91,7 +127,7 @@ impl ApiKeyAuthenticator {
         }
         let hash = apikey::hash_key(&self.pepper, token);
         if let Some(hit) = self.cache.get(&hash) {
-            let fresh = hit.checked_at.elapsed() < self.ttl;
+            let fresh = hit.checked_at.elapsed() < self.ttl();
             let unexpired = hit.expires_at.is_none_or(|e| e > Utc::now());
             if fresh && unexpired {
                 self.count_use(&hit.key_id);

@@ -1,7 +1,8 @@
 //! The gateway's shared state: the current configuration and the upstream
-//! handles built from it, the sessions, the authenticator, the store, and
-//! the background tasks that keep them tidy (notification fan-out, idle
-//! reaping, usage flushing, config reload).
+//! handles built from it, the sessions, what each principal holds, the
+//! authenticator, the store, and the background tasks that keep them tidy
+//! (notification fan-out, idle and lifetime reaping, closing what revoked
+//! or expired keys opened, usage flushing, config reload).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
-use crate::session::{Scope, Session, Sessions};
-use crate::upstream::{ServerNotification, UpstreamHandle, specs_from_config};
+use crate::load::{Kind, LimitReached, PrincipalLoad, Slot};
+use crate::session::{NewSession, Scope, Session, Sessions};
+use crate::subscriptions::Subscriptions;
+use crate::upstream::{Caller, ServerNotification, UpstreamHandle, is_broadcast, specs_from_config};
 
 /// A configuration and the upstreams built from it.
 pub struct Runtime {
@@ -38,9 +41,15 @@ pub struct Gateway {
     pub sessions: Sessions,
     /// Calls of stateless clients waiting for their input (multi round-trip).
     pub continuations: crate::mrtr::Continuations,
+    /// Resource subscriptions, counted per server and URI.
+    pub subscriptions: Subscriptions,
+    /// What each principal holds, against `limits.per_principal`.
+    pub load: PrincipalLoad,
     pub authentication: Authentication,
     pub store: Store,
     spawn_permits: Arc<Semaphore>,
+    /// How many permits `spawn_permits` has in all (it is resized on reload).
+    spawn_permits_total: std::sync::Mutex<usize>,
     notifications: mpsc::UnboundedSender<ServerNotification>,
     config_path: PathBuf,
     base_dir: PathBuf,
@@ -62,8 +71,11 @@ impl Gateway {
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
         let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &BTreeMap::new());
         let gw = Arc::new(Gateway {
-            sessions: Sessions::new(config.http.session_idle_timeout),
+            sessions: Sessions::new(),
             continuations: Default::default(),
+            subscriptions: Subscriptions::default(),
+            load: PrincipalLoad::default(),
+            spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             authentication,
             store,
@@ -73,8 +85,57 @@ impl Gateway {
             base_dir,
         });
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
-        tokio::spawn(housekeeping(gw.clone(), shutdown));
+        tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
+        tokio::spawn(close_ended_credentials(gw.clone(), shutdown));
         gw
+    }
+
+    /// Takes one of the caller's slots of `kind`, under the live caps.
+    pub fn acquire(&self, principal: &Principal, kind: Kind) -> Result<Slot, LimitReached> {
+        self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal)
+    }
+
+    /// Opens a session, under the principal's session cap.
+    pub fn open_session(&self, s: NewSession) -> Result<Arc<Session>, LimitReached> {
+        let slot = self.acquire(&s.principal, Kind::Session)?;
+        Ok(self.sessions.create(s, slot))
+    }
+
+    /// Ends a client's session by id (DELETE, or its stream closing).
+    pub fn close_session(&self, id: &str, principal: &Principal) -> bool {
+        match self.sessions.remove(id, principal) {
+            Some(s) => {
+                self.release(&s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives back what ended sessions held upstream: a subscription the
+    /// session was the last subscriber of is ended at its server.
+    fn release(&self, session: &Session) {
+        let uris: Vec<String> = session.subscriptions.lock().expect("poisoned").drain().collect();
+        for uri in uris {
+            let Ok((server, inner)) = crate::proxy::resolve_uri(self, &session.scope, &uri) else { continue };
+            if self.subscriptions.remove(server.name(), inner, &session.id) {
+                let params = serde_json::json!({"uri": inner});
+                tokio::spawn(async move {
+                    if let Err(e) = server.call("resources/unsubscribe", Some(params), Caller::Gateway).await {
+                        tracing::debug!(server = server.name(), error = %e, "unsubscribe after the session ended failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Ends sessions picked by `pred`, releasing what they held.
+    pub fn close_sessions_where(&self, pred: impl Fn(&Session) -> bool) -> usize {
+        let ended = self.sessions.remove_where(pred);
+        for s in &ended {
+            self.release(s);
+        }
+        ended.len()
     }
 
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
@@ -129,7 +190,8 @@ impl Gateway {
 
     /// Applies a new configuration. Servers whose definition did not change
     /// keep their handle — and so their process and cached lists; changed or
-    /// removed ones are stopped.
+    /// removed ones are stopped. Every other setting applies at once, except
+    /// those named in one warning as needing a restart.
     pub async fn apply_config(&self, config: Config) {
         let old = self.runtime.load_full();
         let upstreams =
@@ -143,10 +205,21 @@ impl Gateway {
         let added: Vec<String> = upstreams.keys().filter(|k| !old.upstreams.contains_key(*k)).cloned().collect();
         let kept = upstreams.len() - added.len();
         tracing::info!(servers = upstreams.len(), replaced_or_removed = stopped.len(), kept, "configuration applied");
+        let restart = restart_required(&old.config, &config);
+        if !restart.is_empty() {
+            tracing::warn!(
+                settings = %restart.join(", "),
+                "these settings changed but take effect only after a restart; the running values stay"
+            );
+        }
+        self.apply_live_settings(&config);
         let changed: Vec<String> = stopped.iter().map(|h| h.name().to_string()).chain(added).collect();
         let old_groups = old.config.groups.clone();
         let groups_changed = old_groups != config.groups;
         self.runtime.store(Arc::new(Runtime { config, upstreams }));
+        for h in &stopped {
+            self.subscriptions.forget_server(h.name());
+        }
         // Sessions whose view changed are told their lists changed.
         for session in self.sessions.all() {
             let affected = match &session.scope {
@@ -172,6 +245,32 @@ impl Gateway {
         for h in stopped {
             h.shutdown().await;
         }
+    }
+
+    /// Settings held outside the config snapshot, brought up to date.
+    fn apply_live_settings(&self, config: &Config) {
+        if let Authentication::ApiKeys(a) = &self.authentication {
+            a.set_ttl(config.auth.key_cache_ttl);
+        }
+        let mut total = self.spawn_permits_total.lock().expect("poisoned");
+        let wanted = config.upstream.max_concurrent_spawns;
+        if wanted > *total {
+            self.spawn_permits.add_permits(wanted - *total);
+        } else if wanted < *total {
+            // Permits in use come back and are then forgotten.
+            let forget = *total - wanted;
+            let forgotten = self.spawn_permits.forget_permits(forget);
+            if forgotten < forget {
+                let permits = self.spawn_permits.clone();
+                let rest = (forget - forgotten) as u32;
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *total = wanted;
     }
 
     /// Stops every upstream.
@@ -219,6 +318,11 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             _ = shutdown.cancelled() => return,
             n = rx.recv() => match n { Some(n) => n, None => return },
         };
+        // Only what concerns every session is fanned out; anything else
+        // about no call (log lines, progress) reaches nobody.
+        if !is_broadcast(&n.method) {
+            continue;
+        }
         let list = match n.method.as_str() {
             "notifications/tools/list_changed" => Some("tools/list"),
             "notifications/prompts/list_changed" => Some("prompts/list"),
@@ -286,15 +390,23 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
         for h in upstreams {
             h.stop_if_idle().await;
         }
+        let (idle, lifetime) = {
+            let rt = gw.runtime();
+            (rt.config.http.session_idle_timeout, rt.config.http.session_max_lifetime)
+        };
+        let expired = gw.sessions.expire(idle, lifetime);
+        for s in &expired {
+            gw.release(s);
+        }
+        if !expired.is_empty() {
+            tracing::info!(expired = expired.len(), "idle or expired sessions closed");
+        }
         if n.is_multiple_of(10) {
             let abandoned = gw.continuations.expire();
             if abandoned > 0 {
                 tracing::info!(abandoned, "calls waiting for client input expired");
             }
-            let expired = gw.sessions.expire_idle();
-            if expired > 0 {
-                tracing::info!(expired, "idle sessions closed");
-            }
+            gw.load.prune();
         }
         if n.is_multiple_of(5)
             && let Authentication::ApiKeys(a) = &gw.authentication
@@ -302,4 +414,51 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             a.flush_usage().await;
         }
     }
+}
+
+/// Closes what revoked and expired keys opened — sessions, their streams
+/// and requests, parked stateless calls — within `auth.key_cache_ttl`.
+/// Each round asks the store once for the keys that ended since the last
+/// round, however many sessions are open. When the store cannot answer,
+/// the round is retried (requests meanwhile fail closed at authentication).
+async fn close_ended_credentials(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let Authentication::ApiKeys(auth) = &gw.authentication else { return };
+    let mut since = chrono::Utc::now() - chrono::Duration::seconds(2);
+    loop {
+        let interval = (auth.ttl() / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = chrono::Utc::now();
+        // Store times have one-second resolution: look back a little.
+        let ended = match auth.ended_keys(since - chrono::Duration::seconds(2), now).await {
+            Ok(ended) => ended,
+            Err(_) => continue,
+        };
+        since = now;
+        if ended.is_empty() {
+            continue;
+        }
+        let closed = gw.close_sessions_where(|s| ended.iter().any(|k| *k == *s.principal.credential));
+        let parked = gw.continuations.drop_credentials(&ended);
+        if closed + parked > 0 {
+            tracing::info!(sessions = closed, parked_calls = parked, "closed what revoked or expired keys had open");
+        }
+    }
+}
+
+/// Settings read once at start: a reload that changes them says so.
+fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.data_dir != new.data_dir {
+        changed.push("data_dir");
+    }
+    if old.log != new.log {
+        changed.push("log");
+    }
+    changed
 }

@@ -37,9 +37,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{AuthError, Principal};
 use crate::gateway::Gateway;
+use crate::load::{Kind, LimitReached, Slot};
 use crate::proxy;
 use crate::session::{NewSession, Scope, Session};
-use crate::upstream::{EventSink, UpstreamEvent};
+use crate::upstream::{Caller, EventSink, UpstreamEvent};
 
 pub use edge::HostPolicy;
 
@@ -288,6 +289,9 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
 /// `initialize`: a new session bound to the caller.
 async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Request) -> Response {
     let params = req.params.as_ref();
+    if let Some(problem) = client_info_too_large(gw, params) {
+        return rpc_error(StatusCode::BAD_REQUEST, Some(&req.id), jsonrpc::INVALID_PARAMS, problem);
+    }
     let requested = params.and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
     let version = protocol::negotiate_session_version(requested);
     let client_capabilities = params.and_then(|p| p.get("capabilities")).cloned().unwrap_or_else(|| json!({}));
@@ -317,14 +321,17 @@ async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Requ
         _ => aggregate_initialize_result(version),
     };
     result["protocolVersion"] = Value::from(version);
-    let session = gw.sessions.create(NewSession {
+    let session = match gw.open_session(NewSession {
         principal,
         scope,
         protocol_version: version.to_string(),
         client_capabilities,
         legacy: false,
         listen: None,
-    });
+    }) {
+        Ok(s) => s,
+        Err(e) => return limit_response(Some(&req.id), &e),
+    };
     tracing::info!(session = %short(&session.id), user = %session.principal.user, version, "session created");
     let mut resp = json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "result": result}));
     resp.headers_mut().insert(SESSION_HEADER, HeaderValue::from_str(&session.id).expect("base64url"));
@@ -359,9 +366,9 @@ pub(crate) fn short(id: &str) -> &str {
 /// One message in a session.
 async fn session_message(gw: Arc<Gateway>, session: Arc<Session>, msg: Message) -> Response {
     match msg {
-        Message::Request(req) => respond(gw, session.scope.clone(), Some(session), req).await,
+        Message::Request(req) => respond(gw, session, req).await,
         Message::Notification(n) => {
-            on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await;
+            on_client_notification(&session, &n.method, n.params.as_ref());
             accepted()
         }
         Message::Response(r) => {
@@ -379,7 +386,7 @@ pub(crate) fn accepted() -> Response {
     r
 }
 
-pub(crate) async fn on_client_notification(gw: &Gateway, session: &Session, method: &str, params: Option<&Value>) {
+pub(crate) fn on_client_notification(session: &Session, method: &str, params: Option<&Value>) {
     match method {
         "notifications/initialized" => session.initialized.store(true, std::sync::atomic::Ordering::Relaxed),
         "notifications/cancelled" => {
@@ -387,40 +394,40 @@ pub(crate) async fn on_client_notification(gw: &Gateway, session: &Session, meth
                 session.cancel_request(&id_key(id));
             }
         }
+        // Upstream processes are shared: their roots come from the config,
+        // and no client may change them for the others.
         "notifications/roots/list_changed" => {
-            for s in gw.servers_in(&session.scope) {
-                if s.is_connected() {
-                    s.notify(method, params.cloned()).await;
-                }
-            }
+            tracing::debug!(session = %short(&session.id), "client roots change not forwarded to shared servers");
         }
         _ => {}
     }
 }
 
-/// Runs one request and answers it: JSON if the result comes first, an SSE
-/// stream if the server sends anything about the request before it.
-pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<Session>>, req: Request) -> Response {
-    let owner = session.as_ref().map(|s| s.id.clone()).unwrap_or_else(|| bastion_core::apikey::random_token(16));
-    let (sink, mut events) = EventSink::new(owner);
+/// Runs one request of a session and answers it: JSON if the result comes
+/// first, an SSE stream if the server sends anything about the request
+/// before it. The request holds one of its principal's in-flight slots
+/// until it ends.
+pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Request) -> Response {
+    let slot = match gw.acquire(&session.principal, Kind::InFlight) {
+        Ok(slot) => slot,
+        Err(e) => return limit_response(Some(&req.id), &e),
+    };
+    let (sink, mut events) = EventSink::new(session.id.clone());
+    let sink = sink.with_log_level(session.log_level());
     let key = id_key(&req.id);
-    let cancel = session.as_ref().map(|s| s.start_request(key.clone()));
+    let token = session.start_request(key.clone());
     let work = {
         let gw = gw.clone();
-        let scope = scope.clone();
         let session = session.clone();
         async move {
-            let outcome = run_request(&gw, &scope, session.as_deref(), &req, sink).await;
+            let outcome = run_request(&gw, &session, &req, Caller::Client(sink)).await;
             response_value(&req.id, outcome)
         }
     };
     let mut work = Box::pin(async move {
-        match cancel {
-            Some(token) => tokio::select! {
-                v = work => Some(v),
-                _ = token.cancelled() => None,
-            },
-            None => Some(work.await),
+        tokio::select! {
+            v = work => Some(v),
+            _ = token.cancelled() => None,
         }
     });
 
@@ -431,18 +438,9 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
     };
     let first_event = match first {
         Err(done) => {
-            if let Some(s) = &session {
-                s.finish_request(&key);
-            }
+            session.finish_request(&key);
             return match done {
-                Some(v) => {
-                    // Stateless answers carry the error's HTTP status.
-                    let status = match (&session, v.pointer("/error/code").and_then(Value::as_i64)) {
-                        (None, Some(code)) => stateless::status_for_error(code),
-                        _ => StatusCode::OK,
-                    };
-                    json_response(status, &v)
-                }
+                Some(v) => json_response(StatusCode::OK, &v),
                 // Cancelled by the client: it expects no answer.
                 None => accepted(),
             };
@@ -453,10 +451,11 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
     // Switch to a stream scoped to this request.
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut pending = first_event;
         loop {
             if let Some(ev) = pending.take()
-                && let Some(msg) = event_to_message(session.as_deref(), ev)
+                && let Some(msg) = event_to_message(Some(&session), ev)
                 && tx.send(Ok(sse_frame(&msg))).await.is_err()
             {
                 break;
@@ -466,7 +465,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
                 done = &mut work => {
                     // Drain what arrived before the result, in order.
                     while let Ok(ev) = events.try_recv() {
-                        if let Some(msg) = event_to_message(session.as_deref(), ev) {
+                        if let Some(msg) = event_to_message(Some(&session), ev) {
                             let _ = tx.send(Ok(sse_frame(&msg))).await;
                         }
                     }
@@ -479,41 +478,35 @@ pub(crate) async fn respond(gw: Arc<Gateway>, scope: Scope, session: Option<Arc<
                 _ = tx.closed() => break, // the client went away: dropping `work` cancels upstream
             }
         }
-        if let Some(s) = &session {
-            s.finish_request(&key);
-        }
+        session.finish_request(&key);
     });
     sse_response(Body::from_stream(ReceiverStream::new(rx)))
 }
 
-/// Handles a request in its session (or stateless) context, adding what
-/// the session layer owns: subscription bookkeeping.
-async fn run_request(
-    gw: &Gateway,
-    scope: &Scope,
-    session: Option<&Session>,
-    req: &Request,
-    sink: crate::upstream::EventSink,
-) -> proxy::Outcome {
-    let mut outcome = proxy::handle_request(gw, scope, req, Some(sink)).await;
-    if session.is_none()
-        && let Ok(result) = outcome.as_mut()
-    {
-        stateless::decorate_result(&req.method, result);
-    }
-    if let (Ok(_), Some(s)) = (&outcome, session) {
-        let uri = req.params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str);
-        match (req.method.as_str(), uri) {
-            ("resources/subscribe", Some(u)) => {
-                s.subscriptions.lock().expect("poisoned").insert(u.to_string());
-            }
-            ("resources/unsubscribe", Some(u)) => {
-                s.subscriptions.lock().expect("poisoned").remove(u);
-            }
-            _ => {}
-        }
-    }
-    outcome
+/// Handles a request in its session.
+pub(crate) async fn run_request(gw: &Gateway, session: &Session, req: &Request, caller: Caller) -> proxy::Outcome {
+    let ctx = proxy::RequestCtx { scope: &session.scope, caller, session: Some(session) };
+    proxy::handle_request(gw, &ctx, req).await
+}
+
+/// 429 with `Retry-After` and a JSON-RPC error: a per-principal cap was reached.
+pub(crate) fn limit_response(id: Option<&Value>, e: &LimitReached) -> Response {
+    tracing::info!(limit = e.kind.describe(), cap = e.cap, "caller limit reached");
+    let mut resp = rpc_error(StatusCode::TOO_MANY_REQUESTS, id, jsonrpc::LIMIT_REACHED, e.to_string());
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    resp
+}
+
+/// What `Retry-After` says when a per-principal cap is reached: holdings
+/// are released as calls finish, so a short wait is enough.
+pub(crate) const RETRY_AFTER_SECONDS: &str = "1";
+
+/// The size of what a client declares about itself and a session keeps.
+fn client_info_too_large(gw: &Gateway, params: Option<&Value>) -> Option<String> {
+    let max = gw.runtime().config.http.max_client_info_bytes;
+    let size = |k: &str| params.and_then(|p| p.get(k)).map_or(0, |v| v.to_string().len());
+    let total = size("capabilities") + size("clientInfo");
+    (total > max).then(|| format!("capabilities and clientInfo take {total} bytes; at most {max} are accepted"))
 }
 
 pub(crate) fn response_value(id: &Value, outcome: proxy::Outcome) -> Value {
@@ -606,6 +599,11 @@ async fn batch(
     if items.is_empty() {
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "empty batch");
     }
+    // A batch is one request in flight, its items run one after another.
+    let _slot = match gw.acquire(&session.principal, Kind::InFlight) {
+        Ok(slot) => slot,
+        Err(e) => return limit_response(None, &e),
+    };
     let mut answers = Vec::new();
     for item in items {
         let fallback_id = item.get("id").cloned();
@@ -614,10 +612,12 @@ async fn batch(
                 answers.push(error_response(Some(&req.id), jsonrpc::INVALID_REQUEST, "initialize may not be batched"))
             }
             Ok(Message::Request(req)) => {
-                let outcome = proxy::handle_request(&gw, &scope, &req, None).await;
+                // A batch answers with one JSON array: nothing can reach
+                // the client before it, so its calls receive no messages.
+                let outcome = run_request(&gw, &session, &req, Caller::Quiet(session.id.as_str().into())).await;
                 answers.push(response_value(&req.id, outcome));
             }
-            Ok(Message::Notification(n)) => on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await,
+            Ok(Message::Notification(n)) => on_client_notification(&session, &n.method, n.params.as_ref()),
             Ok(Message::Response(r)) => {
                 session.answer_server_request(&id_key(&r.id), r.outcome);
             }
@@ -644,10 +644,10 @@ pub(crate) async fn authenticate_stream(gw: &Gateway, headers: &HeaderMap) -> Re
 /// An SSE response for a session that lives exactly as long as its stream:
 /// the `first` frame, then the session's messages; the session ends with
 /// the stream.
-pub(crate) fn session_stream(gw: Arc<Gateway>, session: Arc<Session>, first: Bytes) -> Response {
+pub(crate) fn session_stream(gw: Arc<Gateway>, session: Arc<Session>, first: Bytes, slots: Vec<Slot>) -> Response {
     let rx = session.open_stream().expect("a new session has no stream");
     let closed = session.closed.clone();
-    let guard = SessionEnd { gw, session };
+    let guard = (SessionEnd { gw, session }, slots);
     let head = futures::stream::once(async move { Ok::<_, Infallible>(first) });
     let body = head.chain(stream_body(rx, closed)).map(move |item| {
         let _keep = &guard;
@@ -664,7 +664,7 @@ struct SessionEnd {
 
 impl Drop for SessionEnd {
     fn drop(&mut self) {
-        self.gw.sessions.remove(&self.session.id, &self.session.principal);
+        self.gw.close_session(&self.session.id, &self.session.principal);
     }
 }
 
@@ -688,6 +688,10 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
     let Some(session) = gw.sessions.get(sid, &principal).filter(|s| s.scope == scope && s.is_client_session()) else {
         return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
     };
+    let slot = match gw.acquire(&principal, Kind::Stream) {
+        Ok(slot) => slot,
+        Err(e) => return limit_response(None, &e),
+    };
     let Some(rx) = session.open_stream() else {
         return rpc_error(
             StatusCode::CONFLICT,
@@ -696,7 +700,11 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
             "a stream is already open for this session",
         );
     };
-    sse_response(Body::from_stream(stream_body(rx, session.closed.clone())))
+    let body = stream_body(rx, session.closed.clone()).map(move |item| {
+        let _slot = &slot;
+        item
+    });
+    sse_response(Body::from_stream(body))
 }
 
 /// A long-lived SSE body: messages from `rx`, keep-alive comments, and an
@@ -723,7 +731,7 @@ async fn delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response 
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
     };
     if gw.sessions.get(sid, &principal).is_none_or(|s| s.scope != scope || !s.is_client_session())
-        || !gw.sessions.remove(sid, &principal)
+        || !gw.close_session(sid, &principal)
     {
         return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
     }

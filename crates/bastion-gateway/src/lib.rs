@@ -7,6 +7,8 @@
 //! - [`mrtr`]: multi round-trip requests for stateless clients.
 //! - [`session`]: downstream sessions bound to their principal.
 //! - [`auth`]: API key authentication.
+//! - [`load`]: what each principal holds at once, against its caps.
+//! - [`subscriptions`]: resource subscriptions counted per server and URI.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
 //! - [`server`]: the accept loop and graceful shutdown.
 #![forbid(unsafe_code)]
@@ -14,8 +16,10 @@
 pub mod auth;
 pub mod gateway;
 pub mod http;
+pub mod load;
 pub mod mrtr;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod subscriptions;
 pub mod upstream;

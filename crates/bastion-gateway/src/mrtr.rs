@@ -11,7 +11,9 @@
 //!
 //! The token is 256 random bits naming server-side state, bound to the
 //! principal and to the request it came from (method and name or URI),
-//! usable once, and short-lived.
+//! usable once, and short-lived. A parked call holds one of its principal's
+//! `limits.per_principal.parked_calls` slots, and ends when the key that
+//! started it is revoked or expires.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ pub struct Running {
 
 struct Continuation {
     user: Arc<str>,
+    /// The key the call was made with.
+    credential: Arc<str>,
+    _slot: crate::load::Slot,
     fingerprint: String,
     pending: Vec<(String, oneshot::Sender<Result<Value, Value>>)>,
     running: Running,
@@ -84,16 +89,33 @@ impl Continuations {
     /// Parks a call that needs input and returns the `requestState` token.
     pub fn park(
         &self,
-        user: Arc<str>,
+        principal: &crate::auth::Principal,
+        slot: crate::load::Slot,
         fingerprint: String,
         pending: Vec<(String, oneshot::Sender<Result<Value, Value>>)>,
         running: Running,
     ) -> String {
         let token = format!("{STATE_PREFIX}{}", random_token(32));
         running.sink.set_parked(true);
-        self.map
-            .insert(token.clone(), Continuation { user, fingerprint, pending, running, expires: Instant::now() + TTL });
+        let c = Continuation {
+            user: principal.user.clone(),
+            credential: principal.credential.clone(),
+            _slot: slot,
+            fingerprint,
+            pending,
+            running,
+            expires: Instant::now() + TTL,
+        };
+        self.map.insert(token.clone(), c);
         token
+    }
+
+    /// Drops the parked calls made with these credentials (revoked or
+    /// expired keys); their upstream calls are cancelled.
+    pub fn drop_credentials(&self, credentials: &[String]) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, c| !credentials.iter().any(|k| *k == *c.credential));
+        before - self.map.len()
     }
 
     /// Resumes a parked call with the client's answers. Errors are JSON-RPC
@@ -177,6 +199,15 @@ pub fn input_required(requests: &[(String, String, Option<Value>)], token: &str)
 mod tests {
     use super::*;
 
+    fn principal(user: &str) -> crate::auth::Principal {
+        crate::auth::Principal { user: user.into(), credential: format!("key-{user}").into() }
+    }
+
+    fn slot() -> crate::load::Slot {
+        let load = crate::load::PrincipalLoad::default();
+        load.acquire(&"t".into(), crate::load::Kind::Parked, &Default::default()).unwrap()
+    }
+
     fn running() -> (Running, mpsc::Sender<UpstreamEvent>, oneshot::Sender<Outcome>) {
         let (etx, erx) = mpsc::channel(4);
         let (otx, orx) = oneshot::channel();
@@ -190,7 +221,7 @@ mod tests {
         let c = Continuations::default();
         let (r, _e, _o) = running();
         let (tx, rx) = oneshot::channel();
-        let token = c.park("alice".into(), "tools/call\u{0}t".into(), vec![("k".into(), tx)], r);
+        let token = c.park(&principal("alice"), slot(), "tools/call\u{0}t".into(), vec![("k".into(), tx)], r);
         let mut answers = Map::new();
         answers.insert("k".into(), json!({"action": "accept"}));
         assert!(c.resume(&Value::from(token.clone()), "alice", "tools/call\u{0}t", Some(answers.clone())).is_ok());
@@ -202,14 +233,26 @@ mod tests {
     async fn state_is_bound_to_principal_and_request() {
         let c = Continuations::default();
         let (r, _e, _o) = running();
-        let token = c.park("alice".into(), "tools/call\u{0}t".into(), vec![], r);
+        let token = c.park(&principal("alice"), slot(), "tools/call\u{0}t".into(), vec![], r);
         assert!(c.resume(&Value::from(token.clone()), "mallory", "tools/call\u{0}t", None).is_err());
         // and the attempt burned it
         assert!(c.resume(&Value::from(token), "alice", "tools/call\u{0}t", None).is_err());
         let (r, _e, _o) = running();
-        let token = c.park("alice".into(), "tools/call\u{0}t".into(), vec![], r);
+        let token = c.park(&principal("alice"), slot(), "tools/call\u{0}t".into(), vec![], r);
         assert!(c.resume(&Value::from(token), "alice", "tools/call\u{0}other", None).is_err());
         assert!(c.resume(&json!("forged"), "alice", "tools/call\u{0}t", None).is_err());
+    }
+
+    #[tokio::test]
+    async fn revoked_credentials_drop_their_parked_calls() {
+        let c = Continuations::default();
+        let (r, _e, _o) = running();
+        let token = c.park(&principal("alice"), slot(), "tools/call\u{0}t".into(), vec![], r);
+        let (r, _e2, _o2) = running();
+        c.park(&principal("bob"), slot(), "tools/call\u{0}t".into(), vec![], r);
+        assert_eq!(c.drop_credentials(&["key-alice".to_string()]), 1);
+        assert_eq!(c.len(), 1);
+        assert!(c.resume(&Value::from(token), "alice", "tools/call\u{0}t", None).is_err());
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //!
 //! List methods fan out to every server in scope, merge, prefix, and page
 //! the merged list with Bastion's own cursors.
+//!
+//! Upstream connections are shared by every client, so what one client
+//! changes on a server must not change what another receives:
+//! `resources/subscribe` and `resources/unsubscribe` are counted per server
+//! and URI (the server hears the first subscription and the last
+//! unsubscription), and `logging/setLevel` is kept per session (Bastion
+//! filters; the server is only ever made more verbose).
 
 use std::sync::Arc;
 
@@ -19,8 +26,20 @@ use bastion_core::naming;
 use serde_json::{Map, Value, json};
 
 use crate::gateway::Gateway;
-use crate::session::Scope;
-use crate::upstream::{CallError, EventSink, UpstreamHandle};
+use crate::session::{Scope, Session};
+use crate::upstream::{CallError, Caller, UpstreamHandle, log_rank};
+
+/// One request on its way through the request path.
+pub struct RequestCtx<'a> {
+    /// What the endpoint exposes.
+    pub scope: &'a Scope,
+    /// On whose behalf upstream calls are made; where the server's messages
+    /// about the request go.
+    pub caller: Caller,
+    /// The session the request came in (subscriptions, log level); `None`
+    /// for stateless requests.
+    pub session: Option<&'a Session>,
+}
 
 /// A list method: its result field and the field of each item that names it.
 struct ListKind {
@@ -55,25 +74,26 @@ fn invalid_params(msg: impl Into<String>) -> Value {
     error_object(jsonrpc::INVALID_PARAMS, msg)
 }
 
-/// Handles one request. `sink` receives what the server sends about it.
-pub async fn handle_request(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+/// Handles one request.
+pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     let method = req.method.as_str();
+    let scope = ctx.scope;
     if let Some(kind) = LISTS.iter().find(|k| k.method == method) {
         return list(gw, scope, kind, req.params.as_ref()).await;
     }
     match method {
         "ping" => Ok(json!({})),
-        "tools/call" | "prompts/get" => route_by_name(gw, scope, req, sink).await,
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            route_by_uri(gw, scope, req, "uri", sink).await
-        }
-        "completion/complete" => complete(gw, scope, req, sink).await,
-        "logging/setLevel" => set_level(gw, scope, req).await,
+        "tools/call" | "prompts/get" => route_by_name(gw, ctx, req).await,
+        "resources/read" => route_by_uri(gw, ctx, req).await,
+        "resources/subscribe" => subscribe(gw, ctx, req).await,
+        "resources/unsubscribe" => unsubscribe(gw, ctx, req).await,
+        "completion/complete" => complete(gw, ctx, req).await,
+        "logging/setLevel" => set_level(gw, ctx, req).await,
         _ => match scope {
             // One server: whatever it understands passes through unchanged.
             Scope::Server(_) => {
                 let server = single(gw, scope)?;
-                call(&server, method, req.params.clone(), sink).await
+                call(&server, method, req.params.clone(), ctx.caller.clone()).await
             }
             _ => Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("Method not found: {method}"))),
         },
@@ -87,8 +107,8 @@ fn single(gw: &Gateway, scope: &Scope) -> Result<Arc<UpstreamHandle>, Value> {
         .ok_or_else(|| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "the server is no longer configured"))
 }
 
-async fn call(server: &UpstreamHandle, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Outcome {
-    server.call(method, params, sink).await.map_err(|e| log_call_error(server.name(), method, e))
+async fn call(server: &UpstreamHandle, method: &str, params: Option<Value>, caller: Caller) -> Outcome {
+    server.call(method, params, caller).await.map_err(|e| log_call_error(server.name(), method, e))
 }
 
 fn log_call_error(server: &str, method: &str, e: CallError) -> Value {
@@ -110,7 +130,11 @@ fn resolve_name<'a>(gw: &Gateway, scope: &Scope, name: &'a str) -> Result<(Arc<U
     Ok((handle, inner))
 }
 
-fn resolve_uri<'a>(gw: &Gateway, scope: &Scope, uri: &'a str) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
+pub(crate) fn resolve_uri<'a>(
+    gw: &Gateway,
+    scope: &Scope,
+    uri: &'a str,
+) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
     if !scope.prefixed() {
         return Ok((single(gw, scope)?, uri));
     }
@@ -137,23 +161,72 @@ fn params_object(req: &Request) -> Result<Map<String, Value>, Value> {
     }
 }
 
-async fn route_by_name(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+async fn route_by_name(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     let mut params = params_object(req)?;
     let name = params.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"name\""))?;
-    let (server, inner) = resolve_name(gw, scope, name)?;
+    let (server, inner) = resolve_name(gw, ctx.scope, name)?;
     let inner = inner.to_string();
     params.insert("name".into(), Value::from(inner));
-    call(&server, &req.method, Some(Value::Object(params)), sink).await
+    call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await
 }
 
-async fn route_by_uri(gw: &Gateway, scope: &Scope, req: &Request, field: &str, sink: Option<EventSink>) -> Outcome {
+/// The server a URI-addressed request is for, and its params with the
+/// server's own URI.
+fn uri_params(
+    gw: &Gateway,
+    scope: &Scope,
+    req: &Request,
+) -> Result<(Arc<UpstreamHandle>, String, Map<String, Value>), Value> {
     let mut params = params_object(req)?;
-    let uri = params.get(field).and_then(Value::as_str).ok_or_else(|| invalid_params(format!("missing {field:?}")))?;
+    let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"uri\""))?;
     let (server, inner) = resolve_uri(gw, scope, uri)?;
     let inner = inner.to_string();
-    params.insert(field.into(), Value::from(inner));
-    let result = call(&server, &req.method, Some(Value::Object(params)), sink).await?;
-    Ok(if scope.prefixed() && req.method == "resources/read" { prefix_contents(server.name(), result) } else { result })
+    params.insert("uri".into(), Value::from(inner.clone()));
+    Ok((server, inner, params))
+}
+
+async fn route_by_uri(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let (server, _, params) = uri_params(gw, ctx.scope, req)?;
+    let result = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await?;
+    Ok(if ctx.scope.prefixed() { prefix_contents(server.name(), result) } else { result })
+}
+
+/// The URI as the session's client sees it.
+fn client_uri(req: &Request) -> Option<String> {
+    req.params.as_ref()?.get("uri")?.as_str().map(str::to_string)
+}
+
+/// `resources/subscribe`: the server hears only the first subscriber of a URI.
+async fn subscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let (server, inner, params) = uri_params(gw, ctx.scope, req)?;
+    let Some(session) = ctx.session else {
+        return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
+    };
+    if gw.subscriptions.add(server.name(), &inner, &session.id) {
+        if let Err(e) = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await {
+            gw.subscriptions.remove(server.name(), &inner, &session.id);
+            return Err(e);
+        }
+    }
+    if let Some(uri) = client_uri(req) {
+        session.subscriptions.lock().expect("poisoned").insert(uri);
+    }
+    Ok(json!({}))
+}
+
+/// `resources/unsubscribe`: the server hears it when the last subscriber leaves.
+async fn unsubscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let (server, inner, params) = uri_params(gw, ctx.scope, req)?;
+    let Some(session) = ctx.session else {
+        return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
+    };
+    if let Some(uri) = client_uri(req) {
+        session.subscriptions.lock().expect("poisoned").remove(&uri);
+    }
+    if gw.subscriptions.remove(server.name(), &inner, &session.id) {
+        call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await?;
+    }
+    Ok(json!({}))
 }
 
 /// `resources/read` contents carry their URI: show it prefixed too.
@@ -169,7 +242,8 @@ fn prefix_contents(server: &str, mut result: Value) -> Value {
     result
 }
 
-async fn complete(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<EventSink>) -> Outcome {
+async fn complete(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let scope = ctx.scope;
     let mut params = params_object(req)?;
     let reference =
         params.get("ref").and_then(Value::as_object).cloned().ok_or_else(|| invalid_params("missing \"ref\""))?;
@@ -192,18 +266,33 @@ async fn complete(gw: &Gateway, scope: &Scope, req: &Request, sink: Option<Event
         _ => return Err(invalid_params("ref.type must be ref/prompt or ref/resource")),
     };
     params.insert("ref".into(), Value::Object(reference));
-    call(&server, "completion/complete", Some(Value::Object(params)), sink).await
+    call(&server, "completion/complete", Some(Value::Object(params)), ctx.caller.clone()).await
 }
 
-async fn set_level(gw: &Gateway, scope: &Scope, req: &Request) -> Outcome {
-    let servers = gw.servers_in(scope);
-    if let Scope::Server(_) = scope {
-        let server = single(gw, scope)?;
-        return call(&server, "logging/setLevel", req.params.clone(), None).await;
+/// `logging/setLevel`: the level is the session's; servers are made only
+/// more verbose, and Bastion filters each session's log messages.
+async fn set_level(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let level = req.params.as_ref().and_then(|p| p.get("level")).and_then(Value::as_str);
+    let rank = level.and_then(log_rank).ok_or_else(|| invalid_params("level must be an MCP log level"))?;
+    if let Some(session) = ctx.session {
+        session.set_log_level(rank);
     }
-    for s in servers {
-        if s.is_connected() && s.info().await.is_ok_and(|i| i.has("logging")) {
-            let _ = s.call("logging/setLevel", req.params.clone(), None).await;
+    if let Scope::Server(_) = ctx.scope {
+        let server = single(gw, ctx.scope)?;
+        let info = server.info().await.map_err(|e| log_call_error(server.name(), "logging/setLevel", e))?;
+        if !info.has("logging") {
+            return Err(error_object(jsonrpc::METHOD_NOT_FOUND, "Method not found: logging/setLevel"));
+        }
+        return match server.request_log_level(rank, ctx.caller.clone()).await {
+            Some(Err(e)) => Err(log_call_error(server.name(), "logging/setLevel", e)),
+            _ => Ok(json!({})),
+        };
+    }
+    for s in gw.servers_in(ctx.scope) {
+        if !s.is_connected() {
+            s.want_log_level(rank);
+        } else if s.info().await.is_ok_and(|i| i.has("logging")) {
+            let _ = s.request_log_level(rank, ctx.caller.clone()).await;
         }
     }
     Ok(json!({}))

@@ -3,12 +3,16 @@
 //!
 //! A session id is 32 bytes from the OS CSPRNG, and a session is bound to
 //! the principal that created it: anyone else presenting the id is told it
-//! does not exist (404), exactly as for an unknown id.
+//! does not exist (404), exactly as for an unknown id. A session ends when
+//! its client deletes it, when it has been idle too long, when it reaches
+//! its maximum lifetime, or when the credential that opened it is revoked
+//! or expires; [`crate::gateway::Gateway::end_session`] then releases what
+//! it held upstream.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bastion_core::apikey::random_token;
@@ -18,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
+use crate::load::Slot;
+use crate::upstream::NO_LEVEL;
 
 /// What an endpoint exposes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +92,12 @@ pub struct Session {
     in_flight: Mutex<HashMap<String, CancellationToken>>,
     /// Resource URIs (as the client sees them) the client subscribed to.
     pub subscriptions: Mutex<HashSet<String>>,
+    /// The level of `logging/setLevel` ([`NO_LEVEL`] until the client sets one).
+    log_level: AtomicU8,
+    created: Instant,
     last_seen: Mutex<Instant>,
+    /// This session's place under the principal's session cap.
+    slot: Mutex<Option<Slot>>,
     pub closed: CancellationToken,
 }
 
@@ -103,6 +114,22 @@ impl Session {
 
     fn idle_for(&self) -> Duration {
         self.last_seen.lock().expect("poisoned").elapsed()
+    }
+
+    pub fn set_log_level(&self, rank: u8) {
+        self.log_level.store(rank, Ordering::Relaxed);
+    }
+
+    /// The level the client asked for with `logging/setLevel`, if any.
+    pub fn log_level(&self) -> Option<u8> {
+        Some(self.log_level.load(Ordering::Relaxed)).filter(|l| *l != NO_LEVEL)
+    }
+
+    /// Ends the session: its streams and requests in flight stop, and its
+    /// place under the session cap is given back.
+    fn close(&self) {
+        self.closed.cancel();
+        self.slot.lock().expect("poisoned").take();
     }
 
     /// Whether the client declared a capability (`sampling`, `elicitation`, `roots`).
@@ -188,17 +215,18 @@ pub struct NewSession {
 }
 
 /// All live sessions.
+#[derive(Default)]
 pub struct Sessions {
     map: DashMap<String, Arc<Session>>,
-    idle_timeout: Duration,
 }
 
 impl Sessions {
-    pub fn new(idle_timeout: Duration) -> Self {
-        Sessions { map: DashMap::new(), idle_timeout }
+    pub fn new() -> Self {
+        Sessions::default()
     }
 
-    pub fn create(&self, s: NewSession) -> Arc<Session> {
+    /// A new session, holding `slot` (its place under the principal's cap).
+    pub fn create(&self, s: NewSession, slot: Slot) -> Arc<Session> {
         let session = Arc::new(Session {
             id: random_token(32),
             principal: s.principal,
@@ -213,7 +241,10 @@ impl Sessions {
             next_server_request: AtomicU64::new(1),
             in_flight: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashSet::new()),
+            log_level: AtomicU8::new(NO_LEVEL),
+            created: Instant::now(),
             last_seen: Mutex::new(Instant::now()),
+            slot: Mutex::new(Some(slot)),
             closed: CancellationToken::new(),
         });
         self.map.insert(session.id.clone(), session.clone());
@@ -231,14 +262,13 @@ impl Sessions {
         Some(s)
     }
 
-    pub fn remove(&self, id: &str, principal: &Principal) -> bool {
-        if self.get(id, principal).is_none() {
-            return false;
-        }
-        if let Some((_, s)) = self.map.remove(id) {
-            s.closed.cancel();
-        }
-        true
+    /// Removes and closes a session of `principal`; `None` if it has no
+    /// such session.
+    pub fn remove(&self, id: &str, principal: &Principal) -> Option<Arc<Session>> {
+        self.get(id, principal)?;
+        let (_, s) = self.map.remove(id)?;
+        s.close();
+        Some(s)
     }
 
     pub fn len(&self) -> usize {
@@ -253,29 +283,28 @@ impl Sessions {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
 
-    /// Ends every session, and so every open stream (shutdown).
-    pub fn close_all(&self) {
-        for s in self.all() {
-            s.closed.cancel();
-        }
-        self.map.clear();
-    }
-
-    /// Closes sessions idle for longer than the timeout (an open stream
-    /// counts as activity).
-    pub fn expire_idle(&self) -> usize {
-        let expired: Vec<String> = self
-            .map
-            .iter()
-            .filter(|e| !e.value().has_stream() && e.value().idle_for() > self.idle_timeout)
-            .map(|e| e.key().clone())
-            .collect();
-        for id in &expired {
-            if let Some((_, s)) = self.map.remove(id) {
-                s.closed.cancel();
+    /// Removes and closes every session `pred` picks.
+    pub fn remove_where(&self, pred: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        let ids: Vec<String> = self.map.iter().filter(|e| pred(e.value())).map(|e| e.key().clone()).collect();
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((_, s)) = self.map.remove(&id) {
+                s.close();
+                removed.push(s);
             }
         }
-        expired.len()
+        removed
+    }
+
+    /// Ends every session, and so every open stream (shutdown).
+    pub fn close_all(&self) -> Vec<Arc<Session>> {
+        self.remove_where(|_| true)
+    }
+
+    /// Closes sessions idle for longer than `idle` (an open stream counts
+    /// as activity) and sessions older than `lifetime`, however active.
+    pub fn expire(&self, idle: Duration, lifetime: Duration) -> Vec<Arc<Session>> {
+        self.remove_where(|s| s.created.elapsed() > lifetime || (!s.has_stream() && s.idle_for() > idle))
     }
 }
 
@@ -287,39 +316,48 @@ mod tests {
         Principal { user: user.into(), credential: "k".into() }
     }
 
+    fn slot() -> Slot {
+        let load = crate::load::PrincipalLoad::default();
+        load.acquire(&"t".into(), crate::load::Kind::Session, &Default::default()).unwrap()
+    }
+
     fn new(sessions: &Sessions, user: &str) -> Arc<Session> {
-        sessions.create(NewSession {
-            principal: p(user),
-            scope: Scope::All,
-            protocol_version: "2025-11-25".into(),
-            client_capabilities: serde_json::json!({"sampling": {}}),
-            legacy: false,
-            listen: None,
-        })
+        sessions.create(
+            NewSession {
+                principal: p(user),
+                scope: Scope::All,
+                protocol_version: "2025-11-25".into(),
+                client_capabilities: serde_json::json!({"sampling": {}}),
+                legacy: false,
+                listen: None,
+            },
+            slot(),
+        )
     }
 
     #[test]
     fn sessions_are_bound_to_their_principal() {
-        let sessions = Sessions::new(Duration::from_secs(60));
+        let sessions = Sessions::new();
         let s = new(&sessions, "alice");
         assert!(s.id.len() >= 43);
         assert!(sessions.get(&s.id, &p("alice")).is_some());
         assert!(sessions.get(&s.id, &p("mallory")).is_none());
-        assert!(!sessions.remove(&s.id, &p("mallory")));
-        assert!(sessions.remove(&s.id, &p("alice")));
+        assert!(sessions.remove(&s.id, &p("mallory")).is_none());
+        assert!(sessions.remove(&s.id, &p("alice")).is_some());
+        assert!(s.closed.is_cancelled());
         assert!(sessions.get(&s.id, &p("alice")).is_none());
     }
 
     #[test]
     fn ids_are_unique() {
-        let sessions = Sessions::new(Duration::from_secs(60));
+        let sessions = Sessions::new();
         let ids: HashSet<String> = (0..1000).map(|_| new(&sessions, "a").id.clone()).collect();
         assert_eq!(ids.len(), 1000);
     }
 
     #[test]
     fn one_stream_at_a_time() {
-        let sessions = Sessions::new(Duration::from_secs(60));
+        let sessions = Sessions::new();
         let s = new(&sessions, "a");
         let rx = s.open_stream().unwrap();
         assert!(s.open_stream().is_none());
@@ -330,7 +368,7 @@ mod tests {
 
     #[test]
     fn server_request_answers_reach_the_waiter() {
-        let sessions = Sessions::new(Duration::from_secs(60));
+        let sessions = Sessions::new();
         let s = new(&sessions, "a");
         let (tx, mut rx) = oneshot::channel();
         let id = s.register_server_request(tx);
@@ -342,11 +380,25 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire() {
-        let sessions = Sessions::new(Duration::from_millis(0));
+        let sessions = Sessions::new();
         let s = new(&sessions, "a");
         std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(sessions.expire_idle(), 1);
+        let hour = Duration::from_secs(3600);
+        assert!(sessions.expire(hour, hour).is_empty());
+        assert_eq!(sessions.expire(Duration::ZERO, hour).len(), 1);
         assert!(s.closed.is_cancelled());
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn sessions_end_at_their_maximum_lifetime_even_with_a_stream() {
+        let sessions = Sessions::new();
+        let s = new(&sessions, "a");
+        let _rx = s.open_stream().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let hour = Duration::from_secs(3600);
+        assert!(sessions.expire(Duration::ZERO, hour).is_empty());
+        assert_eq!(sessions.expire(hour, Duration::from_millis(1)).len(), 1);
+        assert!(s.closed.is_cancelled());
     }
 }

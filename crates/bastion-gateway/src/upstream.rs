@@ -20,7 +20,7 @@ mod stdio;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bastion_core::config::{Config, Transport};
@@ -45,20 +45,25 @@ pub enum UpstreamEvent {
 pub struct EventSink {
     tx: mpsc::Sender<UpstreamEvent>,
     /// The downstream client the call belongs to (a session id, or a
-    /// per-request token for stateless calls). On a shared stdio connection a
-    /// server request is only delivered when every call in flight has the
-    /// same owner: it can never reach another client.
+    /// per-request token for stateless calls).
     owner: Arc<str>,
     /// Set while the call waits for its client to come back with input (a
-    /// multi round-trip request): its server is itself waiting for answers,
-    /// so the call cannot be the one a new server request is for.
+    /// multi round-trip request); the call still owns what its server sends.
     parked: Arc<AtomicBool>,
+    /// The log level the client's session asked for (`logging/setLevel`).
+    log_level: Option<u8>,
 }
 
 impl EventSink {
     pub fn new(owner: impl Into<Arc<str>>) -> (EventSink, mpsc::Receiver<UpstreamEvent>) {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        (EventSink { tx, owner: owner.into(), parked: Arc::new(AtomicBool::new(false)) }, rx)
+        (EventSink { tx, owner: owner.into(), parked: Arc::new(AtomicBool::new(false)), log_level: None }, rx)
+    }
+
+    /// Log messages below `level` (a [`log_rank`]) are not delivered.
+    pub fn with_log_level(mut self, level: Option<u8>) -> EventSink {
+        self.log_level = level;
+        self
     }
 
     pub fn set_parked(&self, parked: bool) {
@@ -76,6 +81,78 @@ impl EventSink {
     pub fn owner(&self) -> &str {
         &self.owner
     }
+
+    /// Whether a log message may reach this call's client: at or above the
+    /// level its session asked for; a session that never asked gets `info`
+    /// and above once Bastion changed the server's level for another one
+    /// (`conn_level`, [`NO_LEVEL`] while Bastion never set one).
+    pub(crate) fn admits_log(&self, params: Option<&Value>, conn_level: u8) -> bool {
+        let level = params.and_then(|p| p.get("level")).and_then(Value::as_str).and_then(log_rank).unwrap_or(0);
+        let floor = match self.log_level {
+            Some(l) => Some(l),
+            None if conn_level != NO_LEVEL => Some(INFO),
+            None => None,
+        };
+        floor.is_none_or(|f| level >= f)
+    }
+}
+
+/// On whose behalf a call is made. On a connection shared by several
+/// clients, what the server sends that no id or token ties to one call
+/// (server requests, log messages) goes to a call only when every call
+/// pending on the connection — of whatever kind — has the same owner.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// A client's call; what the server sends about it goes to the sink.
+    Client(EventSink),
+    /// A client's call that cannot receive messages (a batch item, a
+    /// subscription made for a stateless stream): it counts as an owner,
+    /// and what would be for it is refused or dropped.
+    Quiet(Arc<str>),
+    /// Bastion's own call on behalf of every client (list fetches).
+    Gateway,
+}
+
+impl Caller {
+    /// Who the call belongs to; Bastion's own calls have an owner no client has.
+    pub fn owner(&self) -> &str {
+        match self {
+            Caller::Client(s) => s.owner(),
+            Caller::Quiet(o) => o,
+            Caller::Gateway => "",
+        }
+    }
+
+    pub fn sink(&self) -> Option<&EventSink> {
+        match self {
+            Caller::Client(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Severity rank of an MCP log level (RFC 5424 order): `debug` is 0.
+pub fn log_rank(level: &str) -> Option<u8> {
+    LOG_LEVELS.iter().position(|l| *l == level).map(|p| p as u8)
+}
+
+/// The MCP log levels, least severe first.
+pub const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+const INFO: u8 = 1;
+/// No log level was set.
+pub(crate) const NO_LEVEL: u8 = u8::MAX;
+
+/// Server notifications that belong to no call and may be fanned out to
+/// every session that can see the server. Everything else (log messages,
+/// progress) reaches the call it belongs to or nobody.
+pub(crate) fn is_broadcast(method: &str) -> bool {
+    matches!(
+        method,
+        "notifications/tools/list_changed"
+            | "notifications/prompts/list_changed"
+            | "notifications/resources/list_changed"
+            | "notifications/resources/updated"
+    )
 }
 
 /// Capacity of an [`EventSink`].
@@ -178,6 +255,26 @@ pub(crate) struct ConnContext {
     pub call_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_message_bytes: usize,
+    /// The configured roots, Bastion's answer to `roots/list`: the
+    /// connection is shared, so no client's own roots reach it.
+    pub roots: Arc<Value>,
+    /// The log level Bastion set on this connection ([`NO_LEVEL`] if none).
+    pub log_level: Arc<AtomicU8>,
+}
+
+impl ConnContext {
+    /// Server requests Bastion answers itself, whoever has calls in flight.
+    pub fn answer_locally(&self, method: &str) -> Option<Result<Value, Value>> {
+        match method {
+            "ping" => Some(Ok(json!({}))),
+            "roots/list" => Some(Ok(json!({"roots": &*self.roots}))),
+            _ => None,
+        }
+    }
+
+    pub fn log_level(&self) -> u8 {
+        self.log_level.load(Ordering::Relaxed)
+    }
 }
 
 /// A live connection to one server.
@@ -188,11 +285,11 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+    async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         match self {
-            Conn::Stdio(c) => c.mux.call(method, params, sink).await,
-            Conn::Http(c) => c.call(method, params, sink).await,
-            Conn::Sse(c) => c.mux.call(method, params, sink).await,
+            Conn::Stdio(c) => c.mux.call(method, params, caller).await,
+            Conn::Http(c) => c.call(method, params, caller).await,
+            Conn::Sse(c) => c.mux.call(method, params, caller).await,
         }
     }
 
@@ -247,6 +344,8 @@ pub struct UpstreamSpec {
     pub max_message_bytes: usize,
     /// The directory relative `cwd`s are resolved against.
     pub base_dir: std::path::PathBuf,
+    /// The roots offered to the server (a JSON array of `Root`s).
+    pub roots: Value,
 }
 
 /// One configured server and its (lazily made) connection.
@@ -264,6 +363,11 @@ pub struct UpstreamHandle {
     last_used_ms: AtomicU64,
     epoch: Instant,
     lists: std::sync::Mutex<BTreeMap<&'static str, Arc<Vec<Value>>>>,
+    /// The log level Bastion set on the current connection ([`NO_LEVEL`]).
+    log_level: Arc<AtomicU8>,
+    /// The most verbose level sessions asked for, applied again when the
+    /// server restarts.
+    wanted_log_level: AtomicU8,
 }
 
 /// Decrements the in-flight count when a call ends, however it ends.
@@ -296,6 +400,8 @@ impl UpstreamHandle {
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             lists: std::sync::Mutex::new(BTreeMap::new()),
+            log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
+            wanted_log_level: AtomicU8::new(NO_LEVEL),
         }
     }
 
@@ -366,6 +472,15 @@ impl UpstreamHandle {
         );
         let conn = Arc::new(conn);
         self.lists.lock().expect("poisoned").clear();
+        self.log_level.store(NO_LEVEL, Ordering::Relaxed);
+        let wanted = self.wanted_log_level.load(Ordering::Relaxed);
+        if wanted != NO_LEVEL && conn.info().has("logging") {
+            let params = json!({"level": LOG_LEVELS[wanted as usize]});
+            match conn.call("logging/setLevel", Some(params), Caller::Gateway).await {
+                Ok(_) => self.log_level.store(wanted, Ordering::Relaxed),
+                Err(e) => tracing::warn!(server = %self.name, error = %e, "could not restore the log level"),
+            }
+        }
         self.current.store(Some(conn.clone()));
         self.touch();
         Ok(conn)
@@ -385,6 +500,8 @@ impl UpstreamHandle {
             call_timeout: self.spec.call_timeout,
             connect_timeout: self.spec.connect_timeout,
             max_message_bytes: self.spec.max_message_bytes,
+            roots: Arc::new(self.spec.roots.clone()),
+            log_level: self.log_level.clone(),
         };
         match &self.spec.transport {
             Transport::Stdio { command, args, env, cwd } => {
@@ -416,11 +533,11 @@ impl UpstreamHandle {
 
     /// Sends one request and waits for its result, within the call timeout.
     /// Dropping the future cancels the call upstream.
-    pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+    pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         let conn = self.conn().await?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(self);
-        let result = match tokio::time::timeout(self.spec.call_timeout, conn.call(method, params, sink)).await {
+        let result = match tokio::time::timeout(self.spec.call_timeout, conn.call(method, params, caller)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(self.spec.call_timeout)),
         };
@@ -471,7 +588,7 @@ impl UpstreamHandle {
         let mut cursor: Option<Value> = None;
         for _page in 0..1000 {
             let params = cursor.take().map(|c| json!({"cursor": c}));
-            let result = self.call(method, params, None).await?;
+            let result = self.call(method, params, Caller::Gateway).await?;
             match result.get(field).and_then(Value::as_array) {
                 Some(page) => items.extend(page.iter().cloned()),
                 None => return Err(CallError::Protocol(format!("{method} result has no {field:?} array"))),
@@ -484,6 +601,31 @@ impl UpstreamHandle {
         let items = Arc::new(items);
         self.lists.lock().expect("poisoned").insert(method, items.clone());
         Ok(items)
+    }
+
+    /// Makes the server send log messages at least as verbose as `rank`,
+    /// and never less verbose than `info`, so that sessions which never
+    /// chose a level keep receiving what they did. Each session's own level
+    /// is applied by Bastion when it delivers ([`EventSink::admits_log`]).
+    /// `None` when the server already sends enough and was not asked.
+    pub async fn request_log_level(&self, rank: u8, caller: Caller) -> Option<Result<Value, CallError>> {
+        let target = rank.min(INFO);
+        self.want_log_level(target);
+        let current = self.log_level.load(Ordering::Relaxed);
+        if current != NO_LEVEL && current <= target {
+            return None;
+        }
+        let params = json!({"level": LOG_LEVELS[target as usize]});
+        let result = self.call("logging/setLevel", Some(params), caller).await;
+        if result.is_ok() {
+            self.log_level.fetch_min(target, Ordering::Relaxed);
+        }
+        Some(result)
+    }
+
+    /// Records a log level to apply when the server (re)starts.
+    pub fn want_log_level(&self, rank: u8) {
+        self.wanted_log_level.fetch_min(rank.min(INFO), Ordering::Relaxed);
     }
 
     /// Forgets a cached list after a `list_changed` notification.
@@ -540,6 +682,15 @@ pub fn specs_from_config(config: &Config, base_dir: &std::path::Path) -> BTreeMa
                     restart_backoff_max: config.upstream.restart_backoff_max,
                     max_message_bytes: config.upstream.max_message_bytes,
                     base_dir: base_dir.to_path_buf(),
+                    roots: Value::Array(
+                        s.roots
+                            .iter()
+                            .map(|r| match &r.name {
+                                Some(name) => json!({"uri": r.uri, "name": name}),
+                                None => json!({"uri": r.uri}),
+                            })
+                            .collect(),
+                    ),
                 },
             ))
         })

@@ -171,6 +171,24 @@ impl Store {
         row.as_ref().map(Self::row_to_key).transpose()
     }
 
+    /// Ids of keys revoked at or after `since`, or that expired between
+    /// `since` and `now`: what open sessions must be checked against.
+    pub async fn keys_ended_between(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM api_keys WHERE (revoked_at IS NOT NULL AND revoked_at >= ?1) \
+             OR (expires_at IS NOT NULL AND expires_at >= ?1 AND expires_at <= ?2)",
+        )
+        .bind(since.timestamp())
+        .bind(now.timestamp())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get::<String, _>("id").map_err(StoreError::from)).collect()
+    }
+
     pub async fn list_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let rows = match user {
             Some(u) => {
@@ -269,6 +287,23 @@ mod tests {
         let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
         assert_eq!(r.state(Utc::now()), KeyState::Exhausted);
         assert!(r.last_used_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn ended_keys_are_found_by_time() {
+        let (_d, s) = store().await;
+        let now = Utc::now();
+        s.insert_key(&key("live", "h5")).await.unwrap();
+        s.insert_key(&key("revoked", "h6")).await.unwrap();
+        let mut expiring = key("expired", "h7");
+        expiring.expires_at = Some(now - chrono::Duration::seconds(1));
+        s.insert_key(&expiring).await.unwrap();
+        s.revoke_key("revoked").await.unwrap();
+        let mut ended = s.keys_ended_between(now - chrono::Duration::seconds(5), Utc::now()).await.unwrap();
+        ended.sort();
+        assert_eq!(ended, vec!["expired".to_string(), "revoked".to_string()]);
+        let later = Utc::now() + chrono::Duration::seconds(10);
+        assert!(s.keys_ended_between(later, later).await.unwrap().is_empty());
     }
 
     #[tokio::test]

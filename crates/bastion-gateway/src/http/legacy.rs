@@ -1,6 +1,9 @@
 //! Legacy HTTP+SSE (protocol 2024-11-05) for old clients: `GET /sse` opens
 //! a stream whose first event names the message endpoint; every answer
-//! travels on the stream, and each POST is answered `202 Accepted`.
+//! travels on the stream, and each POST is answered `202 Accepted`. Each
+//! request POSTed holds one of the principal's in-flight slots while it
+//! runs: past the cap the POST gets 429, so one session cannot start
+//! unbounded work.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,13 +17,14 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    accepted, auth_failure, authenticate_stream, event_to_message, on_client_notification, read_body, response_value,
-    rpc_error, session_stream,
+    accepted, auth_failure, authenticate_stream, client_info_too_large, event_to_message, limit_response,
+    on_client_notification, read_body, response_value, rpc_error, session_stream,
 };
 use crate::gateway::Gateway;
+use crate::load::Kind;
 use crate::proxy;
 use crate::session::{NewSession, Scope, Session};
-use crate::upstream::EventSink;
+use crate::upstream::{Caller, EventSink};
 
 pub(crate) async fn sse_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     open(gw, Scope::All, headers).await
@@ -45,17 +49,24 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(resp) => return resp,
     };
-    let session = gw.sessions.create(NewSession {
+    let stream_slot = match gw.acquire(&principal, Kind::Stream) {
+        Ok(slot) => slot,
+        Err(e) => return limit_response(None, &e),
+    };
+    let session = match gw.open_session(NewSession {
         principal,
         scope,
         protocol_version: "2024-11-05".into(),
         client_capabilities: json!({}),
         legacy: true,
         listen: None,
-    });
+    }) {
+        Ok(s) => s,
+        Err(e) => return limit_response(None, &e),
+    };
     // The first event names the message endpoint; it is not JSON-RPC.
     let endpoint = format!("event: endpoint\ndata: /messages?sessionId={}\n\n", session.id);
-    session_stream(gw, session, axum::body::Bytes::from(endpoint))
+    session_stream(gw, session, axum::body::Bytes::from(endpoint), vec![stream_slot])
 }
 
 /// `POST /messages?sessionId=…`.
@@ -87,18 +98,26 @@ pub(crate) async fn message(
     };
     match msg {
         Message::Request(req) if req.method == "initialize" => {
+            if let Some(problem) = client_info_too_large(&gw, req.params.as_ref()) {
+                return rpc_error(StatusCode::BAD_REQUEST, Some(&req.id), jsonrpc::INVALID_PARAMS, problem);
+            }
             let result = legacy_initialize(&gw, &session, req.params.as_ref()).await;
             session.push(response_value(&req.id, result));
         }
         Message::Request(req) => {
+            let slot = match gw.acquire(&principal, Kind::InFlight) {
+                Ok(slot) => slot,
+                Err(e) => return limit_response(Some(&req.id), &e),
+            };
             let gw = gw.clone();
             let session = session.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let (sink, mut events) = EventSink::new(session.id.clone());
+                let sink = sink.with_log_level(session.log_level());
                 let key = id_key(&req.id);
                 let token = session.start_request(key.clone());
-                // The session layer's bookkeeping (subscriptions) applies here too.
-                let work = super::run_request(&gw, &session.scope, Some(&session), &req, sink);
+                let work = super::run_request(&gw, &session, &req, Caller::Client(sink));
                 tokio::pin!(work);
                 let outcome = loop {
                     tokio::select! {
@@ -123,7 +142,7 @@ pub(crate) async fn message(
                 }
             });
         }
-        Message::Notification(n) => on_client_notification(&gw, &session, &n.method, n.params.as_ref()).await,
+        Message::Notification(n) => on_client_notification(&session, &n.method, n.params.as_ref()),
         Message::Response(r) => {
             session.answer_server_request(&id_key(&r.id), r.outcome);
         }

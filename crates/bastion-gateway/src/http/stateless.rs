@@ -17,11 +17,15 @@ use serde_json::{Value, json};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_response, response_value, rpc_error};
+use super::{
+    VERSION_HEADER, accepted, aggregate_capabilities, header_str, json_response, limit_response, response_value,
+    rpc_error,
+};
 use crate::auth::Principal;
 use crate::gateway::Gateway;
+use crate::load::{Kind, Slot};
 use crate::session::Scope;
-use crate::upstream::{EventSink, UpstreamEvent};
+use crate::upstream::{Caller, EventSink, UpstreamEvent, log_rank};
 use crate::{mrtr, proxy};
 
 /// Methods the stateless version removed.
@@ -109,13 +113,19 @@ pub(crate) async fn handle(
     if let Err(resp) = check_param_headers(&gw, &scope, &req, headers).await {
         return resp;
     }
+    // The request holds one of its principal's in-flight slots until its
+    // answer has been sent (or it is parked, which holds a slot of its own).
+    let slot = match gw.acquire(&principal, Kind::InFlight) {
+        Ok(slot) => slot,
+        Err(e) => return limit_response(id, &e),
+    };
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is.
     if let Scope::Server(_) = &scope
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         match server.stateless_passthrough(raw, headers).await {
-            Some(Ok(resp)) => return relay(resp),
+            Some(Ok(resp)) => return relay(resp, slot),
             Some(Err(e)) => {
                 let err = e.to_error_object(server.name());
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
@@ -138,6 +148,7 @@ pub(crate) async fn handle(
         );
     }
     if req.method == "subscriptions/listen" {
+        drop(slot);
         return listen(gw, scope, principal, req).await;
     }
     let client_capabilities = jsonrpc::params_meta(req.params.as_ref())
@@ -149,13 +160,18 @@ pub(crate) async fn handle(
         .and_then(Value::as_str)
         .and_then(log_rank);
     let req = strip_stateless_meta(req);
-    bridge(gw, scope, principal, req, client_capabilities, log_level).await
+    bridge(gw, scope, principal, req, client_capabilities, log_level, slot).await
 }
 
 /// `subscriptions/listen` on servers reached through a session-based
 /// connection: Bastion keeps the subscription itself, fed by the servers'
 /// notifications, and subscribes upstream to the resources asked for.
 async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Request) -> Response {
+    let id = Some(&req.id);
+    let slots = match (gw.acquire(&principal, Kind::Stream), gw.acquire(&principal, Kind::ListenStream)) {
+        (Ok(a), Ok(b)) => vec![a, b],
+        (Err(e), _) | (_, Err(e)) => return limit_response(id, &e),
+    };
     let filter = req.params.as_ref().and_then(|p| p.get("notifications")).cloned().unwrap_or_else(|| json!({}));
     let flag = |k: &str| filter.get(k).and_then(Value::as_bool).unwrap_or(false);
     let uris: Vec<String> = filter
@@ -163,19 +179,38 @@ async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Reque
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let mut subscribed = Vec::new();
-    for uri in &uris {
-        let sub = Request { id: json!(0), method: "resources/subscribe".into(), params: Some(json!({"uri": uri})) };
-        if proxy::handle_request(&gw, &scope, &sub, None).await.is_ok() {
-            subscribed.push(uri.clone());
-        }
-    }
     let f = crate::session::ListenFilter {
         subscription_id: req.id.clone(),
         tools: flag("toolsListChanged"),
         prompts: flag("promptsListChanged"),
         resources: flag("resourcesListChanged"),
     };
+    // The stream is an internal session: it owns its subscriptions, which
+    // end with it.
+    let session = match gw.open_session(crate::session::NewSession {
+        principal,
+        scope: scope.clone(),
+        protocol_version: STATELESS_VERSION.into(),
+        client_capabilities: json!({}),
+        legacy: false,
+        listen: Some(f.clone()),
+    }) {
+        Ok(s) => s,
+        Err(e) => return limit_response(id, &e),
+    };
+    let mut subscribed = Vec::new();
+    for uri in &uris {
+        let sub = Request { id: json!(0), method: "resources/subscribe".into(), params: Some(json!({"uri": uri})) };
+        // The stream cannot receive what a server sends about this call.
+        let ctx = proxy::RequestCtx {
+            scope: &scope,
+            caller: Caller::Quiet(session.id.as_str().into()),
+            session: Some(&session),
+        };
+        if proxy::handle_request(&gw, &ctx, &sub).await.is_ok() {
+            subscribed.push(uri.clone());
+        }
+    }
     let mut acknowledged = serde_json::Map::new();
     for (key, on) in
         [("toolsListChanged", f.tools), ("promptsListChanged", f.prompts), ("resourcesListChanged", f.resources)]
@@ -187,21 +222,12 @@ async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Reque
     if !uris.is_empty() {
         acknowledged.insert("resourceSubscriptions".into(), json!(subscribed));
     }
-    let session = gw.sessions.create(crate::session::NewSession {
-        principal,
-        scope,
-        protocol_version: STATELESS_VERSION.into(),
-        client_capabilities: json!({}),
-        legacy: false,
-        listen: Some(f),
-    });
-    session.subscriptions.lock().expect("poisoned").extend(subscribed);
     let ack = json!({
         "jsonrpc": "2.0",
         "method": "notifications/subscriptions/acknowledged",
         "params": {"_meta": {meta::SUBSCRIPTION_ID: req.id}, "notifications": acknowledged}
     });
-    super::session_stream(gw, session, super::sse_frame(&ack))
+    super::session_stream(gw, session, super::sse_frame(&ack), slots)
 }
 
 /// What the producer of an answer sends: messages about the request, then
@@ -221,6 +247,7 @@ async fn bridge(
     mut req: Request,
     caps: Value,
     log_level: Option<u8>,
+    slot: Slot,
 ) -> Response {
     let (state, responses) = mrtr::take_retry_fields(&mut req);
     let fingerprint = mrtr::fingerprint(&req);
@@ -232,8 +259,11 @@ async fn bridge(
         None => start(gw.clone(), scope, req.clone()),
     };
     let (tx, rx) = mpsc::channel::<Frame>(64);
-    let call = Call { user: principal.user.clone(), fingerprint, req, caps, log_level };
-    tokio::spawn(drive(gw, call, running, tx));
+    let call = Call { principal, fingerprint, req, caps, log_level };
+    tokio::spawn(async move {
+        let _slot = slot;
+        drive(gw, call, running, tx).await;
+    });
     frames_response(rx).await
 }
 
@@ -242,7 +272,8 @@ fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
     let own_sink = sink.clone();
     let (otx, orx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let mut outcome = proxy::handle_request(&gw, &scope, &req, Some(sink)).await;
+        let ctx = proxy::RequestCtx { scope: &scope, caller: Caller::Client(sink), session: None };
+        let mut outcome = proxy::handle_request(&gw, &ctx, &req).await;
         if let Ok(result) = outcome.as_mut() {
             decorate_result(&req.method, result);
         }
@@ -271,20 +302,12 @@ const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A stateless call being followed.
 struct Call {
-    user: Arc<str>,
+    principal: Principal,
     fingerprint: String,
     req: Request,
     caps: Value,
     /// The `_meta` log level; without one the client gets no log messages.
     log_level: Option<u8>,
-}
-
-/// Severity rank of an MCP log level (RFC 5424 order).
-fn log_rank(level: &str) -> Option<u8> {
-    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
-        .iter()
-        .position(|l| *l == level)
-        .map(|p| p as u8)
 }
 
 impl Call {
@@ -384,7 +407,20 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
                             }
                         }
                     }
-                    let token = gw.continuations.park(call.user.clone(), call.fingerprint.clone(), pending, running);
+                    let parked = match gw.acquire(&call.principal, Kind::Parked) {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            // No room to wait for the client: the server's
+                            // requests are refused and the call ends.
+                            for (_, reply) in pending {
+                                let _ = reply.send(Err(error_object(jsonrpc::INTERNAL_ERROR, "the client cannot answer now")));
+                            }
+                            let err = error_object(jsonrpc::LIMIT_REACHED, e.to_string());
+                            let _ = tx.send(Frame::Final(response_value(&req.id, Err(err)))).await;
+                            return;
+                        }
+                    };
+                    let token = gw.continuations.park(&call.principal, parked, call.fingerprint.clone(), pending, running);
                     let result = mrtr::input_required(&requests, &token);
                     let _ = tx.send(Frame::Final(response_value(&req.id, Ok(result)))).await;
                     return;
@@ -405,7 +441,12 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
         Frame::Final(v) => {
             let status =
                 v.pointer("/error/code").and_then(Value::as_i64).map(status_for_error).unwrap_or(StatusCode::OK);
-            return json_response(status, &v);
+            let mut resp = json_response(status, &v);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(super::RETRY_AFTER_SECONDS));
+            }
+            return resp;
         }
         Frame::Message(m) => m,
     };
@@ -418,13 +459,17 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
     super::sse_response(axum::body::Body::from_stream(stream))
 }
 
-/// Streams an upstream answer back unchanged (status, type, body).
-fn relay(resp: reqwest::Response) -> Response {
+/// Streams an upstream answer back unchanged (status, type, body); the
+/// request's in-flight slot is held until the body ends.
+fn relay(resp: reqwest::Response, slot: Slot) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
     let is_sse =
         content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = axum::body::Body::from_stream(resp.bytes_stream());
+    let body = axum::body::Body::from_stream(resp.bytes_stream().map(move |chunk| {
+        let _slot = &slot;
+        chunk
+    }));
     let mut out = if is_sse { super::sse_response(body) } else { Response::new(body) };
     *out.status_mut() = status;
     if let Some(ct) = content_type {
@@ -440,6 +485,7 @@ pub(crate) fn status_for_error(code: i64) -> StatusCode {
         jsonrpc::HEADER_MISMATCH | jsonrpc::MISSING_CLIENT_CAPABILITY | jsonrpc::UNSUPPORTED_PROTOCOL_VERSION => {
             StatusCode::BAD_REQUEST
         }
+        jsonrpc::LIMIT_REACHED => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::OK,
     }
 }

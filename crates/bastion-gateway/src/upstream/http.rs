@@ -5,6 +5,12 @@
 //! requests before its response — so association is exact. Unsolicited
 //! messages come on the optional GET stream. Connections are pooled by the
 //! HTTP client.
+//!
+//! The connection is shared by every client, so what comes on the GET
+//! stream belongs to no client: only list changes and resource updates are
+//! fanned out; log and progress messages there are dropped and server
+//! requests refused (`ping` and `roots/list` are answered by Bastion).
+//! Every answer and every SSE event obeys `upstream.max_message_bytes`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +25,10 @@ use sse_stream::SseByteStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{CallError, ConnContext, EventSink, ServerInfo, ServerNotification, UpstreamEvent, initialize_params};
+use super::{
+    CallError, Caller, ConnContext, EventSink, ServerInfo, ServerNotification, UpstreamEvent, initialize_params,
+    is_broadcast,
+};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -147,7 +156,7 @@ impl HttpConn {
             stop: CancellationToken::new(),
             stateless: AtomicBool::new(false),
         };
-        let result = read_response(&inner, resp, &Value::from(0), None).await?;
+        let result = read_response(&inner, resp, &Value::from(0), &Caller::Gateway).await?;
         let info = ServerInfo::from_initialize_result(&result)?;
         inner.protocol_version = HeaderValue::from_str(&info.protocol_version)
             .map_err(|_| CallError::Protocol("bad protocol version".into()))?;
@@ -192,7 +201,7 @@ impl HttpConn {
             .map_err(|e| CallError::Unavailable(describe(&e)))
     }
 
-    pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+    pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         let inner = &self.inner;
         let id = Value::from(inner.next_id.fetch_add(1, Ordering::Relaxed));
         let mut body = json!({"jsonrpc": "2.0", "id": id, "method": method});
@@ -209,7 +218,7 @@ impl HttpConn {
             guard.armed = false;
             return Err(CallError::Closed);
         }
-        let result = read_response(inner, resp, &id, sink).await;
+        let result = read_response(inner, resp, &id, &caller).await;
         guard.armed = false;
         result
     }
@@ -270,7 +279,7 @@ async fn probe_stateless(inner: &Inner) -> bool {
     if !resp.status().is_success() {
         return false;
     }
-    match read_response(inner, resp, &Value::from("bastion-discover"), None).await {
+    match read_response(inner, resp, &Value::from("bastion-discover"), &Caller::Gateway).await {
         Ok(result) => result
             .get("supportedVersions")
             .and_then(Value::as_array)
@@ -314,18 +323,19 @@ async fn post(inner: &Inner, body: String) -> Result<reqwest::Response, CallErro
 }
 
 /// Reads the answer to one request: a JSON body, or an SSE stream whose
-/// messages before the response are relayed to `sink`.
+/// messages before the response are relayed to the caller's sink.
 async fn read_response(
     inner: &Inner,
     resp: reqwest::Response,
     id: &Value,
-    sink: Option<EventSink>,
+    caller: &Caller,
 ) -> Result<Value, CallError> {
     let status = resp.status();
+    let max = inner.ctx.max_message_bytes;
     let content_type =
         resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if content_type.starts_with("text/event-stream") && status.is_success() {
-        let mut events = SseByteStream::new(resp.bytes_stream());
+        let mut events = SseByteStream::new(bounded_events(resp.bytes_stream(), max));
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| CallError::Protocol(format!("SSE: {e}")))?;
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
@@ -334,30 +344,102 @@ async fn read_response(
             match Message::from_value(value) {
                 Ok(Message::Response(r)) if &r.id == id => return r.outcome.map_err(CallError::Rpc),
                 Ok(Message::Response(_)) => {}
-                Ok(Message::Notification(n)) => match &sink {
-                    Some(s) => {
-                        let _ = s.try_send(UpstreamEvent::Notification { method: n.method, params: n.params });
-                    }
-                    None => {
-                        let _ = inner.ctx.notifications.send(ServerNotification {
-                            server: inner.ctx.server.clone(),
-                            method: n.method,
-                            params: n.params,
-                        });
-                    }
-                },
-                Ok(Message::Request(r)) => relay_request(inner, r.id, r.method, r.params, sink.as_ref()),
+                Ok(Message::Notification(n)) => on_call_notification(inner, n.method, n.params, caller.sink()),
+                Ok(Message::Request(r)) => relay_request(inner, r.id, r.method, r.params, caller.sink()),
                 Err(e) => return Err(CallError::Protocol(e.to_string())),
             }
         }
         return Err(CallError::Closed);
     }
-    let bytes = resp.bytes().await.map_err(|e| CallError::Unavailable(describe(&e)))?;
+    let bytes = read_bounded(resp, max).await?;
     let value: Option<Value> = serde_json::from_slice(&bytes).ok();
     match value.map(Message::from_value) {
         Some(Ok(Message::Response(r))) => r.outcome.map_err(CallError::Rpc),
         _ if !status.is_success() => Err(CallError::Unavailable(format!("HTTP {status}"))),
         _ => Err(CallError::Protocol("the response is not a JSON-RPC response".into())),
+    }
+}
+
+/// A notification on a call's own stream: list changes and resource
+/// updates concern every client; progress and log messages concern this
+/// call's client only (at the log level its session chose).
+fn on_call_notification(inner: &Inner, method: String, params: Option<Value>, sink: Option<&EventSink>) {
+    if is_broadcast(&method) {
+        let _ = inner.ctx.notifications.send(ServerNotification { server: inner.ctx.server.clone(), method, params });
+        return;
+    }
+    let Some(sink) = sink else { return };
+    if method == "notifications/message" && !sink.admits_log(params.as_ref(), inner.ctx.log_level()) {
+        return;
+    }
+    let _ = sink.try_send(UpstreamEvent::Notification { method, params });
+}
+
+/// A body read whole, refusing more than `max` bytes.
+async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, CallError> {
+    let too_large = || CallError::Protocol(format!("the answer is larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| CallError::Unavailable(describe(&e)))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Passes an SSE byte stream through, failing it when one event grows
+/// past `max` bytes: a server that never ends an event must not make the
+/// gateway buffer without limit.
+pub(crate) fn bounded_events<E: std::fmt::Display>(
+    stream: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+    max: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let mut counter = EventSizeCounter::default();
+    stream.map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if counter.feed(&chunk) > max {
+            return Err(std::io::Error::other(format!("an event is larger than {max} bytes")));
+        }
+        Ok(chunk)
+    })
+}
+
+/// Counts the bytes of the SSE event being received (since the last blank line).
+#[derive(Default)]
+struct EventSizeCounter {
+    current: usize,
+    largest: usize,
+    after_newline: bool,
+}
+
+impl EventSizeCounter {
+    /// Feeds a chunk; returns the size of the largest event seen in it.
+    fn feed(&mut self, chunk: &[u8]) -> usize {
+        self.largest = 0;
+        for &b in chunk {
+            match b {
+                b'\n' if self.after_newline => {
+                    self.largest = self.largest.max(self.current);
+                    self.current = 0;
+                }
+                b'\n' => {
+                    self.after_newline = true;
+                    self.current += 1;
+                }
+                b'\r' => self.current += 1,
+                _ => {
+                    self.after_newline = false;
+                    self.current += 1;
+                }
+            }
+        }
+        self.largest.max(self.current)
     }
 }
 
@@ -370,13 +452,14 @@ fn relay_request(inner: &Inner, id: Value, method: String, params: Option<Value>
     let version = inner.protocol_version.clone();
     let timeout = inner.ctx.call_timeout;
     let (tx, rx) = oneshot::channel();
-    let delivered = match sink {
-        Some(s) => s.try_send(UpstreamEvent::Request { method: method.clone(), params, reply: tx }).is_ok(),
-        None => false,
+    let local = inner.ctx.answer_locally(&method);
+    let delivered = match (&local, sink) {
+        (None, Some(s)) => s.try_send(UpstreamEvent::Request { method: method.clone(), params, reply: tx }).is_ok(),
+        _ => false,
     };
     tokio::spawn(async move {
-        let outcome = if method == "ping" {
-            Ok(json!({}))
+        let outcome = if let Some(answer) = local {
+            answer
         } else if !delivered {
             Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("no client is waiting for {method}")))
         } else {
@@ -421,7 +504,7 @@ async fn listen(inner: Arc<Inner>) {
         match resp {
             Ok(r) if r.status().is_success() => {
                 delay = Duration::from_millis(500);
-                let mut events = SseByteStream::new(r.bytes_stream());
+                let mut events = SseByteStream::new(bounded_events(r.bytes_stream(), inner.ctx.max_message_bytes));
                 loop {
                     let next = tokio::select! {
                         _ = inner.stop.cancelled() => return,
@@ -431,13 +514,8 @@ async fn listen(inner: Arc<Inner>) {
                     let Some(data) = event.data else { continue };
                     let Ok(value) = serde_json::from_str::<Value>(&data) else { continue };
                     match Message::from_value(value) {
-                        Ok(Message::Notification(n)) => {
-                            let _ = inner.ctx.notifications.send(ServerNotification {
-                                server: inner.ctx.server.clone(),
-                                method: n.method,
-                                params: n.params,
-                            });
-                        }
+                        // Nothing on this stream belongs to a call.
+                        Ok(Message::Notification(n)) => on_call_notification(&inner, n.method, n.params, None),
                         Ok(Message::Request(r)) => relay_request(&inner, r.id, r.method, r.params, None),
                         _ => {}
                     }
@@ -455,5 +533,38 @@ async fn listen(inner: Arc<Inner>) {
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_sizes_are_counted_between_blank_lines() {
+        let mut c = EventSizeCounter::default();
+        assert_eq!(c.feed(b"data: 12345\n\n"), 12);
+        assert_eq!(c.feed(b"data: 1"), 7);
+        assert_eq!(c.feed(b"23\r\n\r\ndata: x"), 12);
+        assert_eq!(c.current, 7);
+    }
+
+    #[tokio::test]
+    async fn an_endless_event_fails_the_stream() {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+            (0..10).map(|_| Ok(bytes::Bytes::from_static(b"data: aaaaaaaaaa"))).collect();
+        let mut s = Box::pin(bounded_events(futures::stream::iter(chunks), 64));
+        let mut passed = 0;
+        while let Some(item) = s.next().await {
+            if item.is_err() {
+                break;
+            }
+            passed += 1;
+        }
+        assert_eq!(passed, 4);
+        let ok: Vec<Result<bytes::Bytes, std::io::Error>> =
+            (0..10).map(|_| Ok(bytes::Bytes::from_static(b"data: aaaaaaaaaa\n\n"))).collect();
+        let s = bounded_events(futures::stream::iter(ok), 64);
+        assert!(s.all(|r| async move { r.is_ok() }).await);
     }
 }

@@ -9,15 +9,20 @@
 //! Messages the server sends on its own are routed:
 //! - responses → the waiting call;
 //! - `notifications/progress` → the call whose token it names;
-//! - requests (sampling, elicitation, roots) and logging → the call in
-//!   flight, when every call in flight that accepts events belongs to one
-//!   client (stdio carries no better association). When calls of several
-//!   clients overlap, a request is refused and a log message dropped rather
-//!   than risk handing one client's data to another; with no call in flight,
-//!   requests are refused and log messages dropped likewise. Calls parked
-//!   while their client answers a multi round-trip request do not count:
-//!   their server is waiting for those answers;
-//! - other notifications (list changes, resource updates) → the fan-out.
+//! - `ping` and `roots/list` → answered by Bastion (roots from the config:
+//!   the process is shared, so no client's own roots may reach it);
+//! - other requests (sampling, elicitation) and log messages → the newest
+//!   call in flight, only when every call pending on the connection belongs
+//!   to one client (stdio carries no better association). Every pending
+//!   call counts, whatever its kind: calls that cannot receive messages
+//!   (batch items, subscriptions made for a stateless stream), Bastion's
+//!   own list fetches, and stateless calls parked while their client
+//!   answers a multi round-trip request. When the owner is not unique, or
+//!   none of its calls can receive the message, a request is refused and a
+//!   log message dropped rather than risk handing one client's data to
+//!   another;
+//! - list changes and resource updates → the fan-out; other notifications
+//!   about no call are dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +33,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::lines::LineWriter;
-use super::{CallError, ConnContext, EventSink, ServerNotification, UpstreamEvent};
+use super::{CallError, Caller, ConnContext, EventSink, ServerNotification, UpstreamEvent, is_broadcast};
 
 /// Where the multiplexer's outgoing messages go.
 #[derive(Clone)]
@@ -65,7 +70,7 @@ impl Outbound {
 
 struct Pending {
     reply: oneshot::Sender<Result<Value, CallError>>,
-    sink: Option<EventSink>,
+    caller: Caller,
     /// The caller's progress token, restored on progress notifications.
     progress_token: Option<Value>,
 }
@@ -112,7 +117,7 @@ impl Mux {
         self.alive.load(Ordering::Acquire) && !self.out.is_closed()
     }
 
-    pub async fn call(&self, method: &str, params: Option<Value>, sink: Option<EventSink>) -> Result<Value, CallError> {
+    pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         if !self.is_alive() {
             return Err(CallError::Closed);
         }
@@ -120,7 +125,7 @@ impl Mux {
         let mut params = params;
         let progress_token = rewrite_progress_token(params.as_mut(), id);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("poisoned").insert(id, Pending { reply: tx, sink, progress_token });
+        self.pending.lock().expect("poisoned").insert(id, Pending { reply: tx, caller, progress_token });
         let mut guard = CallGuard { mux: self, id, done: false };
         let mut msg = Map::with_capacity(4);
         msg.insert("jsonrpc".into(), "2.0".into());
@@ -181,7 +186,7 @@ impl Mux {
             let token = params.as_ref().and_then(|p| p.get("progressToken")).and_then(Value::as_u64);
             let target = token.and_then(|t| {
                 let pending = self.pending.lock().expect("poisoned");
-                pending.get(&t).and_then(|p| Some((p.sink.clone()?, p.progress_token.clone()?)))
+                pending.get(&t).and_then(|p| Some((p.caller.sink()?.clone(), p.progress_token.clone()?)))
             });
             if let (Some((sink, original)), Some(p)) = (target, params.as_mut()) {
                 p["progressToken"] = original;
@@ -191,17 +196,17 @@ impl Mux {
         }
         if method == "notifications/message" {
             match self.owning_sink() {
-                Some(sink) => {
+                Some(sink) if sink.admits_log(params.as_ref(), self.ctx.log_level()) => {
                     let _ = sink.try_send(UpstreamEvent::Notification { method, params });
                 }
+                Some(_) => {}
                 None => tracing::debug!(server = %self.ctx.server, "log message with no single owner dropped"),
             }
             return;
         }
-        if method == "notifications/cancelled" {
-            return;
+        if is_broadcast(&method) {
+            let _ = self.ctx.notifications.send(ServerNotification { server: self.ctx.server.clone(), method, params });
         }
-        let _ = self.ctx.notifications.send(ServerNotification { server: self.ctx.server.clone(), method, params });
     }
 
     fn on_request(&self, id: Value, method: String, params: Option<Value>) {
@@ -213,8 +218,8 @@ impl Mux {
             };
             out.try_send(msg.to_string());
         };
-        if method == "ping" {
-            respond(Ok(json!({})));
+        if let Some(answer) = self.ctx.answer_locally(&method) {
+            respond(answer);
             return;
         }
         let Some(sink) = self.owning_sink() else {
@@ -241,21 +246,25 @@ impl Mux {
         });
     }
 
-    /// The sink of the calls in flight when they all belong to one client.
+    /// When every pending call belongs to one client, the sink of its
+    /// newest call that can receive messages.
     fn owning_sink(&self) -> Option<EventSink> {
         let pending = self.pending.lock().expect("poisoned");
-        let mut sinks =
-            pending.iter().filter_map(|(id, p)| Some((*id, p.sink.as_ref()?))).filter(|(_, s)| !s.is_parked());
-        let (mut newest_id, mut newest) = sinks.next()?;
-        for (id, sink) in sinks {
-            if sink.owner() != newest.owner() {
+        let mut calls = pending.iter();
+        let (_, first) = calls.next()?;
+        let owner = first.caller.owner();
+        let mut newest: Option<(u64, &EventSink)> = None;
+        for (id, p) in pending.iter() {
+            if p.caller.owner() != owner {
                 return None;
             }
-            if id > newest_id {
-                (newest_id, newest) = (id, sink);
+            if let Some(sink) = p.caller.sink()
+                && newest.is_none_or(|(n, _)| *id > n)
+            {
+                newest = Some((*id, sink));
             }
         }
-        Some(newest.clone())
+        newest.map(|(_, s)| s.clone())
     }
 
     /// The connection ended: every waiting call fails.
@@ -290,6 +299,8 @@ mod tests {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1 << 20,
+            roots: Arc::new(json!([{"uri": "file:///srv/data"}])),
+            log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
         };
         (Arc::new(Mux::new(ctx, Outbound::Channel(out_tx))), out_rx, n_rx)
     }
@@ -299,11 +310,11 @@ mod tests {
         let (m, mut out, _n) = mux();
         let a = tokio::spawn({
             let m = m.clone();
-            async move { m.call("tools/call", Some(json!({"name": "a"})), None).await }
+            async move { m.call("tools/call", Some(json!({"name": "a"})), Caller::Gateway).await }
         });
         let b = tokio::spawn({
             let m = m.clone();
-            async move { m.call("tools/call", Some(json!({"name": "b"})), None).await }
+            async move { m.call("tools/call", Some(json!({"name": "b"})), Caller::Gateway).await }
         });
         let mut sent = vec![];
         for _ in 0..2 {
@@ -323,7 +334,10 @@ mod tests {
         let (sink, mut events) = EventSink::new("a");
         let call = tokio::spawn({
             let m = m.clone();
-            async move { m.call("tools/call", Some(json!({"_meta": {"progressToken": "client-tok"}})), Some(sink)).await }
+            async move {
+                m.call("tools/call", Some(json!({"_meta": {"progressToken": "client-tok"}})), Caller::Client(sink))
+                    .await
+            }
         });
         let req: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
         let upstream_token = req["params"]["_meta"]["progressToken"].clone();
@@ -343,7 +357,7 @@ mod tests {
         let (sink, mut events) = EventSink::new("a");
         let _call = tokio::spawn({
             let m = m.clone();
-            async move { m.call("tools/call", None, Some(sink)).await }
+            async move { m.call("tools/call", None, Caller::Client(sink)).await }
         });
         let _req = out.recv().await.unwrap();
         m.on_message(json!({"jsonrpc":"2.0","id":"srv-1","method":"sampling/createMessage","params":{}}));
@@ -366,7 +380,7 @@ mod tests {
         let (bob, mut bob_events) = EventSink::new("bob");
         for sink in [alice, bob] {
             let m = m.clone();
-            tokio::spawn(async move { m.call("tools/call", None, Some(sink)).await });
+            tokio::spawn(async move { m.call("tools/call", None, Caller::Client(sink)).await });
             let _ = out.recv().await.unwrap();
         }
         m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"sampling/createMessage","params":{}}));
@@ -378,29 +392,104 @@ mod tests {
         assert!(bob_events.try_recv().is_err());
     }
 
-    #[tokio::test]
-    async fn parked_calls_do_not_make_ownership_ambiguous() {
-        let (m, mut out, _n) = mux();
-        let (parked, _parked_events) = EventSink::new("alice");
-        let (active, mut active_events) = EventSink::new("bob");
-        parked.set_parked(true);
-        for sink in [parked, active] {
-            let m = m.clone();
-            tokio::spawn(async move { m.call("tools/call", None, Some(sink)).await });
-            let _ = out.recv().await.unwrap();
-        }
-        m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"elicitation/create","params":{}}));
-        assert!(matches!(active_events.recv().await, Some(UpstreamEvent::Request { .. })));
+    /// Starts a call for `caller` and waits until it was written.
+    async fn start(m: &Arc<Mux>, out: &mut mpsc::Receiver<String>, caller: Caller) {
+        let mux = m.clone();
+        tokio::spawn(async move { mux.call("tools/call", None, caller).await });
+        let _ = out.recv().await.unwrap();
+    }
+
+    async fn refused(m: &Arc<Mux>, out: &mut mpsc::Receiver<String>, method: &str) -> bool {
+        m.on_message(json!({"jsonrpc":"2.0","id":"s","method": method,"params":{}}));
+        let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+        answer["id"] == "s" && answer["error"].is_object()
     }
 
     #[tokio::test]
-    async fn unsolicited_requests_are_refused_and_notifications_fanned_out() {
+    async fn parked_calls_count_as_owners() {
+        let (m, mut out, _n) = mux();
+        let (parked, mut parked_events) = EventSink::new("alice-stateless");
+        let (active, mut active_events) = EventSink::new("bob");
+        parked.set_parked(true);
+        start(&m, &mut out, Caller::Client(parked)).await;
+        // Alone, the parked call still gets what its server asks next.
+        m.on_message(json!({"jsonrpc":"2.0","id":"e2","method":"elicitation/create","params":{}}));
+        let first = parked_events.recv().await;
+        assert!(matches!(first, Some(UpstreamEvent::Request { .. })));
+        start(&m, &mut out, Caller::Client(active)).await;
+        assert!(refused(&m, &mut out, "elicitation/create").await);
+        assert!(active_events.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn calls_without_a_sink_count_as_owners() {
+        for quiet in [Caller::Quiet("bob".into()), Caller::Gateway] {
+            let (m, mut out, _n) = mux();
+            let (alice, mut alice_events) = EventSink::new("alice");
+            start(&m, &mut out, Caller::Client(alice)).await;
+            start(&m, &mut out, quiet).await;
+            assert!(refused(&m, &mut out, "sampling/createMessage").await);
+            m.on_message(
+                json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error","data":"x"}}),
+            );
+            assert!(alice_events.try_recv().is_err());
+        }
+        // The only owner cannot receive: refused, never sent elsewhere.
+        let (m, mut out, _n) = mux();
+        start(&m, &mut out, Caller::Quiet("bob".into())).await;
+        assert!(refused(&m, &mut out, "sampling/createMessage").await);
+    }
+
+    #[tokio::test]
+    async fn one_owner_with_several_calls_gets_requests_on_its_newest_call() {
+        let (m, mut out, _n) = mux();
+        let (older, mut older_events) = EventSink::new("alice");
+        let (newer, mut newer_events) = EventSink::new("alice");
+        start(&m, &mut out, Caller::Client(older)).await;
+        start(&m, &mut out, Caller::Quiet("alice".into())).await;
+        start(&m, &mut out, Caller::Client(newer)).await;
+        m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"sampling/createMessage","params":{}}));
+        assert!(matches!(newer_events.recv().await, Some(UpstreamEvent::Request { .. })));
+        assert!(older_events.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn log_messages_follow_the_session_level() {
+        let (m, mut out, _n) = mux();
+        let (sink, mut events) = EventSink::new("alice");
+        start(&m, &mut out, Caller::Client(sink.with_log_level(crate::upstream::log_rank("warning")))).await;
+        for level in ["debug", "info", "error"] {
+            m.on_message(
+                json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level": level,"data": level}}),
+            );
+        }
+        match events.recv().await.unwrap() {
+            UpstreamEvent::Notification { params, .. } => assert_eq!(params.unwrap()["level"], "error"),
+            other => panic!("{other:?}"),
+        }
+        assert!(events.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn roots_and_ping_are_answered_by_bastion_and_only_broadcasts_fan_out() {
         let (m, mut out, mut n) = mux();
+        let (alice, mut alice_events) = EventSink::new("alice");
+        start(&m, &mut out, Caller::Client(alice)).await;
         m.on_message(json!({"jsonrpc":"2.0","id":9,"method":"roots/list"}));
         let answer: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
-        assert!(answer["error"].is_object());
+        assert_eq!(answer["result"]["roots"], json!([{"uri": "file:///srv/data"}]));
+        assert!(alice_events.try_recv().is_err());
+        m.on_message(json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken": 999}}));
+        m.on_message(json!({"jsonrpc":"2.0","method":"notifications/something_else"}));
         m.on_message(json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}));
         assert_eq!(n.recv().await.unwrap().method, "notifications/tools/list_changed");
+        assert!(n.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn unsolicited_requests_are_refused() {
+        let (m, mut out, _n) = mux();
+        assert!(refused(&m, &mut out, "sampling/createMessage").await);
     }
 
     #[tokio::test]
@@ -408,7 +497,7 @@ mod tests {
         let (m, mut out, _n) = mux();
         let call = tokio::spawn({
             let m = m.clone();
-            async move { tokio::time::timeout(Duration::from_millis(50), m.call("slow", None, None)).await }
+            async move { tokio::time::timeout(Duration::from_millis(50), m.call("slow", None, Caller::Gateway)).await }
         });
         let req: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
         assert!(call.await.unwrap().is_err());
@@ -418,7 +507,7 @@ mod tests {
 
         let call = tokio::spawn({
             let m = m.clone();
-            async move { m.call("x", None, None).await }
+            async move { m.call("x", None, Caller::Gateway).await }
         });
         let _ = out.recv().await.unwrap();
         m.close();

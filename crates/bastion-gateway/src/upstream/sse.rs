@@ -13,9 +13,9 @@ use sse_stream::SseByteStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{build_client, describe, header_map};
+use super::http::{bounded_events, build_client, describe, header_map};
 use super::mux::{Mux, Outbound};
-use super::{CallError, ConnContext, ServerInfo, initialize_params};
+use super::{CallError, Caller, ConnContext, ServerInfo, initialize_params};
 
 pub(crate) struct SseConn {
     pub mux: Arc<Mux>,
@@ -42,7 +42,7 @@ impl SseConn {
         if !resp.status().is_success() {
             return Err(CallError::Unavailable(format!("SSE stream answered HTTP {}", resp.status())));
         }
-        let mut events = SseByteStream::new(resp.bytes_stream());
+        let mut events = SseByteStream::new(bounded_events(resp.bytes_stream(), ctx.max_message_bytes));
         let endpoint = loop {
             let event = tokio::time::timeout(ctx.connect_timeout, events.next())
                 .await
@@ -126,7 +126,7 @@ impl SseConn {
             reader_mux.close();
         });
 
-        let info = match mux.call("initialize", Some(initialize_params()), None).await {
+        let info = match mux.call("initialize", Some(initialize_params()), Caller::Gateway).await {
             Ok(result) => ServerInfo::from_initialize_result(&result)?,
             Err(e) => {
                 stop.cancel();

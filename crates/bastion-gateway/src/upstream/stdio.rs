@@ -21,7 +21,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::lines::LineWriter;
 use super::mux::{Mux, Outbound};
-use super::{CallError, ConnContext, ServerInfo, initialize_params};
+use super::{CallError, Caller, ConnContext, ServerInfo, initialize_params};
 
 /// Longest stderr line kept in the log.
 const MAX_STDERR_LINE: usize = 4096;
@@ -170,7 +170,7 @@ impl StdioConn {
     }
 
     async fn initialize(mut self) -> Result<StdioConn, CallError> {
-        let result = match self.mux.call("initialize", Some(initialize_params()), None).await {
+        let result = match self.mux.call("initialize", Some(initialize_params()), Caller::Gateway).await {
             Ok(r) => r,
             Err(e) => {
                 self.shutdown().await;
