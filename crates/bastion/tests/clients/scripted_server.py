@@ -37,6 +37,7 @@ Tools (every result is one text item holding JSON):
                                     the first was answered), or else after the
                                     first answer, elicitation/create with
                                     `second`; with a gate, creates
+                                    second-asked-GATE just before asking and
                                     second-settled-GATE once the second is
                                     answered or refused; {"first": …, "second": …}
     log(level, message, related=true)
@@ -215,6 +216,7 @@ def build_server(state: State) -> Server:
                 tg.start_soon(first)
                 if gate:
                     await state.wait_for("release", gate)
+                    state.touch("second-asked", gate)
                 else:
                     await first_done.wait()
                 outcome["second"] = await elicit(ctx, str(args["second"]))

@@ -534,6 +534,61 @@ async fn a_parked_calls_later_requests_stay_with_its_caller_legacy_sse() {
     a_parked_calls_later_requests_stay_with_its_caller(Kind::Sse).await;
 }
 
+/// The other side of the rule: with no other client on the connection, the
+/// second question a parked call's server asks is Carol's, and she gets it
+/// on her retry (refusing it would break servers that ask twice).
+async fn a_parked_call_alone_gets_its_later_requests(kind: Kind) {
+    let s = Setup::start(kind, json!({}), json!({}));
+    let carol = Mcp::stateless(s.url(), &s.carol);
+    let args = json!({"first": "question-1-for-carol", "second": "question-2-for-carol", "gate": "carol"});
+    let round = |n: usize, extra: Value| stateless_call(&format!("c{n}"), "elicit_twice", args.clone(), extra);
+    let input_of = |r: &Reply, what: &str| {
+        assert_eq!(r.status, 200, "{what}: {}", r.text);
+        let result = r.rpc()["result"].clone();
+        assert_eq!(result["resultType"], "input_required", "{what}: {}", r.text);
+        let key = result["inputRequests"]
+            .as_object()
+            .and_then(|m| m.keys().next().cloned())
+            .unwrap_or_else(|| panic!("{what}: no input request in {result}"));
+        (result, key)
+    };
+    let first = tokio::time::timeout(WAIT, carol.post(&round(1, json!({})))).await.expect("Carol's first round");
+    let (first, key) = input_of(&first, "the first question");
+    assert!(first.to_string().contains("question-1-for-carol"), "{first}");
+    // The second question is asked while Carol is away.
+    s.gates.release("carol");
+    s.gates.wait("second-asked", "carol").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = |name: &str| json!({"action": "accept", "content": {"name": name}});
+    let retry =
+        round(2, json!({"requestState": first["requestState"], "inputResponses": {key: answer("carol-first")}}));
+    let second = tokio::time::timeout(WAIT, carol.post(&retry)).await.expect("Carol's second round");
+    let mut p = Problems::default();
+    if second.rpc()["result"]["resultType"] == "input_required" {
+        let (second, key) = input_of(&second, "the second question");
+        p.check(second.to_string().contains("question-2-for-carol"), format!("the second question: {second}"));
+        let retry =
+            round(3, json!({"requestState": second["requestState"], "inputResponses": {key: answer("carol-second")}}));
+        let last = tokio::time::timeout(WAIT, carol.post(&retry)).await.expect("Carol's last round");
+        let outcome = tool_json(&last.rpc());
+        p.check(outcome["first"]["answer"]["content"]["name"] == "carol-first", format!("first: {outcome}"));
+        p.check(outcome["second"]["answer"]["content"]["name"] == "carol-second", format!("second: {outcome}"));
+    } else {
+        p.check(false, format!("Carol's own second question was not put to her: {}", second.text));
+    }
+    p.assert_none();
+}
+
+#[tokio::test]
+async fn a_parked_call_alone_gets_its_later_requests_stdio() {
+    a_parked_call_alone_gets_its_later_requests(Kind::Stdio).await;
+}
+
+#[tokio::test]
+async fn a_parked_call_alone_gets_its_later_requests_legacy_sse() {
+    a_parked_call_alone_gets_its_later_requests(Kind::Sse).await;
+}
+
 // ---------------------------------------------------------------------------
 // Finding 2: log and progress messages of a Streamable HTTP server reach the
 // call they belong to or nobody; only list changes and subscribed resource
@@ -732,38 +787,47 @@ async fn sessions_end_after_their_maximum_lifetime() {
 // Finding 4: one client does not change a shared process for everyone.
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn shared_processes_get_their_roots_from_the_config_never_from_a_client() {
-    let gates = Gates::new();
-    let mut with_roots = scripted_stdio(&gates);
-    with_roots["roots"] = json!([{"uri": "file:///srv/data", "name": "data"}]);
-    let gw = Gateway::start(json!({"mcpServers": {"s": with_roots, "bare": scripted_stdio(&gates)}}));
-    let key = gw.create_key("alice", &[]);
-    let alice = session(gw.url("/mcp"), &key, SESSION_VERSION).await;
-
-    let configured = answered_call(&alice, &tool_call("r1", "s__roots", json!({})), "alice-widened").await;
-    let bare = answered_call(&alice, &tool_call("r2", "bare__roots", json!({})), "alice-widened").await;
+/// A shared connection's `roots/list` is answered from the config (no
+/// roots when none are configured), never by the client that happens to
+/// have a call in flight; a client's roots change is not forwarded.
+async fn roots_come_from_the_config_never_from_a_client(kind: Kind) {
+    let data = json!([{"uri": "file:///srv/data", "name": "data"}]);
+    let configured = Setup::start(kind, json!({"roots": data}), json!({}));
+    let bare = Setup::start(kind, json!({}), json!({}));
     let mut p = Problems::default();
-    for seen in [&configured, &bare] {
+    for (s, want) in [(&configured, json!({"roots": data})), (&bare, json!({"roots": []}))] {
+        let alice = session(s.url(), &s.alice, SESSION_VERSION).await;
+        let seen = answered_call(&alice, &tool_call("r1", "roots", json!({})), "alice-widened").await;
         p.check(seen.requests().is_empty(), format!("roots/list was put to a client: {:?}", seen.requests()));
         p.check(
             !seen.text.contains("alice-widened"),
-            format!("a client's roots reached a shared process: {}", seen.text),
+            format!("a client's roots reached a shared server: {}", seen.text),
         );
-    }
-    let got = tool_json(&configured.response());
-    let want = json!({"roots": [{"uri": "file:///srv/data", "name": "data"}]});
-    p.check(got == want, format!("the server with configured roots got {got}, not {want}"));
-    let got = tool_json(&bare.response());
-    p.check(got == json!({"roots": []}), format!("the server without configured roots got {got}, not no roots"));
+        let got = tool_json(&seen.response());
+        p.check(got == want, format!("the server got {got}, not {want}"));
 
-    // The client's roots change is not the shared process's business.
-    let n = alice.post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})).await;
-    assert_eq!(n.status, 202, "{}", n.text);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let count = call_tool(&alice, "s__roots_notifications", json!({})).await;
-    p.check(count["count"] == 0, format!("notifications/roots/list_changed reached the shared process: {count}"));
+        let n = alice.post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})).await;
+        assert_eq!(n.status, 202, "{}", n.text);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let count = call_tool(&alice, "roots_notifications", json!({})).await;
+        p.check(count["count"] == 0, format!("notifications/roots/list_changed reached the shared server: {count}"));
+    }
     p.assert_none();
+}
+
+#[tokio::test]
+async fn roots_come_from_the_config_never_from_a_client_stdio() {
+    roots_come_from_the_config_never_from_a_client(Kind::Stdio).await;
+}
+
+#[tokio::test]
+async fn roots_come_from_the_config_never_from_a_client_legacy_sse() {
+    roots_come_from_the_config_never_from_a_client(Kind::Sse).await;
+}
+
+#[tokio::test]
+async fn roots_come_from_the_config_never_from_a_client_http() {
+    roots_come_from_the_config_never_from_a_client(Kind::Http).await;
 }
 
 /// Alice sets `error`, Carol `debug`, Bob never sets a level: each receives
@@ -809,8 +873,33 @@ async fn log_levels_are_per_session_legacy_sse() {
     log_levels_are_per_session(Kind::Sse).await;
 }
 
-/// Alice and Bob subscribe to the same URI; Alice unsubscribes. Bob still
-/// hears about it, and the server is unsubscribed only when Bob is too.
+#[tokio::test]
+async fn log_levels_are_per_session_http() {
+    log_levels_are_per_session(Kind::Http).await;
+}
+
+/// Has `m` make the server announce an update of `uri` until `stream` has
+/// seen more than `before` updates; false if the server no longer was
+/// subscribed to it.
+async fn update_reaches(m: &Mcp, uri: &str, stream: &Stream, before: usize) -> bool {
+    for _ in 0..50 {
+        let sent = call_tool(m, "notify_updated", json!({"uri": uri})).await;
+        if sent["sent"] != true {
+            return false;
+        }
+        // Retried: the server's own GET stream may still be opening (HTTP).
+        let seen = || stream.count("notifications/resources/updated") > before;
+        if by_deadline(Instant::now() + Duration::from_millis(400), seen).await {
+            return true;
+        }
+    }
+    panic!("no update of {uri} reached the stream after 50 announcements");
+}
+
+/// Alice and Bob (sessions) and Carol's stateless `subscriptions/listen`
+/// stream subscribe to the same URI. Alice unsubscribes, then Bob: the
+/// others still hear about it. The server is unsubscribed only when Carol's
+/// stream, the last subscriber, ends.
 async fn unsubscribing_ends_only_ones_own_updates(kind: Kind) {
     const URI: &str = "test://shared-doc";
     const UPDATED: &str = "notifications/resources/updated";
@@ -824,32 +913,48 @@ async fn unsubscribing_ends_only_ones_own_updates(kind: Kind) {
     }
     let alice_stream = get_stream(&alice).await;
     let bob_stream = get_stream(&bob).await;
-    let rpc = alice.call("resources/unsubscribe", json!({"uri": URI})).await;
-    assert!(rpc.get("result").is_some(), "unsubscribe: {rpc}");
+    // On the aggregate endpoint, where Bastion keeps the stream itself
+    // (one server's endpoint passes stateless requests through to a server
+    // that speaks that version).
+    let prefixed = format!("{SERVER}+{URI}");
+    let carol_listen = listen_stream(&s.gw.url("/mcp"), &s.carol, &[&prefixed]).await;
+    assert!(carol_listen.text().contains(&prefixed), "Carol's subscription is acknowledged: {}", carol_listen.text());
 
     let mut p = Problems::default();
-    let sent = call_tool(&carol, "notify_updated", json!({"uri": URI})).await;
-    if sent["sent"] == true {
-        // Retried: the server's own GET stream may still be opening (HTTP).
-        eventually(WAIT, "the update on Bob's stream", || async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if bob_stream.count(UPDATED) > 0 {
-                return Some(());
-            }
-            call_tool(&carol, "notify_updated", json!({"uri": URI})).await;
-            None
-        })
-        .await;
+    let rpc = alice.call("resources/unsubscribe", json!({"uri": URI})).await;
+    assert!(rpc.get("result").is_some(), "unsubscribe: {rpc}");
+    if update_reaches(&carol, URI, &bob_stream, 0).await {
         p.check(bob_stream.text().contains(URI), format!("Bob's update names the URI: {}", bob_stream.text()));
+        let before = carol_listen.count(UPDATED);
+        p.check(
+            update_reaches(&carol, URI, &carol_listen, before).await,
+            "the server was unsubscribed while Carol listens",
+        );
         p.check(alice_stream.count(UPDATED) == 0, format!("Alice unsubscribed: {}", alice_stream.text()));
     } else {
-        p.check(false, format!("Alice's unsubscribe ended the subscription Bob still holds: {sent}"));
+        p.check(false, "Alice's unsubscribe ended the server's subscription Bob and Carol still hold");
     }
 
     let rpc = bob.call("resources/unsubscribe", json!({"uri": URI})).await;
     assert!(rpc.get("result").is_some(), "unsubscribe: {rpc}");
-    let sent = call_tool(&carol, "notify_updated", json!({"uri": URI})).await;
-    p.check(sent["sent"] == false, format!("the last unsubscribe must reach the server: {sent}"));
+    let before = carol_listen.count(UPDATED);
+    p.check(
+        update_reaches(&carol, URI, &carol_listen, before).await,
+        "Bob's unsubscribe ended the subscription Carol still holds",
+    );
+
+    // The last subscriber leaves: the server hears it.
+    drop(carol_listen);
+    let unsubscribed = async {
+        for _ in 0..100 {
+            if call_tool(&carol, "notify_updated", json!({"uri": URI})).await["sent"] == false {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    p.check(unsubscribed.await, "the server is still subscribed after every subscriber left");
     p.assert_none();
 }
 
