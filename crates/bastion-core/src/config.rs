@@ -17,17 +17,37 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::naming::is_valid_server_name;
+use crate::naming::{NAME_RULE, is_valid_server_name};
+use crate::redact;
 
-/// Why a configuration could not be used. Messages name the offending key.
+/// Why a configuration could not be used. Messages name the offending key
+/// and never quote the file: it holds secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    /// The file is not valid YAML or JSON, or does not have the expected
+    /// shape. `message` is the kind of problem, without values from the file.
+    #[error("{path}: {}{message}", where_(.key, .position))]
+    Syntax {
+        path: PathBuf,
+        /// Dotted key path, e.g. `mcpServers.github.env`; `None` at the top.
+        key: Option<String>,
+        /// 1-based line and column.
+        position: Option<(u64, u64)>,
+        message: String,
+    },
     #[error("{path}: {key}: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+}
+
+fn where_(key: &Option<String>, position: &Option<(u64, u64)>) -> String {
+    match (key, position) {
+        (Some(k), Some((l, c))) => format!("{k} (line {l}, column {c}): "),
+        (Some(k), None) => format!("{k}: "),
+        (None, Some((l, c))) => format!("line {l}, column {c}: "),
+        (None, None) => String::new(),
+    }
 }
 
 /// The whole file.
@@ -401,7 +421,10 @@ mod humantime_serde_compat {
     use super::*;
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        // The error names the kind of value expected, not the text found.
+        humantime::parse_duration(&s).map_err(|_| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&s), &"a duration such as 30s, 10m or 500ms")
+        })
     }
 }
 
@@ -453,7 +476,7 @@ impl ServerConfig {
             (None, Some(url)) => {
                 let lower = url.to_ascii_lowercase();
                 if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                    return Err(("url", format!("must be an http:// or https:// URL, got {url:?}")));
+                    return Err(("url", format!("must be an http:// or https:// URL, got {:?}", redact::url(url))));
                 }
                 for (k, v) in &self.headers {
                     if http_header_invalid(k, v) {
@@ -473,10 +496,14 @@ impl ServerConfig {
     }
 }
 
-fn http_header_invalid(name: &str, value: &str) -> bool {
+/// Whether a configured header cannot be sent: the name must be an HTTP
+/// token, the value free of control characters other than tab (the rules of
+/// the `http` crate the gateway sends it with, so no header that passes here
+/// fails at call time).
+pub(crate) fn http_header_invalid(name: &str, value: &str) -> bool {
     name.is_empty()
         || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// Which syntax a file is in.
@@ -506,26 +533,20 @@ impl Config {
 
     /// Parses and validates text; `path` is used for the format and messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let syntax = |message: String| ConfigError::Syntax { path: path.into(), message };
+        let syntax = |p: syntax::Problem| ConfigError::Syntax {
+            path: path.into(),
+            key: p.key,
+            position: p.position,
+            message: p.message,
+        };
         let config: Config = match Format::detect(path, text) {
-            Format::Json => {
-                let de = &mut serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    let inner = e.inner();
-                    syntax(format!(
-                        "{}: {} (line {}, column {})",
-                        e.path(),
-                        strip_position(&inner.to_string()),
-                        inner.line(),
-                        inner.column()
-                    ))
-                })?
-            }
+            Format::Json => syntax::json(text).map_err(syntax)?,
             Format::Yaml => {
                 if text.trim().is_empty() {
-                    return Err(syntax("the file is empty".into()));
+                    let empty = syntax::Problem { key: None, position: None, message: "the file is empty".into() };
+                    return Err(syntax(empty));
                 }
-                serde_saphyr::from_str(text).map_err(|e| syntax(e.to_string()))?
+                syntax::yaml(text).map_err(syntax)?
             }
         };
         config.validate(path)?;
@@ -536,10 +557,7 @@ impl Config {
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.into(), key, message };
         for (name, server) in &self.servers {
             if !is_valid_server_name(name) {
-                return Err(invalid(
-                    format!("mcpServers.{name}"),
-                    "server names are letters, digits, '-' and single '_' (at most 64)".into(),
-                ));
+                return Err(invalid(format!("mcpServers.{name}"), format!("invalid server name: {NAME_RULE}")));
             }
             server.transport().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
             for (i, root) in server.roots.iter().enumerate() {
@@ -550,7 +568,7 @@ impl Config {
         }
         for (group, members) in &self.groups {
             if !is_valid_server_name(group) {
-                return Err(invalid(format!("groups.{group}"), "invalid group name".into()));
+                return Err(invalid(format!("groups.{group}"), format!("invalid group name: {NAME_RULE}")));
             }
             if self.servers.contains_key(group) {
                 return Err(invalid(format!("groups.{group}"), "a group may not have the name of a server".into()));
@@ -580,7 +598,10 @@ impl Config {
             }
         }
         if self.http.max_connections == 0 || self.http.http2_max_concurrent_streams == 0 {
-            return Err(invalid("http.max_connections".into(), "connection and stream limits must be at least 1".into()));
+            return Err(invalid(
+                "http.max_connections".into(),
+                "connection and stream limits must be at least 1".into(),
+            ));
         }
         if self.http.max_header_bytes < 4096 {
             return Err(invalid("http.max_header_bytes".into(), "must be at least 4096".into()));
@@ -613,9 +634,6 @@ impl Config {
     }
 }
 
-fn strip_position(msg: &str) -> &str {
-    msg.split(" at line ").next().unwrap_or(msg)
-}
-
+mod syntax;
 #[cfg(test)]
 mod tests;
