@@ -244,4 +244,136 @@ mod tests {
     fn id_keys_distinguish_strings_from_numbers() {
         assert_ne!(id_key(&Value::from(1)), id_key(&Value::from("1")));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from), // NaN and infinities become null
+                ".{0,12}".prop_map(Value::from),
+                Just(Value::from("2.0")),
+            ]
+        }
+
+        /// Any JSON value, nested a few levels.
+        fn any_json() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Objects made of the envelope's own keys, with any values: the
+        /// inputs that reach every branch of the classification.
+        fn envelope_like() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("jsonrpc"),
+                Just("id"),
+                Just("method"),
+                Just("params"),
+                Just("result"),
+                Just("error"),
+                Just("extra"),
+            ];
+            let value = prop_oneof![3 => Just(Value::from("2.0")), 10 => any_json()];
+            prop::collection::btree_map(key, value, 0..7)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+        }
+
+        fn id() -> impl Strategy<Value = Id> {
+            prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                ".{0,16}".prop_map(Value::from)
+            ]
+        }
+
+        fn params() -> impl Strategy<Value = Option<Value>> {
+            prop::option::of(prop_oneof![
+                prop::collection::btree_map(".{0,8}", any_json(), 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::vec(any_json(), 0..4).prop_map(Value::Array),
+            ])
+        }
+
+        fn message() -> impl Strategy<Value = Message> {
+            prop_oneof![
+                (id(), ".{0,16}", params()).prop_map(|(id, method, params)| Message::Request(Request {
+                    id,
+                    method,
+                    params
+                })),
+                (".{0,16}", params())
+                    .prop_map(|(method, params)| Message::Notification(Notification { method, params })),
+                (id(), any_json()).prop_map(|(id, result)| Message::Response(Response { id, outcome: Ok(result) })),
+                (id(), any::<i64>(), ".{0,16}").prop_map(|(id, code, message)| {
+                    Message::Response(Response { id, outcome: Err(error_object(code, message)) })
+                }),
+            ]
+        }
+
+        fn id_is_string_or_integer(id: &Value) -> bool {
+            id.is_string() || id.is_i64() || id.is_u64()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn classifying_any_value_never_panics(v in any_json()) {
+                let _ = Message::from_value(v);
+            }
+
+            /// Whatever is accepted has a well-formed id, and round-trips.
+            #[test]
+            fn what_is_accepted_is_well_formed(v in envelope_like()) {
+                if let Ok(msg) = Message::from_value(v) {
+                    match &msg {
+                        Message::Request(r) => prop_assert!(id_is_string_or_integer(&r.id), "{:?}", r.id),
+                        // null only for errors about a request whose id could not be read
+                        Message::Response(r) => prop_assert!(id_is_string_or_integer(&r.id) || r.id.is_null()),
+                        Message::Notification(_) => {}
+                    }
+                    if let Message::Request(Request { params: Some(p), .. })
+                    | Message::Notification(Notification { params: Some(p), .. }) = &msg
+                    {
+                        prop_assert!(p.is_object() || p.is_array());
+                    }
+                    prop_assert_eq!(Message::from_value(msg.to_value()), Ok(msg));
+                }
+            }
+
+            #[test]
+            fn valid_messages_round_trip(msg in message()) {
+                prop_assert_eq!(Message::from_value(msg.to_value()), Ok(msg));
+            }
+
+            #[test]
+            fn ids_of_other_types_are_refused(
+                id in prop_oneof![
+                    any::<bool>().prop_map(Value::from),
+                    (-1e9f64..1e9).prop_filter("not whole", |f| f.fract() != 0.0).prop_map(Value::from),
+                    Just(json!([1])),
+                    Just(json!({"a": 1})),
+                ],
+                request in any::<bool>(),
+            ) {
+                let v = if request {
+                    json!({"jsonrpc": "2.0", "id": id, "method": "ping"})
+                } else {
+                    json!({"jsonrpc": "2.0", "id": id, "result": {}})
+                };
+                prop_assert!(Message::from_value(v).is_err());
+            }
+        }
+    }
 }

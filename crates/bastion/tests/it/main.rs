@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod conformance_gate;
 mod edge_limits;
 mod faults;
 mod harness;
