@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod caps;
 mod conformance_gate;
 mod edge_limits;
 mod faults;
