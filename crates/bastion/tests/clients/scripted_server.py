@@ -44,8 +44,10 @@ Tools (every result is one text item holding JSON):
                                     notifications/message at `level` on the call's
                                     stream (related) or on the connection's own
                                     stream; {"sent": bool, "level": current}
-    log_levels(message)             one log message per level debug, info,
-                                    warning, error: data MESSAGE-LEVEL
+    log_levels(message, gate="")    one log message per level debug, info,
+                                    warning, error: data MESSAGE-LEVEL; with a
+                                    gate, then MESSAGE-last at emergency, and
+                                    the result once release-GATE exists
     progress(message, related=true) notifications/progress with `message`: with
                                     the call's token on its stream (related), or
                                     with the token "unsolicited" on the
@@ -112,7 +114,11 @@ TOOLS = [
         "description": "Send a log message.",
         "inputSchema": _schema({"level": "string", "message": "string", "related": "boolean"}, ["level", "message"]),
     },
-    {"name": "log_levels", "description": "Log at four levels.", "inputSchema": _schema({"message": "string"}, ["message"])},
+    {
+        "name": "log_levels",
+        "description": "Log at four levels.",
+        "inputSchema": _schema({"message": "string", "gate": "string"}, ["message"]),
+    },
     {
         "name": "progress",
         "description": "Send a progress notification.",
@@ -228,6 +234,10 @@ def build_server(state: State) -> Server:
             return _text({"sent": sent, "level": state.level})
         if name == "log_levels":
             sent = [lv for lv in ("debug", "info", "warning", "error") if await log(ctx, lv, f"{args['message']}-{lv}")]
+            gate = str(args.get("gate") or "")
+            if gate:
+                await log(ctx, "emergency", f"{args['message']}-last")
+                await state.wait_for("release", gate)
             return _text({"sent": sent, "level": state.level})
         if name == "progress":
             message = str(args["message"])

@@ -184,6 +184,11 @@ impl Seen {
 /// each server request on the way as a real client would, with `marker` in
 /// the answer.
 async fn answered_call(m: &Mcp, body: &Value, marker: &str) -> Seen {
+    answered_call_live(m, body, marker, None).await
+}
+
+/// [`answered_call`], also copying what arrives into `live` as it arrives.
+async fn answered_call_live(m: &Mcp, body: &Value, marker: &str, live: Option<Arc<Mutex<String>>>) -> Seen {
     let mut resp = m.builder().body(body.to_string()).send().await.expect("POST");
     let mut seen = Seen { status: resp.status().as_u16(), ..Seen::default() };
     let sse = resp
@@ -202,6 +207,9 @@ async fn answered_call(m: &Mcp, body: &Value, marker: &str) -> Seen {
     while let Ok(Some(chunk)) = resp.chunk().await {
         let chunk = String::from_utf8_lossy(&chunk).replace("\r\n", "\n");
         seen.text.push_str(&chunk);
+        if let Some(live) = &live {
+            live.lock().expect("poisoned").push_str(&chunk);
+        }
         buf.push_str(&chunk);
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -849,7 +857,21 @@ async fn log_levels_are_per_session(kind: Kind) {
     ];
     let mut p = Problems::default();
     for (who, m, want) in expected {
-        let call = answered_call(m, &tool_call("l1", "log_levels", json!({"message": who})), "unused").await;
+        // The call stays open until its last line (at a level every filter
+        // lets through) has reached the client: what came before it has too.
+        let live = Arc::new(Mutex::new(String::new()));
+        let body = tool_call("l1", "log_levels", json!({"message": who, "gate": who}));
+        let call = {
+            let (m, live) = (twin(m), live.clone());
+            tokio::spawn(async move { answered_call_live(&m, &body, "unused", Some(live)).await })
+        };
+        let last = format!("\"{who}-last\"");
+        eventually(WAIT, &format!("{who}'s last log line"), || async {
+            live.lock().expect("poisoned").contains(&last).then_some(())
+        })
+        .await;
+        s.gates.release(who);
+        let call = finish(call, &format!("{who}'s log_levels call")).await;
         let got: Vec<&str> = ["debug", "info", "warning", "error"]
             .into_iter()
             .filter(|l| call.text.contains(&format!("\"{who}-{l}\"")))
