@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod caps;
+mod claims;
 mod conformance_gate;
 mod edge_limits;
 mod faults;
@@ -14,6 +15,8 @@ mod harness;
 mod isolation;
 mod keys_cli;
 mod lifecycle;
+mod mock_upstream;
 mod real_clients;
 mod reload;
+mod stateless_negative;
 mod upstream_transports;
