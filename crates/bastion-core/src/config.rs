@@ -557,7 +557,10 @@ impl Config {
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.into(), key, message };
         for (name, server) in &self.servers {
             if !is_valid_server_name(name) {
-                return Err(invalid(format!("mcpServers.{name}"), format!("invalid server name: {NAME_RULE}")));
+                return Err(invalid(
+                    format!("mcpServers.{}", syntax::printable(name)),
+                    format!("invalid server name: {NAME_RULE}"),
+                ));
             }
             server.transport().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
             for (i, root) in server.roots.iter().enumerate() {
@@ -568,7 +571,10 @@ impl Config {
         }
         for (group, members) in &self.groups {
             if !is_valid_server_name(group) {
-                return Err(invalid(format!("groups.{group}"), format!("invalid group name: {NAME_RULE}")));
+                return Err(invalid(
+                    format!("groups.{}", syntax::printable(group)),
+                    format!("invalid group name: {NAME_RULE}"),
+                ));
             }
             if self.servers.contains_key(group) {
                 return Err(invalid(format!("groups.{group}"), "a group may not have the name of a server".into()));

@@ -29,7 +29,37 @@ fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
     while let Some(parent) = key.strip_suffix(".?") {
         key = parent;
     }
-    (key != "." && key != "?").then(|| key.to_owned())
+    (key != "." && key != "?").then(|| printable(key))
+}
+
+/// Control characters escaped, so that a key read from the file cannot
+/// break a log line or a terminal.
+pub(super) fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A field name worth repeating: the shape of the schema's own names. An
+/// unknown key of another shape is more likely a value in the wrong place.
+fn field_name(field: &str) -> Option<&str> {
+    (!field.is_empty()
+        && field.len() <= 64
+        && field.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+    .then_some(field)
+}
+
+fn unknown_field(field: &str, expected: &str) -> String {
+    match field_name(field) {
+        Some(f) => format!("unknown field `{f}`, expected {expected}"),
+        None => format!("unknown field, expected {expected}"),
+    }
 }
 
 pub(super) fn json<T: DeserializeOwned>(text: &str) -> Result<T, Problem> {
@@ -73,9 +103,7 @@ fn yaml_message(e: &YamlError) -> String {
         }
         YamlError::SerdeInvalidLength { len, expected, .. } => format!("invalid length {len}, expected {expected}"),
         YamlError::SerdeUnknownVariant { expected, .. } => format!("unknown variant, expected {}", one_of(expected)),
-        YamlError::SerdeUnknownField { field, expected, .. } => {
-            format!("unknown field `{field}`, expected {}", one_of(expected))
-        }
+        YamlError::SerdeUnknownField { field, expected, .. } => unknown_field(field, &one_of(expected)),
         YamlError::SerdeMissingField { field, .. } => format!("missing field `{field}`"),
         YamlError::DuplicateMappingKey { .. } => "duplicate key".into(),
         YamlError::NonFiniteFloat { .. } => "a number that is not finite".into(),
@@ -149,7 +177,12 @@ pub(super) fn scrub(msg: &str) -> String {
     {
         return format!("unknown variant, expected {}", quoted_out(expected));
     }
-    quoted_out(msg)
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.rsplit_once("`, expected ")
+    {
+        return unknown_field(field, &quoted_out(expected));
+    }
+    printable(&quoted_out(msg))
 }
 
 /// Every `"…"` span (backslash escapes honoured; an unclosed quote runs to
@@ -202,6 +235,12 @@ mod tests {
             "unknown variant, expected one of `stdio`, `sse`"
         );
         assert_eq!(scrub("missing field `command`"), "missing field `command`");
+        assert_eq!(
+            scrub("unknown field `listen_typo`, expected one of `listen`"),
+            "unknown field `listen_typo`, expected one of `listen`"
+        );
+        assert_eq!(scrub("unknown field `ghp s3cret!`, expected `a`"), "unknown field, expected `a`");
+        assert_eq!(scrub("a\nb\u{1b}"), "a\\nb\\u{1b}");
         assert_eq!(scrub(r#"odd "ghp_s3cret" here "and"#), r#"odd "…" here "…""#);
         assert_eq!(scrub(r#"odd "a\"s3cret\\" here"#), r#"odd "…" here"#);
     }

@@ -153,6 +153,16 @@ fn syntax_errors_never_print_lines() {
 }
 
 #[test]
+fn keys_from_the_file_are_printable() {
+    let err = yaml("\"list\\nen\": 1\n").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control) && err.contains("unknown field,"), "{err}");
+    let err = yaml("mcpServers:\n  a:\n    command: x\n    env:\n      \"A\\nB\": [1]\n").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control) && err.contains("mcpServers.a.env.A\\nB"), "{err}");
+    let err = yaml("mcpServers:\n  \"a\\nb\": {command: x}\n").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control) && err.contains("mcpServers.a\\nb"), "{err}");
+}
+
+#[test]
 fn validation_errors_redact_urls() {
     let err = yaml("mcpServers:\n  a: {url: 'ftp://alice:s3cret@h/x?token=t0ken'}\n").unwrap_err().to_string();
     assert!(err.contains("mcpServers.a.url") && err.contains("ftp://h/x?…"), "{err}");
