@@ -19,30 +19,35 @@ const INVALID_PARAMS: i64 = -32602;
 
 /// A gateway with the fixture's `everything` server over stdio (its
 /// `test_header_param` mirrors `region` in `Mcp-Param-Region`) and a server
-/// whose `typed` tool mirrors a string, an integer and a boolean; lists are
-/// paged two items at a time.
+/// whose `typed` tool mirrors a string, an integer and a boolean — once
+/// speaking only the session-based versions (`typed`, bridged), once
+/// speaking 2026-07-28 too (`direct`, passed through); lists are paged two
+/// items at a time.
 struct Negatives {
     gw: Gateway,
     key: String,
     _typed: MockUpstream,
+    direct: MockUpstream,
 }
 
 fn negatives() -> &'static Negatives {
     static SHARED: OnceLock<Negatives> = OnceLock::new();
     SHARED.get_or_init(|| {
         let typed = MockUpstream::start(false, Behaviour::Normal);
+        let direct = MockUpstream::start(true, Behaviour::Normal);
         let gw = Gateway::start_with(
             json!({
                 "mcpServers": {
                     "everything": {"command": fixture_bin(), "args": ["everything", "--stdio"]},
-                    "typed": {"url": typed.url, "type": "streamable-http"}
+                    "typed": {"url": typed.url, "type": "streamable-http"},
+                    "direct": {"url": direct.url, "type": "streamable-http"}
                 },
                 "http": {"page_size": 2}
             }),
             Options { shared: true, ..Options::default() },
         );
         let key = gw.create_key("negatives", &[]);
-        Negatives { gw, key, _typed: typed }
+        Negatives { gw, key, _typed: typed, direct }
     })
 }
 
@@ -223,6 +228,53 @@ async fn typed_param_headers_compare_by_type() {
     .await;
     assert_eq!(r.status, 200, "null arguments: {}", r.text);
     assert!(r.rpc().get("result").is_some(), "{}", r.text);
+}
+
+/// On a single-server endpoint whose server speaks this version itself,
+/// requests are passed through — but only once their headers agree with
+/// the body: a mismatch is refused by Bastion and never reaches the server.
+#[tokio::test]
+async fn a_mismatch_for_a_passed_through_server_never_reaches_it() {
+    let n = negatives();
+    let args = |marker: &str| json!({"region": marker, "count": 7, "flag": false});
+    let call = |marker: &str| tool_call("typed", args(marker));
+    let sent = |marker: &str| n.direct.requests().into_iter().filter(|r| r.body.contains(marker)).count();
+    let send_direct = |marker: &'static str, headers: Vec<(&'static str, &'static [u8])>| async move {
+        send("/mcp/direct", &headers, &call(marker)).await
+    };
+    let base = |marker: &'static str| -> Vec<(&'static str, &'static [u8])> {
+        vec![("mcp-method", b"tools/call"), ("mcp-name", b"typed"), ("mcp-param-region", marker.as_bytes())]
+    };
+
+    let mut good = base("direct-agreeing");
+    good.extend([("mcp-param-count", &b"7"[..]), ("mcp-param-flag", b"false")]);
+    let r = send_direct("direct-agreeing", good).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.rpc().get("result").is_some(), "{}", r.text);
+    let forwarded =
+        n.direct.requests().into_iter().find(|r| r.body.contains("direct-agreeing")).expect("passed through");
+    assert_eq!(forwarded.header("mcp-param-count"), Some("7"), "the headers travel with it: {}", forwarded.raw());
+
+    let mut wrong_count = base("direct-wrong-count");
+    wrong_count.extend([("mcp-param-count", &b"8"[..]), ("mcp-param-flag", b"false")]);
+    let mut no_flag = base("direct-no-flag");
+    no_flag.push(("mcp-param-count", b"7"));
+    let mut wrong_name = base("direct-wrong-name");
+    wrong_name[1] = ("mcp-name", b"echo");
+    wrong_name.extend([("mcp-param-count", &b"7"[..]), ("mcp-param-flag", b"false")]);
+    let mut no_method = base("direct-no-method");
+    no_method.remove(0);
+    no_method.extend([("mcp-param-count", &b"7"[..]), ("mcp-param-flag", b"false")]);
+    for (marker, headers) in [
+        ("direct-wrong-count", wrong_count),
+        ("direct-no-flag", no_flag),
+        ("direct-wrong-name", wrong_name),
+        ("direct-no-method", no_method),
+    ] {
+        let r = send_direct(marker, headers).await;
+        assert_mismatch(&r, marker);
+        assert_eq!(sent(marker), 0, "{marker}: the refused request reached the server");
+    }
 }
 
 // ---------------------------------------------------------------------------
