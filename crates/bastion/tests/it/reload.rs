@@ -181,3 +181,40 @@ async fn stateless_listeners_are_told_that_the_tool_list_changed() {
         assert_ne!(e["method"], "notifications/prompts/list_changed", "not asked for: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_applies_live_settings_and_names_those_needing_a_restart() {
+    let servers = json!({"a": fixture_echo("a")});
+    let gw = Gateway::start(with_servers(servers.clone()));
+    let key = gw.create_key("tuner", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(tool_text(&m.call_tool("a__echo", json!({"text": "x"})).await), "x");
+
+    // A new listen address and log format need a restart; the session
+    // timeout applies at once: the idle session is closed.
+    let mut cfg = with_servers(servers);
+    cfg["log"] = json!({"format": "json"});
+    cfg["http"] = json!({"session_idle_timeout": "1s"});
+    cfg["auth"] = json!({"key_cache_ttl": "500ms"});
+    cfg["listen"] = Value::from("127.0.0.1:1");
+    gw.write_config_text(&serde_json::to_string_pretty(&cfg).expect("json"));
+    gw.wait_for_log("take effect only after a restart").await;
+    let log = gw.log();
+    let warning = log.lines().find(|l| l.contains("take effect only after a restart")).expect("the warning");
+    assert!(warning.contains("listen") && warning.contains("log"), "{warning}");
+    assert!(!warning.contains("http") && !warning.contains("auth"), "live settings are not named: {warning}");
+
+    // Each request touches the session: leave it idle between looks.
+    let mut closed = false;
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        if m.request("tools/list", json!({})).await.status == 404 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the idle session was not closed under the reloaded timeout");
+    // The gateway still serves on its original address.
+    let m2 = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    assert_eq!(tool_text(&m2.call_tool("a__echo", json!({"text": "still here"})).await), "still here");
+}
