@@ -291,6 +291,37 @@ async fn an_idle_http2_connection_is_closed() {
     drop(send);
 }
 
+// HTTP/2 clients answer the gateway's shutdown (GOAWAY, PING) on their own
+// thread while the test's thread waits for the gateway to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_http2_connection_carrying_an_event_stream_is_not_idle() {
+    let idle = Duration::from_secs(1);
+    let g = Gateway::start(config(json!({"idle_connection_timeout": "1s"})));
+    let key = g.create_key("streamer", &[]);
+    let (mut send, driver) = h2_connect(&g).await;
+    let bearer = format!("Bearer {key}");
+    let req = http::Request::get(g.url("/sse"))
+        .header("authorization", &bearer)
+        .header("accept", "text/event-stream")
+        .body(())
+        .expect("request");
+    send = tokio::time::timeout(WAIT, send.ready()).await.expect("ready in time").expect("ready");
+    let (resp, _) = send.send_request(req, true).expect("GET /sse");
+    let resp = tokio::time::timeout(WAIT, resp).await.expect("an answer in time").expect("GET /sse");
+    assert_eq!(resp.status(), 200);
+    let mut events = resp.into_body();
+    let first = tokio::time::timeout(WAIT, events.data()).await.expect("the endpoint event in time");
+    assert!(first.is_some_and(|d| d.is_ok()), "the event stream ended at once");
+
+    // Several idle periods later the connection still takes new streams:
+    // had it been taken for idle, it would have been told to go away.
+    tokio::time::sleep(3 * idle).await;
+    assert!(!driver.is_finished(), "the connection was closed under an open event stream");
+    let (status, _) = h2_get(&mut send, &g.url("/healthz"), &[]).await.expect("a new stream on the same connection");
+    assert_eq!(status, 200);
+    drop(events);
+}
+
 // ---------------------------------------------------------------------------
 // The connection cap
 // ---------------------------------------------------------------------------
