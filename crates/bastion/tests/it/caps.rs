@@ -616,6 +616,93 @@ async fn the_in_flight_cap_is_shared_by_every_era_and_a_batch_counts_once() {
     assert_healthy(&gw).await;
 }
 
+/// A request its client gives up on — with `notifications/cancelled`, or
+/// by closing the connection — gives its slot back at once, while the
+/// server is still working on it.
+#[tokio::test]
+async fn a_request_its_client_gives_up_on_gives_its_slot_back() {
+    let gates = Gates::new();
+    let gw = Gateway::start(config(json!({"s": scripted_stdio(&gates)}), json!({"calls_in_flight": 1})));
+    let alice = gw.create_key("alice", &[]);
+    let url = gw.url("/mcp/s");
+    let session = Mcp::session(url.clone(), &alice, VERSION).await;
+    let stateless = Mcp::stateless(url.clone(), &alice);
+    let listed = stateless.call("tools/list", json!({})).await;
+    assert!(listed["result"]["tools"].is_array(), "{listed}");
+    let probe = || async {
+        let r = session.post(&tool_call("probe", "current_level", json!({}))).await;
+        match r.status {
+            200 => Some(()),
+            429 => None,
+            _ => panic!("probe: HTTP {} {}", r.status, r.text),
+        }
+    };
+
+    // Cancelled with notifications/cancelled.
+    let held = {
+        let m = Mcp::with_session(url.clone(), &alice, session.session.as_deref().expect("session"));
+        tokio::spawn(async move { m.post(&tool_call("held-1", "hold", json!({"gate": "cancelled"}))).await })
+    };
+    gates.wait("started", "cancelled").await;
+    assert!(probe().await.is_none(), "the held call takes the only slot");
+    let n = session
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "held-1"}}))
+        .await;
+    assert_eq!(n.status, 202, "notifications/cancelled: {}", n.text);
+    eventually(WAIT, "the slot of a cancelled request", probe).await;
+    let _ = tokio::time::timeout(WAIT, held).await.expect("the cancelled request is answered");
+
+    // A session request whose client closes the connection.
+    let held = {
+        let m = Mcp::with_session(url.clone(), &alice, session.session.as_deref().expect("session"));
+        tokio::spawn(async move { m.post(&tool_call("held-2", "hold", json!({"gate": "session-closed"}))).await })
+    };
+    gates.wait("started", "session-closed").await;
+    assert!(probe().await.is_none(), "the held call takes the only slot");
+    held.abort();
+    eventually(WAIT, "the slot of a session request whose client went away", probe).await;
+
+    // A stateless call whose client closes the connection.
+    let held = {
+        let m = Mcp::stateless(url.clone(), &alice);
+        tokio::spawn(async move {
+            m.request("tools/call", json!({"name": "hold", "arguments": {"gate": "stateless-closed"}})).await
+        })
+    };
+    gates.wait("started", "stateless-closed").await;
+    assert!(probe().await.is_none(), "the held call takes the only slot");
+    held.abort();
+    eventually(WAIT, "the slot of a stateless call whose client went away", probe).await;
+
+    for gate in ["cancelled", "session-closed", "stateless-closed"] {
+        gates.release(gate);
+    }
+    assert_healthy(&gw).await;
+}
+
+/// A session closed for being idle gives its slot back.
+#[tokio::test]
+async fn an_idle_session_closed_by_the_gateway_gives_its_slot_back() {
+    let mut cfg = echo_only(json!({"sessions": 1}));
+    cfg["http"] = json!({"session_idle_timeout": "1s"});
+    let gw = Gateway::start(cfg);
+    let alice = gw.create_key("alice", &[]);
+    let url = gw.url("/mcp");
+    let idle = Mcp::session(url.clone(), &alice, VERSION).await;
+    let r = initialize(&url, &alice).await;
+    // Refused unless the first session already expired meanwhile.
+    if r.status != 200 {
+        assert_limited(&r, SESSIONS, 1, "a second session");
+    }
+    eventually(WAIT, "a session once the idle one was closed", || async {
+        (initialize(&url, &alice).await.status == 200).then_some(())
+    })
+    .await;
+    let gone = idle.request("tools/list", json!({})).await;
+    assert_eq!(gone.status, 404, "the idle session is closed: {}", gone.text);
+    assert_healthy(&gw).await;
+}
+
 // ---------------------------------------------------------------------------
 // Client info size
 // ---------------------------------------------------------------------------
