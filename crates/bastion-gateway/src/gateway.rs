@@ -95,9 +95,13 @@ impl Gateway {
         self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal)
     }
 
-    /// Opens a session, under the principal's session cap.
+    /// Opens a session, under the principal's session cap (the internal
+    /// session of a `subscriptions/listen` stream is under the stream caps).
     pub fn open_session(&self, s: NewSession) -> Result<Arc<Session>, LimitReached> {
-        let slot = self.acquire(&s.principal, Kind::Session)?;
+        let slot = match s.listen {
+            Some(_) => None,
+            None => Some(self.acquire(&s.principal, Kind::Session)?),
+        };
         Ok(self.sessions.create(s, slot))
     }
 
@@ -204,7 +208,7 @@ impl Gateway {
         }
         let added: Vec<String> = upstreams.keys().filter(|k| !old.upstreams.contains_key(*k)).cloned().collect();
         let kept = upstreams.len() - added.len();
-        tracing::info!(servers = upstreams.len(), replaced_or_removed = stopped.len(), kept, "configuration applied");
+        let (servers, replaced_or_removed) = (upstreams.len(), stopped.len());
         let restart = restart_required(&old.config, &config);
         if !restart.is_empty() {
             tracing::warn!(
@@ -217,6 +221,7 @@ impl Gateway {
         let old_groups = old.config.groups.clone();
         let groups_changed = old_groups != config.groups;
         self.runtime.store(Arc::new(Runtime { config, upstreams }));
+        tracing::info!(servers, replaced_or_removed, kept, "configuration applied");
         for h in &stopped {
             self.subscriptions.forget_server(h.name());
         }

@@ -225,8 +225,10 @@ impl Sessions {
         Sessions::default()
     }
 
-    /// A new session, holding `slot` (its place under the principal's cap).
-    pub fn create(&self, s: NewSession, slot: Slot) -> Arc<Session> {
+    /// A new session, holding `slot` (its place under the principal's
+    /// session cap; `None` for the internal session of a stateless
+    /// `subscriptions/listen` stream, which the stream caps count instead).
+    pub fn create(&self, s: NewSession, slot: Option<Slot>) -> Arc<Session> {
         let session = Arc::new(Session {
             id: random_token(32),
             principal: s.principal,
@@ -244,7 +246,7 @@ impl Sessions {
             log_level: AtomicU8::new(NO_LEVEL),
             created: Instant::now(),
             last_seen: Mutex::new(Instant::now()),
-            slot: Mutex::new(Some(slot)),
+            slot: Mutex::new(slot),
             closed: CancellationToken::new(),
         });
         self.map.insert(session.id.clone(), session.clone());
@@ -331,7 +333,7 @@ mod tests {
                 legacy: false,
                 listen: None,
             },
-            slot(),
+            Some(slot()),
         )
     }
 

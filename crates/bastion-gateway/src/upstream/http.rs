@@ -549,6 +549,61 @@ mod tests {
         assert_eq!(c.current, 7);
     }
 
+    /// Events as a server writes them, with either line ending.
+    fn sse_text(events: &[(String, bool)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (data, crlf) in events {
+            let nl: &[u8] = if *crlf { b"\r\n" } else { b"\n" };
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data.as_bytes());
+            out.extend_from_slice(nl);
+            out.extend_from_slice(nl);
+        }
+        out
+    }
+
+    /// The event data an SSE body yields through the bounded parser, the
+    /// body cut into chunks at `cuts`.
+    fn parse(body: &[u8], cuts: &[usize], max: usize) -> Result<Vec<String>, ()> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.extend([0, body.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+            points.windows(2).map(|w| Ok(bytes::Bytes::copy_from_slice(&body[w[0]..w[1]]))).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut events = SseByteStream::new(bounded_events(futures::stream::iter(chunks), max));
+            let mut data = Vec::new();
+            while let Some(e) = events.next().await {
+                data.push(e.map_err(|_| ())?.data.unwrap_or_default());
+            }
+            Ok(data)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// However a body is cut into chunks, the same events come out,
+        /// and the size bound depends on the events, not on the cuts.
+        #[test]
+        fn sse_parsing_does_not_depend_on_chunking(
+            events in proptest::collection::vec(("[a-zA-Z0-9 {}:\",]{1,40}", proptest::bool::ANY), 0..8),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let body = sse_text(&events);
+            let expected: Vec<String> = events.iter().map(|(d, _)| d.clone()).collect();
+            proptest::prop_assert_eq!(parse(&body, &[], usize::MAX), Ok(expected.clone()));
+            proptest::prop_assert_eq!(parse(&body, &cuts, usize::MAX), Ok(expected));
+            let largest = events.iter().map(|(d, crlf)| 6 + d.len() + if *crlf { 3 } else { 1 }).max().unwrap_or(0);
+            if largest > 0 {
+                proptest::prop_assert!(parse(&body, &cuts, largest).is_ok());
+                proptest::prop_assert!(parse(&body, &cuts, largest - 1).is_err());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_endless_event_fails_the_stream() {
         let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
