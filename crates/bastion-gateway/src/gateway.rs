@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
 use crate::load::{Kind, LimitReached, PrincipalLoad, Slot};
 use crate::session::{NewSession, Scope, Session, Sessions};
-use crate::subscriptions::Subscriptions;
 use crate::upstream::{Caller, ServerNotification, UpstreamHandle, is_broadcast, specs_from_config};
 
 /// A configuration and the upstreams built from it.
@@ -41,8 +40,6 @@ pub struct Gateway {
     pub sessions: Sessions,
     /// Calls of stateless clients waiting for their input (multi round-trip).
     pub continuations: crate::mrtr::Continuations,
-    /// Resource subscriptions, counted per server and URI.
-    pub subscriptions: Subscriptions,
     /// What each principal holds, against `limits.per_principal`.
     pub load: PrincipalLoad,
     pub authentication: Authentication,
@@ -73,7 +70,6 @@ impl Gateway {
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(),
             continuations: Default::default(),
-            subscriptions: Subscriptions::default(),
             load: PrincipalLoad::default(),
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
@@ -121,15 +117,27 @@ impl Gateway {
     fn release(&self, session: &Session) {
         let uris: Vec<String> = session.subscriptions.lock().expect("poisoned").drain().collect();
         for uri in uris {
-            let Ok((server, inner)) = crate::proxy::resolve_uri(self, &session.scope, &uri) else { continue };
-            if self.subscriptions.remove(server.name(), inner, &session.id) {
-                let params = serde_json::json!({"uri": inner});
-                tokio::spawn(async move {
+            // By the server's name, not through the session's scope: a
+            // group changed since must not keep the subscription alive.
+            let (name, inner) = match &session.scope {
+                Scope::Server(name) => (name.as_str(), uri.as_str()),
+                _ => match naming::split_uri(&uri) {
+                    Some(parts) => parts,
+                    None => continue,
+                },
+            };
+            let Some(server) = self.runtime().upstreams.get(name).cloned() else { continue };
+            let (inner, id) = (inner.to_string(), session.id.clone());
+            tokio::spawn(async move {
+                let subs = server.subscriptions();
+                let _one_at_a_time = subs.changing().await;
+                if subs.remove(&inner, &id) {
+                    let params = serde_json::json!({"uri": inner});
                     if let Err(e) = server.call("resources/unsubscribe", Some(params), Caller::Gateway).await {
                         tracing::debug!(server = server.name(), error = %e, "unsubscribe after the session ended failed");
                     }
-                });
-            }
+                }
+            });
         }
     }
 
@@ -222,9 +230,6 @@ impl Gateway {
         let groups_changed = old_groups != config.groups;
         self.runtime.store(Arc::new(Runtime { config, upstreams }));
         tracing::info!(servers, replaced_or_removed, kept, "configuration applied");
-        for h in &stopped {
-            self.subscriptions.forget_server(h.name());
-        }
         // Sessions whose view changed are told their lists changed.
         for session in self.sessions.all() {
             let affected = match &session.scope {

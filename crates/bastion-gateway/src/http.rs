@@ -439,8 +439,20 @@ pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Reques
     let first_event = match first {
         Err(done) => {
             session.finish_request(&key);
+            // What the server sent about the request just before its result
+            // is still delivered, ahead of it, on a stream.
+            let mut frames = Vec::new();
+            while let Ok(ev) = events.try_recv() {
+                if let Some(msg) = event_to_message(Some(&session), ev) {
+                    frames.push(Ok::<_, Infallible>(sse_frame(&msg)));
+                }
+            }
             return match done {
-                Some(v) => json_response(StatusCode::OK, &v),
+                Some(v) if frames.is_empty() => json_response(StatusCode::OK, &v),
+                Some(v) => {
+                    frames.push(Ok(sse_frame(&v)));
+                    sse_response(Body::from_stream(futures::stream::iter(frames)))
+                }
                 // Cancelled by the client: it expects no answer.
                 None => accepted(),
             };

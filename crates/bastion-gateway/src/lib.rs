@@ -8,7 +8,7 @@
 //! - [`session`]: downstream sessions bound to their principal.
 //! - [`auth`]: API key authentication.
 //! - [`load`]: what each principal holds at once, against its caps.
-//! - [`subscriptions`]: resource subscriptions counted per server and URI.
+//! - [`subscriptions`]: resource subscriptions of a server, counted per URI.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
 //! - [`server`]: the accept loop and graceful shutdown.
 #![forbid(unsafe_code)]

@@ -170,23 +170,25 @@ async fn route_by_name(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Out
     call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await
 }
 
-/// The server a URI-addressed request is for, and its params with the
-/// server's own URI.
-fn uri_params(
-    gw: &Gateway,
-    scope: &Scope,
-    req: &Request,
-) -> Result<(Arc<UpstreamHandle>, String, Map<String, Value>), Value> {
+/// A URI-addressed request resolved: its server, the server's own URI, and
+/// the params carrying it.
+struct UriTarget {
+    server: Arc<UpstreamHandle>,
+    uri: String,
+    params: Map<String, Value>,
+}
+
+fn uri_params(gw: &Gateway, scope: &Scope, req: &Request) -> Result<UriTarget, Value> {
     let mut params = params_object(req)?;
     let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"uri\""))?;
     let (server, inner) = resolve_uri(gw, scope, uri)?;
-    let inner = inner.to_string();
-    params.insert("uri".into(), Value::from(inner.clone()));
-    Ok((server, inner, params))
+    let uri = inner.to_string();
+    params.insert("uri".into(), Value::from(uri.clone()));
+    Ok(UriTarget { server, uri, params })
 }
 
 async fn route_by_uri(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let (server, _, params) = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, params, .. } = uri_params(gw, ctx.scope, req)?;
     let result = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await?;
     Ok(if ctx.scope.prefixed() { prefix_contents(server.name(), result) } else { result })
 }
@@ -197,16 +199,20 @@ fn client_uri(req: &Request) -> Option<String> {
 }
 
 /// `resources/subscribe`: the server hears only the first subscriber of a URI.
+/// Subscription changes of one server are made one at a time, so a second
+/// subscriber learns whether the first one's subscription really holds.
 async fn subscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let (server, inner, params) = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx.scope, req)?;
     let Some(session) = ctx.session else {
         return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
     };
-    if gw.subscriptions.add(server.name(), &inner, &session.id) {
-        if let Err(e) = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await {
-            gw.subscriptions.remove(server.name(), &inner, &session.id);
-            return Err(e);
-        }
+    let subs = server.subscriptions();
+    let _one_at_a_time = subs.changing().await;
+    if subs.add(&inner, &session.id)
+        && let Err(e) = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await
+    {
+        subs.remove(&inner, &session.id);
+        return Err(e);
     }
     if let Some(uri) = client_uri(req) {
         session.subscriptions.lock().expect("poisoned").insert(uri);
@@ -216,14 +222,16 @@ async fn subscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome
 
 /// `resources/unsubscribe`: the server hears it when the last subscriber leaves.
 async fn unsubscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let (server, inner, params) = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx.scope, req)?;
     let Some(session) = ctx.session else {
         return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
     };
     if let Some(uri) = client_uri(req) {
         session.subscriptions.lock().expect("poisoned").remove(&uri);
     }
-    if gw.subscriptions.remove(server.name(), &inner, &session.id) {
+    let subs = server.subscriptions();
+    let _one_at_a_time = subs.changing().await;
+    if subs.remove(&inner, &session.id) {
         call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await?;
     }
     Ok(json!({}))

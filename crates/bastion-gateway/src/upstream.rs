@@ -14,6 +14,8 @@
 
 mod http;
 mod lines;
+
+pub(crate) use http::{bounded_body, bounded_events};
 mod mux;
 mod sse;
 mod stdio;
@@ -368,6 +370,9 @@ pub struct UpstreamHandle {
     /// The most verbose level sessions asked for, applied again when the
     /// server restarts.
     wanted_log_level: AtomicU8,
+    /// Which sessions are subscribed to which of the server's resources;
+    /// a restarted server is subscribed again.
+    subscriptions: crate::subscriptions::Subscriptions,
 }
 
 /// Decrements the in-flight count when a call ends, however it ends.
@@ -402,6 +407,7 @@ impl UpstreamHandle {
             lists: std::sync::Mutex::new(BTreeMap::new()),
             log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
             wanted_log_level: AtomicU8::new(NO_LEVEL),
+            subscriptions: Default::default(),
         }
     }
 
@@ -479,6 +485,11 @@ impl UpstreamHandle {
             match conn.call("logging/setLevel", Some(params), Caller::Gateway).await {
                 Ok(_) => self.log_level.store(wanted, Ordering::Relaxed),
                 Err(e) => tracing::warn!(server = %self.name, error = %e, "could not restore the log level"),
+            }
+        }
+        for uri in self.subscriptions.uris() {
+            if let Err(e) = conn.call("resources/subscribe", Some(json!({"uri": uri})), Caller::Gateway).await {
+                tracing::warn!(server = %self.name, error = %e, "could not restore a resource subscription");
             }
         }
         self.current.store(Some(conn.clone()));
@@ -621,6 +632,11 @@ impl UpstreamHandle {
             self.log_level.fetch_min(target, Ordering::Relaxed);
         }
         Some(result)
+    }
+
+    /// Resource subscriptions held on this server.
+    pub fn subscriptions(&self) -> &crate::subscriptions::Subscriptions {
+        &self.subscriptions
     }
 
     /// Records a log level to apply when the server (re)starts.

@@ -25,7 +25,7 @@ use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::load::{Kind, Slot};
 use crate::session::Scope;
-use crate::upstream::{Caller, EventSink, UpstreamEvent, log_rank};
+use crate::upstream::{Caller, EventSink, UpstreamEvent, bounded_body, bounded_events, log_rank};
 use crate::{mrtr, proxy};
 
 /// Methods the stateless version removed.
@@ -125,7 +125,7 @@ pub(crate) async fn handle(
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         match server.stateless_passthrough(raw, headers).await {
-            Some(Ok(resp)) => return relay(resp, slot),
+            Some(Ok(resp)) => return relay(resp, slot, server.spec().max_message_bytes),
             Some(Err(e)) => {
                 let err = e.to_error_object(server.name());
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
@@ -331,9 +331,18 @@ async fn drive(gw: Arc<Gateway>, call: Call, mut running: mrtr::Running, tx: mps
         tokio::select! {
             biased;
             outcome = &mut running.outcome => {
-                while let Ok(UpstreamEvent::Notification { method, params }) = running.events.try_recv() {
-                    if call.admits(&method, params.as_ref()) {
-                        let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                // What came before the result, in order; a server request
+                // behind it is moot now and refused.
+                while let Ok(ev) = running.events.try_recv() {
+                    match ev {
+                        UpstreamEvent::Notification { method, params } => {
+                            if call.admits(&method, params.as_ref()) {
+                                let _ = tx.send(Frame::Message(notification_value(method, params))).await;
+                            }
+                        }
+                        UpstreamEvent::Request { reply, .. } => {
+                            let _ = reply.send(Err(error_object(jsonrpc::INTERNAL_ERROR, "the call has ended")));
+                        }
                     }
                 }
                 let mut outcome = outcome.unwrap_or_else(|_| Err(error_object(jsonrpc::INTERNAL_ERROR, "the call ended unexpectedly")));
@@ -459,14 +468,20 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
     super::sse_response(axum::body::Body::from_stream(stream))
 }
 
-/// Streams an upstream answer back unchanged (status, type, body); the
+/// Streams an upstream answer back unchanged (status, type, body), within
+/// `upstream.max_message_bytes` per event (or in all, for JSON); the
 /// request's in-flight slot is held until the body ends.
-fn relay(resp: reqwest::Response, slot: Slot) -> Response {
+fn relay(resp: reqwest::Response, slot: Slot, max: usize) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
     let is_sse =
         content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = axum::body::Body::from_stream(resp.bytes_stream().map(move |chunk| {
+    let bytes: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = if is_sse {
+        bounded_events(resp.bytes_stream(), max).boxed()
+    } else {
+        bounded_body(resp.bytes_stream(), max).boxed()
+    };
+    let body = axum::body::Body::from_stream(bytes.map(move |chunk| {
         let _slot = &slot;
         chunk
     }));

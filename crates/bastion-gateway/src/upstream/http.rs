@@ -410,6 +410,22 @@ pub(crate) fn bounded_events<E: std::fmt::Display>(
     })
 }
 
+/// Passes a body through, failing it past `max` bytes in all.
+pub(crate) fn bounded_body<E: std::fmt::Display>(
+    stream: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+    max: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let mut seen = 0usize;
+    stream.map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > max {
+            return Err(std::io::Error::other(format!("the answer is larger than {max} bytes")));
+        }
+        Ok(chunk)
+    })
+}
+
 /// Counts the bytes of the SSE event being received (since the last blank line).
 #[derive(Default)]
 struct EventSizeCounter {

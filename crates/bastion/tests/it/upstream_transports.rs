@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, clients_dir, run_client, tools};
+use crate::harness::{Gateway, Mcp, clients_dir, run_client, tool_text, tools};
 
 /// The SDK's test server in legacy SSE mode on a free loopback port.
 struct SseServer {
@@ -18,10 +18,16 @@ struct SseServer {
 
 impl SseServer {
     fn start() -> SseServer {
+        SseServer::start_with(&["--transport", "sse"])
+    }
+
+    /// The test server with these arguments (a transport and its options).
+    fn start_with(args: &[&str]) -> SseServer {
         let t = tools();
         let mut child = Command::new(&t.python)
             .arg(clients_dir().join("testserver.py"))
-            .args(["--port", "0", "--transport", "sse"])
+            .args(["--port", "0"])
+            .args(args)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -69,5 +75,44 @@ async fn legacy_sse_servers_are_reached_explicitly_and_by_fallback() {
         );
     }
     assert!(gw.log().contains("trying legacy HTTP+SSE"), "the fallback was not logged:\n{}", gw.log());
+    gw.stop();
+}
+
+/// Answers from remote servers obey `upstream.max_message_bytes` as stdio
+/// lines do: a larger answer fails that call with a clear error, and the
+/// gateway and the connection carry on.
+#[tokio::test]
+async fn remote_answers_larger_than_the_message_limit_fail_the_call_only() {
+    let sse = SseServer::start();
+    let streamed = SseServer::start_with(&["--transport", "streamable-http"]);
+    let json_answers = SseServer::start_with(&["--transport", "streamable-http", "--json-response"]);
+    let mut gw = Gateway::start(json!({
+        "mcpServers": {
+            "sse": {"url": sse.url, "type": "sse"},
+            "streamed": {"url": streamed.url, "type": "http"},
+            "plain": {"url": json_answers.url, "type": "http"}
+        },
+        "upstream": {"max_message_bytes": 8192}
+    }));
+    let key = gw.create_key("alice", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let big = "x".repeat(20_000);
+    for name in ["sse", "streamed", "plain"] {
+        let tool = format!("{name}__echo");
+        assert_eq!(tool_text(&m.call_tool(&tool, json!({"text": "small"})).await), "small", "{name}");
+        let rpc = m.call_tool(&tool, json!({"text": big})).await;
+        let error = &rpc["error"];
+        assert!(
+            error.is_object(),
+            "{name}: an oversized answer was relayed: {}",
+            &rpc.to_string()[..200.min(rpc.to_string().len())]
+        );
+        assert!(!rpc.to_string().contains(&big), "{name}");
+        assert_eq!(
+            tool_text(&m.call_tool(&tool, json!({"text": "after"})).await),
+            "after",
+            "{name}: the server is still reachable"
+        );
+    }
     gw.stop();
 }
