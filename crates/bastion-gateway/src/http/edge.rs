@@ -240,4 +240,50 @@ mod tests {
             Request::builder().uri("/").header("x-big", "v".repeat(10_000)).body(axum::body::Body::empty()).unwrap();
         assert!(head_bytes(&big) > 10_000);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary Host and Origin values never panic, and on loopback
+        /// defaults nothing but a loopback name passes.
+        #[test]
+        fn only_loopback_names_pass_the_default_rules(host in "\\PC{0,40}", origin in "\\PC{0,60}") {
+            let p = rules(&[], true, &[]);
+            if p.host_allowed(Some(&host)) {
+                proptest::prop_assert!(is_loopback_name(strip_port(&host)), "{host}");
+            }
+            if p.origin_allowed(&origin) {
+                let rest = origin.split_once("://").map(|(_, r)| r.trim_end_matches('/')).unwrap_or("");
+                proptest::prop_assert!(is_loopback_name(strip_port(rest)), "{origin}");
+            }
+        }
+
+        /// A name that merely starts like an allowed one never passes:
+        /// `localhost.evil`, `127.0.0.1.evil`, `mcp.example.com.evil`.
+        #[test]
+        fn look_alike_hosts_are_refused(
+            suffix in "[a-z][a-z0-9-]{0,12}(\\.[a-z]{2,6})?",
+            port in proptest::option::of(1u16..),
+        ) {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let listed = strings(&["mcp.example.com"]);
+            for (allowed, hosts) in [("localhost", &[][..]), ("127.0.0.1", &[][..]), ("mcp.example.com", &listed[..])] {
+                let p = rules(hosts, true, &[]);
+                let host = format!("{allowed}.{suffix}{port}");
+                proptest::prop_assert!(!p.host_allowed(Some(&host)), "{host}");
+                proptest::prop_assert!(p.host_allowed(Some(&format!("{allowed}{port}"))), "{allowed}{port}");
+                let origin = format!("https://{allowed}.{suffix}{port}");
+                proptest::prop_assert!(!p.origin_allowed(&origin), "{origin}");
+            }
+        }
+
+        /// Request ids are kept only when short and printable.
+        #[test]
+        fn request_ids_are_short_and_printable(id in "[ -~]{0,200}") {
+            let Ok(v) = HeaderValue::from_str(&id) else { return Ok(()) };
+            let kept = valid_request_id(&v);
+            let ok = !id.is_empty() && id.len() <= 128 && !id.contains(' ');
+            proptest::prop_assert_eq!(kept, ok, "{}", id);
+        }
+    }
 }
