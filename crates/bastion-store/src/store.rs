@@ -116,8 +116,10 @@ impl Store {
     }
 
     /// Whether the database answers.
+    /// Whether the store can answer: reads the keys table, so a database
+    /// file that cannot be read fails here as every key lookup would.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1 FROM api_keys LIMIT 1").fetch_optional(&self.pool).await?;
         Ok(())
     }
 
