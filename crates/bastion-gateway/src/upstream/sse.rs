@@ -17,6 +17,18 @@ use super::http::{bounded_events, build_client, describe, header_map};
 use super::mux::{Mux, Outbound};
 use super::{CallError, Caller, ConnContext, ServerInfo, initialize_params};
 
+/// The message endpoint an `endpoint` event names, resolved against the
+/// stream's URL. It must be on the stream's own origin (scheme, host and
+/// port): a server cannot send the gateway's posts — and the configured
+/// headers with them — anywhere else.
+fn resolve_endpoint(stream: &reqwest::Url, data: &str) -> Result<reqwest::Url, CallError> {
+    let endpoint = stream.join(data.trim()).map_err(|_| CallError::Protocol("bad endpoint event".into()))?;
+    if endpoint.origin() != stream.origin() || !endpoint.username().is_empty() || endpoint.password().is_some() {
+        return Err(CallError::Protocol("endpoint on another origin".into()));
+    }
+    Ok(endpoint)
+}
+
 pub(crate) struct SseConn {
     pub mux: Arc<Mux>,
     pub info: ServerInfo,
@@ -49,14 +61,7 @@ impl SseConn {
                 .map_err(|_| CallError::Unavailable("no endpoint event".into()))?;
             match event {
                 Some(Ok(e)) if e.event.as_deref() == Some("endpoint") => {
-                    let data = e.data.unwrap_or_default();
-                    let endpoint =
-                        url.join(data.trim()).map_err(|_| CallError::Protocol("bad endpoint event".into()))?;
-                    // The message endpoint must be on the same origin as the stream.
-                    if endpoint.origin() != url.origin() {
-                        return Err(CallError::Protocol("endpoint on another origin".into()));
-                    }
-                    break endpoint;
+                    break resolve_endpoint(&url, &e.data.unwrap_or_default())?;
                 }
                 Some(Ok(_)) => continue,
                 _ => return Err(CallError::Unavailable("the SSE stream ended before the endpoint event".into())),
@@ -140,5 +145,46 @@ impl SseConn {
     pub fn shutdown(&self) {
         self.mux.close();
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> reqwest::Url {
+        reqwest::Url::parse("http://127.0.0.1:8000/sse").unwrap()
+    }
+
+    #[test]
+    fn endpoints_on_the_streams_origin_only() {
+        let ok = resolve_endpoint(&stream(), " /messages?session_id=abc\n").unwrap();
+        assert_eq!(ok.as_str(), "http://127.0.0.1:8000/messages?session_id=abc");
+        for bad in [
+            "//evil.example/x",
+            "http://evil.example/messages",
+            "https://127.0.0.1:8000/messages",
+            "http://127.0.0.1:8001/messages",
+            "http://user:pw@127.0.0.1:8000/messages",
+            "\\\\evil.example\\x",
+            "http://127.0.0.1:8000@evil.example/",
+        ] {
+            assert!(resolve_endpoint(&stream(), bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a server puts in its endpoint event, the result is on
+        /// the stream's origin or refused.
+        #[test]
+        fn any_endpoint_is_on_the_streams_origin_or_refused(data in "\\PC{0,60}", prefix in "(|/|//|\\\\|http://|https://|http:|/\\\\)") {
+            let data = format!("{prefix}{data}");
+            if let Ok(url) = resolve_endpoint(&stream(), &data) {
+                proptest::prop_assert_eq!(url.origin(), stream().origin());
+                proptest::prop_assert!(url.username().is_empty() && url.password().is_none());
+            }
+        }
     }
 }
