@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::harness::{
     Gates, Gateway, HttpFixture, META_CAPABILITIES, META_VERSION, Mcp, Reply, STATELESS, WAIT, collect, eventually,
-    fixture_echo, http, scripted_stdio, tool_text,
+    fixture_echo, http, post_listen, scripted_stdio, tool_text,
 };
 
 const VERSION: &str = "2025-11-25";
@@ -207,24 +207,7 @@ async fn legacy_post(gw: &Gateway, token: &str, endpoint: &str, body: &Value) ->
 /// A stateless `subscriptions/listen` stream once acknowledged, or the
 /// answer refusing it.
 async fn listen(url: &str, token: &str, id: &str) -> Result<Open, Reply> {
-    let body = json!({
-        "jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
-        "params": {
-            "_meta": {META_VERSION: STATELESS, META_CAPABILITIES: {}},
-            "notifications": {"toolsListChanged": true}
-        }
-    });
-    let resp = http()
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", STATELESS)
-        .header("mcp-method", "subscriptions/listen")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST subscriptions/listen");
+    let resp = post_listen(url, token, id, json!({"toolsListChanged": true})).await;
     if resp.status() != 200 {
         return Err(Reply::read(resp).await);
     }

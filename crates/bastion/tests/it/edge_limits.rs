@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::harness::{Gateway, Reply, WAIT, collect, eventually, fixture_echo, http};
+use crate::harness::{Gateway, Reply, WAIT, collect, eventually, fixture_echo, http, open_legacy_sse};
 
 /// How long a client that is *not* to be served is watched: long enough
 /// that an answer would have come, short enough for a test.
@@ -131,25 +131,8 @@ async fn legacy_stream(
     client: &reqwest::Client,
     key: &str,
 ) -> (String, Arc<Mutex<String>>, JoinHandle<()>) {
-    let resp = client
-        .get(g.url("/sse"))
-        .bearer_auth(key)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .expect("GET /sse");
-    assert_eq!(resp.status(), 200, "GET /sse");
-    let (seen, reader) = collect(resp);
-    let session = eventually(WAIT, "the endpoint event", || {
-        let seen = seen.clone();
-        async move {
-            let seen = seen.lock().expect("poisoned");
-            let rest = seen.split("sessionId=").nth(1)?;
-            let id = rest.lines().next()?.trim();
-            (!id.is_empty()).then(|| id.to_string())
-        }
-    })
-    .await;
+    let (seen, reader, endpoint) = open_legacy_sse(client, &g.url("/sse"), key).await;
+    let session = endpoint.split("sessionId=").nth(1).expect("a session id in the endpoint").to_string();
     (session, seen, reader)
 }
 

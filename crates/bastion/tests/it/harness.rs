@@ -1069,3 +1069,48 @@ impl Drop for ScriptedServer {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Long-lived streams opened by hand
+// ---------------------------------------------------------------------------
+
+/// POSTs a stateless `subscriptions/listen` asking for `notifications`;
+/// the answer is unread (an event stream when accepted).
+pub async fn post_listen(url: &str, token: &str, id: &str, notifications: Value) -> reqwest::Response {
+    let body = json!({
+        "jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+        "params": {"_meta": {META_VERSION: STATELESS, META_CAPABILITIES: {}}, "notifications": notifications}
+    });
+    http()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", STATELESS)
+        .header("mcp-method", "subscriptions/listen")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST subscriptions/listen")
+}
+
+/// Opens a legacy HTTP+SSE stream (`GET url`) read in the background, and
+/// waits for its endpoint event: the text so far, the reader, the endpoint.
+pub async fn open_legacy_sse(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> (std::sync::Arc<Mutex<String>>, tokio::task::JoinHandle<()>, String) {
+    let resp = client.get(url).bearer_auth(token).header("accept", "text/event-stream").send().await.expect("GET /sse");
+    assert_eq!(resp.status(), 200, "GET /sse");
+    let (seen, reader) = collect(resp);
+    let endpoint = eventually(WAIT, "the legacy endpoint event", || {
+        let seen = seen.clone();
+        async move {
+            let seen = seen.lock().expect("poisoned");
+            seen.lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string())
+        }
+    })
+    .await;
+    (seen, reader, endpoint)
+}

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::harness::{
     Gates, Gateway, META_CAPABILITIES, META_VERSION, Mcp, Reply, STATELESS, ScriptedServer, WAIT, collect, eventually,
-    http, scripted_stdio, tool_text,
+    http, open_legacy_sse, post_listen, scripted_stdio, tool_text,
 };
 
 /// A session version that allows JSON-RPC batches.
@@ -293,43 +293,14 @@ async fn get_stream(m: &Mcp) -> Stream {
 
 /// A legacy HTTP+SSE stream (`GET /sse`), once its endpoint event arrived.
 async fn legacy_stream(gw: &Gateway, token: &str) -> (Stream, String) {
-    let resp = http()
-        .get(gw.url("/sse"))
-        .bearer_auth(token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .expect("GET /sse");
-    assert_eq!(resp.status(), 200, "GET /sse");
-    let (seen, reader) = collect(resp);
-    let stream = Stream { seen, reader };
-    let endpoint = eventually(WAIT, "the legacy endpoint event", || async {
-        stream.text().lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string())
-    })
-    .await;
-    (stream, endpoint)
+    let (seen, reader, endpoint) = open_legacy_sse(&http(), &gw.url("/sse"), token).await;
+    (Stream { seen, reader }, endpoint)
 }
 
 /// A stateless `subscriptions/listen` stream, once acknowledged.
 async fn listen_stream(url: &str, token: &str, uris: &[&str]) -> Stream {
-    let body = json!({
-        "jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen",
-        "params": {
-            "_meta": {META_VERSION: STATELESS, META_CAPABILITIES: {}},
-            "notifications": {"toolsListChanged": true, "resourceSubscriptions": uris}
-        }
-    });
-    let resp = http()
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", STATELESS)
-        .header("mcp-method", "subscriptions/listen")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST subscriptions/listen");
+    let resp =
+        post_listen(url, token, "listen-1", json!({"toolsListChanged": true, "resourceSubscriptions": uris})).await;
     assert_eq!(resp.status(), 200, "subscriptions/listen");
     let (seen, reader) = collect(resp);
     let stream = Stream { seen, reader };
