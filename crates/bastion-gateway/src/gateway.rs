@@ -21,6 +21,7 @@ use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
 use crate::load::{Kind, LimitReached, PrincipalLoad, Slot};
 use crate::session::{NewSession, Scope, Session, Sessions};
 use crate::upstream::{Caller, ServerNotification, UpstreamHandle, is_broadcast, specs_from_config};
+use dashmap::DashMap;
 
 /// A configuration and the upstreams built from it.
 pub struct Runtime {
@@ -42,6 +43,9 @@ pub struct Gateway {
     pub continuations: crate::mrtr::Continuations,
     /// What each principal holds, against `limits.per_principal`.
     pub load: PrincipalLoad,
+    /// Credentials with stateless requests in flight, each with a token
+    /// cancelled when the credential is revoked or expires.
+    watched: Arc<DashMap<Arc<str>, (CancellationToken, usize)>>,
     pub authentication: Authentication,
     pub store: Store,
     spawn_permits: Arc<Semaphore>,
@@ -71,6 +75,7 @@ impl Gateway {
             sessions: Sessions::new(),
             continuations: Default::default(),
             load: PrincipalLoad::default(),
+            watched: Default::default(),
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             authentication,
@@ -89,6 +94,28 @@ impl Gateway {
     /// Takes one of the caller's slots of `kind`, under the live caps.
     pub fn acquire(&self, principal: &Principal, kind: Kind) -> Result<Slot, LimitReached> {
         self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal)
+    }
+
+    /// A token cancelled when the caller's credential is revoked or
+    /// expires, for requests that belong to no session (stateless ones):
+    /// a session's requests end with the session.
+    pub fn watch_credential(&self, principal: &Principal) -> CredentialWatch {
+        let mut entry =
+            self.watched.entry(principal.credential.clone()).or_insert_with(|| (CancellationToken::new(), 0));
+        entry.1 += 1;
+        CredentialWatch { map: self.watched.clone(), credential: principal.credential.clone(), token: entry.0.clone() }
+    }
+
+    /// Cancels what is in flight under credentials that ended.
+    fn cancel_credentials(&self, ended: &[String]) -> usize {
+        let mut n = 0;
+        for key in ended {
+            if let Some((_, (token, _))) = self.watched.remove(key.as_str()) {
+                token.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Opens a session, under the principal's session cap (the internal
@@ -426,6 +453,27 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
+/// Watches one credential for a request in flight; see
+/// [`Gateway::watch_credential`].
+pub struct CredentialWatch {
+    map: Arc<DashMap<Arc<str>, (CancellationToken, usize)>>,
+    credential: Arc<str>,
+    /// Cancelled when the credential is revoked or expires.
+    pub token: CancellationToken,
+}
+
+impl Drop for CredentialWatch {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.credential, |_, (token, n)| {
+            // Only this watch's entry: a cancelled one was already removed.
+            if !token.is_cancelled() && *n > 0 {
+                *n -= 1;
+            }
+            *n == 0
+        });
+    }
+}
+
 /// Closes what revoked and expired keys opened — sessions, their streams
 /// and requests, parked stateless calls — within `auth.key_cache_ttl`.
 /// Each round asks the store once for the keys that ended since the last
@@ -452,8 +500,14 @@ async fn close_ended_credentials(gw: Arc<Gateway>, shutdown: CancellationToken) 
         }
         let closed = gw.close_sessions_where(|s| ended.iter().any(|k| *k == *s.principal.credential));
         let parked = gw.continuations.drop_credentials(&ended);
-        if closed + parked > 0 {
-            tracing::info!(sessions = closed, parked_calls = parked, "closed what revoked or expired keys had open");
+        let stateless = gw.cancel_credentials(&ended);
+        if closed + parked + stateless > 0 {
+            tracing::info!(
+                sessions = closed,
+                parked_calls = parked,
+                stateless_keys = stateless,
+                "closed what revoked or expired keys had open"
+            );
         }
     }
 }

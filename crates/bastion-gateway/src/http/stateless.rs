@@ -22,7 +22,7 @@ use super::{
     rpc_error,
 };
 use crate::auth::Principal;
-use crate::gateway::Gateway;
+use crate::gateway::{CredentialWatch, Gateway};
 use crate::load::{Kind, Slot};
 use crate::session::Scope;
 use crate::upstream::{Caller, EventSink, UpstreamEvent, bounded_body, bounded_events, log_rank};
@@ -119,13 +119,16 @@ pub(crate) async fn handle(
         Ok(slot) => slot,
         Err(e) => return limit_response(id, &e),
     };
+    // Without a session to close, the request itself ends when its key is
+    // revoked or expires.
+    let watch = gw.watch_credential(&principal);
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is.
     if let Scope::Server(_) = &scope
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         match server.stateless_passthrough(raw, headers).await {
-            Some(Ok(resp)) => return relay(resp, slot, server.spec().max_message_bytes),
+            Some(Ok(resp)) => return relay(resp, (slot, watch), server.spec().max_message_bytes),
             Some(Err(e)) => {
                 let err = e.to_error_object(server.name());
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
@@ -160,7 +163,7 @@ pub(crate) async fn handle(
         .and_then(Value::as_str)
         .and_then(log_rank);
     let req = strip_stateless_meta(req);
-    bridge(gw, scope, principal, req, client_capabilities, log_level, slot).await
+    bridge(gw, scope, principal, req, client_capabilities, log_level, (slot, watch)).await
 }
 
 /// `subscriptions/listen` on servers reached through a session-based
@@ -247,7 +250,7 @@ async fn bridge(
     mut req: Request,
     caps: Value,
     log_level: Option<u8>,
-    slot: Slot,
+    (slot, watch): (Slot, CredentialWatch),
 ) -> Response {
     let (state, responses) = mrtr::take_retry_fields(&mut req);
     let fingerprint = mrtr::fingerprint(&req);
@@ -259,10 +262,19 @@ async fn bridge(
         None => start(gw.clone(), scope, req.clone()),
     };
     let (tx, rx) = mpsc::channel::<Frame>(64);
+    let id = req.id.clone();
     let call = Call { principal, fingerprint, req, caps, log_level };
     tokio::spawn(async move {
         let _slot = slot;
-        drive(gw, call, running, tx).await;
+        let ended = tx.clone();
+        tokio::select! {
+            _ = drive(gw, call, running, tx) => {}
+            // Dropping the call cancels it upstream.
+            _ = watch.token.cancelled() => {
+                let err = error_object(jsonrpc::FORBIDDEN, "the key that made this request was revoked or has expired");
+                let _ = ended.send(Frame::Final(response_value(&id, Err(err)))).await;
+            }
+        }
     });
     frames_response(rx).await
 }
@@ -470,8 +482,9 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
 
 /// Streams an upstream answer back unchanged (status, type, body), within
 /// `upstream.max_message_bytes` per event (or in all, for JSON); the
-/// request's in-flight slot is held until the body ends.
-fn relay(resp: reqwest::Response, slot: Slot, max: usize) -> Response {
+/// request's in-flight slot is held until the body ends, which it does at
+/// once if the request's key is revoked or expires.
+fn relay(resp: reqwest::Response, (slot, watch): (Slot, CredentialWatch), max: usize) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
     let is_sse =
@@ -481,8 +494,9 @@ fn relay(resp: reqwest::Response, slot: Slot, max: usize) -> Response {
     } else {
         bounded_body(resp.bytes_stream(), max).boxed()
     };
-    let body = axum::body::Body::from_stream(bytes.map(move |chunk| {
-        let _slot = &slot;
+    let ended = watch.token.clone().cancelled_owned();
+    let body = axum::body::Body::from_stream(bytes.take_until(ended).map(move |chunk| {
+        let _held = (&slot, &watch);
         chunk
     }));
     let mut out = if is_sse { super::sse_response(body) } else { Response::new(body) };

@@ -717,6 +717,37 @@ async fn a_revoked_key_loses_its_streams_and_sessions_within_the_cache_ttl() {
     p.assert_none();
 }
 
+/// A stateless request belongs to no session: it ends by itself when its
+/// key is revoked, with an error, and Bob's request is not touched.
+#[tokio::test]
+async fn a_revoked_keys_stateless_call_in_flight_ends_within_the_cache_ttl() {
+    let s = Setup::start(Kind::Stdio, json!({}), json!({"auth": {"key_cache_ttl": "1s"}}));
+    let alice_id = s.gw.key_id("alice");
+    let alice = Mcp::stateless(s.url(), &s.alice);
+    let bob = Mcp::stateless(s.url(), &s.bob);
+    let alice_call =
+        tokio::spawn(
+            async move { alice.post(&stateless_call("a1", "hold", json!({"gate": "alice"}), json!({}))).await },
+        );
+    s.gates.wait("started", "alice").await;
+    let bob_call =
+        tokio::spawn(async move { bob.post(&stateless_call("b1", "hold", json!({"gate": "bob"}), json!({}))).await });
+    s.gates.wait("started", "bob").await;
+
+    let out = s.gw.cli(&["keys", "revoke", &alice_id]);
+    assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + KEY_TTL + Duration::from_secs(1);
+    let ended = by_deadline(deadline, || alice_call.is_finished()).await;
+    assert!(ended, "Alice's stateless call still runs {KEY_TTL:?} + 1 s after her key was revoked");
+    let reply = alice_call.await.expect("Alice's call");
+    let rpc = reply.rpc();
+    assert_eq!(rpc["error"]["code"], -32003, "the call ends with an error saying why: {rpc}");
+    assert!(!bob_call.is_finished(), "Bob's call was ended too");
+    s.gates.release("bob");
+    let rpc = tokio::time::timeout(WAIT, bob_call).await.expect("Bob's call ends").expect("Bob's call").rpc();
+    assert!(rpc.get("result").is_some(), "Bob's call: {rpc}");
+}
+
 #[tokio::test]
 async fn an_expired_key_loses_its_streams_within_the_cache_ttl() {
     const LIFE: Duration = Duration::from_secs(5);
