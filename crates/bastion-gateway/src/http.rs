@@ -412,7 +412,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Reques
         Ok(slot) => slot,
         Err(e) => return limit_response(Some(&req.id), &e),
     };
-    let (sink, mut events) = EventSink::new(session.id.clone());
+    let (sink, mut events) = EventSink::new(session.principal.user.clone());
     let sink = sink.with_log_level(session.log_level());
     let key = id_key(&req.id);
     let token = session.start_request(key.clone());
@@ -626,7 +626,7 @@ async fn batch(
             Ok(Message::Request(req)) => {
                 // A batch answers with one JSON array: nothing can reach
                 // the client before it, so its calls receive no messages.
-                let outcome = run_request(&gw, &session, &req, Caller::Quiet(session.id.as_str().into())).await;
+                let outcome = run_request(&gw, &session, &req, Caller::Quiet(session.principal.user.clone())).await;
                 answers.push(response_value(&req.id, outcome));
             }
             Ok(Message::Notification(n)) => on_client_notification(&session, &n.method, n.params.as_ref()),

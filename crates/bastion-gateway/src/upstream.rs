@@ -46,8 +46,8 @@ pub enum UpstreamEvent {
 #[derive(Clone, Debug)]
 pub struct EventSink {
     tx: mpsc::Sender<UpstreamEvent>,
-    /// The downstream client the call belongs to (a session id, or a
-    /// per-request token for stateless calls).
+    /// The principal (user) the call belongs to: the boundary no message
+    /// may cross.
     owner: Arc<str>,
     /// Set while the call waits for its client to come back with input (a
     /// multi round-trip request); the call still owns what its server sends.
@@ -102,14 +102,15 @@ impl EventSink {
 /// On whose behalf a call is made. On a connection shared by several
 /// clients, what the server sends that no id or token ties to one call
 /// (server requests, log messages) goes to a call only when every call
-/// pending on the connection — of whatever kind — has the same owner.
+/// pending on the connection — of whatever kind — has the same owner, the
+/// principal ([`owning_sink`]).
 #[derive(Clone, Debug)]
 pub enum Caller {
     /// A client's call; what the server sends about it goes to the sink.
     Client(EventSink),
     /// A client's call that cannot receive messages (a batch item, a
-    /// subscription made for a stateless stream): it counts as an owner,
-    /// and what would be for it is refused or dropped.
+    /// subscription made for a stateless stream), by its principal: it
+    /// counts as an owner, and cannot be the one a message goes to.
     Quiet(Arc<str>),
     /// Bastion's own call on behalf of every client (list fetches).
     Gateway,
@@ -131,6 +132,33 @@ impl Caller {
             _ => None,
         }
     }
+}
+
+/// Of the calls pending on a shared connection, where a message that names
+/// no call goes: only when every call belongs to one principal, to the
+/// newest of its calls that can receive — calls running before calls
+/// parked while their client answers a multi round-trip request (a parked
+/// call's server is waiting for those answers; alone, it gets what its
+/// server asks next). `None` when the owner is not unique or none of its
+/// calls can receive: the request is then refused, the log line dropped.
+pub(crate) fn owning_sink<'a>(calls: impl IntoIterator<Item = (u64, &'a Caller)>) -> Option<EventSink> {
+    let mut owner: Option<&str> = None;
+    // (parked, id): running calls sort after parked ones, newer after older.
+    let mut best: Option<((bool, u64), &EventSink)> = None;
+    for (id, caller) in calls {
+        match owner {
+            None => owner = Some(caller.owner()),
+            Some(o) if o != caller.owner() => return None,
+            Some(_) => {}
+        }
+        if let Some(sink) = caller.sink() {
+            let rank = (!sink.is_parked(), id);
+            if best.is_none_or(|(b, _)| rank > b) {
+                best = Some((rank, sink));
+            }
+        }
+    }
+    best.map(|(_, s)| s.clone())
 }
 
 /// Severity rank of an MCP log level (RFC 5424 order): `debug` is 0.

@@ -113,7 +113,7 @@ pub(crate) async fn message(
             let session = session.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let (sink, mut events) = EventSink::new(session.id.clone());
+                let (sink, mut events) = EventSink::new(session.principal.user.clone());
                 let sink = sink.with_log_level(session.log_level());
                 let key = id_key(&req.id);
                 let token = session.start_request(key.clone());

@@ -207,7 +207,7 @@ async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Reque
         // The stream cannot receive what a server sends about this call.
         let ctx = proxy::RequestCtx {
             scope: &scope,
-            caller: Caller::Quiet(session.id.as_str().into()),
+            caller: Caller::Quiet(session.principal.user.clone()),
             session: Some(&session),
         };
         if proxy::handle_request(&gw, &ctx, &sub).await.is_ok() {
@@ -259,7 +259,7 @@ async fn bridge(
             Ok(r) => r,
             Err(e) => return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": e})),
         },
-        None => start(gw.clone(), scope, req.clone()),
+        None => start(gw.clone(), scope, req.clone(), principal.user.clone()),
     };
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let id = req.id.clone();
@@ -279,8 +279,8 @@ async fn bridge(
     frames_response(rx).await
 }
 
-fn start(gw: Arc<Gateway>, scope: Scope, req: Request) -> mrtr::Running {
-    let (sink, events) = EventSink::new(bastion_core::apikey::random_token(16));
+fn start(gw: Arc<Gateway>, scope: Scope, req: Request, user: Arc<str>) -> mrtr::Running {
+    let (sink, events) = EventSink::new(user);
     let own_sink = sink.clone();
     let (otx, orx) = oneshot::channel();
     let task = tokio::spawn(async move {

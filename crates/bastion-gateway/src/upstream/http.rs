@@ -7,9 +7,12 @@
 //! HTTP client.
 //!
 //! The connection is shared by every client, so what comes on the GET
-//! stream belongs to no client: only list changes and resource updates are
-//! fanned out; log and progress messages there are dropped and server
-//! requests refused (`ping` and `roots/list` are answered by Bastion).
+//! stream names no call: list changes and resource updates are fanned out;
+//! a progress message goes to the one pending call whose progress token it
+//! names; log messages and server requests go where the shared-connection
+//! rule sends them (`owning_sink`: only when every pending call belongs to
+//! one principal), else they are dropped or refused (`ping` and
+//! `roots/list` are answered by Bastion).
 //! Every answer and every SSE event obeys `upstream.max_message_bytes`.
 
 use std::collections::BTreeMap;
@@ -65,6 +68,26 @@ struct Inner {
     /// Whether the server also speaks the stateless 2026-07-28 version, so
     /// stateless clients can be passed through unchanged.
     stateless: AtomicBool,
+    /// The calls waiting for their answer, by request id: who made them,
+    /// and the progress token each carries.
+    pending: std::sync::Mutex<std::collections::HashMap<u64, PendingCall>>,
+}
+
+struct PendingCall {
+    caller: Caller,
+    progress_token: Option<Value>,
+}
+
+/// Takes a call off the pending list however it ends.
+struct Registered<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().expect("poisoned").remove(&self.id);
+    }
 }
 
 /// Request headers a stateless client's request carries through to a
@@ -155,6 +178,7 @@ impl HttpConn {
             alive: AtomicBool::new(true),
             stop: CancellationToken::new(),
             stateless: AtomicBool::new(false),
+            pending: Default::default(),
         };
         let result = read_response(&inner, resp, &Value::from(0), &Caller::Gateway).await?;
         let info = ServerInfo::from_initialize_result(&result)?;
@@ -203,7 +227,11 @@ impl HttpConn {
 
     pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         let inner = &self.inner;
-        let id = Value::from(inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = Value::from(n);
+        let progress_token = params.as_ref().and_then(|p| p.pointer("/_meta/progressToken")).cloned();
+        inner.pending.lock().expect("poisoned").insert(n, PendingCall { caller: caller.clone(), progress_token });
+        let _registered = Registered { inner, id: n };
         let mut body = json!({"jsonrpc": "2.0", "id": id, "method": method});
         if let Some(p) = params {
             body["params"] = p;
@@ -375,6 +403,40 @@ fn on_call_notification(inner: &Inner, method: String, params: Option<Value>, si
     let _ = sink.try_send(UpstreamEvent::Notification { method, params });
 }
 
+/// A notification on the GET stream, which names no call.
+fn on_unbound_notification(inner: &Inner, method: String, params: Option<Value>) {
+    if is_broadcast(&method) {
+        let _ = inner.ctx.notifications.send(ServerNotification { server: inner.ctx.server.clone(), method, params });
+        return;
+    }
+    let sink = match method.as_str() {
+        // Exact when one pending call carries the token; else nobody's.
+        "notifications/progress" => {
+            let token = params.as_ref().and_then(|p| p.get("progressToken"));
+            let pending = inner.pending.lock().expect("poisoned");
+            let mut carrying = pending.values().filter(|c| token.is_some() && c.progress_token.as_ref() == token);
+            match (carrying.next(), carrying.next()) {
+                (Some(one), None) => one.caller.sink().cloned(),
+                _ => None,
+            }
+        }
+        "notifications/message" => owning_sink(inner).filter(|s| s.admits_log(params.as_ref(), inner.ctx.log_level())),
+        _ => None,
+    };
+    match sink {
+        Some(s) => {
+            let _ = s.try_send(UpstreamEvent::Notification { method, params });
+        }
+        None => tracing::debug!(server = %inner.ctx.server, %method, "message for no single client dropped"),
+    }
+}
+
+/// See [`super::owning_sink`].
+fn owning_sink(inner: &Inner) -> Option<EventSink> {
+    let pending = inner.pending.lock().expect("poisoned");
+    super::owning_sink(pending.iter().map(|(id, c)| (*id, &c.caller)))
+}
+
 /// A body read whole, refusing more than `max` bytes.
 async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, CallError> {
     let too_large = || CallError::Protocol(format!("the answer is larger than {max} bytes"));
@@ -530,9 +592,11 @@ async fn listen(inner: Arc<Inner>) {
                     let Some(data) = event.data else { continue };
                     let Ok(value) = serde_json::from_str::<Value>(&data) else { continue };
                     match Message::from_value(value) {
-                        // Nothing on this stream belongs to a call.
-                        Ok(Message::Notification(n)) => on_call_notification(&inner, n.method, n.params, None),
-                        Ok(Message::Request(r)) => relay_request(&inner, r.id, r.method, r.params, None),
+                        Ok(Message::Notification(n)) => on_unbound_notification(&inner, n.method, n.params),
+                        Ok(Message::Request(r)) => {
+                            let sink = owning_sink(&inner);
+                            relay_request(&inner, r.id, r.method, r.params, sink.as_ref())
+                        }
                         _ => {}
                     }
                 }

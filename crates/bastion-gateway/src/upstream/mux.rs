@@ -11,16 +11,16 @@
 //! - `notifications/progress` → the call whose token it names;
 //! - `ping` and `roots/list` → answered by Bastion (roots from the config:
 //!   the process is shared, so no client's own roots may reach it);
-//! - other requests (sampling, elicitation) and log messages → the newest
-//!   call in flight, only when every call pending on the connection belongs
-//!   to one client (stdio carries no better association). Every pending
-//!   call counts, whatever its kind: calls that cannot receive messages
-//!   (batch items, subscriptions made for a stateless stream), Bastion's
-//!   own list fetches, and stateless calls parked while their client
-//!   answers a multi round-trip request. When the owner is not unique, or
-//!   none of its calls can receive the message, a request is refused and a
-//!   log message dropped rather than risk handing one client's data to
-//!   another;
+//! - other requests (sampling, elicitation) and log messages → a call in
+//!   flight, only when every call pending on the connection belongs to one
+//!   principal (stdio carries no better association; `owning_sink`).
+//!   Every pending call counts, whatever its kind: calls that cannot
+//!   receive messages (batch items, subscriptions made for a stateless
+//!   stream), Bastion's own list fetches, and stateless calls parked while
+//!   their client answers a multi round-trip request. When the owner is not
+//!   unique, or none of its calls can receive the message, a request is
+//!   refused and a log message dropped rather than risk handing one user's
+//!   data to another;
 //! - list changes and resource updates → the fan-out; other notifications
 //!   about no call are dropped.
 
@@ -246,25 +246,10 @@ impl Mux {
         });
     }
 
-    /// When every pending call belongs to one client, the sink of its
-    /// newest call that can receive messages.
+    /// See [`super::owning_sink`].
     fn owning_sink(&self) -> Option<EventSink> {
         let pending = self.pending.lock().expect("poisoned");
-        let mut calls = pending.iter();
-        let (_, first) = calls.next()?;
-        let owner = first.caller.owner();
-        let mut newest: Option<(u64, &EventSink)> = None;
-        for (id, p) in pending.iter() {
-            if p.caller.owner() != owner {
-                return None;
-            }
-            if let Some(sink) = p.caller.sink()
-                && newest.is_none_or(|(n, _)| *id > n)
-            {
-                newest = Some((*id, sink));
-            }
-        }
-        newest.map(|(_, s)| s.clone())
+        super::owning_sink(pending.iter().map(|(id, p)| (*id, &p.caller)))
     }
 
     /// The connection ended: every waiting call fails.
@@ -419,6 +404,20 @@ mod tests {
         start(&m, &mut out, Caller::Client(active)).await;
         assert!(refused(&m, &mut out, "elicitation/create").await);
         assert!(active_events.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn one_users_running_call_is_preferred_to_its_parked_one() {
+        let (m, mut out, _n) = mux();
+        let (parked, mut parked_events) = EventSink::new("alice");
+        let (running, mut running_events) = EventSink::new("alice");
+        start(&m, &mut out, Caller::Client(running)).await;
+        parked.set_parked(true);
+        start(&m, &mut out, Caller::Client(parked)).await;
+        m.on_message(json!({"jsonrpc":"2.0","id":"s","method":"elicitation/create","params":{}}));
+        let got = running_events.recv().await;
+        assert!(matches!(got, Some(UpstreamEvent::Request { .. })));
+        assert!(parked_events.try_recv().is_err());
     }
 
     #[tokio::test]
