@@ -447,6 +447,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Reques
                     frames.push(Ok::<_, Infallible>(sse_frame(&msg)));
                 }
             }
+            linger(session.clone(), events);
             return match done {
                 Some(v) if frames.is_empty() => json_response(StatusCode::OK, &v),
                 Some(v) => {
@@ -491,8 +492,35 @@ pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Reques
             }
         }
         session.finish_request(&key);
+        linger(session, events);
     });
     sse_response(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// What a server sends about a request just after its answer (where no
+/// stream ties the two, see [`crate::upstream::LINGER`]) goes on the
+/// session's own stream, if one is open.
+pub(crate) fn linger(session: Arc<Session>, mut events: mpsc::Receiver<UpstreamEvent>) {
+    tokio::spawn(async move {
+        let until = tokio::time::sleep(crate::upstream::LINGER);
+        tokio::pin!(until);
+        loop {
+            let ev = tokio::select! {
+                _ = &mut until => return,
+                ev = events.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            match ev {
+                UpstreamEvent::Notification { .. } => {
+                    if let Some(msg) = event_to_message(Some(&session), ev) {
+                        session.push(msg);
+                    }
+                }
+                UpstreamEvent::Request { reply, .. } => {
+                    let _ = reply.send(Err(error_object(jsonrpc::INTERNAL_ERROR, "the call has ended")));
+                }
+            }
+        }
+    });
 }
 
 /// Handles a request in its session.

@@ -185,6 +185,11 @@ pub(crate) fn is_broadcast(method: &str) -> bool {
     )
 }
 
+/// How long after its answer a call still receives what its server sends
+/// about it where no stream ties the two (a Streamable HTTP server's GET
+/// stream): a log line may come just after the answer.
+pub const LINGER: Duration = Duration::from_millis(500);
+
 /// Capacity of an [`EventSink`].
 pub const EVENT_BUFFER: usize = 256;
 

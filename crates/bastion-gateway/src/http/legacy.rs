@@ -140,6 +140,7 @@ pub(crate) async fn message(
                 if let Some(o) = outcome {
                     session.push(response_value(&req.id, o));
                 }
+                super::linger(session.clone(), events);
             });
         }
         Message::Notification(n) => on_client_notification(&session, &n.method, n.params.as_ref()),

@@ -71,6 +71,10 @@ struct Inner {
     /// The calls waiting for their answer, by request id: who made them,
     /// and the progress token each carries.
     pending: std::sync::Mutex<std::collections::HashMap<u64, PendingCall>>,
+    /// Calls answered within the last [`super::LINGER`]: a log line a server
+    /// sends about a call on its GET stream may arrive just after the
+    /// call's answer, and still belongs to that call's caller.
+    recent: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64, Caller)>>,
 }
 
 struct PendingCall {
@@ -86,7 +90,13 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.inner.pending.lock().expect("poisoned").remove(&self.id);
+        let Some(call) = self.inner.pending.lock().expect("poisoned").remove(&self.id) else { return };
+        let now = std::time::Instant::now();
+        let mut recent = self.inner.recent.lock().expect("poisoned");
+        while recent.front().is_some_and(|(at, _, _)| now.duration_since(*at) > super::LINGER) {
+            recent.pop_front();
+        }
+        recent.push_back((now, self.id, call.caller));
     }
 }
 
@@ -179,6 +189,7 @@ impl HttpConn {
             stop: CancellationToken::new(),
             stateless: AtomicBool::new(false),
             pending: Default::default(),
+            recent: Default::default(),
         };
         let result = read_response(&inner, resp, &Value::from(0), &Caller::Gateway).await?;
         let info = ServerInfo::from_initialize_result(&result)?;
@@ -420,7 +431,15 @@ fn on_unbound_notification(inner: &Inner, method: String, params: Option<Value>)
                 _ => None,
             }
         }
-        "notifications/message" => owning_sink(inner).filter(|s| s.admits_log(params.as_ref(), inner.ctx.log_level())),
+        // Calls answered a moment ago count too: the line may trail the answer.
+        "notifications/message" => {
+            let pending = inner.pending.lock().expect("poisoned");
+            let recent = inner.recent.lock().expect("poisoned");
+            let now = std::time::Instant::now();
+            let lately = recent.iter().filter(|(at, _, _)| now.duration_since(*at) <= super::LINGER);
+            let calls = pending.iter().map(|(id, c)| (*id, &c.caller)).chain(lately.map(|(_, id, c)| (*id, c)));
+            super::owning_sink(calls).filter(|s| s.admits_log(params.as_ref(), inner.ctx.log_level()))
+        }
         _ => None,
     };
     match sink {
