@@ -216,6 +216,9 @@ pub async fn bastion_setup(
         "data_dir": dir.join("data"),
         "mcpServers": servers,
         "log": {"level": log_level},
+        // One key drives every scenario, the 10,000 idle sessions among
+        // them: the per-principal caps are raised to let it.
+        "limits": {"per_principal": {"sessions": 20000, "calls_in_flight": 4096}},
     });
     let path = dir.join("bastion.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
