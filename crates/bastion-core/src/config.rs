@@ -77,6 +77,15 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// On SIGTERM/SIGINT, how long calls in flight may run to their end.
+    /// Past it they are answered with an error, the upstream processes are
+    /// killed, and the gateway exits. Default 10s.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_listen() -> SocketAddr {
@@ -222,6 +231,21 @@ pub struct HttpConfig {
     /// JSON text; a session keeps them. Default 16 KiB.
     #[serde(default = "default_max_client_info")]
     pub max_client_info_bytes: usize,
+    /// Bytes of messages waiting to be written on one session's stream (GET,
+    /// legacy SSE, `subscriptions/listen`). Past it, notifications for that
+    /// session are dropped; answers wait for room. Default 1 MiB.
+    #[serde(default = "default_stream_queue")]
+    pub stream_queue_bytes: usize,
+    /// Bytes waiting on all streams together. Past it, the streams with the
+    /// most waiting are disconnected, slowest first. Default 64 MiB.
+    #[serde(default = "default_stream_queue_total")]
+    pub stream_queue_total_bytes: usize,
+    /// File descriptors kept free for the store, upstream processes and
+    /// connections to remote servers: new client connections are refused
+    /// with 503 once fewer than this many remain under the open-file limit.
+    /// Default 256.
+    #[serde(default = "default_descriptor_headroom")]
+    pub descriptor_headroom: usize,
 }
 
 impl Default for HttpConfig {
@@ -239,10 +263,22 @@ impl Default for HttpConfig {
             http2_max_concurrent_streams: default_h2_streams(),
             max_header_bytes: default_max_header_bytes(),
             max_client_info_bytes: default_max_client_info(),
+            stream_queue_bytes: default_stream_queue(),
+            stream_queue_total_bytes: default_stream_queue_total(),
+            descriptor_headroom: default_descriptor_headroom(),
         }
     }
 }
 
+fn default_stream_queue() -> usize {
+    1024 * 1024
+}
+fn default_stream_queue_total() -> usize {
+    64 * 1024 * 1024
+}
+fn default_descriptor_headroom() -> usize {
+    256
+}
 fn default_max_body() -> usize {
     4 * 1024 * 1024
 }
@@ -611,6 +647,18 @@ impl Config {
         }
         if self.http.max_header_bytes < 4096 {
             return Err(invalid("http.max_header_bytes".into(), "must be at least 4096".into()));
+        }
+        if self.http.stream_queue_bytes < 64 * 1024 {
+            return Err(invalid("http.stream_queue_bytes".into(), "must be at least 65536".into()));
+        }
+        if self.http.stream_queue_total_bytes < self.http.stream_queue_bytes {
+            return Err(invalid(
+                "http.stream_queue_total_bytes".into(),
+                "must be at least http.stream_queue_bytes".into(),
+            ));
+        }
+        if self.shutdown_grace < Duration::from_millis(100) {
+            return Err(invalid("shutdown_grace".into(), "must be at least 100ms".into()));
         }
         if self.upstream.max_concurrent_spawns == 0 {
             return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
