@@ -31,6 +31,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
 /// The caller reached one of its limits (HTTP 429, with `Retry-After`).
 pub const LIMIT_REACHED: i64 = -32029;
+/// The gateway is shutting down: the request was not started, or its grace
+/// period ran out (HTTP 503 when no response has begun).
+pub const SHUTTING_DOWN: i64 = -32030;
 
 /// A JSON-RPC id: a string or a number. Kept as the exact JSON value so that
 /// it round-trips byte for byte.
