@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
 use crate::load::{Kind, LimitReached, PrincipalLoad, Slot};
+use crate::outbox::{Budget, Coalesce};
 use crate::session::{NewSession, Scope, Session, Sessions};
 use crate::upstream::{Caller, ServerNotification, UpstreamHandle, is_broadcast, specs_from_config};
 use dashmap::DashMap;
@@ -39,6 +40,8 @@ pub enum Authentication {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub sessions: Sessions,
+    /// Graceful shutdown of the request path.
+    pub drain: crate::drain::Drain,
     /// Calls of stateless clients waiting for their input (multi round-trip).
     pub continuations: crate::mrtr::Continuations,
     /// What each principal holds, against `limits.per_principal`.
@@ -72,7 +75,8 @@ impl Gateway {
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
         let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &BTreeMap::new());
         let gw = Arc::new(Gateway {
-            sessions: Sessions::new(),
+            sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
+            drain: Default::default(),
             continuations: Default::default(),
             load: PrincipalLoad::default(),
             watched: Default::default(),
@@ -87,6 +91,7 @@ impl Gateway {
         });
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
+        tokio::spawn(shed_slow_streams(gw.clone(), shutdown.clone()));
         tokio::spawn(close_ended_credentials(gw.clone(), shutdown));
         gw
     }
@@ -286,6 +291,7 @@ impl Gateway {
 
     /// Settings held outside the config snapshot, brought up to date.
     fn apply_live_settings(&self, config: &Config) {
+        self.sessions.budget.set_limits(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes);
         if let Authentication::ApiKeys(a) = &self.authentication {
             a.set_ttl(config.auth.key_cache_ttl);
         }
@@ -347,39 +353,113 @@ fn build_upstreams(
         .collect()
 }
 
+/// Notifications taken from the upstreams at once; repeated
+/// `list_changed` notifications of one server within them count once.
+const FAN_OUT_BATCH: usize = 256;
+/// Sessions served before the fan-out lets other tasks run.
+const FAN_OUT_SLICE: usize = 256;
+
 /// Delivers server notifications that belong to no call to the sessions
-/// that can see that server, translated into their namespace.
+/// that can see that server, translated into their namespace. Each
+/// notification is encoded once per namespace and shared by the sessions'
+/// queues, which are bounded (see [`crate::outbox`]); the task yields
+/// regularly so a burst to thousands of sessions does not hold a worker.
 async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotification>, shutdown: CancellationToken) {
+    let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
     loop {
-        let n = tokio::select! {
+        batch.clear();
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            n = rx.recv() => match n { Some(n) => n, None => return },
-        };
-        // Only what concerns every session is fanned out; anything else
-        // about no call (log lines, progress) reaches nobody.
-        if !is_broadcast(&n.method) {
-            continue;
+            n = rx.recv_many(&mut batch, FAN_OUT_BATCH) => if n == 0 { return },
         }
-        let list = match n.method.as_str() {
-            "notifications/tools/list_changed" => Some("tools/list"),
-            "notifications/prompts/list_changed" => Some("prompts/list"),
-            "notifications/resources/list_changed" => Some("resources/list"),
-            _ => None,
-        };
-        if let Some(method) = list
-            && let Some(h) = gw.runtime().upstreams.get(&*n.server)
-        {
-            h.invalidate_list(method);
-            if method == "resources/list" {
-                h.invalidate_list("resources/templates/list");
+        let mut changed: std::collections::HashSet<(Arc<str>, &'static str)> = Default::default();
+        let sessions = gw.sessions.all();
+        for n in batch.drain(..) {
+            // Only what concerns every session is fanned out; anything else
+            // about no call (log lines, progress) reaches nobody.
+            if !is_broadcast(&n.method) {
+                continue;
             }
-        }
-        for session in gw.sessions.all() {
-            if gw.scope_includes(&session.scope, &n.server) {
-                deliver(&session, &n.server, &n.method, n.params.clone());
+            if let Some(method) = list_method(&n.method) {
+                if !changed.insert((n.server.clone(), method)) {
+                    continue;
+                }
+                if let Some(h) = gw.runtime().upstreams.get(&*n.server) {
+                    h.invalidate_list(method);
+                    if method == "resources/list" {
+                        h.invalidate_list("resources/templates/list");
+                    }
+                }
+            }
+            let mut frames = Frames::default();
+            for (i, session) in sessions.iter().enumerate() {
+                if i % FAN_OUT_SLICE == FAN_OUT_SLICE - 1 {
+                    tokio::task::yield_now().await;
+                }
+                if gw.scope_includes(&session.scope, &n.server) {
+                    deliver_shared(session, &n.server, &n.method, n.params.as_ref(), &mut frames);
+                }
             }
         }
     }
+}
+
+/// The list a `list_changed` notification is about.
+fn list_method(method: &str) -> Option<&'static str> {
+    match method {
+        "notifications/tools/list_changed" => Some("tools/list"),
+        "notifications/prompts/list_changed" => Some("prompts/list"),
+        "notifications/resources/list_changed" => Some("resources/list"),
+        _ => None,
+    }
+}
+
+/// One notification, encoded for sessions with prefixed names and for
+/// sessions on one server's endpoint, on first use.
+#[derive(Default)]
+struct Frames {
+    prefixed: Option<Option<axum::body::Bytes>>,
+    plain: Option<Option<axum::body::Bytes>>,
+}
+
+/// [`deliver`] for the fan-out: the encoded message is shared between
+/// sessions that see it alike (all but `subscriptions/listen` streams,
+/// whose messages carry their own subscription id).
+fn deliver_shared(session: &Session, server: &str, method: &str, params: Option<&Value>, frames: &mut Frames) {
+    if session.listen.is_some() {
+        deliver(session, server, method, params.cloned());
+        return;
+    }
+    if !session.has_stream() {
+        return;
+    }
+    let prefixed = session.scope.prefixed();
+    if method == "notifications/resources/updated" {
+        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else { return };
+        let seen = if prefixed { naming::prefix_uri(server, uri) } else { uri.to_string() };
+        if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
+            return;
+        }
+    }
+    let slot = if prefixed { &mut frames.prefixed } else { &mut frames.plain };
+    let frame = slot.get_or_insert_with(|| encode(server, prefixed, method, params.cloned()));
+    if let Some(frame) = frame {
+        session.push_frame(frame.clone(), Coalesce::of(method));
+    }
+}
+
+/// The message a session sees for a server notification, as an SSE frame.
+fn encode(server: &str, prefixed: bool, method: &str, mut params: Option<Value>) -> Option<axum::body::Bytes> {
+    if method == "notifications/resources/updated" && prefixed {
+        let uri = params.as_ref()?.get("uri")?.as_str()?;
+        let seen = naming::prefix_uri(server, uri);
+        params.as_mut()?["uri"] = Value::from(seen);
+    }
+    let mut msg = json!({"jsonrpc": "2.0", "method": method});
+    if let Some(p) = params {
+        msg["params"] = p;
+    }
+    Some(crate::outbox::sse_frame(&msg))
 }
 
 /// Sends one server notification to one session, in its namespace: resource
@@ -411,6 +491,18 @@ fn deliver(session: &Session, server: &str, method: &str, mut params: Option<Val
         msg["params"] = p;
     }
     session.push(msg);
+}
+
+/// Ends the slowest streams whenever the stream queues together are over
+/// their total (see [`Budget::shed`]).
+async fn shed_slow_streams(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = gw.sessions.budget.exceeded() => {}
+        }
+        gw.sessions.budget.shed(gw.sessions.outboxes());
+    }
 }
 
 /// Periodic chores: idle upstreams, idle sessions, usage counters.

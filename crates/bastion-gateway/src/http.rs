@@ -64,8 +64,22 @@ pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
         .with_state(gw)
 }
 
-async fn healthz() -> Response {
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.drain.is_stopping() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting down"}));
+    }
     json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// 503 with JSON-RPC error `SHUTTING_DOWN`: no request is started once
+/// shutdown has begun.
+pub(crate) fn shutting_down(id: Option<&Value>) -> Response {
+    let mut resp = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"jsonrpc": "2.0", "id": id, "error": crate::drain::shutting_down()}),
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    resp
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
@@ -235,6 +249,9 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
     let session_id = header_str(&headers, SESSION_HEADER).map(str::to_string);
 
     if let Value::Array(items) = value {
+        if gw.drain.is_stopping() && items.iter().any(|i| i.get("method").is_some() && i.get("id").is_some()) {
+            return shutting_down(None);
+        }
         return batch(gw, scope, principal, session_id, items).await;
     }
     // Kept for the error answer only: the message itself is moved, not copied.
@@ -251,6 +268,11 @@ async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) ->
         }
     };
 
+    if let Message::Request(req) = &msg
+        && gw.drain.is_stopping()
+    {
+        return shutting_down(Some(&req.id));
+    }
     if session_id.is_none() && stateless::is_stateless(&headers, &msg) {
         return stateless::handle(gw, scope, principal, &headers, msg, bytes).await;
     }
@@ -597,9 +619,7 @@ pub(crate) fn event_to_message(session: Option<&Session>, ev: UpstreamEvent) -> 
     }
 }
 
-pub(crate) fn sse_frame(msg: &Value) -> Bytes {
-    Bytes::from(format!("event: message\ndata: {msg}\n\n"))
-}
+pub(crate) use crate::outbox::sse_frame;
 
 pub(crate) fn sse_response(body: Body) -> Response {
     let mut resp = Response::new(body);
@@ -685,11 +705,10 @@ pub(crate) async fn authenticate_stream(gw: &Gateway, headers: &HeaderMap) -> Re
 /// the `first` frame, then the session's messages; the session ends with
 /// the stream.
 pub(crate) fn session_stream(gw: Arc<Gateway>, session: Arc<Session>, first: Bytes, slots: Vec<Slot>) -> Response {
-    let rx = session.open_stream().expect("a new session has no stream");
-    let closed = session.closed.clone();
+    let outbox = session.open_stream().expect("a new session has no stream");
     let guard = (SessionEnd { gw, session }, slots);
     let head = futures::stream::once(async move { Ok::<_, Infallible>(first) });
-    let body = head.chain(stream_body(rx, closed)).map(move |item| {
+    let body = head.chain(stream_body(outbox)).map(move |item| {
         let _keep = &guard;
         item
     });
@@ -714,6 +733,9 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    if gw.drain.is_stopping() {
+        return shutting_down(None);
+    }
     let Some(sid) = header_str(&headers, SESSION_HEADER) else {
         if header_str(&headers, VERSION_HEADER) == Some(protocol::STATELESS_VERSION) {
             return rpc_error(
@@ -732,7 +754,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
         Ok(slot) => slot,
         Err(e) => return limit_response(None, &e),
     };
-    let Some(rx) = session.open_stream() else {
+    let Some(outbox) = session.open_stream() else {
         return rpc_error(
             StatusCode::CONFLICT,
             None,
@@ -740,26 +762,32 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Resp
             "a stream is already open for this session",
         );
     };
-    let body = stream_body(rx, session.closed.clone()).map(move |item| {
+    let body = stream_body(outbox).map(move |item| {
         let _slot = &slot;
         item
     });
     sse_response(Body::from_stream(body))
 }
 
-/// A long-lived SSE body: messages from `rx`, keep-alive comments, and an
-/// end when the session closes.
+/// A long-lived SSE body: the frames queued in `outbox`, keep-alive
+/// comments, and an end when the queue ends (session closed, shutdown, or
+/// a consumer too slow for the gateway's memory).
 pub(crate) fn stream_body(
-    rx: mpsc::Receiver<Value>,
-    closed: tokio_util::sync::CancellationToken,
+    outbox: Arc<crate::outbox::Outbox>,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let messages = ReceiverStream::new(rx).map(|m| sse_frame(&m));
+    let ended = tokio_util::sync::CancellationToken::new();
+    let on_end = ended.clone().drop_guard();
+    let messages = futures::stream::unfold((outbox, on_end), |(outbox, on_end)| async move {
+        let frame = outbox.recv().await?;
+        Some((frame, (outbox, on_end)))
+    });
     let keepalive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
         tokio::time::Instant::now() + KEEP_ALIVE,
         KEEP_ALIVE,
     ))
-    .map(|_| Bytes::from_static(b": keep-alive\n\n"));
-    futures::stream::select(messages, keepalive).take_until(closed.cancelled_owned()).map(Ok)
+    .map(|_| Bytes::from_static(b": keep-alive\n\n"))
+    .take_until(ended.cancelled_owned());
+    futures::stream::select(messages, keepalive).map(Ok)
 }
 
 async fn delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {

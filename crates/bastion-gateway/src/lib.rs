@@ -6,18 +6,24 @@
 //! - [`proxy`]: the request path, top to bottom.
 //! - [`mrtr`]: multi round-trip requests for stateless clients.
 //! - [`session`]: downstream sessions bound to their principal.
+//! - [`outbox`]: the bounded queues behind long-lived streams.
 //! - [`auth`]: API key authentication.
 //! - [`load`]: what each principal holds at once, against its caps.
 //! - [`subscriptions`]: resource subscriptions of a server, counted per URI.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
 //! - [`server`]: the accept loop and graceful shutdown.
+//! - [`descriptors`]: the open-file limit and refusing connections before it.
+//! - [`drain`]: the request path's side of graceful shutdown.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod descriptors;
+pub mod drain;
 pub mod gateway;
 pub mod http;
 pub mod load;
 pub mod mrtr;
+pub mod outbox;
 pub mod proxy;
 pub mod server;
 pub mod session;

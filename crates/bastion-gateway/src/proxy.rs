@@ -76,6 +76,12 @@ fn invalid_params(msg: impl Into<String>) -> Value {
 
 /// Handles one request.
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    // In flight until its outcome is known; failed if shutdown's grace
+    // period runs out first.
+    gw.drain.run(dispatch(gw, ctx, req)).await
+}
+
+async fn dispatch(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     let method = req.method.as_str();
     let scope = ctx.scope;
     if let Some(kind) = LISTS.iter().find(|k| k.method == method) {

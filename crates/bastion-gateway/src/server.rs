@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::descriptors::Descriptors;
 use crate::gateway::Gateway;
 use crate::http::{HostPolicy, router};
 
@@ -61,9 +62,18 @@ const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// looked for.
 const LIMIT_RECHECK: Duration = Duration::from_secs(1);
 
-/// Serves until `shutdown` resolves, then stops accepting, ends the open
-/// event streams, lets requests in flight finish, and stops the upstream
-/// servers.
+/// Serves until `shutdown` resolves, then shuts down gracefully within
+/// the config's `shutdown_grace`:
+///
+/// 1. stops accepting connections and starting requests (a request that
+///    still arrives gets 503, see [`crate::drain`]); event streams that
+///    carry no answers (GET, `subscriptions/listen`) end;
+/// 2. lets the calls in flight finish — answers included, on legacy SSE
+///    streams too — until little of the grace period is left;
+/// 3. answers the calls still running with a shutdown error, ends every
+///    stream once what it has queued is written, closes the connections;
+/// 4. stops the upstream servers (their process groups are killed), in
+///    what is left of the grace period.
 pub async fn run(
     listener: TcpListener,
     gw: Arc<Gateway>,
@@ -74,6 +84,9 @@ pub async fn run(
     let mut limit = ConnectionLimit::new(gw.runtime().config.http.max_connections);
     let connections = TaskTracker::new();
     let draining = CancellationToken::new();
+    let descriptors = Arc::new(Descriptors::new());
+    // Refusals hold a descriptor each for a moment: a few at a time.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut shutdown = pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -95,18 +108,80 @@ pub async fn run(
         // Streams are written frame by frame: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs would hold each one back ~40 ms.
         let _ = tcp.set_nodelay(true);
+        if !descriptors.admit(gw.runtime().config.http.descriptor_headroom) {
+            drop(permit);
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    crate::descriptors::refuse(tcp).await;
+                    drop(slot);
+                });
+            }
+            continue;
+        }
         let settings = Settings::new(&gw.runtime().config.http);
-        connections.spawn(serve_connection(tcp, remote, app.clone(), settings, draining.clone(), permit));
+        let held = (permit, Admitted(descriptors.clone()));
+        connections.spawn(serve_connection(tcp, remote, app.clone(), settings, draining.clone(), held));
     }
     drop(listener);
-    // Long-lived streams (GET, legacy SSE, subscriptions) would hold a
-    // graceful shutdown open forever: ending the sessions ends them.
-    gw.sessions.close_all();
+    drain(&gw, connections, draining).await;
+    Ok(())
+}
+
+/// The shutdown sequence of [`run`] after the listener is closed.
+async fn drain(gw: &Gateway, connections: TaskTracker, draining: CancellationToken) {
+    let started = Instant::now();
+    let grace = gw.runtime().config.shutdown_grace;
+    // What the upstream servers get at the end to stop.
+    let stop_budget = (grace / 4).min(Duration::from_secs(2));
+    gw.drain.begin();
+    tracing::info!(
+        calls_in_flight = gw.drain.in_flight(),
+        sessions = gw.sessions.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new requests; calls in flight may finish"
+    );
+    // Legacy streams carry answers: they end after the calls.
+    for s in gw.sessions.all() {
+        if !s.legacy {
+            s.finish_stream();
+        }
+    }
     draining.cancel();
     connections.close();
-    connections.wait().await;
-    gw.shutdown().await;
-    Ok(())
+    if tokio::time::timeout_at(started + grace - stop_budget, gw.drain.settled()).await.is_err() {
+        tracing::warn!(
+            calls_in_flight = gw.drain.in_flight(),
+            "shutdown grace period over: the calls still in flight are answered with an error"
+        );
+        gw.drain.expire();
+        let _ = tokio::time::timeout(stop_budget / 4, gw.drain.settled()).await;
+    }
+    for s in gw.sessions.all() {
+        s.finish_stream();
+    }
+    // Answers are written; streams end once their queue is.
+    let flushed = tokio::time::timeout(stop_budget / 4, connections.wait()).await.is_ok();
+    gw.sessions.close_all();
+    if !flushed {
+        tracing::info!("connections still open at shutdown are closed");
+    }
+    let left = (started + grace).saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+    if tokio::time::timeout(left, gw.shutdown()).await.is_err() {
+        tracing::warn!("upstream servers did not stop within the grace period; they are killed");
+    }
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shutdown complete");
+}
+
+/// Connections being answered 503 at once, at most.
+const MAX_REFUSALS: usize = 32;
+
+/// A connection counted by [`Descriptors`], until it ends.
+struct Admitted(Arc<Descriptors>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 /// A failed `accept`: a connection that went away before it was accepted is
@@ -172,7 +247,7 @@ async fn serve_connection(
     app: Router,
     settings: Settings,
     draining: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, Admitted),
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { inner: tcp, activity: activity.clone() });

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use bastion_core::apikey::random_token;
 use dashmap::DashMap;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::load::Slot;
+use crate::outbox::{Budget, Coalesce, Outbox, Refused};
 use crate::upstream::NO_LEVEL;
 
 /// What an endpoint exposes.
@@ -67,9 +68,6 @@ impl ListenFilter {
     }
 }
 
-/// Capacity of a session's stream of unsolicited messages.
-const OUTBOUND_BUFFER: usize = 256;
-
 pub struct Session {
     pub id: String,
     pub principal: Principal,
@@ -83,8 +81,9 @@ pub struct Session {
     /// Set for the internal session behind a stateless `subscriptions/listen`
     /// stream; such a session has no id a client knows.
     pub listen: Option<ListenFilter>,
-    /// The open GET (or legacy SSE) stream, if any.
-    outbound: Mutex<Option<mpsc::Sender<Value>>>,
+    /// The queue of the open GET (or legacy SSE, or listen) stream, if any.
+    outbound: Mutex<Option<Arc<Outbox>>>,
+    budget: Arc<Budget>,
     /// Requests Bastion relayed to the client, waiting for its answer.
     server_requests: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
     next_server_request: AtomicU64,
@@ -129,6 +128,9 @@ impl Session {
     /// place under the session cap is given back.
     fn close(&self) {
         self.closed.cancel();
+        if let Some(o) = self.outbound.lock().expect("poisoned").take() {
+            o.abort();
+        }
         self.slot.lock().expect("poisoned").take();
     }
 
@@ -143,27 +145,59 @@ impl Session {
     }
 
     /// Opens the stream of unsolicited messages; `None` if one is already open.
-    pub fn open_stream(&self) -> Option<mpsc::Receiver<Value>> {
+    pub fn open_stream(&self) -> Option<Arc<Outbox>> {
         let mut out = self.outbound.lock().expect("poisoned");
-        if out.as_ref().is_some_and(|tx| !tx.is_closed()) {
+        if out.as_ref().is_some_and(|o| !o.is_closed()) {
             return None;
         }
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        *out = Some(tx);
-        Some(rx)
+        let outbox = Outbox::new(self.budget.clone());
+        *out = Some(outbox.clone());
+        Some(outbox)
     }
 
-    /// Sends a message on the open stream; false if none is open or it is full.
+    /// The open stream's queue, if any.
+    pub fn outbox(&self) -> Option<Arc<Outbox>> {
+        self.outbound.lock().expect("poisoned").clone().filter(|o| !o.is_closed())
+    }
+
+    /// Offers a notification to the open stream; false if none is open or
+    /// it did not fit (see [`Outbox::offer`]).
     pub fn push(&self, msg: Value) -> bool {
-        let out = self.outbound.lock().expect("poisoned");
-        match out.as_ref() {
-            Some(tx) => tx.try_send(msg).is_ok(),
+        let coalesce = msg.get("method").and_then(Value::as_str).and_then(Coalesce::of);
+        self.push_frame(crate::outbox::sse_frame(&msg), coalesce)
+    }
+
+    /// Offers an encoded notification (shared between sessions) to the open stream.
+    pub fn push_frame(&self, frame: axum::body::Bytes, coalesce: Option<Coalesce>) -> bool {
+        match self.outbox() {
+            Some(o) => o.offer(frame, coalesce).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queues an answer or a server request on the open stream, waiting for
+    /// room; false only if no stream is open (or it ended meanwhile).
+    pub async fn send(&self, msg: &Value) -> bool {
+        match self.outbox() {
+            Some(o) => o.send(crate::outbox::sse_frame(msg)).await != Err(Refused::Closed),
             None => false,
         }
     }
 
     pub fn has_stream(&self) -> bool {
-        self.outbound.lock().expect("poisoned").as_ref().is_some_and(|tx| !tx.is_closed())
+        self.outbox().is_some()
+    }
+
+    /// Lets the open stream deliver what is queued, then end (shutdown).
+    pub fn finish_stream(&self) {
+        if let Some(o) = self.outbound.lock().expect("poisoned").as_ref() {
+            o.finish();
+        }
+    }
+
+    /// Requests of this session in flight.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.lock().expect("poisoned").len()
     }
 
     /// Registers a relayed server request and returns the id the client sees.
@@ -215,14 +249,27 @@ pub struct NewSession {
 }
 
 /// All live sessions.
-#[derive(Default)]
 pub struct Sessions {
     map: DashMap<String, Arc<Session>>,
+    /// What the sessions' stream queues hold together.
+    pub budget: Arc<Budget>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        let http = bastion_core::config::HttpConfig::default();
+        Sessions::new(Budget::new(http.stream_queue_bytes, http.stream_queue_total_bytes))
+    }
 }
 
 impl Sessions {
-    pub fn new() -> Self {
-        Sessions::default()
+    pub fn new(budget: Arc<Budget>) -> Self {
+        Sessions { map: DashMap::new(), budget }
+    }
+
+    /// The queues of the open streams.
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.map.iter().filter_map(|e| e.value().outbox()).collect()
     }
 
     /// A new session, holding `slot` (its place under the principal's
@@ -239,6 +286,7 @@ impl Sessions {
             legacy: s.legacy,
             listen: s.listen,
             outbound: Mutex::new(None),
+            budget: self.budget.clone(),
             server_requests: Mutex::new(HashMap::new()),
             next_server_request: AtomicU64::new(1),
             in_flight: Mutex::new(HashMap::new()),
@@ -339,7 +387,7 @@ mod tests {
 
     #[test]
     fn sessions_are_bound_to_their_principal() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let s = new(&sessions, "alice");
         assert!(s.id.len() >= 43);
         assert!(sessions.get(&s.id, &p("alice")).is_some());
@@ -352,25 +400,25 @@ mod tests {
 
     #[test]
     fn ids_are_unique() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let ids: HashSet<String> = (0..1000).map(|_| new(&sessions, "a").id.clone()).collect();
         assert_eq!(ids.len(), 1000);
     }
 
     #[test]
     fn one_stream_at_a_time() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let s = new(&sessions, "a");
         let rx = s.open_stream().unwrap();
         assert!(s.open_stream().is_none());
         assert!(s.push(serde_json::json!({})));
-        drop(rx);
+        rx.abort();
         assert!(s.open_stream().is_some());
     }
 
     #[test]
     fn server_request_answers_reach_the_waiter() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let s = new(&sessions, "a");
         let (tx, mut rx) = oneshot::channel();
         let id = s.register_server_request(tx);
@@ -382,7 +430,7 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let s = new(&sessions, "a");
         std::thread::sleep(Duration::from_millis(2));
         let hour = Duration::from_secs(3600);
@@ -394,7 +442,7 @@ mod tests {
 
     #[test]
     fn sessions_end_at_their_maximum_lifetime_even_with_a_stream() {
-        let sessions = Sessions::new();
+        let sessions = Sessions::default();
         let s = new(&sessions, "a");
         let _rx = s.open_stream().unwrap();
         std::thread::sleep(Duration::from_millis(2));

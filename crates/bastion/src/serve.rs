@@ -50,6 +50,15 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
             config.listen
         );
     }
+    match bastion_gateway::descriptors::raise_limit() {
+        Ok((soft, hard)) => tracing::info!(
+            soft,
+            hard,
+            headroom = config.http.descriptor_headroom,
+            "open-file limit; client connections are refused with 503 when fewer than the headroom remain"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let data_dir = config.data_dir(config_path);
     let pepper = bastion_store::pepper::load_or_create(&data_dir)?;
     let store = bastion_store::Store::open_sqlite(&data_dir.join("bastion.db"))
@@ -81,10 +90,15 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
 
     tokio::spawn(watch_config(gw.clone(), config_path.to_path_buf(), shutdown.clone()));
     let signal = shutdown.clone();
+    let stopping = gw.clone();
     tokio::spawn(async move {
         wait_for_stop().await;
         tracing::info!("shutting down");
         signal.cancel();
+        // A second signal: no more waiting for the calls in flight.
+        wait_for_stop().await;
+        tracing::warn!("second stop signal: calls in flight are ended now");
+        stopping.drain.expire();
     });
     let stop = shutdown.clone();
     bastion_gateway::server::run(listener, gw, async move { stop.cancelled().await }).await?;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     accepted, auth_failure, authenticate_stream, client_info_too_large, event_to_message, limit_response,
-    on_client_notification, read_body, response_value, rpc_error, session_stream,
+    on_client_notification, read_body, response_value, rpc_error, session_stream, shutting_down,
 };
 use crate::gateway::Gateway;
 use crate::load::Kind;
@@ -49,6 +49,9 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    if gw.drain.is_stopping() {
+        return shutting_down(None);
+    }
     let stream_slot = match gw.acquire(&principal, Kind::Stream) {
         Ok(slot) => slot,
         Err(e) => return limit_response(None, &e),
@@ -96,13 +99,23 @@ pub(crate) async fn message(
         Ok(m) => m,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, e.to_string()),
     };
+    if let Message::Request(req) = &msg {
+        if gw.drain.is_stopping() {
+            return shutting_down(Some(&req.id));
+        }
+        // Every answer travels on the stream: while the client does not
+        // read it, it may not start more work.
+        if let Err(resp) = wait_for_room(&gw, &session, &req.id).await {
+            return resp;
+        }
+    }
     match msg {
         Message::Request(req) if req.method == "initialize" => {
             if let Some(problem) = client_info_too_large(&gw, req.params.as_ref()) {
                 return rpc_error(StatusCode::BAD_REQUEST, Some(&req.id), jsonrpc::INVALID_PARAMS, problem);
             }
             let result = legacy_initialize(&gw, &session, req.params.as_ref()).await;
-            session.push(response_value(&req.id, result));
+            session.send(&response_value(&req.id, result)).await;
         }
         Message::Request(req) => {
             let slot = match gw.acquire(&principal, Kind::InFlight) {
@@ -111,8 +124,11 @@ pub(crate) async fn message(
             };
             let gw = gw.clone();
             let session = session.clone();
+            // In flight until its answer is queued, so shutdown waits for it.
+            let call = gw.drain.call();
             tokio::spawn(async move {
                 let _slot = slot;
+                let _call = call;
                 let (sink, mut events) = EventSink::new(session.principal.user.clone());
                 let sink = sink.with_log_level(session.log_level());
                 let key = id_key(&req.id);
@@ -125,7 +141,7 @@ pub(crate) async fn message(
                         o = &mut work => break Some(o),
                         Some(ev) = events.recv() => {
                             if let Some(m) = event_to_message(Some(&session), ev) {
-                                session.push(m);
+                                relay(&session, m).await;
                             }
                         }
                         _ = token.cancelled() => break None,
@@ -133,12 +149,14 @@ pub(crate) async fn message(
                 };
                 while let Ok(ev) = events.try_recv() {
                     if let Some(m) = event_to_message(Some(&session), ev) {
-                        session.push(m);
+                        relay(&session, m).await;
                     }
                 }
                 session.finish_request(&key);
-                if let Some(o) = outcome {
-                    session.push(response_value(&req.id, o));
+                if let Some(o) = outcome
+                    && !session.send(&response_value(&req.id, o)).await
+                {
+                    tracing::info!(session = %super::short(&session.id), "answer not delivered: the legacy stream has ended");
                 }
                 super::linger(session.clone(), events);
             });
@@ -149,6 +167,41 @@ pub(crate) async fn message(
         }
     }
     accepted()
+}
+
+/// What the server sends about a call: its requests (sampling,
+/// elicitation) wait for room on the stream; notifications are offered.
+async fn relay(session: &Session, m: Value) {
+    if m.get("id").is_some() {
+        session.send(&m).await;
+    } else {
+        session.push(m);
+    }
+}
+
+/// Holds a request back while the session's stream queue is full. Past
+/// `upstream.call_timeout`, or when the stream ends, the request is refused.
+async fn wait_for_room(gw: &Gateway, session: &Session, id: &Value) -> Result<(), Response> {
+    let Some(outbox) = session.outbox() else {
+        return Err(rpc_error(StatusCode::NOT_FOUND, Some(id), jsonrpc::INVALID_REQUEST, "Session not found"));
+    };
+    let limit = gw.runtime().config.upstream.call_timeout;
+    let waited = tokio::select! {
+        r = outbox.wait_room() => r.ok(),
+        () = session.closed.cancelled() => None,
+        () = tokio::time::sleep(limit) => {
+            tracing::warn!(session = %super::short(&session.id), "legacy request refused: the client has not read its stream");
+            let mut resp = rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(id),
+                jsonrpc::LIMIT_REACHED,
+                "the session's event stream is not being read; read it before sending more requests",
+            );
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(super::RETRY_AFTER_SECONDS));
+            return Err(resp);
+        }
+    };
+    waited.ok_or_else(|| rpc_error(StatusCode::NOT_FOUND, Some(id), jsonrpc::INVALID_REQUEST, "Session not found"))
 }
 
 async fn legacy_initialize(gw: &Gateway, session: &Session, params: Option<&Value>) -> proxy::Outcome {
