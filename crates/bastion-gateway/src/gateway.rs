@@ -284,6 +284,29 @@ impl Gateway {
                 }
             }
         }
+        // Replaced servers that were running start again at once; until
+        // they are up, lists spanning servers show their previous lists,
+        // and their sessions hear of the new lists when they are.
+        for h in self.runtime().upstreams.values() {
+            if h.stale_list("tools/list").is_some() {
+                let (h, tx) = (h.clone(), self.notifications.clone());
+                tokio::spawn(async move {
+                    if h.warm_up().await {
+                        for method in [
+                            "notifications/tools/list_changed",
+                            "notifications/prompts/list_changed",
+                            "notifications/resources/list_changed",
+                        ] {
+                            let _ = tx.send(ServerNotification {
+                                server: h.name().into(),
+                                method: method.into(),
+                                params: None,
+                            });
+                        }
+                    }
+                });
+            }
+        }
         for h in stopped {
             h.shutdown().await;
         }
@@ -346,7 +369,14 @@ fn build_upstreams(
         .map(|(name, spec)| {
             let handle = match previous.get(&name) {
                 Some(h) if h.spec() == &spec => h.clone(),
-                _ => Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone())),
+                Some(h) => {
+                    let new = Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone()));
+                    if h.is_connected() {
+                        new.inherit_lists(h);
+                    }
+                    new
+                }
+                None => Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone())),
             };
             (name, handle)
         })

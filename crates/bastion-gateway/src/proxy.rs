@@ -323,6 +323,13 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
     };
     let servers = gw.servers_in(scope);
     let fetches = servers.iter().map(|s| async move {
+        // Across servers, one that is restarting after a reload does not
+        // hold the others up: its previous list stands in.
+        if scope.prefixed()
+            && let Some(stale) = s.stale_list(kind.method)
+        {
+            return Ok(stale);
+        }
         let info = s.info().await?;
         if !info.has(kind.capability) {
             return Ok(None);

@@ -12,11 +12,13 @@
 //! - `http`: Streamable HTTP servers.
 //! - `sse`: legacy HTTP+SSE servers.
 
+pub mod guard;
 mod http;
 mod lines;
 
 pub(crate) use http::{bounded_body, bounded_events};
 mod mux;
+mod reader;
 mod sse;
 mod stdio;
 
@@ -398,6 +400,9 @@ pub struct UpstreamHandle {
     last_used_ms: AtomicU64,
     epoch: Instant,
     lists: std::sync::Mutex<BTreeMap<&'static str, Arc<Vec<Value>>>>,
+    /// While a server replaced by a reload starts, the lists of the
+    /// definition it replaced, so lists spanning servers need not wait.
+    stale_lists: std::sync::Mutex<Option<BTreeMap<&'static str, Arc<Vec<Value>>>>>,
     /// The log level Bastion set on the current connection ([`NO_LEVEL`]).
     log_level: Arc<AtomicU8>,
     /// The most verbose level sessions asked for, applied again when the
@@ -438,6 +443,7 @@ impl UpstreamHandle {
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             lists: std::sync::Mutex::new(BTreeMap::new()),
+            stale_lists: std::sync::Mutex::new(None),
             log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
             wanted_log_level: AtomicU8::new(NO_LEVEL),
             subscriptions: Default::default(),
@@ -680,6 +686,45 @@ impl UpstreamHandle {
     /// Forgets a cached list after a `list_changed` notification.
     pub fn invalidate_list(&self, method: &str) {
         self.lists.lock().expect("poisoned").remove(method);
+    }
+
+    /// Takes over the cached lists of the handle this one replaces, to be
+    /// served by [`UpstreamHandle::stale_list`] until [`UpstreamHandle::warm_up`] ends.
+    pub fn inherit_lists(&self, previous: &UpstreamHandle) {
+        let lists = previous.lists.lock().expect("poisoned").clone();
+        *self.stale_lists.lock().expect("poisoned") = Some(lists);
+    }
+
+    /// While the server starts after a reload: the list of its previous
+    /// definition (`Some(None)`: it had none cached, leave it out). `None`
+    /// once the server is up.
+    pub fn stale_list(&self, method: &str) -> Option<Option<Arc<Vec<Value>>>> {
+        self.stale_lists.lock().expect("poisoned").as_ref().map(|l| l.get(method).cloned())
+    }
+
+    /// Starts the server and fills its list cache, then stops serving the
+    /// previous definition's lists. Returns whether it started.
+    pub async fn warm_up(&self) -> bool {
+        let started = match self.info().await {
+            Ok(info) => {
+                for (method, field, capability) in [
+                    ("tools/list", "tools", "tools"),
+                    ("prompts/list", "prompts", "prompts"),
+                    ("resources/list", "resources", "resources"),
+                ] {
+                    if info.has(capability) {
+                        let _ = self.list_all(method, field).await;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.name, error = %e, "server did not start after the reload");
+                false
+            }
+        };
+        self.stale_lists.lock().expect("poisoned").take();
+        started
     }
 
     /// Stops an idle stdio server. Returns true if one was stopped.

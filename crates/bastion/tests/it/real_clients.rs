@@ -47,6 +47,13 @@ async fn tools_are_listed_prefixed_on_mcp_and_unprefixed_per_server() {
         }
         assert!(tools.iter().all(|t| t.contains("__")), "{script}: unprefixed tool on /mcp: {tools:?}");
         assert_no_duplicates(&tools, "tool");
+        // server-everything asks for the roots when it starts: Bastion
+        // answers from the config, it is not refused.
+        let log = s.gw.log();
+        assert!(
+            !log.lines().any(|l| l.contains("refused") && l.contains("roots/list")),
+            "a roots/list request was refused: {log}"
+        );
 
         let mut tools = strings(on_time.ok(), "tools");
         tools.sort();

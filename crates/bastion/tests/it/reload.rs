@@ -218,3 +218,37 @@ async fn a_reload_applies_live_settings_and_names_those_needing_a_restart() {
     let m2 = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
     assert_eq!(tool_text(&m2.call_tool("a__echo", json!({"text": "still here"})).await), "still here");
 }
+
+/// A server whose definition changed starts again at once; while it
+/// starts, lists across servers show its previous list instead of waiting
+/// for it, and its sessions hear when the new one is there.
+#[tokio::test]
+async fn lists_across_servers_do_not_wait_for_a_server_restarting_after_a_reload() {
+    let gw = Gateway::start(with_servers(json!({"a": fixture_echo("a"), "b": fixture_echo("b")})));
+    let key = gw.create_key("lister", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let before = m.tool_names().await;
+    assert!(before.iter().any(|t| t == "b__echo"), "{before:?}");
+
+    // The new definition of `b` takes 4 s to start.
+    let slow_b = json!({
+        "command": "/bin/sh",
+        "args": ["-c", format!("sleep 4; exec '{}' everything --stdio", fixture_bin().display())],
+        "env": {"BASTION_IT_SERVER": "b"}
+    });
+    gw.write_config(&with_servers(json!({"a": fixture_echo("a"), "b": slow_b})));
+    gw.wait_for_log("configuration applied").await;
+    let (stream, _reader) = m.open_stream().await;
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(2), m.tool_names())
+        .await
+        .expect("tools/list on /mcp answered while b restarts");
+    assert_eq!(listed, before, "b's previous tools stand in while it starts");
+
+    // Once up, the new b's tools are listed and the session was told.
+    let names = wait_for_tool(&m, "b__test_simple_text").await;
+    assert!(names.iter().any(|t| t == "a__echo"), "{names:?}");
+    eventually(WAIT, "tools/list_changed on the session's stream", || async {
+        stream.lock().unwrap().contains("notifications/tools/list_changed").then_some(())
+    })
+    .await;
+}
