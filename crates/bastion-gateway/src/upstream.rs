@@ -385,6 +385,9 @@ pub struct UpstreamSpec {
     pub roots: Value,
 }
 
+/// A server's lists by method (`tools/list`…), each with every page.
+type Lists = BTreeMap<&'static str, Arc<Vec<Value>>>;
+
 /// One configured server and its (lazily made) connection.
 pub struct UpstreamHandle {
     name: Arc<str>,
@@ -399,10 +402,10 @@ pub struct UpstreamHandle {
     /// Milliseconds since `epoch` of the last call.
     last_used_ms: AtomicU64,
     epoch: Instant,
-    lists: std::sync::Mutex<BTreeMap<&'static str, Arc<Vec<Value>>>>,
+    lists: std::sync::Mutex<Lists>,
     /// While a server replaced by a reload starts, the lists of the
     /// definition it replaced, so lists spanning servers need not wait.
-    stale_lists: std::sync::Mutex<Option<BTreeMap<&'static str, Arc<Vec<Value>>>>>,
+    stale_lists: std::sync::Mutex<Option<Lists>>,
     /// The log level Bastion set on the current connection ([`NO_LEVEL`]).
     log_level: Arc<AtomicU8>,
     /// The most verbose level sessions asked for, applied again when the
