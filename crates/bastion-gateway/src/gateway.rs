@@ -42,6 +42,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     /// Graceful shutdown of the request path.
     pub drain: crate::drain::Drain,
+    /// Open descriptors against the open-file limit.
+    pub descriptors: Arc<crate::descriptors::Descriptors>,
     /// Calls of stateless clients waiting for their input (multi round-trip).
     pub continuations: crate::mrtr::Continuations,
     /// What each principal holds, against `limits.per_principal`.
@@ -77,6 +79,7 @@ impl Gateway {
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
             drain: Default::default(),
+            descriptors: Default::default(),
             continuations: Default::default(),
             load: PrincipalLoad::default(),
             watched: Default::default(),

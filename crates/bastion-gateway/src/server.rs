@@ -84,7 +84,7 @@ pub async fn run(
     let mut limit = ConnectionLimit::new(gw.runtime().config.http.max_connections);
     let connections = TaskTracker::new();
     let draining = CancellationToken::new();
-    let descriptors = Arc::new(Descriptors::new());
+    let descriptors = gw.descriptors.clone();
     // Refusals hold a descriptor each for a moment: a few at a time.
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut shutdown = pin!(shutdown);
