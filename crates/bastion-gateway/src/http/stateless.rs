@@ -127,8 +127,17 @@ pub(crate) async fn handle(
     if let Scope::Server(_) = &scope
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
-        match server.stateless_passthrough(raw, headers).await {
-            Some(Ok(resp)) => return relay(resp, (slot, watch), server.spec().max_message_bytes),
+        // In flight until the server's answer has been relayed to the end.
+        let call = gw.drain.call();
+        let answer = tokio::select! {
+            a = server.stateless_passthrough(raw, headers) => a,
+            () = gw.drain.expired() => return super::shutting_down(id),
+        };
+        match answer {
+            Some(Ok(resp)) => {
+                let held = Held { _slot: slot, watch, _call: call };
+                return relay(&gw, &req.id, resp, held, server.spec().max_message_bytes);
+            }
             Some(Err(e)) => {
                 let err = e.to_error_object(server.name());
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
@@ -484,7 +493,17 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
 /// `upstream.max_message_bytes` per event (or in all, for JSON); the
 /// request's in-flight slot is held until the body ends, which it does at
 /// once if the request's key is revoked or expires.
-fn relay(resp: reqwest::Response, (slot, watch): (Slot, CredentialWatch), max: usize) -> Response {
+/// What a relayed answer holds until it has been sent to the end.
+struct Held {
+    _slot: Slot,
+    watch: CredentialWatch,
+    _call: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+/// Relays a server's own answer. A streamed answer still running when the
+/// gateway's shutdown grace period ends gets the shutdown error as its
+/// last event.
+fn relay(gw: &Gateway, id: &Value, resp: reqwest::Response, held: Held, max: usize) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
     let is_sse =
@@ -494,9 +513,25 @@ fn relay(resp: reqwest::Response, (slot, watch): (Slot, CredentialWatch), max: u
     } else {
         bounded_body(resp.bytes_stream(), max).boxed()
     };
-    let ended = watch.token.clone().cancelled_owned();
-    let body = axum::body::Body::from_stream(bytes.take_until(ended).map(move |chunk| {
-        let _held = (&slot, &watch);
+    let ended = held.watch.token.clone().cancelled_owned();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let expired = {
+        let (cut, expired) = (cut.clone(), gw.drain.expired());
+        async move {
+            expired.await;
+            cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let last = {
+        let error = json!({"jsonrpc": "2.0", "id": id, "error": crate::drain::shutting_down()});
+        futures::stream::once(async move {
+            (is_sse && cut.load(std::sync::atomic::Ordering::Relaxed)).then(|| Ok(super::sse_frame(&error)))
+        })
+        .filter_map(futures::future::ready)
+    };
+    let body = bytes.take_until(ended).take_until(expired).chain(last);
+    let body = axum::body::Body::from_stream(body.map(move |chunk| {
+        let _held = &held;
         chunk
     }));
     let mut out = if is_sse { super::sse_response(body) } else { Response::new(body) };
