@@ -4,8 +4,10 @@
 mod keys;
 mod serve;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
+use bastion_gateway::upstream::guard;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,6 +40,12 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The process a stdio server runs under (started by the gateway itself).
+    #[command(name = guard::SUBCOMMAND, hide = true, disable_help_flag = true)]
+    ChildGuard {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -55,7 +63,29 @@ fn default_worker_threads() -> usize {
 }
 
 fn main() -> std::process::ExitCode {
+    // A stdio server's guard: before anything else, so that no option is
+    // read from the server's environment and no thread exists.
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|a| a == guard::SUBCOMMAND) {
+        return guard::main(&raw.collect::<Vec<_>>());
+    }
     let cli = Cli::parse();
+    if let Command::ChildGuard { args } = &cli.command {
+        return guard::main(args);
+    }
+    match std::env::current_exe() {
+        Ok(exe) => guard::use_guard(exe),
+        Err(e) => eprintln!("warning: cannot find this program's path ({e}); stdio servers run without a guard"),
+    }
+    // A panic that ends the process takes the stdio servers along. A panic
+    // in a runtime worker ends only its task, so the servers are left alone.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if cfg!(panic = "abort") || std::thread::current().name() == Some("main") {
+            guard::kill_all_children();
+        }
+    }));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(cli.worker_threads.unwrap_or_else(default_worker_threads).max(1));
     let runtime = match builder.enable_all().build() {
@@ -65,7 +95,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    guard::kill_all_children();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -93,5 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // Run by `main` before the runtime is built.
+        Command::ChildGuard { .. } => Ok(()),
     }
 }

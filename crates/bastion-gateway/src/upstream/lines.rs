@@ -114,6 +114,13 @@ impl LineWriter {
         self.work.notify_one();
     }
 
+    /// Closes stdin now, dropping whatever is queued: the connection is
+    /// over (the server's stdout ended, or it is being killed).
+    pub fn abort(&self) {
+        self.shut();
+        self.work.notify_one();
+    }
+
     /// The pipe broke or the writer was stopped.
     fn shut(&self) {
         self.state.lock().expect("poisoned").shut();

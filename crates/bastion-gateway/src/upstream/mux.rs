@@ -252,6 +252,19 @@ impl Mux {
         super::owning_sink(pending.iter().map(|(id, p)| (*id, &p.caller)))
     }
 
+    /// Fails the call `id` with `error` (its answer could not be read).
+    /// False when no call with that id is waiting.
+    pub fn fail(&self, id: u64, error: CallError) -> bool {
+        let pending = self.pending.lock().expect("poisoned").remove(&id);
+        match pending {
+            Some(p) => {
+                let _ = p.reply.send(Err(error));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The connection ended: every waiting call fails.
     pub fn close(&self) {
         self.alive.store(false, Ordering::Release);
@@ -489,6 +502,30 @@ mod tests {
     async fn unsolicited_requests_are_refused() {
         let (m, mut out, _n) = mux();
         assert!(refused(&m, &mut out, "sampling/createMessage").await);
+    }
+
+    #[tokio::test]
+    async fn fail_ends_one_call_and_leaves_the_others() {
+        let (m, mut out, _n) = mux();
+        let call = |name: &'static str| {
+            let m = m.clone();
+            tokio::spawn(async move { m.call("tools/call", Some(json!({"name": name})), Caller::Gateway).await })
+        };
+        let (a, b) = (call("a"), call("b"));
+        let mut ids = HashMap::new();
+        for _ in 0..2 {
+            let req: Value = serde_json::from_str(&out.recv().await.unwrap()).unwrap();
+            ids.insert(req["params"]["name"].as_str().unwrap().to_string(), req["id"].as_u64().unwrap());
+        }
+        assert!(m.fail(ids["a"], CallError::Protocol("too large".into())));
+        assert!(!m.fail(ids["a"], CallError::Protocol("again".into())), "already failed");
+        assert!(!m.fail(999, CallError::Protocol("unknown".into())));
+        assert!(matches!(a.await.unwrap(), Err(CallError::Protocol(m)) if m == "too large"));
+        // No cancellation is sent for a call whose answer came.
+        assert!(out.try_recv().is_err());
+        assert!(m.is_alive());
+        m.on_message(json!({"jsonrpc": "2.0", "id": ids["b"], "result": {"ok": true}}));
+        assert_eq!(b.await.unwrap().unwrap()["ok"], true);
     }
 
     #[tokio::test]
