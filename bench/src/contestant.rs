@@ -136,7 +136,7 @@ impl Running {
 
 /// SIGTERM to a process tree we started, SIGKILL to whatever is left after
 /// a grace period.
-async fn stop_tree(pid: u32, child: &mut Child) {
+pub async fn stop_tree(pid: u32, child: &mut Child) {
     if pid == 0 {
         return;
     }
@@ -161,7 +161,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+pub fn log_file(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
     let path = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&path)?;
     Ok((path, f))
@@ -220,8 +220,14 @@ pub async fn bastion_setup(
         // them: the per-principal caps are raised to let it.
         "limits": {"per_principal": {"sessions": 20000, "calls_in_flight": 4096}},
     });
+    bastion_config(bins, dir, &config).await
+}
+
+/// Writes `config` as Bastion's config file in `dir`, creates an API key,
+/// and returns the config path and the key.
+pub async fn bastion_config(bins: &Bins, dir: &Path, config: &serde_json::Value) -> anyhow::Result<(PathBuf, String)> {
     let path = dir.join("bastion.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
     let out = Command::new(&bins.bastion)
         .arg("--config")
         .arg(&path)
@@ -353,7 +359,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
 }
 
 /// Polls until a session can be opened and the echo tool answers.
-async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
+pub async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
     let ep = Endpoint::new(&r.url, r.bearer.as_deref(), Duration::from_secs(10), 4)?;
     let start = Instant::now();
     let mut last = String::new();

@@ -7,6 +7,8 @@
 //! * `suite` — starts every contestant against the echo fixture, runs every
 //!   scenario, and writes `latest.json` and `latest.md`.
 //! * `ready` — start-to-ready of `bastion serve` with N stdio servers.
+//! * `soak` — Bastion under a steady mixed load for minutes, its memory
+//!   and descriptors sampled; writes `soak-latest.json` and `soak-latest.md`.
 #![forbid(unsafe_code)]
 
 mod contestant;
@@ -14,6 +16,7 @@ mod load;
 mod mcp;
 mod procs;
 mod report;
+mod soak;
 mod suite;
 
 use std::path::PathBuf;
@@ -41,6 +44,9 @@ enum Command {
     Suite(SuiteArgs),
     /// Measure start-to-ready of `bastion serve` with many stdio servers.
     Ready(ReadyArgs),
+    /// Run Bastion under a steady mixed load for minutes; sample its memory
+    /// and descriptors; write soak-latest.json and soak-latest.md.
+    Soak(SoakArgs),
 }
 
 #[derive(Args)]
@@ -118,6 +124,32 @@ struct ReadyArgs {
     runs: usize,
 }
 
+#[derive(Args)]
+struct SoakArgs {
+    /// Minutes to run (fractions allowed, e.g. 0.2).
+    #[arg(long, required_unless_present = "smoke")]
+    minutes: Option<f64>,
+    /// A seconds-long run that checks the harness (15 s unless --minutes).
+    #[arg(long)]
+    smoke: bool,
+    /// Directory with `bastion` and `bastion-fixture`.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where to write soak-latest.json and soak-latest.md.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds between samples (default: 60, or a tenth of a run shorter
+    /// than 3 minutes).
+    #[arg(long)]
+    interval: Option<f64>,
+    /// Requests per second over all paced workers.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Workers (at least 3): half session-era, half stateless, one fault worker.
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
 fn bins(dir: &std::path::Path) -> anyhow::Result<contestant::Bins> {
     let dir = std::path::absolute(dir)?;
     let b = contestant::Bins { bastion: dir.join("bastion"), fixture: dir.join("bastion-fixture") };
@@ -136,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Load(a) => run_load(a).await,
             Command::Suite(a) => run_suite(a).await,
+            Command::Soak(a) => run_soak(a).await,
             Command::Ready(a) => {
                 let rec = suite::start_to_ready(&bins(&a.bin_dir)?, a.servers, a.runs).await?;
                 println!("{}", serde_json::to_string_pretty(&rec)?);
@@ -199,6 +232,47 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
         if report.runs.is_empty() || !report.skipped.is_empty() {
             bail!("smoke run skipped scenarios: see the report");
         }
+    }
+    Ok(())
+}
+
+async fn run_soak(a: SoakArgs) -> anyhow::Result<()> {
+    let minutes = a.minutes.unwrap_or(0.25);
+    if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+        bail!("--minutes must be positive and at most a day");
+    }
+    let mut settings = soak::Settings::new(Duration::from_secs_f64(minutes * 60.0), a.smoke);
+    if let Some(r) = a.rate {
+        if r <= 0.0 {
+            bail!("--rate must be positive");
+        }
+        settings.rate = r;
+    }
+    if let Some(w) = a.workers {
+        if w < 3 {
+            bail!("--workers must be at least 3");
+        }
+        settings.workers = w;
+    }
+    if let Some(i) = a.interval.filter(|i| *i > 0.0) {
+        settings.set_interval(Some(Duration::from_secs_f64(i)));
+    } else {
+        settings.set_interval(None);
+    }
+    let bin_dir = std::path::absolute(&a.bin_dir)?;
+    let binaries = if bin_dir.ends_with("release") {
+        "release"
+    } else if bin_dir.ends_with("debug") {
+        "debug"
+    } else {
+        ""
+    };
+    let report = soak::run(settings, bins(&a.bin_dir)?, binaries, &a.out).await?;
+    print!("{}", report::soak_markdown(&report));
+    eprintln!("bench: soak report in {}", a.out.join("soak-latest.md").display());
+    // The report is written first: a failed soak still leaves its figures.
+    if !report.failures.is_empty() {
+        bail!("soak failed: {}", report.failures.join("; "));
     }
     Ok(())
 }

@@ -89,16 +89,31 @@ pub struct Endpoint {
     client: reqwest::Client,
     url: reqwest::Url,
     base_headers: HeaderMap,
+    /// Replaces the client's timeout for this endpoint's exchanges.
+    request_timeout: Option<Duration>,
 }
 
 impl Endpoint {
     /// `timeout` bounds each exchange, body included. `pool` is the number
     /// of idle connections kept per host (at least the concurrency).
     pub fn new(url: &str, bearer: Option<&str>, timeout: Duration, pool: usize) -> anyhow::Result<Self> {
+        Self::with_pool_idle(url, bearer, timeout, pool, Duration::from_secs(600))
+    }
+
+    /// As [`Endpoint::new`], with idle pooled connections dropped after
+    /// `pool_idle`: shorter than the server's idle-connection timeout, a
+    /// long run never sends on a connection the server is closing.
+    pub fn with_pool_idle(
+        url: &str,
+        bearer: Option<&str>,
+        timeout: Duration,
+        pool: usize,
+        pool_idle: Duration,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(pool)
-            .pool_idle_timeout(Duration::from_secs(600))
+            .pool_idle_timeout(pool_idle)
             .tcp_nodelay(true)
             .http1_only()
             .no_proxy()
@@ -108,19 +123,65 @@ impl Endpoint {
         if let Some(token) = bearer {
             base_headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}"))?);
         }
-        Ok(Endpoint { client, url: reqwest::Url::parse(url)?, base_headers })
+        Ok(Endpoint { client, url: reqwest::Url::parse(url)?, base_headers, request_timeout: None })
+    }
+
+    /// The same endpoint (and connection pool) with another bound on each
+    /// exchange: a client that gives up on a call early.
+    pub fn with_request_timeout(&self, timeout: Duration) -> Endpoint {
+        Endpoint { request_timeout: Some(timeout), ..self.clone() }
     }
 
     async fn post(&self, headers: HeaderMap, body: Vec<u8>) -> Result<reqwest::Response, CallError> {
-        self.client
+        let mut req = self
+            .client
             .post(self.url.clone())
             .headers(self.base_headers.clone())
             .headers(headers)
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
+            .body(body);
+        if let Some(t) = self.request_timeout {
+            req = req.timeout(t);
+        }
+        req.send().await.map_err(transport)
+    }
+
+    /// A notification in a session; the server's `202` (or any 2xx).
+    pub async fn notify(&self, session: &Session, method: &str, params: Value) -> Result<(), CallError> {
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        let resp = self.post(session.headers(), serde_json::to_vec(&body).expect("json")).await?;
+        let status = resp.status();
+        let _ = resp.bytes().await;
+        if status.is_success() { Ok(()) } else { Err(CallError::Status(status.as_u16())) }
+    }
+
+    /// Opens the session's `GET` stream and returns it once the server has
+    /// answered with an event stream; its body is the caller's to read.
+    /// `limit` bounds the whole stream (the endpoint's timeout does not).
+    pub async fn open_stream(&self, session: &Session, limit: Duration) -> Result<reqwest::Response, CallError> {
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(self.base_headers.clone())
+            .headers(session.headers())
+            .timeout(limit)
             .send()
             .await
-            .map_err(transport)
+            .map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let _ = resp.bytes().await;
+            return Err(CallError::Status(status.as_u16()));
+        }
+        let is_sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(CallError::Protocol("GET answered without an event stream"));
+        }
+        Ok(resp)
     }
 
     /// Opens a session: `initialize` then `notifications/initialized`.
@@ -168,14 +229,12 @@ impl Endpoint {
         if session.id.is_none() {
             return Ok(());
         }
-        let resp = self
-            .client
-            .delete(self.url.clone())
-            .headers(self.base_headers.clone())
-            .headers(session.headers())
-            .send()
-            .await
-            .map_err(transport)?;
+        let mut req =
+            self.client.delete(self.url.clone()).headers(self.base_headers.clone()).headers(session.headers());
+        if let Some(t) = self.request_timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let _ = resp.bytes().await;
         // 405: the server does not let clients end sessions.
@@ -225,7 +284,9 @@ impl Endpoint {
     }
 }
 
-/// An open session.
+/// An open session. A clone shares the session (its id and version) but
+/// numbers its requests on its own.
+#[derive(Clone)]
 pub struct Session {
     /// `Mcp-Session-Id`, when the server issued one.
     pub id: Option<HeaderValue>,
@@ -234,6 +295,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The id the next request of this session will carry.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id
+    }
+
     fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(id) = &self.id {

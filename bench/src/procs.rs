@@ -52,6 +52,21 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `VmRSS` of one process, in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// Threads of one process (0 when it is gone).
+pub fn threads(pid: u32) -> u64 {
+    status_kib(pid, "Threads")
+}
+
+/// Open file descriptors of one process: the entries of `/proc/PID/fd`.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// `root` and all its live descendants.
 pub fn tree(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -152,6 +167,9 @@ mod tests {
         assert!(s.processes >= 1);
         assert!(s.root_rss_kib > 0);
         assert!(s.tree_hwm_kib >= s.root_hwm_kib);
+        assert!(rss_kib(me) > 0);
+        assert!(threads(me) >= 1);
+        assert!(fd_count(me).is_some_and(|n| n >= 3));
     }
 
     #[test]
