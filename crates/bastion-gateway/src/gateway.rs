@@ -389,6 +389,8 @@ fn build_upstreams(
 /// Notifications taken from the upstreams at once; repeated
 /// `list_changed` notifications of one server within them count once.
 const FAN_OUT_BATCH: usize = 256;
+/// Server notifications waiting for the fan-out beyond which some are dropped.
+const FAN_OUT_BACKLOG: usize = 10_000;
 /// Sessions served before the fan-out lets other tasks run.
 const FAN_OUT_SLICE: usize = 256;
 
@@ -404,6 +406,23 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
         tokio::select! {
             _ = shutdown.cancelled() => return,
             n = rx.recv_many(&mut batch, FAN_OUT_BATCH) => if n == 0 { return },
+        }
+        // A server flooding faster than the sessions can be served: what
+        // waits beyond the backlog is dropped, except list changes.
+        if rx.len() > FAN_OUT_BACKLOG {
+            let mut dropped = 0u64;
+            while rx.len() > FAN_OUT_BACKLOG / 2 {
+                match rx.try_recv() {
+                    Ok(n) if list_method(&n.method).is_some() => batch.push(n),
+                    Ok(_) => dropped += 1,
+                    Err(_) => break,
+                }
+            }
+            gw.sessions.budget.dropped.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                "server notifications dropped: upstream servers send them faster than they can be delivered"
+            );
         }
         let mut changed: std::collections::HashSet<(Arc<str>, &'static str)> = Default::default();
         let sessions = gw.sessions.all();
