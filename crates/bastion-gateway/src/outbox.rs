@@ -132,6 +132,13 @@ impl Coalesce {
     }
 }
 
+/// What a queued frame counts for: its bytes, and its place in the queue.
+const ENTRY_COST: usize = 64;
+
+fn cost(frame: &Bytes) -> usize {
+    frame.len() + ENTRY_COST
+}
+
 struct Frame {
     bytes: Bytes,
     coalesce: Option<Coalesce>,
@@ -196,7 +203,7 @@ impl Outbox {
         {
             return Ok(());
         }
-        let full = st.bytes + bytes.len() > self.budget.per_stream();
+        let full = st.bytes + cost(&bytes) > self.budget.per_stream();
         if full || self.budget.over_total() {
             self.budget.dropped.fetch_add(1, Ordering::Relaxed);
             if !st.dropping {
@@ -228,7 +235,7 @@ impl Outbox {
                     return Err(Refused::Closed);
                 }
                 // An empty queue takes a message of any size.
-                if st.bytes == 0 || st.bytes + bytes.len() <= self.budget.per_stream() {
+                if st.bytes == 0 || st.bytes + cost(&bytes) <= self.budget.per_stream() {
                     self.push(&mut st, bytes, None);
                     return Ok(());
                 }
@@ -255,8 +262,8 @@ impl Outbox {
     }
 
     fn push(&self, st: &mut State, bytes: Bytes, coalesce: Option<Coalesce>) {
-        st.bytes += bytes.len();
-        self.budget.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        st.bytes += cost(&bytes);
+        self.budget.queued.fetch_add(cost(&bytes), Ordering::Relaxed);
         if let Some(c) = coalesce {
             st.waiting |= c as u8;
         }
@@ -278,8 +285,8 @@ impl Outbox {
                     return None;
                 }
                 if let Some(f) = st.frames.pop_front() {
-                    st.bytes -= f.bytes.len();
-                    self.budget.queued.fetch_sub(f.bytes.len(), Ordering::Relaxed);
+                    st.bytes -= cost(&f.bytes);
+                    self.budget.queued.fetch_sub(cost(&f.bytes), Ordering::Relaxed);
                     if let Some(c) = f.coalesce {
                         st.waiting &= !(c as u8);
                     }
@@ -332,8 +339,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A frame that counts for `n` bytes.
     fn frame(n: usize) -> Bytes {
-        Bytes::from(vec![b'x'; n])
+        Bytes::from(vec![b'x'; n - ENTRY_COST])
     }
 
     #[tokio::test]
@@ -346,7 +354,7 @@ mod tests {
         assert_eq!(o.offer(frame(100), None), Err(Refused::Full));
         assert_eq!(budget.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(budget.queued(), 1000);
-        assert_eq!(o.recv().await.unwrap().len(), 100);
+        assert_eq!(cost(&o.recv().await.unwrap()), 100);
         o.offer(frame(100), None).unwrap();
         drop(o);
         assert_eq!(budget.queued(), 0, "a dropped queue gives its bytes back");
@@ -357,13 +365,13 @@ mod tests {
         let budget = Budget::new(1 << 20, 1 << 20);
         let o = Outbox::new(budget);
         for _ in 0..100 {
-            o.offer(frame(10), Some(Coalesce::Tools)).unwrap();
-            o.offer(frame(10), Some(Coalesce::Resources)).unwrap();
+            o.offer(frame(100), Some(Coalesce::Tools)).unwrap();
+            o.offer(frame(100), Some(Coalesce::Resources)).unwrap();
         }
-        assert_eq!(o.queued_bytes(), 20);
+        assert_eq!(o.queued_bytes(), 200);
         o.recv().await.unwrap();
-        o.offer(frame(10), Some(Coalesce::Tools)).unwrap();
-        assert_eq!(o.queued_bytes(), 20, "taken by the reader: may be queued again");
+        o.offer(frame(100), Some(Coalesce::Tools)).unwrap();
+        assert_eq!(o.queued_bytes(), 200, "taken by the reader: may be queued again");
     }
 
     #[tokio::test]
@@ -377,17 +385,17 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!sender.is_finished(), "waits while the queue is full");
-        assert_eq!(o.recv().await.unwrap().len(), 900);
+        assert_eq!(cost(&o.recv().await.unwrap()), 900);
         assert_eq!(sender.await.unwrap(), Ok(()));
-        assert_eq!(o.recv().await.unwrap().len(), 900);
+        assert_eq!(cost(&o.recv().await.unwrap()), 900);
     }
 
     #[tokio::test]
     async fn finishing_delivers_what_is_queued_then_ends() {
         let o = Outbox::new(Budget::new(1 << 20, 1 << 20));
-        o.send(frame(1)).await.unwrap();
+        o.send(frame(100)).await.unwrap();
         o.finish();
-        assert_eq!(o.offer(frame(1), None), Err(Refused::Closed));
+        assert_eq!(o.offer(frame(100), None), Err(Refused::Closed));
         assert!(o.recv().await.is_some());
         assert!(o.recv().await.is_none());
     }
