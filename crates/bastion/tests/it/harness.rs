@@ -1114,3 +1114,138 @@ pub async fn open_legacy_sse(
     .await;
     (seen, reader, endpoint)
 }
+
+// ---------------------------------------------------------------------------
+// Stopping by signal, process trees, resources
+// ---------------------------------------------------------------------------
+
+impl Gateway {
+    /// Sends `signal` to the gateway process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Waits at most `timeout` for the gateway to exit: its exit status, or
+    /// `None` when it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the gateway (SIGKILL) and its children's process groups at
+    /// once, for a test that found it still running where it should not be.
+    pub fn kill_now(&mut self) {
+        for c in self.children() {
+            let _ = killpg(Pid::from_raw(c.pid as i32), Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `/proc/PID/stat` says of a process: its state, parent, process
+/// group and start time (clock ticks after boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub start: u64,
+}
+
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt
+    // majflt cmajflt utime stime cutime cstime priority nice num_threads
+    // itrealvalue starttime …`; comm may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// A process found running, recognisable later even if its pid is reused.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub pid: u32,
+    pub pgid: u32,
+    start: u64,
+    pub cmdline: String,
+}
+
+impl Running {
+    /// Whether this same process still runs (a zombie does not).
+    pub fn alive(&self) -> bool {
+        proc_stat(self.pid).is_some_and(|s| s.start == self.start && s.state != 'Z' && s.state != 'X')
+    }
+}
+
+/// Every live descendant of `pid`: its children, theirs, and so on.
+pub fn descendants(pid: u32) -> Vec<Running> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(parent) = todo.pop() {
+        for c in children_of(parent) {
+            if let Some(st) = proc_stat(c.pid) {
+                todo.push(c.pid);
+                out.push(Running { pid: c.pid, pgid: st.pgid, start: st.start, cmdline: c.cmdline });
+            }
+        }
+    }
+    out
+}
+
+/// Live processes (not zombies) of process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| s.pgid == pgid && s.state != 'Z' && s.state != 'X'))
+        .collect()
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Every JSON-RPC message of an event stream's text (the `data:` of each
+/// complete event; an event not yet ended by a blank line is left out).
+pub fn sse_messages(text: &str) -> Vec<Value> {
+    let text = text.replace("\r\n", "\n");
+    let mut events: Vec<&str> = text.split("\n\n").collect();
+    events.pop(); // what follows the last blank line is not a whole event
+    events
+        .into_iter()
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if data.is_empty() { None } else { serde_json::from_str(&data.join("\n")).ok() }
+        })
+        .collect()
+}
