@@ -1,6 +1,7 @@
-"""A scripted MCP server for the isolation tests: it samples, elicits, logs,
-asks for roots and emits resource updates when a tool tells it to, and holds
-calls open until the test releases them.
+"""A scripted MCP server for the isolation, shutdown and stream-bound tests:
+it samples, elicits, logs, asks for roots, emits resource updates and bursts
+of notifications when a tool tells it to, and holds calls open until the
+test releases them.
 
 Built on the official Python SDK's low-level `Server`, served over stdio,
 the legacy HTTP+SSE transport or Streamable HTTP (the last two on
@@ -58,6 +59,11 @@ Tools (every result is one text item holding JSON):
     notify_updated(uri)             notifications/resources/updated for `uri` if
                                     subscribed; {"sent": bool, "subscribed": [...]}
     notify_list_changed()           notifications/tools/list_changed
+    flood(count, uri)               as fast as it can, `count` times: one
+                                    notifications/resources/updated for `uri`
+                                    (when subscribed) and one list_changed
+                                    notification (tools, prompts, resources in
+                                    turn); {"updated": n, "list_changed": n}
 """
 
 from __future__ import annotations
@@ -129,6 +135,11 @@ TOOLS = [
     {"name": "roots_notifications", "description": "Roots change notifications seen.", "inputSchema": _schema({})},
     {"name": "notify_updated", "description": "Announce a resource update.", "inputSchema": _schema({"uri": "string"}, ["uri"])},
     {"name": "notify_list_changed", "description": "Announce a tool list change.", "inputSchema": _schema({})},
+    {
+        "name": "flood",
+        "description": "Send a burst of resource updates and list changes.",
+        "inputSchema": _schema({"count": "integer", "uri": "string"}, ["count", "uri"]),
+    },
 ]
 
 
@@ -273,6 +284,21 @@ def build_server(state: State) -> Server:
         if name == "notify_list_changed":
             await ctx.session.send_tool_list_changed()
             return _text({"sent": True})
+        if name == "flood":
+            count = int(args["count"])
+            uri = str(args["uri"])
+            changes = [
+                ctx.session.send_tool_list_changed,
+                ctx.session.send_prompt_list_changed,
+                ctx.session.send_resource_list_changed,
+            ]
+            updated = 0
+            for i in range(count):
+                if uri in state.subscribed:
+                    await ctx.session.send_resource_updated(uri)
+                    updated += 1
+                await changes[i % len(changes)]()
+            return _text({"updated": updated, "list_changed": count})
         return {"content": [{"type": "text", "text": f"unknown tool {name}"}], "isError": True}
 
     async def list_tools(ctx: Any, params: Any) -> dict[str, Any]:
