@@ -462,12 +462,17 @@ impl Gateway {
         rows[0]["id"].as_str().expect("id").to_string()
     }
 
-    /// The gateway's live child processes.
+    /// The gateway's live child processes: one per running stdio server,
+    /// the guard the server runs under (`bastion __child-guard`). A guard
+    /// has its server's environment and command line in its own, leads the
+    /// server's process group (its pid is the group's id) and lives as long
+    /// as its server, which is its one child.
     pub fn children(&self) -> Vec<Proc> {
         children_of(self.pid())
     }
 
-    /// The child started for the server tagged `tag` (see [`fixture_echo`]).
+    /// The child started for the server tagged `tag` (see [`fixture_echo`]):
+    /// its guard (see [`Gateway::children`]).
     pub fn child_tagged(&self, tag: &str) -> Option<Proc> {
         self.children().into_iter().find(|p| p.tag() == Some(tag))
     }

@@ -21,5 +21,6 @@ mod real_clients;
 mod reload;
 mod shutdown;
 mod stateless_negative;
+mod stdio_faults;
 mod stream_bounds;
 mod upstream_transports;
