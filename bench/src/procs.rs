@@ -124,6 +124,8 @@ pub struct MachineCpu {
     pub total_ticks: u64,
     /// Time the hypervisor ran something else while a virtual CPU wanted to run.
     pub steal_ticks: u64,
+    /// Idle and waiting for I/O.
+    pub idle_ticks: u64,
 }
 
 pub fn machine_cpu() -> MachineCpu {
@@ -134,7 +136,24 @@ pub fn machine_cpu() -> MachineCpu {
 fn parse_machine_cpu(stat: &str) -> MachineCpu {
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return MachineCpu::default() };
     let f: Vec<u64> = line.split_ascii_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
-    MachineCpu { total_ticks: f.iter().sum(), steal_ticks: f.get(7).copied().unwrap_or(0) }
+    MachineCpu {
+        total_ticks: f.iter().sum(),
+        steal_ticks: f.get(7).copied().unwrap_or(0),
+        idle_ticks: f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0),
+    }
+}
+
+/// Percentage of the machine's CPU time spent busy (neither idle nor
+/// waiting for I/O) between two readings.
+pub fn busy_percent(before: MachineCpu, after: MachineCpu) -> Option<f64> {
+    let total = after.total_ticks.checked_sub(before.total_ticks).filter(|&t| t > 0)?;
+    let idle = after.idle_ticks.saturating_sub(before.idle_ticks);
+    Some(total.saturating_sub(idle) as f64 * 100.0 / total as f64)
+}
+
+/// The command name of a process (`/proc/PID/comm`).
+pub fn comm(pid: u32) -> Option<String> {
+    Some(fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string())
 }
 
 /// Percentage of the machine's CPU time stolen between two readings.
@@ -175,9 +194,10 @@ mod tests {
     #[test]
     fn steal_is_a_share_of_all_cpu_time() {
         let a = parse_machine_cpu("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n");
-        assert_eq!((a.total_ticks, a.steal_ticks), (1000, 35));
-        let b = MachineCpu { total_ticks: 1200, steal_ticks: 85 };
+        assert_eq!((a.total_ticks, a.steal_ticks, a.idle_ticks), (1000, 35, 810));
+        let b = MachineCpu { total_ticks: 1200, steal_ticks: 85, idle_ticks: 860 };
         assert_eq!(steal_percent(a, b), Some(25.0));
         assert_eq!(steal_percent(a, a), None);
+        assert_eq!(busy_percent(a, b), Some(75.0));
     }
 }

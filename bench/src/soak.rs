@@ -684,6 +684,8 @@ pub struct ProcSample {
     /// The gateway and its stdio server together.
     pub tree_rss_kib: u64,
     pub processes: usize,
+    /// The gateway's own CPU time so far, in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 fn proc_sample(pid: u32, start: Instant) -> ProcSample {
@@ -695,6 +697,7 @@ fn proc_sample(pid: u32, start: Instant) -> ProcSample {
         threads: procs::threads(pid),
         tree_rss_kib: tree.tree_rss_kib,
         processes: tree.processes,
+        cpu_ticks: tree.root_ticks,
     }
 }
 
@@ -716,6 +719,13 @@ pub struct Interval {
     pub latency: Latency,
     pub sessions_opened: u64,
     pub sessions_closed: u64,
+    /// The gateway's CPU time as a share of one core, and per request.
+    pub gateway_cpu_percent: Option<f64>,
+    pub gateway_cpu_us_per_call: Option<f64>,
+    /// The whole machine's busy share (load generator and upstreams too),
+    /// and the share the hypervisor stole.
+    pub machine_busy_percent: Option<f64>,
+    pub steal_percent: Option<f64>,
     /// Lines the gateway logged at WARN and ERROR during the interval.
     pub log_warnings: u64,
     pub log_errors: u64,
@@ -832,16 +842,21 @@ pub struct SoakReport {
     pub smoke: bool,
     pub machine: Machine,
     pub binaries: String,
+    /// The commit the binaries were built from (`scripts/bench` sets it).
+    pub revision: Option<String>,
     pub settings: Settings,
     pub workers: Value,
     pub baseline: ProcSample,
     pub intervals: Vec<Interval>,
     pub drift: Drifts,
-    /// After every session was closed, one second later.
+    /// One second after every session was closed and every client
+    /// connection dropped.
     pub after_close: ProcSample,
-    /// Distinct stdio server processes seen under the gateway (more than
-    /// one: a server was restarted).
-    pub stdio_processes_seen: usize,
+    /// Every process seen under the gateway over the run, by name (its
+    /// stdio server and any helper it starts); more of them than
+    /// `children_at_once`: some were replaced.
+    pub children_seen: Vec<String>,
+    pub children_at_once: usize,
     pub totals: TotalStats,
     pub shutdown: Shutdown,
     pub log: LogSummary,
@@ -1028,8 +1043,10 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
     let pid = running.pid();
     let (n_session, n_stateless) = settings.split();
     let paced = n_session + n_stateless;
+    // Checked with clients of their own, whose connections are closed before
+    // the baseline is taken.
+    check_targets(&targets(running, settings, 2)?).await?;
     let targets = targets(running, settings, settings.workers * 2 + 4)?;
-    check_targets(&targets).await?;
     let mut redact = Vec::new();
     if let Some(dir) = running.log.parent() {
         redact.push((dir.display().to_string(), "<run dir>"));
@@ -1047,14 +1064,23 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
         samples: BTreeSet::new(),
     };
     log.poll();
-    let mut stdio_pids = BTreeSet::new();
-    let note_children = |stdio_pids: &mut BTreeSet<u32>| {
-        stdio_pids.extend(procs::tree(pid).into_iter().filter(|&p| p != pid));
+    let mut children = BTreeMap::new();
+    let mut children_at_once = 0;
+    let mut note_children = |children: &mut BTreeMap<u32, String>| {
+        let now: Vec<u32> = procs::tree(pid).into_iter().filter(|&p| p != pid).collect();
+        children_at_once = children_at_once.max(now.len());
+        for p in now {
+            children.entry(p).or_insert_with(|| procs::comm(p).unwrap_or_else(|| "?".into()));
+        }
     };
+    let tps = procs::ticks_per_second() as f64;
 
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
     let baseline = proc_sample(pid, start);
-    note_children(&mut stdio_pids);
+    let mut machine_before = procs::machine_cpu();
+    let mut cpu_before = baseline.cpu_ticks;
+    note_children(&mut children);
     let max_paced = (settings.rate * settings.duration.as_secs_f64() * 1.2).ceil() as u64 + 100;
     let sh = Arc::new(Shared {
         settings: settings.clone(),
@@ -1088,12 +1114,18 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
         tokio::time::sleep_until(at.into()).await;
         let b = sh.rec.take_interval();
         let gateway = proc_sample(pid, start);
-        note_children(&mut stdio_pids);
+        let machine_now = procs::machine_cpu();
+        note_children(&mut children);
         let (log_warnings, log_errors) = log.poll();
         let now = Instant::now();
         let secs = now.duration_since(last).as_secs_f64().max(1e-9);
         last = now;
         let calls = b.ok[0] + b.ok[1];
+        let cpu_s = gateway.cpu_ticks.saturating_sub(cpu_before) as f64 / tps;
+        cpu_before = gateway.cpu_ticks;
+        let machine_busy_percent = procs::busy_percent(machine_before, machine_now);
+        let steal_percent = procs::steal_percent(machine_before, machine_now);
+        machine_before = machine_now;
         let iv = Interval {
             index: i,
             warmup: i == 1,
@@ -1107,6 +1139,10 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
             latency: Latency::from_histogram(&b.hist),
             sessions_opened: b.sessions_opened,
             sessions_closed: b.sessions_closed,
+            gateway_cpu_percent: Some(cpu_s * 100.0 / secs),
+            gateway_cpu_us_per_call: (calls > 0).then(|| cpu_s * 1e6 / calls as f64),
+            machine_busy_percent,
+            steal_percent,
             log_warnings,
             log_errors,
             gateway,
@@ -1127,9 +1163,12 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
     if stuck > 0 {
         sh.rec.problem("worker: still busy well after the run ended".into(), format!("{stuck} workers"));
     }
+    // Every session is closed; dropping the last clients closes their
+    // connections, so the gateway should be back to its baseline descriptors.
+    drop(targets);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_close = proc_sample(pid, start);
-    note_children(&mut stdio_pids);
+    note_children(&mut children);
 
     let shutdown = stop_gateway(running).await;
     log.poll();
@@ -1142,13 +1181,15 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
         smoke: settings.smoke,
         machine: machine(),
         binaries: binaries.to_string(),
+        revision: std::env::var("BASTION_BENCH_REVISION").ok().filter(|r| !r.is_empty()),
         settings: settings.clone(),
         workers: json!({"session": n_session, "stateless": n_stateless, "fault": 1, "layout": layout}),
         baseline,
         intervals,
         drift,
         after_close,
-        stdio_processes_seen: stdio_pids.len(),
+        children_seen: children.into_values().collect(),
+        children_at_once,
         totals,
         shutdown,
         log: LogSummary { warnings: log.warnings, errors: log.errors, samples: log.samples.into_iter().collect() },
