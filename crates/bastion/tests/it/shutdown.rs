@@ -5,9 +5,9 @@
 //! HTTP+SSE (whose stream stays open until its calls are answered); the
 //! ones still running when the grace runs out are answered with JSON-RPC
 //! error -32030 on their own channel. A request arriving on an open
-//! connection meanwhile gets 503 with that error; GET and
-//! `subscriptions/listen` streams end at once. The gateway then exits with
-//! status 0, leaving no process of its tree behind.
+//! connection meanwhile gets 503 with that error (new connections are not
+//! accepted); GET and `subscriptions/listen` streams end at once. The
+//! gateway then exits with status 0, leaving no process of its tree behind.
 //!
 //! The upstream servers are started through `sh`, which first starts a
 //! child of the server's own (a `sleep`), so each has a tree to clean up.
@@ -453,12 +453,26 @@ async fn kept_alive(gw: &Gateway) -> reqwest::Client {
 async fn refused_as_shutting_down(what: &str, reply: Result<reqwest::Response, reqwest::Error>) -> Option<String> {
     let resp = match reply {
         Ok(r) => r,
+        // A refused connect: the kept-alive connection had been closed, and
+        // the client's new one found no listener.
         Err(e) => return Some(format!("{what}: no answer on the kept-alive connection: {e:?}")),
     };
     let r = Reply::read(resp).await;
     let code = serde_json::from_str::<Value>(&r.text).ok().and_then(|v| error_code(&v));
     (r.status != 503 || code != Some(SHUTTING_DOWN))
         .then(|| format!("{what}: HTTP {} {} instead of 503 with error {SHUTTING_DOWN}", r.status, r.text))
+}
+
+/// `GET /healthz` on a new connection: the status line of a 200 answer,
+/// if one comes within a second.
+async fn served_on_a_new_connection(gw: &Gateway) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut head)).await.ok()?.ok()?;
+    let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_string();
+    line.starts_with("HTTP/1.1 200").then_some(line)
 }
 
 #[tokio::test]
@@ -522,6 +536,10 @@ async fn during_the_shutdown_new_requests_get_503_and_streams_without_answers_en
     problems.extend(refused_as_shutting_down("a session-era request", a).await);
     problems.extend(refused_as_shutting_down("a stateless request", b).await);
     problems.extend(refused_as_shutting_down("a legacy request", c).await);
+    // New connections are no longer accepted (refused, or at least not served).
+    if let Some(answer) = served_on_a_new_connection(&gw).await {
+        problems.push(format!("a new connection was served during the shutdown: {answer}"));
+    }
 
     // Streams without answers end while the call still runs.
     let within = Duration::from_secs(5).saturating_sub(sigterm.elapsed());
