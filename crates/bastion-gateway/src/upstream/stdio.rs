@@ -243,6 +243,9 @@ async fn read_stdout(
                 break;
             }
         }
+        // Lines already read come without waiting: a flooding server must
+        // still let other tasks of this worker run.
+        tokio::task::consume_budget().await;
     }
     // The connection is over: calls fail, stdin closes, the group is killed.
     mux.close();
