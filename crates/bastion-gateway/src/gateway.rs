@@ -391,7 +391,7 @@ fn build_upstreams(
 const FAN_OUT_BATCH: usize = 256;
 /// Server notifications waiting for the fan-out beyond which some are dropped.
 const FAN_OUT_BACKLOG: usize = 10_000;
-/// Sessions served before the fan-out lets other tasks run.
+/// Deliveries made before the fan-out lets other tasks run.
 const FAN_OUT_SLICE: usize = 256;
 
 /// Delivers server notifications that belong to no call to the sessions
@@ -425,7 +425,7 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
             );
         }
         let mut changed: std::collections::HashSet<(Arc<str>, &'static str)> = Default::default();
-        let sessions = gw.sessions.all();
+        let mut notifications = Vec::with_capacity(batch.len());
         for n in batch.drain(..) {
             // Only what concerns every session is fanned out; anything else
             // about no call (log lines, progress) reaches nobody.
@@ -443,13 +443,22 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
                     }
                 }
             }
-            let mut frames = Frames::default();
-            for (i, session) in sessions.iter().enumerate() {
-                if i % FAN_OUT_SLICE == FAN_OUT_SLICE - 1 {
+            notifications.push((n, Frames::default()));
+        }
+        if notifications.is_empty() {
+            continue;
+        }
+        // Session by session, so that each stream is woken once for all
+        // of the batch and writes it in one go.
+        let mut work = 0;
+        for session in gw.sessions.all() {
+            for (n, frames) in &mut notifications {
+                work += 1;
+                if work % FAN_OUT_SLICE == 0 {
                     tokio::task::yield_now().await;
                 }
                 if gw.scope_includes(&session.scope, &n.server) {
-                    deliver_shared(session, &n.server, &n.method, n.params.as_ref(), &mut frames);
+                    deliver_shared(&session, &n.server, &n.method, n.params.as_ref(), frames);
                 }
             }
         }

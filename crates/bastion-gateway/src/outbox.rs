@@ -132,6 +132,9 @@ impl Coalesce {
     }
 }
 
+/// Largest chunk [`Outbox::recv`] puts together from queued frames.
+const MAX_CHUNK: usize = 64 * 1024;
+
 /// What a queued frame counts for: its bytes, and its place in the queue.
 const ENTRY_COST: usize = 64;
 
@@ -274,8 +277,10 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// The next frame; `None` once the stream has ended (and, when
-    /// finishing, everything queued was taken).
+    /// What is queued, as one chunk of at most [`MAX_CHUNK`] bytes (or one
+    /// frame, if larger), so a stream that fell behind catches up in few
+    /// writes; `None` once the stream has ended (and, when finishing,
+    /// everything queued was taken).
     pub async fn recv(&self) -> Option<Bytes> {
         loop {
             let ready = self.ready.notified();
@@ -284,18 +289,38 @@ impl Outbox {
                 if st.closed {
                     return None;
                 }
-                if let Some(f) = st.frames.pop_front() {
-                    st.bytes -= cost(&f.bytes);
-                    self.budget.queued.fetch_sub(cost(&f.bytes), Ordering::Relaxed);
-                    if let Some(c) = f.coalesce {
-                        st.waiting &= !(c as u8);
+                if let Some(first) = st.frames.pop_front() {
+                    let mut taken = cost(&first.bytes);
+                    let mut waiting = st.waiting;
+                    if let Some(c) = first.coalesce {
+                        waiting &= !(c as u8);
                     }
+                    let chunk = if st.frames.front().is_some_and(|f| first.bytes.len() + f.bytes.len() <= MAX_CHUNK) {
+                        let mut chunk = bytes::BytesMut::with_capacity(MAX_CHUNK.min(st.bytes));
+                        chunk.extend_from_slice(&first.bytes);
+                        while let Some(f) = st.frames.front()
+                            && chunk.len() + f.bytes.len() <= MAX_CHUNK
+                        {
+                            let f = st.frames.pop_front().expect("a front frame");
+                            chunk.extend_from_slice(&f.bytes);
+                            taken += cost(&f.bytes);
+                            if let Some(c) = f.coalesce {
+                                waiting &= !(c as u8);
+                            }
+                        }
+                        chunk.freeze()
+                    } else {
+                        first.bytes
+                    };
+                    st.waiting = waiting;
+                    st.bytes -= taken;
+                    self.budget.queued.fetch_sub(taken, Ordering::Relaxed);
                     if st.bytes < self.budget.per_stream() / 2 {
                         st.dropping = false;
                     }
                     drop(st);
                     self.room.notify_waiters();
-                    return Some(f.bytes);
+                    return Some(chunk);
                 }
                 if st.finishing {
                     st.closed = true;
@@ -354,7 +379,8 @@ mod tests {
         assert_eq!(o.offer(frame(100), None), Err(Refused::Full));
         assert_eq!(budget.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(budget.queued(), 1000);
-        assert_eq!(cost(&o.recv().await.unwrap()), 100);
+        assert_eq!(o.recv().await.unwrap().len(), 10 * (100 - ENTRY_COST), "what was queued, in one chunk");
+        assert_eq!(budget.queued(), 0);
         o.offer(frame(100), None).unwrap();
         drop(o);
         assert_eq!(budget.queued(), 0, "a dropped queue gives its bytes back");
@@ -370,8 +396,10 @@ mod tests {
         }
         assert_eq!(o.queued_bytes(), 200);
         o.recv().await.unwrap();
+        assert_eq!(o.queued_bytes(), 0);
         o.offer(frame(100), Some(Coalesce::Tools)).unwrap();
-        assert_eq!(o.queued_bytes(), 200, "taken by the reader: may be queued again");
+        o.offer(frame(100), Some(Coalesce::Tools)).unwrap();
+        assert_eq!(o.queued_bytes(), 100, "taken by the reader: may be queued again, once");
     }
 
     #[tokio::test]
@@ -388,6 +416,12 @@ mod tests {
         assert_eq!(cost(&o.recv().await.unwrap()), 900);
         assert_eq!(sender.await.unwrap(), Ok(()));
         assert_eq!(cost(&o.recv().await.unwrap()), 900);
+        // Frames too large to join go one at a time.
+        let o = Outbox::new(Budget::new(1 << 20, 1 << 20));
+        o.send(Bytes::from(vec![b'y'; MAX_CHUNK])).await.unwrap();
+        o.offer(frame(100), None).unwrap();
+        assert_eq!(o.recv().await.unwrap().len(), MAX_CHUNK);
+        assert_eq!(o.recv().await.unwrap().len(), 100 - ENTRY_COST);
     }
 
     #[tokio::test]

@@ -66,12 +66,13 @@ const LIMIT_RECHECK: Duration = Duration::from_secs(1);
 /// the config's `shutdown_grace`:
 ///
 /// 1. stops accepting connections and starting requests (a request that
-///    still arrives gets 503, see [`crate::drain`]); event streams that
-///    carry no answers (GET, `subscriptions/listen`) end;
+///    still arrives on an open connection gets 503, see [`crate::drain`]);
+///    event streams that carry no answers (GET, `subscriptions/listen`) end;
 /// 2. lets the calls in flight finish — answers included, on legacy SSE
 ///    streams too — until little of the grace period is left;
 /// 3. answers the calls still running with a shutdown error, ends every
-///    stream once what it has queued is written, closes the connections;
+///    stream once what it has queued is written, closes the connections
+///    (HTTP/1.1 after their response in progress, HTTP/2 with GOAWAY);
 /// 4. stops the upstream servers (their process groups are killed), in
 ///    what is left of the grace period.
 pub async fn run(
@@ -146,7 +147,8 @@ async fn drain(gw: &Gateway, connections: TaskTracker, draining: CancellationTok
             s.finish_stream();
         }
     }
-    draining.cancel();
+    // Open connections stay open while calls finish: a request that comes
+    // on one is told 503, rather than finding the connection closed.
     connections.close();
     if tokio::time::timeout_at(started + grace - stop_budget, gw.drain.settled()).await.is_err() {
         tracing::warn!(
@@ -159,6 +161,7 @@ async fn drain(gw: &Gateway, connections: TaskTracker, draining: CancellationTok
     for s in gw.sessions.all() {
         s.finish_stream();
     }
+    draining.cancel();
     // Answers are written; streams end once their queue is.
     let flushed = tokio::time::timeout(stop_budget / 4, connections.wait()).await.is_ok();
     gw.sessions.close_all();
