@@ -5,7 +5,7 @@
 //! `VmHWM` (peak resident set) from `/proc/PID/status`. The peak can be
 //! reset between measurements by writing `5` to `/proc/PID/clear_refs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 
 use serde::Serialize;
@@ -65,6 +65,59 @@ pub fn threads(pid: u32) -> u64 {
 /// Open file descriptors of one process: the entries of `/proc/PID/fd`.
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// A process's open descriptors by what they are: TCP sockets by the named
+/// port at either end (for `(8080, "gateway")`: `tcp gateway listen`,
+/// `tcp gateway in` for connections accepted on 8080, `tcp → gateway` for
+/// connections to it), other sockets, pipes, `anon_inode` kinds
+/// (`eventpoll`, `eventfd`…) and files by name.
+pub fn fd_kinds(pid: u32, ports: &[(u16, &str)]) -> BTreeMap<String, usize> {
+    let mut tcp = HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some((inode, conn)) = parse_tcp_line(line) {
+                tcp.insert(inode, conn);
+            }
+        }
+    }
+    let mut kinds = BTreeMap::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return kinds };
+    for entry in dir.flatten() {
+        let Ok(target) = fs::read_link(entry.path()) else { continue };
+        let target = target.to_string_lossy();
+        let kind = if let Some(inode) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+            let name = |port: u16| ports.iter().find(|p| p.0 == port).map(|p| p.1);
+            match inode.parse::<u64>().ok().and_then(|i| tcp.get(&i)) {
+                Some(&(local, remote, listening)) => match (name(local), name(remote)) {
+                    (Some(n), _) => format!("tcp {n} {}", if listening { "listen" } else { "in" }),
+                    (None, Some(n)) => format!("tcp → {n}"),
+                    (None, None) => "tcp other".into(),
+                },
+                None => "socket (not tcp)".into(),
+            }
+        } else if target.starts_with("pipe:") {
+            "pipe".into()
+        } else if let Some(k) = target.strip_prefix("anon_inode:") {
+            k.trim_matches(['[', ']']).to_string()
+        } else {
+            // The name alone: where it lives is this machine's business.
+            format!("file {}", target.rsplit('/').next().unwrap_or(""))
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    kinds
+}
+
+/// `(inode, (local port, remote port, listening))` of a `/proc/net/tcp` line.
+fn parse_tcp_line(line: &str) -> Option<(u64, (u16, u16, bool))> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
+    let local = port(f.get(1)?)?;
+    let remote = port(f.get(2)?)?;
+    let listening = *f.get(3)? == "0A";
+    Some((f.get(9)?.parse().ok()?, (local, remote, listening)))
 }
 
 /// `root` and all its live descendants.
@@ -189,6 +242,15 @@ mod tests {
         assert!(rss_kib(me) > 0);
         assert!(threads(me) >= 1);
         assert!(fd_count(me).is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn tcp_lines_give_ports_and_inode() {
+        let l = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1";
+        assert_eq!(parse_tcp_line(l), Some((12345, (8080, 0, true))));
+        let me = std::process::id();
+        let kinds = fd_kinds(me, &[]);
+        assert!(kinds.values().sum::<usize>() >= 3, "{kinds:?}");
     }
 
     #[test]

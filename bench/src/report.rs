@@ -507,6 +507,23 @@ pub fn soak_markdown(r: &crate::soak::SoakReport) -> String {
          connection dropped (descriptors against the start: {}).",
         signed(a.fds.unwrap_or(0) as f64 - b.fds.unwrap_or(0) as f64, 0)
     );
+    let _ = writeln!(s, "\n### The gateway's descriptors by kind\n");
+    let mut kinds: Vec<&String> = std::iter::once(b)
+        .chain(r.intervals.iter().map(|i| &i.gateway))
+        .chain(std::iter::once(a))
+        .flat_map(|p| p.fd_kinds.keys())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    let _ = writeln!(s, "| | {} |", kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(kinds.len()));
+    let rows = std::iter::once(("start".to_string(), b))
+        .chain(r.intervals.iter().map(|i| (format!("{}", i.index), &i.gateway)))
+        .chain(std::iter::once(("all closed".to_string(), a)));
+    for (name, p) in rows {
+        let cells: Vec<String> = kinds.iter().map(|k| p.fd_kinds.get(*k).copied().unwrap_or(0).to_string()).collect();
+        let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+    }
     let d = &r.drift;
     let _ = writeln!(
         s,

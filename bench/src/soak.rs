@@ -686,9 +686,12 @@ pub struct ProcSample {
     pub processes: usize,
     /// The gateway's own CPU time so far, in clock ticks.
     pub cpu_ticks: u64,
+    /// The gateway's descriptors by kind: `tcp gateway in` are client
+    /// connections, `tcp → HTTP server` its connections to that server.
+    pub fd_kinds: BTreeMap<String, usize>,
 }
 
-fn proc_sample(pid: u32, start: Instant) -> ProcSample {
+fn proc_sample(pid: u32, start: Instant, ports: &[(u16, &str)]) -> ProcSample {
     let tree = procs::sample(pid);
     ProcSample {
         t_s: Instant::now().saturating_duration_since(start).as_secs_f64(),
@@ -698,6 +701,7 @@ fn proc_sample(pid: u32, start: Instant) -> ProcSample {
         tree_rss_kib: tree.tree_rss_kib,
         processes: tree.processes,
         cpu_ticks: tree.root_ticks,
+        fd_kinds: procs::fd_kinds(pid, ports),
     }
 }
 
@@ -921,9 +925,11 @@ impl LogTail {
 
 /// Starts the HTTP fixture and Bastion in front of it and of the stdio
 /// fixture, with default limits and a short `callTimeout`.
-async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<Running> {
+/// Also returns the HTTP server's port.
+async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<(Running, u16)> {
     let dir = tempfile::Builder::new().prefix("bastion-bench-soak-").tempdir()?;
     let (http, http_url) = contestant::start_http_fixture(bins, dir.path()).await?;
+    let http_port = reqwest::Url::parse(&http_url)?.port().context("the HTTP server's port")?;
     let call_timeout = format!("{}ms", settings.call_timeout.as_millis());
     let port = contestant::free_port()?;
     let config = json!({
@@ -961,7 +967,7 @@ async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<Running> {
         running.stop().await;
         return Err(e);
     }
-    Ok(running)
+    Ok((running, http_port))
 }
 
 fn targets(r: &Running, settings: &Settings, pool: usize) -> anyhow::Result<Vec<Target>> {
@@ -1022,8 +1028,8 @@ pub async fn run(settings: Settings, bins: Bins, binaries: &str, out_dir: &Path)
         settings.rate,
         settings.workers
     );
-    let mut running = start(&bins, &settings).await?;
-    let result = soak(&settings, &bins, &mut running, binaries).await;
+    let (mut running, http_port) = start(&bins, &settings).await?;
+    let result = soak(&settings, &bins, &mut running, http_port, binaries).await;
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -1039,8 +1045,16 @@ pub async fn run(settings: Settings, bins: Bins, binaries: &str, out_dir: &Path)
     Ok(report)
 }
 
-async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries: &str) -> anyhow::Result<SoakReport> {
+async fn soak(
+    settings: &Settings,
+    bins: &Bins,
+    running: &mut Running,
+    http_port: u16,
+    binaries: &str,
+) -> anyhow::Result<SoakReport> {
     let pid = running.pid();
+    let gateway_port = reqwest::Url::parse(&running.url)?.port().context("the gateway's port")?;
+    let ports = [(gateway_port, "gateway"), (http_port, "HTTP server")];
     let (n_session, n_stateless) = settings.split();
     let paced = n_session + n_stateless;
     // Checked with clients of their own, whose connections are closed before
@@ -1077,7 +1091,7 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
-    let baseline = proc_sample(pid, start);
+    let baseline = proc_sample(pid, start, &ports);
     let mut machine_before = procs::machine_cpu();
     let mut cpu_before = baseline.cpu_ticks;
     note_children(&mut children);
@@ -1113,7 +1127,7 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
         let at = start + settings.interval.mul_f64(i as f64);
         tokio::time::sleep_until(at.into()).await;
         let b = sh.rec.take_interval();
-        let gateway = proc_sample(pid, start);
+        let gateway = proc_sample(pid, start, &ports);
         let machine_now = procs::machine_cpu();
         note_children(&mut children);
         let (log_warnings, log_errors) = log.poll();
@@ -1167,7 +1181,7 @@ async fn soak(settings: &Settings, bins: &Bins, running: &mut Running, binaries:
     // connections, so the gateway should be back to its baseline descriptors.
     drop(targets);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_close = proc_sample(pid, start);
+    let after_close = proc_sample(pid, start, &ports);
     note_children(&mut children);
 
     let shutdown = stop_gateway(running).await;
