@@ -439,17 +439,7 @@ mod tests {
         cmd.stdin(std::process::Stdio::null());
         let process = spawn(cmd).await.unwrap();
         let pgid = process.group.id();
-        let members = || {
-            std::fs::read_dir("/proc")
-                .unwrap()
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter(|stat| {
-                    let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
-                    rest.first().is_some_and(|s| *s != "Z") && rest.get(2) == Some(&pgid.to_string().as_str())
-                })
-                .count()
-        };
+        let members = || super::super::stdio::tests::members(pgid);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while members() < 3 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -326,7 +326,7 @@ async fn reap(mut process: Process, server: Arc<str>, stop: CancellationToken, r
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -370,7 +370,7 @@ read -r l
     }
 
     /// Live (not zombie) processes of a process group.
-    fn members(pgid: i32) -> usize {
+    pub(in crate::upstream) fn members(pgid: i32) -> usize {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()

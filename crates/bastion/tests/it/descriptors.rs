@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Gateway, Mcp, Reply, WAIT, fixture_echo, http, tool_text};
+use crate::harness::{Gateway, Mcp, WAIT, fixture_echo, http, tool_text};
 
 /// The open-file limit (soft and hard) the gateway is started with.
 const LIMIT: u64 = 400;
@@ -108,25 +108,8 @@ async fn healthz(port: u16) -> Result<u16, String> {
 
 /// A 2025-11-25 session (initialized) on `client`; its id.
 async fn new_session(client: &reqwest::Client, url: &str, key: &str) -> String {
-    let post = |sid: Option<String>, body: Value| {
-        let mut b = client
-            .post(url)
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream");
-        if let Some(sid) = sid {
-            b = b.header("mcp-session-id", sid);
-        }
-        b.body(body.to_string()).send()
-    };
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bastion-it", "version": "0"}}});
-    let r = Reply::read(post(None, init).await.expect("initialize")).await;
-    assert_eq!(r.status, 200, "initialize: {}", r.text);
-    let sid = r.header("mcp-session-id").expect("a session id").to_string();
-    let r = post(Some(sid.clone()), json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-    assert_eq!(r.await.expect("initialized").status(), 202);
-    sid
+    let m = Mcp::session_on(client.clone(), url.to_string(), key, "2025-11-25").await;
+    m.session.expect("a session id")
 }
 
 /// The soft and hard "Max open files" of process `pid`.

@@ -750,7 +750,13 @@ impl Mcp {
 
     /// A session-era client: `initialize` with `version`, then `initialized`.
     pub async fn session(url: String, token: &str, version: &str) -> Mcp {
+        Mcp::session_on(http(), url, token, version).await
+    }
+
+    /// [`Mcp::session`] on a given HTTP client (and its connection pool).
+    pub async fn session_on(client: reqwest::Client, url: String, token: &str, version: &str) -> Mcp {
         let mut m = Mcp::new(url, Some(token), false);
+        m.http = client;
         let id = m.id();
         let init = json!({
             "jsonrpc": "2.0", "id": id, "method": "initialize",
