@@ -212,8 +212,13 @@ const ROUNDS: usize = 500;
 /// queues may hold 64 MiB together (the default total); the rest is the
 /// gateway itself and what 2,000 sessions and connections cost.
 const RSS_BOUND_KIB: u64 = 300 * 1024;
-/// `/healthz` must answer within this, throughout.
-const HEALTHZ_BOUND: Duration = Duration::from_millis(50);
+/// `/healthz` must answer within this, throughout: 50 ms for an optimized
+/// gateway (run the suite with `BASTION_TEST_BIN=target/release/bastion`);
+/// the unoptimized build the suite makes itself gets four times as long.
+fn healthz_bound() -> Duration {
+    let unoptimized = cfg!(debug_assertions) && std::env::var_os("BASTION_TEST_BIN").is_none_or(|b| b.is_empty());
+    Duration::from_millis(if unoptimized { 200 } else { 50 })
+}
 
 /// A resource URI of about 270 bytes: the burst sends each stream ≈ 230 KiB,
 /// ≈ 450 MiB to all. What the sockets do not absorb must wait in the
@@ -298,7 +303,7 @@ fn watch(port: u16, pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
             let took = started.elapsed();
             w.probes += 1;
             w.slowest = w.slowest.max(took);
-            if took > HEALTHZ_BOUND {
+            if took > healthz_bound() {
                 w.over_bound += 1;
             }
             if let Err(e) = outcome
@@ -466,10 +471,11 @@ async fn a_notification_burst_to_thousands_of_unread_streams_stays_bounded() {
             warned.push(l.chars().take(300).collect());
         }
     }
+    let bound = healthz_bound();
     let figures = format!(
         "{SESSIONS} streams ({READERS} read), {ROUNDS} rounds ({flood_outcome:?}) sent in {sent:?}, delivered to the streams \
          that are read in {delivered:?}, after a setup of {setup:?}; RSS {} MiB before, max {} MiB (bound {} MiB); /healthz: {} probes, slowest {:?}, {} over \
-         {HEALTHZ_BOUND:?}, failures {:?} (an idle gateway meanwhile: slowest {:?}); resources/updated read by the read streams: {reads:?}; log: {} WARN \
+         {bound:?}, failures {:?} (an idle gateway meanwhile: slowest {:?}); resources/updated read by the read streams: {reads:?}; log: {} WARN \
          lines about dropped notifications, {} about slow streams disconnected; WARN lines: {warned:#?}",
         rss_before / 1024,
         watched.rss_max_kib / 1024,
@@ -491,7 +497,7 @@ async fn a_notification_burst_to_thousands_of_unread_streams_stays_bounded() {
     assert!(after.rpc().get("result").is_some(), "tools/list after the burst: {}", after.text);
     assert!(watched.failures.is_empty(), "/healthz failed during the burst: {figures}");
     assert!(watched.rss_max_kib < RSS_BOUND_KIB, "the gateway's memory grew past the bound: {figures}");
-    assert!(watched.slowest < HEALTHZ_BOUND, "/healthz was slow during the burst: {figures}");
+    assert!(watched.slowest < bound, "/healthz was slow during the burst: {figures}");
     assert!(reads.iter().all(|n| *n > 0), "a stream that is read got no resources/updated: {figures}");
     drop(streams);
 }
