@@ -1329,6 +1329,57 @@ mod tests {
     }
 
     #[test]
+    fn any_unexpected_error_or_unclean_stop_fails_the_run() {
+        let totals = |errors: u64| TotalStats {
+            calls: 10,
+            ok: 10,
+            session_ok: 5,
+            stateless_ok: 5,
+            errors,
+            errors_by_kind: BTreeMap::from([("stateless tools/call: http_500".to_string(), errors)]),
+            error_samples: Vec::new(),
+            faults_by_kind: BTreeMap::from([("session call cancelled".to_string(), 1)]),
+            latency: Latency::default(),
+            per_op: Vec::new(),
+            sessions_opened: 1,
+            sessions_closed: 1,
+            get_streams_opened: 1,
+            get_streams_ended_by_delete: 1,
+        };
+        let clean =
+            Shutdown { exit_ms: Some(5.0), status: "exit status: 0".into(), leftover_processes: 0, clean: true };
+        let sample = ProcSample { rss_kib: 1000, fds: Some(20), ..ProcSample::default() };
+        let interval = |index| Interval {
+            index,
+            warmup: index == 1,
+            end_s: index as f64,
+            calls: 5,
+            session_ok: 3,
+            stateless_ok: 2,
+            errors: 0,
+            faults: 0,
+            calls_per_s: 5.0,
+            latency: Latency::default(),
+            sessions_opened: 0,
+            sessions_closed: 0,
+            gateway_cpu_percent: None,
+            gateway_cpu_us_per_call: None,
+            machine_busy_percent: None,
+            steal_percent: None,
+            log_warnings: 0,
+            log_errors: 0,
+            gateway: sample.clone(),
+        };
+        let intervals = [interval(1), interval(2)];
+        assert!(failures(&totals(0), &clean, &intervals).is_empty());
+        let f = failures(&totals(2), &clean, &intervals);
+        assert_eq!(f, ["2 unexpected errors: stateless tools/call: http_500 ×2"]);
+        let unclean = Shutdown { clean: false, ..clean.clone() };
+        assert_eq!(failures(&totals(0), &unclean, &intervals).len(), 1);
+        assert_eq!(failures(&totals(0), &clean, &intervals[..1]).len(), 1, "one sample is not a soak");
+    }
+
+    #[test]
     fn log_lines_are_counted_by_level() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.log");
