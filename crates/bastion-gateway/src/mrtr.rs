@@ -163,6 +163,14 @@ impl Continuations {
         before - self.map.len()
     }
 
+    /// Drops every parked call (shutdown: their clients could not come
+    /// back with the input); their upstream calls are cancelled.
+    pub fn clear(&self) -> usize {
+        let n = self.map.len();
+        self.map.clear();
+        n
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

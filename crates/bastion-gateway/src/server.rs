@@ -141,6 +141,11 @@ async fn drain(gw: &Gateway, connections: TaskTracker, draining: CancellationTok
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new requests; calls in flight may finish"
     );
+    // A parked stateless call waits for a request that is no longer taken.
+    let parked = gw.continuations.clear();
+    if parked > 0 {
+        tracing::info!(parked, "calls waiting for their clients' input dropped");
+    }
     // Legacy streams carry answers: they end after the calls.
     for s in gw.sessions.all() {
         if !s.legacy {
