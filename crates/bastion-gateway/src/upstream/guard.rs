@@ -237,6 +237,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
     };
     let (program, args) = command.split_first().expect("parse_args requires a program");
+    if matches!(mode, Mode::Guard { .. }) {
+        // Started as `/proc/self/exe`, it would show as `exe` in `ps` and `top`.
+        let _ = nix::sys::prctl::set_name(c"bastion-guard");
+    }
     match mode {
         Mode::Exec => become_program(program, args),
         Mode::Guard { parent } => match guard(parent, program, args) {
