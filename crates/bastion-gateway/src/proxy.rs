@@ -117,7 +117,7 @@ async fn call(server: &UpstreamHandle, method: &str, params: Option<Value>, call
     server.call(method, params, caller).await.map_err(|e| log_call_error(server.name(), method, e))
 }
 
-fn log_call_error(server: &str, method: &str, e: CallError) -> Value {
+pub(crate) fn log_call_error(server: &str, method: &str, e: CallError) -> Value {
     if !matches!(e, CallError::Rpc(_)) {
         tracing::warn!(server, method, error = %e, "upstream call failed");
     }

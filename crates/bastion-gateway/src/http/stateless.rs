@@ -139,7 +139,7 @@ pub(crate) async fn handle(
                 return relay(&gw, &req.id, resp, held, server.spec().max_message_bytes);
             }
             Some(Err(e)) => {
-                let err = e.to_error_object(server.name());
+                let err = crate::proxy::log_call_error(server.name(), &req.method, e);
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
             }
             None => {}
