@@ -7,6 +7,8 @@
 //!   are not read stays bounded in memory (`http.stream_queue_bytes` per
 //!   stream, `http.stream_queue_total_bytes` for all, `list_changed`
 //!   coalesced), and the gateway keeps answering `/healthz` quickly.
+//! - Streams not read beyond what their sockets hold lose notifications,
+//!   then the fullest are ended; a stream that is read keeps working.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -21,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{
-    Gates, Gateway, Reply, WAIT, fixture_echo, http, rss_kib, scripted_stdio, sse_messages, tool_text,
+    Gates, Gateway, Reply, WAIT, eventually, fixture_echo, http, rss_kib, scripted_stdio, sse_messages, tool_text,
 };
 
 // ---------------------------------------------------------------------------
@@ -500,4 +502,104 @@ async fn a_notification_burst_to_thousands_of_unread_streams_stays_bounded() {
     assert!(watched.slowest < bound, "/healthz was slow during the burst: {figures}");
     assert!(reads.iter().all(|n| *n > 0), "a stream that is read got no resources/updated: {figures}");
     drop(streams);
+}
+
+// ---------------------------------------------------------------------------
+// Streams that are not read, beyond what the sockets hold
+// ---------------------------------------------------------------------------
+
+/// Reads what `s` has until it is quiet for `quiet`; whether the response
+/// ended meanwhile (the last chunk of a chunked body, or the connection's
+/// end), and the bytes read.
+async fn drain_stream(s: &mut TcpStream, quiet: Duration) -> (bool, usize) {
+    let (mut total, mut tail) = (0, Vec::new());
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, total),
+            Ok(Ok(n)) => {
+                total += n;
+                tail.extend_from_slice(&chunk[..n]);
+                let keep = tail.len().saturating_sub(16);
+                tail.drain(..keep);
+            }
+            Err(_) => return (tail.ends_with(b"\r\n0\r\n\r\n"), total),
+        }
+    }
+}
+
+/// Streams whose clients do not read get their notifications dropped past
+/// `http.stream_queue_bytes`, and when all queues together pass
+/// `http.stream_queue_total_bytes` the fullest are ended, with a log line
+/// for each; streams that are read keep theirs.
+#[tokio::test]
+async fn streams_not_read_lose_notifications_then_the_fullest_are_ended() {
+    let gates = Gates::new();
+    let gw = Gateway::start(json!({
+        "mcpServers": {"flood": scripted_stdio(&gates)},
+        "http": {"stream_queue_bytes": 65536, "stream_queue_total_bytes": 262144}
+    }));
+    let key = gw.create_key("stalled", &[]);
+    let path = "/mcp/flood";
+    let url = gw.url(path);
+    // 4 KiB per update: 2,000 of them are ≈ 8 MiB per stream, more than a
+    // connection's socket buffers hold.
+    let uri = format!("test://doc?{}", "q".repeat(4096));
+    let client = http();
+    const UNREAD: usize = 8;
+    let mut unread = Vec::new();
+    for _ in 0..UNREAD {
+        let sid = subscribed_session(&client, &url, &key, &uri).await;
+        unread.push(get_stream(gw.port, path, &key, &sid).await);
+    }
+    let reader_sid = subscribed_session(&client, &url, &key, &uri).await;
+    let mut reader = get_stream(gw.port, path, &key, &reader_sid).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let read_task = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut text = String::new();
+            while let Ok(n) = reader.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                while let Some(end) = text.find("\n\n") {
+                    if text[..end].contains("notifications/resources/updated") {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    text.drain(..end + 2);
+                }
+            }
+        }
+    });
+
+    let flood = |count: usize, id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "flood", "arguments": {"count": count, "uri": uri}}})
+    };
+    let r = post_rpc(&client, &url, &key, Some(&reader_sid), &flood(2000, 3)).await;
+    assert!(r.messages().iter().any(|m| m["id"] == 3 && m.get("result").is_some()), "the flood: {}", r.text);
+
+    gw.wait_for_log("slow stream disconnected").await;
+    let log = gw.log();
+    assert!(log.contains("notifications dropped"), "no drop was logged:\n{log}");
+    let mut ended = 0;
+    for s in &mut unread {
+        let (end, _) = drain_stream(s, Duration::from_millis(500)).await;
+        ended += usize::from(end);
+    }
+    assert!(ended >= 1, "no stream that was not read was ended");
+
+    // The stream that is read still works: a last update reaches it.
+    let before = seen.load(Ordering::Relaxed);
+    assert!(before > 0, "the stream that is read had no update");
+    let r = post_rpc(&client, &url, &key, Some(&reader_sid), &flood(1, 4)).await;
+    assert!(r.messages().iter().any(|m| m["id"] == 4 && m.get("result").is_some()), "the last update: {}", r.text);
+    eventually(WAIT, "the last update on the stream that is read", || async {
+        (seen.load(Ordering::Relaxed) > before).then_some(())
+    })
+    .await;
+    read_task.abort();
 }
