@@ -282,6 +282,25 @@ async fn get_stream(port: u16, path: &str, key: &str, sid: &str) -> TcpStream {
     s
 }
 
+/// Reads a GET stream to its end, counting the whole
+/// `notifications/resources/updated` events in it.
+async fn count_updates(s: &mut TcpStream, seen: &AtomicUsize) {
+    let mut text = String::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while let Ok(n) = s.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        while let Some(end) = text.find("\n\n") {
+            if text[..end].contains("notifications/resources/updated") {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            text.drain(..end + 2);
+        }
+    }
+}
+
 /// What the watcher saw: `/healthz` latencies, the gateway's RSS.
 #[derive(Debug, Default)]
 struct Watched {
@@ -393,23 +412,7 @@ async fn a_notification_burst_to_thousands_of_unread_streams_stays_bounded() {
     let updates_read: Vec<Arc<AtomicUsize>> = (0..READERS).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let mut readers = Vec::new();
     for (mut s, seen) in streams.drain(..READERS).zip(updates_read.iter().cloned()) {
-        readers.push(tokio::spawn(async move {
-            let mut text = String::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            while let Ok(n) = s.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                // Count whole events only.
-                while let Some(end) = text.find("\n\n") {
-                    if text[..end].contains("notifications/resources/updated") {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    text.drain(..end + 2);
-                }
-            }
-        }));
+        readers.push(tokio::spawn(async move { count_updates(&mut s, &seen).await }));
     }
     let setup = setup.elapsed();
     let rss_before = rss_kib(gw.pid()).unwrap_or(0);
@@ -557,22 +560,7 @@ async fn streams_not_read_lose_notifications_then_the_fullest_are_ended() {
     let seen = Arc::new(AtomicUsize::new(0));
     let read_task = tokio::spawn({
         let seen = seen.clone();
-        async move {
-            let mut chunk = vec![0u8; 256 * 1024];
-            let mut text = String::new();
-            while let Ok(n) = reader.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                while let Some(end) = text.find("\n\n") {
-                    if text[..end].contains("notifications/resources/updated") {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    text.drain(..end + 2);
-                }
-            }
-        }
+        async move { count_updates(&mut reader, &seen).await }
     });
 
     let flood = |count: usize, id: u64| {
