@@ -301,6 +301,28 @@ async fn ends_within(reader: &mut JoinHandle<()>, within: Duration) -> bool {
 // Tests
 // ---------------------------------------------------------------------------
 
+/// Waits until `deadline` for the gateway to exit with status 0 (killing
+/// it if it does not), noting any problem; how long after SIGTERM it ended.
+async fn wait_clean_exit(
+    gw: &mut Gateway,
+    sigterm: Instant,
+    deadline: Instant,
+    limit: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
+    let status = gw.wait_exit(deadline.saturating_duration_since(Instant::now())).await;
+    let took = sigterm.elapsed();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => problems.push(format!("the gateway exited with {s}")),
+        None => {
+            problems.push(format!("the gateway still ran {took:?} after SIGTERM ({limit})"));
+            gw.kill_now();
+        }
+    }
+    took
+}
+
 #[tokio::test]
 async fn calls_in_flight_at_sigterm_that_end_within_the_grace_get_their_results() {
     let grace = Duration::from_secs(10);
@@ -349,16 +371,7 @@ async fn calls_in_flight_at_sigterm_that_end_within_the_grace_get_their_results(
             None => problems.push(format!("{what}: no answer on the legacy stream")),
         }
     }
-    let status = gw.wait_exit(deadline.saturating_duration_since(Instant::now())).await;
-    let took = sigterm.elapsed();
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => problems.push(format!("the gateway exited with {s}")),
-        None => {
-            problems.push(format!("the gateway still ran {took:?} after SIGTERM (grace {grace:?})"));
-            gw.kill_now();
-        }
-    }
+    let took = wait_clean_exit(&mut gw, sigterm, deadline, &format!("grace {grace:?}"), &mut problems).await;
     for (id, what) in &calls.legacy_calls {
         let n = calls.legacy.answers(id).len();
         if n > 1 {
@@ -403,16 +416,8 @@ async fn calls_still_running_when_the_grace_runs_out_get_32030_and_nothing_is_le
             None => problems.push(format!("{what}: no answer on the legacy stream")),
         }
     }
-    let status = gw.wait_exit(deadline.saturating_duration_since(Instant::now())).await;
-    let took = sigterm.elapsed();
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => problems.push(format!("the gateway exited with {s}")),
-        None => {
-            problems.push(format!("the gateway still ran {took:?} after SIGTERM (grace {grace:?} + {EXIT_SLACK:?})"));
-            gw.kill_now();
-        }
-    }
+    let limit = format!("grace {grace:?} + {EXIT_SLACK:?}");
+    let took = wait_clean_exit(&mut gw, sigterm, deadline, &limit, &mut problems).await;
     // The upstream servers are stopped by the gateway itself, so nothing is
     // left once it has exited; a second is allowed for the kernel to finish
     // with the processes it killed.
