@@ -298,10 +298,9 @@ impl Outbox {
                     let chunk = if st.frames.front().is_some_and(|f| first.bytes.len() + f.bytes.len() <= MAX_CHUNK) {
                         let mut chunk = bytes::BytesMut::with_capacity(MAX_CHUNK.min(st.bytes));
                         chunk.extend_from_slice(&first.bytes);
-                        while let Some(f) = st.frames.front()
-                            && chunk.len() + f.bytes.len() <= MAX_CHUNK
+                        while st.frames.front().is_some_and(|f| chunk.len() + f.bytes.len() <= MAX_CHUNK)
+                            && let Some(f) = st.frames.pop_front()
                         {
-                            let f = st.frames.pop_front().expect("a front frame");
                             chunk.extend_from_slice(&f.bytes);
                             taken += cost(&f.bytes);
                             if let Some(c) = f.coalesce {

@@ -236,7 +236,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(GUARD_FAILED);
         }
     };
-    let (program, args) = command.split_first().expect("parse_args requires a program");
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("bastion {SUBCOMMAND}: no program to run");
+        return ExitCode::from(GUARD_FAILED);
+    };
     if matches!(mode, Mode::Guard { .. }) {
         // Started as `/proc/self/exe`, it would show as `exe` in `ps` and `top`.
         let _ = nix::sys::prctl::set_name(c"bastion-guard");
