@@ -495,18 +495,21 @@ fn deliver_shared(session: &Session, server: &str, method: &str, params: Option<
         return;
     }
     let prefixed = session.scope.prefixed();
-    if method == "notifications/resources/updated" {
-        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else { return };
-        let seen = if prefixed { naming::prefix_uri(server, uri) } else { uri.to_string() };
-        if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
-            return;
-        }
+    if method == "notifications/resources/updated" && subscribed_uri(session, server, params).is_none() {
+        return;
     }
     let slot = if prefixed { &mut frames.prefixed } else { &mut frames.plain };
     let frame = slot.get_or_insert_with(|| encode(server, prefixed, method, params.cloned()));
     if let Some(frame) = frame {
         session.push_frame(frame.clone(), Coalesce::of(method));
     }
+}
+
+/// The URI of a resource update as `session` sees it, if it subscribed to it.
+fn subscribed_uri(session: &Session, server: &str, params: Option<&Value>) -> Option<String> {
+    let uri = params?.get("uri")?.as_str()?;
+    let seen = if session.scope.prefixed() { naming::prefix_uri(server, uri) } else { uri.to_string() };
+    session.subscriptions.lock().expect("poisoned").contains(&seen).then_some(seen)
 }
 
 /// The message a session sees for a server notification, as an SSE frame.
@@ -531,11 +534,7 @@ fn deliver(session: &Session, server: &str, method: &str, mut params: Option<Val
         return;
     }
     if method == "notifications/resources/updated" {
-        let Some(uri) = params.as_ref().and_then(|p| p.get("uri")).and_then(Value::as_str) else { return };
-        let seen = if session.scope.prefixed() { naming::prefix_uri(server, uri) } else { uri.to_string() };
-        if !session.subscriptions.lock().expect("poisoned").contains(&seen) {
-            return;
-        }
+        let Some(seen) = subscribed_uri(session, server, params.as_ref()) else { return };
         if let Some(p) = params.as_mut() {
             p["uri"] = Value::from(seen);
         }
