@@ -540,8 +540,10 @@ async fn streams_not_read_lose_notifications_then_the_fullest_are_ended() {
     let gates = Gates::new();
     let gw = Gateway::start(json!({
         "mcpServers": {"flood": scripted_stdio(&gates)},
-        "http": {"stream_queue_bytes": 65536, "stream_queue_total_bytes": 262144}
+        "http": {"stream_queue_bytes": 1048576, "stream_queue_total_bytes": 2097152}
     }));
+    // Streams not read fill their queues (1 MiB each) far beyond what a
+    // stream that is read ever lags by, so those are the fullest.
     let key = gw.create_key("stalled", &[]);
     let path = "/mcp/flood";
     let url = gw.url(path);
