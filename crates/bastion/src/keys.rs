@@ -38,7 +38,11 @@ pub enum KeysCommand {
         json: bool,
     },
     /// Revoke a key by id.
-    Revoke { id: String },
+    Revoke {
+        /// The id `keys list` shows (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 pub async fn open_store(config_path: &Path) -> anyhow::Result<(Config, Store, apikey::Pepper)> {

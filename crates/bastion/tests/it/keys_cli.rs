@@ -146,3 +146,16 @@ fn config_check_accepts_a_valid_file_and_names_the_offending_key() {
         assert!(stderr.contains(key), "{name}: the message names {key:?}: {stderr}");
     }
 }
+
+/// Key ids are base64url and may begin with `-`: `keys revoke` takes such an
+/// id as the id, not as an option.
+#[test]
+fn keys_revoke_takes_an_id_that_begins_with_a_dash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bastion.yaml");
+    std::fs::write(&config, "listen: 127.0.0.1:8080\n").expect("write config");
+    let out = bastion(&config, &["keys", "revoke", "-oXYZ"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no active key with id \"-oXYZ\""), "the id was not taken as an id: {stderr}");
+}
