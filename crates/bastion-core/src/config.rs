@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::access::Role;
 use crate::naming::{NAME_RULE, is_valid_server_name};
 use crate::redact;
 
@@ -77,6 +78,19 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Users by name: their role and the groups whose servers they may use.
+    /// The same name links API keys (`keys create --user`), token subjects
+    /// and client certificates. Users can also be kept in the store
+    /// (`bastion users add`); an entry here wins over the store's.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
+    /// Extra Cedar policies beside the built-in role and group rules.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Serve HTTPS on `listen`, optionally verifying client certificates.
+    /// Default: plain HTTP (meant for loopback or behind a TLS proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// On SIGTERM/SIGINT, how long calls in flight may run to their end.
     /// Past it they are answered with an error, the upstream processes are
     /// killed, and the gateway exits. Default 10s.
@@ -156,12 +170,173 @@ pub enum TransportKind {
     Sse,
 }
 
+/// One user's access.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub role: Role,
+    /// Groups (of `groups`) whose servers the user may use. An `admin`
+    /// needs none.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Policies added to the built-in ones.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar policy files (`permit`/`forbid`), relative to the config
+    /// file's directory. Validated at load; a file that fails on reload
+    /// keeps the running policies.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+/// HTTPS on the listener, and client certificates (mTLS).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    /// Without it no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `optional` (a client may present a certificate; without one it
+    /// authenticates with a bearer token) or `required` (the handshake
+    /// fails without a valid certificate). Default `optional`; ignored
+    /// without `client_ca`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Which name of a client certificate is the user name: `cn` (the
+    /// subject's common name), `email`, `dns` or `uri` (the first subject
+    /// alternative name of that kind). Default `cn`.
+    #[serde(default)]
+    pub client_user: CertName,
+    /// Oldest TLS version accepted: `1.2` or `1.3`. Default `1.2`.
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CertName {
+    #[default]
+    Cn,
+    Email,
+    Dns,
+    Uri,
+}
+
+/// One OpenID Connect provider whose access tokens (JWTs) are accepted.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuer {
+    /// The issuer URL; tokens must carry it in `iss`, exactly. Its keys
+    /// are found by discovery (`{issuer}/.well-known/openid-configuration`)
+    /// unless `jwks_uri` is given.
+    pub issuer: String,
+    /// Where the issuer's signing keys (JWKS) are, without discovery.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Signature algorithms accepted from this issuer: `RS256`, `RS384`,
+    /// `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`.
+    /// `none` and the HMAC algorithms are refused. Default `[RS256]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Which claims name the user, role and groups.
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// Scopes a token must carry (in `scope` or `scp`); advertised in the
+    /// protected resource metadata. Default none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`. Default 60s, at most 60s.
+    #[serde(default = "default_leeway", with = "humantime_serde_compat")]
+    pub leeway: Duration,
+    /// Fewest seconds between two fetches of the keys when a token names a
+    /// key id not seen yet. Default 30s.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde_compat")]
+    pub jwks_min_refresh: Duration,
+    /// How long fetched keys are used before they are fetched again.
+    /// Default 1h.
+    #[serde(default = "default_jwks_ttl", with = "humantime_serde_compat")]
+    pub jwks_cache_ttl: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// The signature algorithms a token may use.
+pub const TOKEN_ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+/// Claim names. Role and groups are read from tokens only when named:
+/// otherwise they come from `users` and the store.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimNames {
+    /// The claim holding the user name. Default `sub`.
+    #[serde(default = "default_user_claim")]
+    pub user: String,
+    /// The claim holding the role (a string). Default: not read.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The claim holding the groups (an array of strings, or one string).
+    /// Default: not read.
+    #[serde(default)]
+    pub groups: Option<String>,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames { user: default_user_claim(), role: None, groups: None }
+    }
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
 /// How callers authenticate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// How long a validated API key is trusted without asking the store
-    /// again. Default 2s: revocation takes effect within this time.
+    /// This gateway's resource identifier (RFC 8707), e.g.
+    /// `https://gw.example.com/mcp`: tokens must carry it in `aud`, and the
+    /// protected resource metadata names it. Required with `oidc`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Identity providers whose tokens are accepted, beside API keys.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuer>,
+    /// How long a validated API key, and a user kept in the store, is
+    /// trusted without asking the store again. Default 2s: revocation and
+    /// role changes take effect within this time.
     #[serde(default = "default_key_cache_ttl", with = "humantime_serde_compat")]
     pub key_cache_ttl: Duration,
     /// Expiry of new API keys when `--expires` is not given. Default 30 days.
@@ -171,7 +346,12 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { key_cache_ttl: default_key_cache_ttl(), default_key_expiry: default_key_expiry() }
+        AuthConfig {
+            resource: None,
+            oidc: Vec::new(),
+            key_cache_ttl: default_key_cache_ttl(),
+            default_key_expiry: default_key_expiry(),
+        }
     }
 }
 
@@ -542,6 +722,45 @@ pub(crate) fn http_header_invalid(name: &str, value: &str) -> bool {
         || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
+/// The rule [`is_valid_user_name`] checks, in words.
+pub const USER_NAME_RULE: &str =
+    "invalid user name: 1 to 256 characters, no control characters, no leading or trailing space";
+
+/// Whether a user name is acceptable. Names are compared exactly, byte for
+/// byte, everywhere (keys, tokens, certificates, policies).
+pub fn is_valid_user_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control) && name.trim() == name
+}
+
+/// An absolute http(s) URL without a fragment (`https` unless `http_ok`
+/// or the host is loopback).
+fn check_http_url(url: &str, http_ok: bool) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    let rest = if let Some(r) = lower.strip_prefix("https://") {
+        r
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let loopback = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+        if !(http_ok || loopback) {
+            return Err("must be an https:// URL (http:// only on loopback)".into());
+        }
+        r
+    } else {
+        return Err("must be an http:// or https:// URL".into());
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the URL has no host".into());
+    }
+    if url.contains('#') {
+        return Err("must not have a fragment".into());
+    }
+    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
 /// Which syntax a file is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -621,6 +840,7 @@ impl Config {
                 }
             }
         }
+        self.validate_access(path)?;
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes".into(), "must be at least 1024".into()));
         }
@@ -670,6 +890,84 @@ impl Config {
             return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
         }
         Ok(())
+    }
+
+    /// Users, policies, identity providers and TLS.
+    fn validate_access(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.into(), key, message };
+        for (name, user) in &self.users {
+            if !is_valid_user_name(name) {
+                return Err(invalid(format!("users.{}", syntax::printable(name)), USER_NAME_RULE.into()));
+            }
+            for (i, g) in user.groups.iter().enumerate() {
+                if !self.groups.contains_key(g) {
+                    return Err(invalid(format!("users.{name}.groups[{i}]"), format!("no group named {g:?}")));
+                }
+            }
+        }
+        for (i, f) in self.policy.files.iter().enumerate() {
+            if f.as_os_str().is_empty() {
+                return Err(invalid(format!("policy.files[{i}]"), "must not be empty".into()));
+            }
+        }
+        if let Some(r) = &self.auth.resource
+            && let Err(m) = check_http_url(r, true)
+        {
+            return Err(invalid("auth.resource".into(), m));
+        }
+        if !self.auth.oidc.is_empty() && self.auth.resource.is_none() {
+            return Err(invalid(
+                "auth.resource".into(),
+                "is required with auth.oidc: tokens must be issued for this gateway".into(),
+            ));
+        }
+        let mut issuers = std::collections::BTreeSet::new();
+        for (i, o) in self.auth.oidc.iter().enumerate() {
+            let key = |k: &str| format!("auth.oidc[{i}].{k}");
+            check_http_url(&o.issuer, false).map_err(|m| invalid(key("issuer"), m))?;
+            if !issuers.insert(o.issuer.as_str()) {
+                return Err(invalid(key("issuer"), "the same issuer is listed twice".into()));
+            }
+            if let Some(j) = &o.jwks_uri {
+                check_http_url(j, true).map_err(|m| invalid(key("jwks_uri"), m))?;
+            }
+            if o.algorithms.is_empty() {
+                return Err(invalid(key("algorithms"), "must name at least one algorithm".into()));
+            }
+            for a in &o.algorithms {
+                if !TOKEN_ALGORITHMS.contains(&a.as_str()) {
+                    let name = if a.len() <= 16 { syntax::printable(a) } else { "(long value)".into() };
+                    return Err(invalid(
+                        key("algorithms"),
+                        format!("{name:?} is not accepted; use {}", TOKEN_ALGORITHMS.join(", ")),
+                    ));
+                }
+            }
+            if o.claims.user.is_empty() {
+                return Err(invalid(key("claims.user"), "must name a claim".into()));
+            }
+            if o.leeway > Duration::from_secs(60) {
+                return Err(invalid(key("leeway"), "must be at most 60s".into()));
+            }
+            if o.jwks_min_refresh < Duration::from_secs(1) {
+                return Err(invalid(key("jwks_min_refresh"), "must be at least 1s".into()));
+            }
+        }
+        if let Some(t) = &self.tls
+            && t.min_version != "1.2"
+            && t.min_version != "1.3"
+        {
+            return Err(invalid("tls.min_version".into(), "must be \"1.2\" or \"1.3\"".into()));
+        }
+        Ok(())
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve_path(&self, config_path: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        config_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(p)
     }
 
     /// The data directory, resolved against the config file's directory.

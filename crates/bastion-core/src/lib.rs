@@ -1,6 +1,7 @@
 //! Bastion's pure core: everything that needs neither a network nor a
 //! database, so it builds and tests fast.
 //!
+//! - [`access`]: the roles users are given.
 //! - [`config`]: the declarative configuration file (YAML or JSON), with the
 //!   `mcpServers` map that Claude Desktop, Cursor and MCPHub users already have.
 //! - [`jsonrpc`]: the JSON-RPC 2.0 envelope and MCP error codes.
@@ -12,6 +13,7 @@
 //! - [`redact`]: URLs and other values made safe for errors and logs.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod apikey;
 pub mod config;
 pub mod cursor;

@@ -1,4 +1,6 @@
-//! Who is calling: API keys today.
+//! Who is calling: API keys (here), access tokens from OIDC providers
+//! ([`token`]) and client certificates ([`ClientCert`], from the TLS
+//! listener).
 //!
 //! A bearer token with the shape of a Bastion key is hashed with the
 //! pepper and looked up by hash. Validated keys are cached for a short TTL
@@ -20,19 +22,90 @@ use chrono::Utc;
 use dashmap::DashMap;
 use http::HeaderMap;
 
-/// An authenticated caller.
+pub mod token;
+pub use token::TokenAuthenticator;
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    ApiKey,
+    /// A JWT access token from a configured OIDC issuer.
+    Token,
+    /// A client certificate (mTLS).
+    Certificate,
+    /// Authentication explicitly disabled (`--insecure-no-auth`).
+    None,
+}
+
+/// An authenticated caller: who it is, by which credential, and what the
+/// credential itself says about its role and groups (token claims). What
+/// the caller may do is decided per request from the user's current entry
+/// (config, store) and the policies, never cached on the principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The user name keys were issued to.
+    /// The user name: links keys, token subjects, certificates and `users`.
     pub user: Arc<str>,
-    /// Which credential was used (a key id), for audit.
+    /// Which credential was used (a key id, a token or certificate
+    /// fingerprint), for audit and for closing what it opened.
     pub credential: Arc<str>,
+    pub method: Method,
+    /// The role a token claims (when `claims.role` is configured).
+    pub claimed_role: Option<bastion_core::access::Role>,
+    /// The groups a token claims (when `claims.groups` is configured).
+    pub claimed_groups: Option<Arc<[String]>>,
+    /// Unix seconds at which the credential stops being valid, if it does
+    /// on its own (token `exp`, certificate `notAfter`, key expiry).
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {
     /// The principal used when authentication is explicitly disabled.
     pub fn anonymous() -> Principal {
-        Principal { user: "anonymous".into(), credential: "none".into() }
+        Principal {
+            user: "anonymous".into(),
+            credential: "none".into(),
+            method: Method::None,
+            claimed_role: None,
+            claimed_groups: None,
+            expires_at: None,
+        }
+    }
+
+    /// A principal authenticated by an API key.
+    pub fn from_key(user: &str, key_id: &str, expires_at: Option<chrono::DateTime<Utc>>) -> Principal {
+        Principal {
+            user: user.into(),
+            credential: key_id.into(),
+            method: Method::ApiKey,
+            claimed_role: None,
+            claimed_groups: None,
+            expires_at: expires_at.map(|t| t.timestamp()),
+        }
+    }
+}
+
+/// A verified client certificate, put on each request of its connection by
+/// the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The user name taken from the certificate (`tls.client_user`).
+    pub user: Arc<str>,
+    /// SHA-256 of the certificate, hex: the credential id.
+    pub fingerprint: Arc<str>,
+    /// The certificate's `notAfter`, unix seconds.
+    pub not_after: i64,
+}
+
+impl ClientCert {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            user: self.user.clone(),
+            credential: format!("cert:{}", &self.fingerprint[..self.fingerprint.len().min(16)]).into(),
+            method: Method::Certificate,
+            claimed_role: None,
+            claimed_groups: None,
+            expires_at: Some(self.not_after),
+        }
     }
 }
 
@@ -50,7 +123,20 @@ pub enum AuthError {
     Revoked,
     #[error("the API key has reached its usage limit")]
     Exhausted,
-    /// The store could not answer: fail closed.
+    /// A bearer token that is not a valid access token for this gateway;
+    /// the reason is for the log and the client, never the token itself.
+    #[error("invalid access token: {0}")]
+    InvalidToken(String),
+    /// A valid token without a scope this gateway requires: 403.
+    #[error("the access token lacks a required scope")]
+    InsufficientScope {
+        /// The scopes required, space-separated, for the challenge.
+        scope: String,
+    },
+    /// The bearer token and the client certificate name different users.
+    #[error("the bearer token and the client certificate name different users")]
+    Mismatch,
+    /// The store (or an identity provider) could not answer: fail closed.
     #[error("authentication is temporarily unavailable")]
     Unavailable,
 }
@@ -62,6 +148,7 @@ impl AuthError {
             AuthError::Missing => None,
             AuthError::Malformed => Some("invalid_request"),
             AuthError::Unavailable => None,
+            AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
     }
@@ -120,8 +207,13 @@ impl ApiKeyAuthenticator {
         Ok(ended)
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        let token = bearer_token(headers)?;
+    #[cfg(test)]
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        self.authenticate_key(bearer_token(headers)?).await
+    }
+
+    /// The principal of an API key presented as a bearer token.
+    pub async fn authenticate_key(&self, token: &str) -> Result<Principal, AuthError> {
         if !apikey::looks_like_key(token) {
             return Err(AuthError::Invalid);
         }
@@ -157,7 +249,7 @@ impl ApiKeyAuthenticator {
             }
             KeyState::Exhausted => return Err(AuthError::Exhausted),
         }
-        let principal = Principal { user: record.user.as_str().into(), credential: record.id.as_str().into() };
+        let principal = Principal::from_key(&record.user, &record.id, record.expires_at);
         // Keys with a usage limit are checked against the store every time.
         if record.max_uses.is_none() {
             self.cache.insert(

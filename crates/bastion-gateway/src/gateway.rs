@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{ApiKeyAuthenticator, AuthError, Principal};
+use crate::auth::{ApiKeyAuthenticator, AuthError, ClientCert, Principal, TokenAuthenticator, bearer_token};
 use crate::load::{Kind, LimitReached, PrincipalLoad, Slot};
 use crate::outbox::{Budget, Coalesce};
 use crate::session::{NewSession, Scope, Session, Sessions};
@@ -52,6 +52,9 @@ pub struct Gateway {
     /// cancelled when the credential is revoked or expires.
     watched: Arc<DashMap<Arc<str>, (CancellationToken, usize)>>,
     pub authentication: Authentication,
+    /// Access tokens of the configured identity providers; rebuilt when
+    /// `auth` changes on reload.
+    pub tokens: arc_swap::ArcSwapOption<TokenAuthenticator>,
     pub store: Store,
     spawn_permits: Arc<Semaphore>,
     /// How many permits `spawn_permits` has in all (it is resized on reload).
@@ -84,6 +87,7 @@ impl Gateway {
             load: PrincipalLoad::default(),
             watched: Default::default(),
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
+            tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             authentication,
             store,
@@ -193,11 +197,35 @@ impl Gateway {
         &self.config_path
     }
 
-    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
-        match &self.authentication {
-            Authentication::ApiKeys(a) => a.authenticate(headers).await,
-            Authentication::Disabled => Ok(Principal::anonymous()),
+    /// Who is calling: the bearer token (an API key or an access token),
+    /// else the connection's client certificate. When both are presented
+    /// they must name the same user.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        cert: Option<&ClientCert>,
+    ) -> Result<Principal, AuthError> {
+        let Authentication::ApiKeys(keys) = &self.authentication else { return Ok(Principal::anonymous()) };
+        let bearer = match bearer_token(headers) {
+            Ok(t) => Some(t),
+            Err(AuthError::Missing) => None,
+            Err(e) => return Err(e),
+        };
+        let principal = match bearer {
+            None => return cert.map(ClientCert::principal).ok_or(AuthError::Missing),
+            Some(t) if bastion_core::apikey::looks_like_key(t) => keys.authenticate_key(t).await?,
+            Some(t) if TokenAuthenticator::looks_like_jwt(t) => match self.tokens.load_full() {
+                Some(tokens) => tokens.authenticate(t).await?,
+                None => return Err(AuthError::InvalidToken("no identity provider is configured".into())),
+            },
+            Some(_) => return Err(AuthError::Invalid),
+        };
+        if let Some(c) = cert
+            && c.user != principal.user
+        {
+            return Err(AuthError::Mismatch);
         }
+        Ok(principal)
     }
 
     /// Whether a path segment names a group or a server.
@@ -320,6 +348,9 @@ impl Gateway {
         self.sessions.budget.set_limits(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes);
         if let Authentication::ApiKeys(a) = &self.authentication {
             a.set_ttl(config.auth.key_cache_ttl);
+        }
+        if self.runtime().config.auth != config.auth {
+            self.tokens.store(TokenAuthenticator::from_config(&config.auth));
         }
         let mut total = self.spawn_permits_total.lock().expect("poisoned");
         let wanted = config.upstream.max_concurrent_spawns;

@@ -16,6 +16,7 @@
 
 mod edge;
 mod legacy;
+mod oauth;
 mod stateless;
 
 use std::convert::Infallible;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bastion_core::jsonrpc::{self, Message, Request, error_object, error_response, id_key};
@@ -35,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, ClientCert, Principal};
 use crate::gateway::Gateway;
 use crate::load::{Kind, LimitReached, Slot};
 use crate::proxy;
@@ -51,12 +52,18 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The gateway's HTTP application.
 pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
-    Router::new()
+    // Every MCP endpoint is behind authentication; health checks and the
+    // OAuth metadata are not.
+    let mcp = Router::new()
         .route("/mcp", get(get_all).post(post_all).delete(delete_all))
         .route("/mcp/{name}", get(get_named).post(post_named).delete(delete_named))
         .route("/sse", get(legacy::sse_all))
         .route("/sse/{name}", get(legacy::sse_named))
         .route("/messages", axum::routing::post(legacy::message))
+        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), authenticate));
+    Router::new()
+        .merge(mcp)
+        .merge(oauth::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -107,71 +114,109 @@ pub(crate) fn rpc_error(status: StatusCode, id: Option<&Value>, code: i64, messa
     json_response(status, &error_response(id, code, message))
 }
 
-/// 401 (or 503 when the store cannot decide) with a `WWW-Authenticate`
-/// challenge and a JSON body.
-pub(crate) fn auth_failure(e: &AuthError) -> Response {
+/// The authentication phase, in front of every MCP endpoint: the caller's
+/// [`Principal`] goes on the request for the handlers, or the request is
+/// answered with a challenge. Unauthenticated callers learn nothing about
+/// which endpoints exist.
+async fn authenticate(
+    State(gw): State<Arc<Gateway>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let cert = req.extensions().get::<ClientCert>().cloned();
+    match gw.authenticate(req.headers(), cert.as_ref()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => auth_failure(&gw, &e),
+    }
+}
+
+/// 401 (403 for a missing scope, 503 when the store cannot decide) with a
+/// `WWW-Authenticate` challenge naming the protected resource metadata,
+/// and a JSON body.
+pub(crate) fn auth_failure(gw: &Gateway, e: &AuthError) -> Response {
     if *e == AuthError::Unavailable {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": "temporarily_unavailable", "error_description": e.to_string()}),
         );
     }
-    let challenge = match e.challenge_error() {
-        Some(err) => format!("Bearer realm=\"bastion\", error=\"{err}\", error_description=\"{e}\""),
-        None => "Bearer realm=\"bastion\"".to_string(),
-    };
+    tracing::debug!(error = %e, "authentication failed");
+    let status =
+        if matches!(e, AuthError::InsufficientScope { .. }) { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
     let mut resp = json_response(
-        StatusCode::UNAUTHORIZED,
+        status,
         &json!({"error": e.challenge_error().unwrap_or("unauthorized"), "error_description": e.to_string()}),
     );
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii"));
+    if let Some(challenge) = oauth::challenge(gw, e) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
     resp
 }
 
-async fn post_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    post(gw, Scope::All, headers, body).await
+async fn post_all(
+    State(gw): State<Arc<Gateway>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post(gw, Scope::All, p, headers, body).await
 }
 
 async fn post_named(
     State(gw): State<Arc<Gateway>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match gw.resolve_scope(&name) {
-        Some(scope) => post(gw, scope, headers, body).await,
-        None => unknown_endpoint(&gw, &headers, &name).await,
+        Some(scope) => post(gw, scope, p, headers, body).await,
+        None => unknown_endpoint(),
     }
 }
 
-async fn get_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    open_stream(gw, Scope::All, headers).await
+async fn get_all(State(gw): State<Arc<Gateway>>, Extension(p): Extension<Principal>, headers: HeaderMap) -> Response {
+    open_stream(gw, Scope::All, p, headers).await
 }
 
-async fn get_named(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn get_named(
+    State(gw): State<Arc<Gateway>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match gw.resolve_scope(&name) {
-        Some(scope) => open_stream(gw, scope, headers).await,
-        None => unknown_endpoint(&gw, &headers, &name).await,
+        Some(scope) => open_stream(gw, scope, p, headers).await,
+        None => unknown_endpoint(),
     }
 }
 
-async fn delete_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    delete(gw, Scope::All, headers).await
+async fn delete_all(
+    State(gw): State<Arc<Gateway>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+) -> Response {
+    delete(gw, Scope::All, p, headers).await
 }
 
-async fn delete_named(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn delete_named(
+    State(gw): State<Arc<Gateway>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match gw.resolve_scope(&name) {
-        Some(scope) => delete(gw, scope, headers).await,
-        None => unknown_endpoint(&gw, &headers, &name).await,
+        Some(scope) => delete(gw, scope, p, headers).await,
+        None => unknown_endpoint(),
     }
 }
 
-/// An endpoint name that is neither a group nor a server. Unauthenticated
-/// callers learn nothing about which names exist.
-async fn unknown_endpoint(gw: &Gateway, headers: &HeaderMap, _name: &str) -> Response {
-    if let Err(e) = gw.authenticate(headers).await {
-        return auth_failure(&e);
-    }
+/// An endpoint name that is neither a group nor a server (the caller is
+/// authenticated by then).
+pub(crate) fn unknown_endpoint() -> Response {
     json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found", "error_description": "no such server or group"}))
 }
 
@@ -216,11 +261,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Respons
     }
 }
 
-async fn post(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap, body: Body) -> Response {
-    let principal = match gw.authenticate(&headers).await {
-        Ok(p) => p,
-        Err(e) => return auth_failure(&e),
-    };
+async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap, body: Body) -> Response {
     if !is_json_content(&headers) {
         return rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -687,18 +728,11 @@ async fn batch(
     if answers.is_empty() { accepted() } else { json_response(StatusCode::OK, &Value::Array(answers)) }
 }
 
-/// Authenticates a request for an event stream and checks it accepts one.
-pub(crate) async fn authenticate_stream(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
-    let principal = gw.authenticate(headers).await.map_err(|e| auth_failure(&e))?;
-    if !accepts(headers, "text/event-stream") {
-        return Err(rpc_error(
-            StatusCode::NOT_ACCEPTABLE,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            "Accept must include text/event-stream",
-        ));
-    }
-    Ok(principal)
+/// The refusal of a request for an event stream that does not accept one.
+pub(crate) fn refuse_non_stream(headers: &HeaderMap) -> Option<Response> {
+    (!accepts(headers, "text/event-stream")).then(|| {
+        rpc_error(StatusCode::NOT_ACCEPTABLE, None, jsonrpc::INVALID_REQUEST, "Accept must include text/event-stream")
+    })
 }
 
 /// An SSE response for a session that lives exactly as long as its stream:
@@ -728,11 +762,10 @@ impl Drop for SessionEnd {
 }
 
 /// `GET`: the session's stream of unsolicited messages.
-async fn open_stream(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
-    let principal = match authenticate_stream(&gw, &headers).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
-    };
+async fn open_stream(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap) -> Response {
+    if let Some(resp) = refuse_non_stream(&headers) {
+        return resp;
+    }
     if gw.drain.is_stopping() {
         return shutting_down(None);
     }
@@ -790,11 +823,7 @@ pub(crate) fn stream_body(
     futures::stream::select(messages, keepalive).map(Ok)
 }
 
-async fn delete(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
-    let principal = match gw.authenticate(&headers).await {
-        Ok(p) => p,
-        Err(e) => return auth_failure(&e),
-    };
+async fn delete(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap) -> Response {
     let Some(sid) = header_str(&headers, SESSION_HEADER) else {
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
     };

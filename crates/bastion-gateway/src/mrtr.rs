@@ -208,7 +208,7 @@ mod tests {
     use super::*;
 
     fn principal(user: &str) -> crate::auth::Principal {
-        crate::auth::Principal { user: user.into(), credential: format!("key-{user}").into() }
+        crate::auth::Principal::from_key(user, &format!("key-{user}"), None)
     }
 
     fn slot() -> crate::load::Slot {

@@ -363,7 +363,7 @@ mod tests {
     use super::*;
 
     fn p(user: &str) -> Principal {
-        Principal { user: user.into(), credential: "k".into() }
+        Principal::from_key(user, "k", None)
     }
 
     fn slot() -> Slot {

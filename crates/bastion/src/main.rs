@@ -1,8 +1,11 @@
 //! `bastion`: the gateway and its administration commands.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod keys;
+mod policy;
 mod serve;
+mod users;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -37,6 +40,15 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage users kept in the store: role and groups.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Local administrator accounts (password and second factor).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Check the access policies and try decisions.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -110,6 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::serve(&cli.config, cli.log_format.as_deref(), args).await,
         Command::Keys(cmd) => keys::run(&cli.config, cmd).await,
+        Command::Users(cmd) => users::run(&cli.config, cmd).await,
+        Command::Admin(cmd) => admin::run(&cli.config, cmd).await,
+        Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;

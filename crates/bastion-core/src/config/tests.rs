@@ -280,3 +280,73 @@ fn data_dir_is_relative_to_the_config_file() {
     let c = yaml("{}\n").unwrap();
     assert_eq!(c.data_dir(Path::new("bastion.yaml")), PathBuf::from("./data"));
 }
+
+#[test]
+fn the_access_contract_parses() {
+    let c = yaml(
+        r#"
+mcpServers:
+  time: {command: echo}
+groups:
+  dev: [time]
+auth:
+  resource: https://gw.example.com/mcp
+  oidc:
+    - issuer: https://login.example.com
+      algorithms: [RS256, ES256]
+      claims: { user: sub, role: role, groups: groups }
+      scopes: [mcp]
+users:
+  alice: { role: user, groups: [dev] }
+  carol: { role: viewer, groups: [dev] }
+  root:  { role: admin }
+policy:
+  files: [policies/extra.cedar]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.users["alice"], UserConfig { role: Role::User, groups: vec!["dev".into()] });
+    assert_eq!(c.users["root"].role, Role::Admin);
+    let o = &c.auth.oidc[0];
+    assert_eq!(o.algorithms, ["RS256", "ES256"]);
+    assert_eq!(o.claims.role.as_deref(), Some("role"));
+    assert_eq!(o.leeway, Duration::from_secs(60));
+    assert_eq!(c.policy.files, [PathBuf::from("policies/extra.cedar")]);
+    assert_eq!(
+        c.resolve_path(Path::new("/etc/bastion/b.yaml"), &c.policy.files[0]),
+        Path::new("/etc/bastion/policies/extra.cedar")
+    );
+}
+
+#[test]
+fn access_mistakes_are_refused() {
+    let base = "mcpServers: {time: {command: echo}}\ngroups: {dev: [time]}\n";
+    let cases = [
+        ("users: {alice: {role: Admin}}", "users.alice.role"),
+        ("users: {alice: {role: user, groups: [ops]}}", "users.alice.groups[0]"),
+        ("users: {' alice': {role: user}}", "users"),
+        ("auth: {oidc: [{issuer: 'https://idp.example.com'}]}", "auth.resource"),
+        (
+            "auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', algorithms: [HS256]}]}",
+            "auth.oidc[0].algorithms",
+        ),
+        (
+            "auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', algorithms: [none]}]}",
+            "auth.oidc[0].algorithms",
+        ),
+        ("auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'http://idp.example.com'}]}", "auth.oidc[0].issuer"),
+        ("auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', leeway: 5m}]}", "auth.oidc[0].leeway"),
+        ("auth: {resource: 'https://gw/mcp#x'}", "auth.resource"),
+        ("tls: {cert: a.pem, key: k.pem, min_version: '1.1'}", "tls.min_version"),
+        ("tls: {cert: a.pem, key: k.pem, client_auth: maybe}", "tls.client_auth"),
+    ];
+    for (extra, key) in cases {
+        let err = yaml(&format!("{base}{extra}\n")).expect_err(extra).to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    // http issuers are fine on loopback (tests, local identity providers).
+    yaml(&format!(
+        "{base}auth: {{resource: 'http://127.0.0.1:8080/mcp', oidc: [{{issuer: 'http://127.0.0.1:9/'}}]}}\n"
+    ))
+    .unwrap();
+}

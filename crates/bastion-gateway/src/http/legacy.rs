@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::Response;
 use bastion_core::jsonrpc::{self, Message, id_key};
 use bastion_core::protocol;
@@ -17,38 +17,40 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    accepted, auth_failure, authenticate_stream, client_info_too_large, event_to_message, limit_response,
-    on_client_notification, read_body, response_value, rpc_error, session_stream, shutting_down,
+    accepted, client_info_too_large, event_to_message, limit_response, on_client_notification, read_body,
+    refuse_non_stream, response_value, rpc_error, session_stream, shutting_down,
 };
+use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::load::Kind;
 use crate::proxy;
 use crate::session::{NewSession, Scope, Session};
 use crate::upstream::{Caller, EventSink};
 
-pub(crate) async fn sse_all(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    open(gw, Scope::All, headers).await
+pub(crate) async fn sse_all(
+    State(gw): State<Arc<Gateway>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Response {
+    open(gw, Scope::All, principal, headers).await
 }
 
 pub(crate) async fn sse_named(
     State(gw): State<Arc<Gateway>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     match gw.resolve_scope(&name) {
-        Some(scope) => open(gw, scope, headers).await,
-        None => match gw.authenticate(&headers).await {
-            Err(e) => auth_failure(&e),
-            Ok(_) => rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "no such server or group"),
-        },
+        Some(scope) => open(gw, scope, principal, headers).await,
+        None => rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "no such server or group"),
     }
 }
 
-async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
-    let principal = match authenticate_stream(&gw, &headers).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
-    };
+async fn open(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap) -> Response {
+    if let Some(resp) = refuse_non_stream(&headers) {
+        return resp;
+    }
     if gw.drain.is_stopping() {
         return shutting_down(None);
     }
@@ -75,14 +77,10 @@ async fn open(gw: Arc<Gateway>, scope: Scope, headers: HeaderMap) -> Response {
 /// `POST /messages?sessionId=…`.
 pub(crate) async fn message(
     State(gw): State<Arc<Gateway>>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let principal = match gw.authenticate(&headers).await {
-        Ok(p) => p,
-        Err(e) => return auth_failure(&e),
-    };
     let Some(session) = query.get("sessionId").and_then(|id| gw.sessions.get(id, &principal)).filter(|s| s.legacy)
     else {
         return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
