@@ -288,7 +288,14 @@ pub struct Options {
     pub shared: bool,
     /// Extra arguments of `serve`.
     pub serve_args: Vec<String>,
+    /// The gateway serves HTTPS (`tls` in its config): readiness is its log
+    /// line and an open port, not a plain-HTTP `/healthz`.
+    pub tls: bool,
 }
+
+/// Written anywhere in a config's strings, replaced by the gateway's port
+/// (for `auth.resource` and other URLs of the gateway itself).
+pub const PORT: &str = "{PORT}";
 
 pub struct Gateway {
     dir: PathBuf,
@@ -338,7 +345,8 @@ impl Gateway {
             let port = free_port();
             let mut cfg = config.clone();
             cfg["listen"] = Value::from(format!("127.0.0.1:{port}"));
-            std::fs::write(&real_config, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write config");
+            let text = serde_json::to_string_pretty(&cfg).expect("json").replace(PORT, &port.to_string());
+            std::fs::write(&real_config, text).expect("write config");
             let log = std::fs::File::create(&log_path).expect("log file");
             let mut cmd = Command::new(bastion_bin());
             cmd.arg("--config")
@@ -369,7 +377,11 @@ impl Gateway {
                     }
                     panic!("bastion serve exited with {status} during start-up; log:\n{}", strip_ansi(&last_log));
                 }
-                let healthy = http_get_blocking(addr, "/healthz").is_some_and(|(s, _)| s == 200);
+                let healthy = if opts.tls {
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+                } else {
+                    http_get_blocking(addr, "/healthz").is_some_and(|(s, _)| s == 200)
+                };
                 let ours = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("bastion ready"));
                 if healthy && ours {
                     return Gateway {
@@ -422,7 +434,15 @@ impl Gateway {
     pub fn write_config(&self, config: &Value) {
         let mut cfg = config.clone();
         cfg["listen"] = Value::from(format!("127.0.0.1:{}", self.port));
-        self.write_config_text(&serde_json::to_string_pretty(&cfg).expect("json"));
+        let text = serde_json::to_string_pretty(&cfg).expect("json").replace(PORT, &self.port.to_string());
+        self.write_config_text(&text);
+    }
+
+    #[allow(dead_code)]
+    /// The directory holding the config (and the store), for files a
+    /// config names by relative path.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Replaces the config file with arbitrary text.
