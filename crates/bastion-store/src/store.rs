@@ -27,6 +27,9 @@ pub enum StoreError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A value refused on write (the message names it, never a secret).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A key to insert: everything but the plaintext.
@@ -84,10 +87,10 @@ impl ApiKeyRecord {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
-fn ts(t: Option<i64>) -> Option<DateTime<Utc>> {
+pub(crate) fn ts(t: Option<i64>) -> Option<DateTime<Utc>> {
     t.and_then(|s| DateTime::from_timestamp(s, 0))
 }
 
