@@ -1,0 +1,93 @@
+//! Which groups hold which servers, with the Cedar entities that depend on
+//! nothing else, built once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use cedar_policy::{Entity, RestrictedExpression};
+
+use crate::engine::names;
+
+/// Server name → the groups holding it, from the configuration's
+/// `groups: {group: [server, …]}`. Cheap to clone (shared); build a new one
+/// when the configuration changes.
+#[derive(Clone, Default)]
+pub struct Topology {
+    inner: Arc<HashMap<String, Server>>,
+}
+
+pub(crate) struct Server {
+    pub groups: Vec<String>,
+    /// `Bastion::Server::"<name>"`, `Err` with why if Cedar refused it.
+    pub entity: Result<Entity, String>,
+}
+
+impl Topology {
+    /// From groups and their servers, e.g. `Topology::new(&config.groups)`.
+    /// Names are kept byte for byte; a server listed twice in a group counts
+    /// once.
+    pub fn new<G, S, I>(groups: impl IntoIterator<Item = (G, I)>) -> Topology
+    where
+        G: AsRef<str>,
+        S: AsRef<str>,
+        I: IntoIterator<Item = S>,
+    {
+        let mut by_server: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (group, servers) in groups {
+            for server in servers {
+                by_server.entry(server.as_ref().to_string()).or_default().insert(group.as_ref().to_string());
+            }
+        }
+        let inner = by_server
+            .into_iter()
+            .map(|(name, groups)| {
+                let groups: Vec<String> = groups.into_iter().collect();
+                let entity = server_entity(&name, &groups);
+                (name, Server { groups, entity })
+            })
+            .collect();
+        Topology { inner: Arc::new(inner) }
+    }
+
+    /// The groups holding `server`, sorted; empty for a server in no group.
+    pub fn groups_of(&self, server: &str) -> &[String] {
+        self.inner.get(server).map_or(&[], |s| s.groups.as_slice())
+    }
+
+    /// The servers in at least one group, in no particular order.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.inner.keys().map(String::as_str)
+    }
+
+    pub(crate) fn server(&self, name: &str) -> Option<&Server> {
+        self.inner.get(name)
+    }
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        let mut servers: Vec<_> = self.inner.iter().collect();
+        servers.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, server) in servers {
+            m.entry(name, &server.groups);
+        }
+        m.finish()
+    }
+}
+
+/// `Bastion::Server::"<name>"`: attributes `name` and `groups`, parents its
+/// groups.
+pub(crate) fn server_entity(name: &str, groups: &[String]) -> Result<Entity, String> {
+    let n = names();
+    let group_uids: Vec<_> = groups.iter().map(|g| n.group(g)).collect();
+    let attrs = [
+        ("name".to_string(), RestrictedExpression::new_string(name.to_string())),
+        (
+            "groups".to_string(),
+            RestrictedExpression::new_set(group_uids.iter().cloned().map(RestrictedExpression::new_entity_uid)),
+        ),
+    ];
+    Entity::new_with_tags(n.server(name), attrs, group_uids, []).map_err(|e| format!("server {name:?}: {e}"))
+}
