@@ -227,7 +227,13 @@ pub async fn bastion_setup(
 /// and returns the config path and the key.
 pub async fn bastion_config(bins: &Bins, dir: &Path, config: &serde_json::Value) -> anyhow::Result<(PathBuf, String)> {
     let path = dir.join("bastion.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
+    // The benchmark's user may use every server (unless the scenario says
+    // otherwise).
+    let mut config = config.clone();
+    if config.get("users").is_none() {
+        config["users"] = serde_json::json!({"bench": {"role": "admin"}});
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     let out = Command::new(&bins.bastion)
         .arg("--config")
         .arg(&path)

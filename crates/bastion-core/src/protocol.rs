@@ -41,9 +41,58 @@ pub fn is_session_version(version: &str) -> bool {
     SESSION_VERSIONS.contains(&version)
 }
 
+/// What a client's method does, for authorization. Every method is
+/// classified before it is authorized; a method Bastion does not know is
+/// not classified, and is refused rather than passed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodClass {
+    /// Lists of tools, prompts, resources, templates: filtered per caller.
+    List,
+    /// `tools/call`.
+    Call,
+    /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`.
+    Read,
+    /// `prompts/get`.
+    Get,
+    /// A client's notification (`notifications/…`).
+    Notification,
+    /// The protocol's own methods (`initialize`, `ping`,
+    /// `logging/setLevel`, `completion/complete` — authorized by what it
+    /// completes —, `server/discover`, `subscriptions/listen`).
+    Other,
+}
+
+/// The class of a client method, `None` for a method Bastion does not know.
+pub fn classify(method: &str) -> Option<MethodClass> {
+    Some(match method {
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => MethodClass::List,
+        "tools/call" => MethodClass::Call,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => MethodClass::Read,
+        "prompts/get" => MethodClass::Get,
+        "initialize"
+        | "ping"
+        | "logging/setLevel"
+        | "completion/complete"
+        | "server/discover"
+        | "subscriptions/listen" => MethodClass::Other,
+        m if m.starts_with("notifications/") => MethodClass::Notification,
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_are_classified_exactly() {
+        assert_eq!(classify("tools/call"), Some(MethodClass::Call));
+        assert_eq!(classify("resources/subscribe"), Some(MethodClass::Read));
+        assert_eq!(classify("notifications/cancelled"), Some(MethodClass::Notification));
+        for unknown in ["Tools/call", "tools/call ", "tools/execute", "tasks/get", "", "notifications"] {
+            assert_eq!(classify(unknown), None, "{unknown:?}");
+        }
+    }
 
     #[test]
     fn negotiation_keeps_known_and_replaces_unknown() {

@@ -52,6 +52,8 @@ pub struct Gateway {
     /// cancelled when the credential is revoked or expires.
     watched: Arc<DashMap<Arc<str>, (CancellationToken, usize)>>,
     pub authentication: Authentication,
+    /// Users' current access and the policy engine.
+    pub authorizer: crate::access::Authorizer,
     /// Access tokens of the configured identity providers; rebuilt when
     /// `auth` changes on reload.
     pub tokens: arc_swap::ArcSwapOption<TokenAuthenticator>,
@@ -73,7 +75,8 @@ impl Gateway {
         store: Store,
         authentication: Authentication,
         shutdown: CancellationToken,
-    ) -> Arc<Gateway> {
+    ) -> Result<Arc<Gateway>, crate::access::PolicyLoadError> {
+        let engine = crate::access::load_engine(&config, config_path)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
@@ -88,6 +91,7 @@ impl Gateway {
             watched: Default::default(),
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
+            authorizer: crate::access::Authorizer::new(&config, engine, store.clone()),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             authentication,
             store,
@@ -99,8 +103,9 @@ impl Gateway {
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
         tokio::spawn(shed_slow_streams(gw.clone(), shutdown.clone()));
-        tokio::spawn(close_ended_credentials(gw.clone(), shutdown));
-        gw
+        tokio::spawn(close_ended_credentials(gw.clone(), shutdown.clone()));
+        tokio::spawn(follow_store_users(gw.clone(), shutdown));
+        Ok(gw)
     }
 
     /// Takes one of the caller's slots of `kind`, under the live caps.
@@ -155,6 +160,12 @@ impl Gateway {
     /// session was the last subscriber of is ended at its server.
     fn release(&self, session: &Session) {
         let uris: Vec<String> = session.subscriptions.lock().expect("poisoned").drain().collect();
+        self.release_uris(session, uris);
+    }
+
+    /// Ends a session's subscriptions to `uris` at their servers (where it
+    /// was the last subscriber).
+    fn release_uris(&self, session: &Session, uris: Vec<String>) {
         for uri in uris {
             // By the server's name, not through the session's scope: a
             // group changed since must not keep the subscription alive.
@@ -269,6 +280,17 @@ impl Gateway {
     /// those named in one warning as needing a restart.
     pub async fn apply_config(&self, config: Config) {
         let old = self.runtime.load_full();
+        // A policy file that fails keeps the running policies; the rest of
+        // the configuration still applies.
+        // Policy files are read again on every reload, changed or not.
+        let engine = match crate::access::load_engine(&config, &self.config_path) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!(error = %e, "policies not reloaded; the running policies are kept");
+                None
+            }
+        };
+        let access_changed = engine.is_some() || config.users != old.config.users || config.groups != old.config.groups;
         let upstreams =
             build_upstreams(&config, &self.base_dir, &self.spawn_permits, &self.notifications, &old.upstreams);
         let mut stopped = Vec::new();
@@ -291,8 +313,12 @@ impl Gateway {
         let changed: Vec<String> = stopped.iter().map(|h| h.name().to_string()).chain(added).collect();
         let old_groups = old.config.groups.clone();
         let groups_changed = old_groups != config.groups;
+        self.authorizer.apply(&config, engine);
         self.runtime.store(Arc::new(Runtime { config, upstreams }));
         tracing::info!(servers, replaced_or_removed, kept, "configuration applied");
+        if access_changed {
+            self.reauthorize_sessions(None).await;
+        }
         // Sessions whose view changed are told their lists changed.
         for session in self.sessions.all() {
             let affected = match &session.scope {
@@ -306,11 +332,7 @@ impl Gateway {
                 }
             };
             if affected {
-                for method in [
-                    "notifications/tools/list_changed",
-                    "notifications/prompts/list_changed",
-                    "notifications/resources/list_changed",
-                ] {
+                for method in LIST_CHANGED {
                     deliver(&session, "", method, None);
                 }
             }
@@ -323,11 +345,7 @@ impl Gateway {
                 let (h, tx) = (h.clone(), self.notifications.clone());
                 tokio::spawn(async move {
                     if h.warm_up().await {
-                        for method in [
-                            "notifications/tools/list_changed",
-                            "notifications/prompts/list_changed",
-                            "notifications/resources/list_changed",
-                        ] {
+                        for method in LIST_CHANGED {
                             let _ = tx.send(ServerNotification {
                                 server: h.name().into(),
                                 method: method.into(),
@@ -341,6 +359,78 @@ impl Gateway {
         for h in stopped {
             h.shutdown().await;
         }
+    }
+
+    /// Whether a caller may use anything behind `scope`: by its role and
+    /// groups, or by a policy that lets it use an item listed there.
+    pub fn can_reach(&self, access: &crate::access::Access, scope: &Scope) -> bool {
+        if access.role.is_none() {
+            return false;
+        }
+        let visible = self.authorizer.list_filter(access);
+        self.servers_in(scope).iter().any(|s| {
+            self.authorizer.in_groups(access, s.name())
+                || crate::proxy::LIST_METHODS.iter().any(|(method, field, kind)| {
+                    s.cached_list(method).is_some_and(|items| {
+                        items.iter().any(|item| {
+                            item.get(*field).and_then(Value::as_str).is_some_and(|name| {
+                                visible(&bastion_policy::Target { kind: *kind, server: s.name(), name })
+                            })
+                        })
+                    })
+                })
+        })
+    }
+
+    /// Decides again on open sessions (of `users`, or all): a session whose
+    /// user may no longer use anything behind its endpoint is closed with
+    /// its streams; the others are told their lists may have changed, and
+    /// give up subscriptions to resources they may no longer read.
+    pub async fn reauthorize_sessions(&self, users: Option<&[String]>) {
+        let rt = self.runtime.load_full();
+        let (mut closed, mut kept) = (0, 0);
+        for session in self.sessions.all() {
+            if users.is_some_and(|u| !u.iter().any(|x| *x == *session.principal.user)) {
+                continue;
+            }
+            // A store that cannot answer: requests fail closed meanwhile,
+            // and the next change retries.
+            let Ok(access) = self.authorizer.access(&rt.config, &session.principal).await else { continue };
+            if !self.can_reach(&access, &session.scope) {
+                if let Some(s) = self.sessions.remove(&session.id, &session.principal) {
+                    self.release(&s);
+                    closed += 1;
+                }
+                continue;
+            }
+            kept += 1;
+            for method in LIST_CHANGED {
+                deliver(&session, "", method, None);
+            }
+            let unreadable: Vec<String> = session
+                .subscriptions
+                .lock()
+                .expect("poisoned")
+                .iter()
+                .filter(|uri| !self.may_read(&access, &session.scope, uri))
+                .cloned()
+                .collect();
+            if !unreadable.is_empty() {
+                session.subscriptions.lock().expect("poisoned").retain(|u| !unreadable.contains(u));
+                self.release_uris(&session, unreadable);
+            }
+        }
+        if closed + kept > 0 {
+            tracing::info!(closed, kept, "open sessions re-authorized after an access change");
+        }
+    }
+
+    /// Whether a caller may read a resource URI as a session of `scope` sees it.
+    fn may_read(&self, access: &crate::access::Access, scope: &Scope, uri: &str) -> bool {
+        let Ok((server, inner)) = crate::proxy::resolve_uri(self, scope, uri) else { return false };
+        let target =
+            bastion_policy::Target { kind: bastion_policy::Kind::Resource, server: server.name(), name: inner };
+        self.authorizer.decide(access, bastion_policy::Action::Read, &target, None).allowed
     }
 
     /// Settings held outside the config snapshot, brought up to date.
@@ -596,6 +686,40 @@ async fn shed_slow_streams(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
+/// The notifications that tell a session its lists may have changed.
+const LIST_CHANGED: [&str; 3] =
+    ["notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"];
+
+/// Follows changes to the users kept in the store (`bastion users …`): a
+/// changed user's cached entry is dropped and its open sessions are
+/// decided on again, within `auth.key_cache_ttl`.
+async fn follow_store_users(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut since = chrono::Utc::now() - chrono::Duration::seconds(2);
+    loop {
+        let ttl = gw.runtime().config.auth.key_cache_ttl;
+        let interval = (ttl / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = chrono::Utc::now();
+        // Store times have one-second resolution: look back a little.
+        let changed = match gw.store.users_changed_since(since - chrono::Duration::seconds(2)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not check for changed users");
+                continue;
+            }
+        };
+        since = now;
+        if changed.is_empty() {
+            continue;
+        }
+        gw.authorizer.forget_users(&changed);
+        gw.reauthorize_sessions(Some(&changed)).await;
+    }
+}
+
 /// Periodic chores: idle upstreams, idle sessions, usage counters.
 async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -614,7 +738,10 @@ async fn housekeeping(gw: Arc<Gateway>, shutdown: CancellationToken) {
             let rt = gw.runtime();
             (rt.config.http.session_idle_timeout, rt.config.http.session_max_lifetime)
         };
-        let expired = gw.sessions.expire(idle, lifetime);
+        let mut expired = gw.sessions.expire(idle, lifetime);
+        // Sessions whose every credential (token, certificate) expired.
+        let now = chrono::Utc::now().timestamp();
+        expired.extend(gw.sessions.remove_where(|s| s.credential_expired(now)));
         for s in &expired {
             gw.release(s);
         }

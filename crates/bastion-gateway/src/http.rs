@@ -338,7 +338,7 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
                     format!("Unsupported protocol version: {v}"),
                 );
             }
-            session_message(gw, session, msg).await
+            session_message(gw, principal, session, msg).await
         }
         None => rpc_error(
             StatusCode::BAD_REQUEST,
@@ -427,9 +427,9 @@ pub(crate) fn short(id: &str) -> &str {
 }
 
 /// One message in a session.
-async fn session_message(gw: Arc<Gateway>, session: Arc<Session>, msg: Message) -> Response {
+async fn session_message(gw: Arc<Gateway>, principal: Principal, session: Arc<Session>, msg: Message) -> Response {
     match msg {
-        Message::Request(req) => respond(gw, session, req).await,
+        Message::Request(req) => respond(gw, principal, session, req).await,
         Message::Notification(n) => {
             on_client_notification(&session, &n.method, n.params.as_ref());
             accepted()
@@ -470,7 +470,7 @@ pub(crate) fn on_client_notification(session: &Session, method: &str, params: Op
 /// first, an SSE stream if the server sends anything about the request
 /// before it. The request holds one of its principal's in-flight slots
 /// until it ends.
-pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Request) -> Response {
+pub(crate) async fn respond(gw: Arc<Gateway>, principal: Principal, session: Arc<Session>, req: Request) -> Response {
     let slot = match gw.acquire(&session.principal, Kind::InFlight) {
         Ok(slot) => slot,
         Err(e) => return limit_response(Some(&req.id), &e),
@@ -483,7 +483,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, session: Arc<Session>, req: Reques
         let gw = gw.clone();
         let session = session.clone();
         async move {
-            let outcome = run_request(&gw, &session, &req, Caller::Client(sink)).await;
+            let outcome = run_request(&gw, &principal, &session, &req, Caller::Client(sink)).await;
             response_value(&req.id, outcome)
         }
     };
@@ -587,8 +587,14 @@ pub(crate) fn linger(session: Arc<Session>, mut events: mpsc::Receiver<UpstreamE
 }
 
 /// Handles a request in its session.
-pub(crate) async fn run_request(gw: &Gateway, session: &Session, req: &Request, caller: Caller) -> proxy::Outcome {
-    let ctx = proxy::RequestCtx { scope: &session.scope, caller, session: Some(session) };
+pub(crate) async fn run_request(
+    gw: &Gateway,
+    principal: &Principal,
+    session: &Session,
+    req: &Request,
+    caller: Caller,
+) -> proxy::Outcome {
+    let ctx = proxy::RequestCtx { principal, scope: &session.scope, caller, session: Some(session) };
     proxy::handle_request(gw, &ctx, req).await
 }
 
@@ -715,7 +721,8 @@ async fn batch(
             Ok(Message::Request(req)) => {
                 // A batch answers with one JSON array: nothing can reach
                 // the client before it, so its calls receive no messages.
-                let outcome = run_request(&gw, &session, &req, Caller::Quiet(session.principal.user.clone())).await;
+                let caller = Caller::Quiet(session.principal.user.clone());
+                let outcome = run_request(&gw, &principal, &session, &req, caller).await;
                 answers.push(response_value(&req.id, outcome));
             }
             Ok(Message::Notification(n)) => on_client_notification(&session, &n.method, n.params.as_ref()),

@@ -7,15 +7,19 @@
 //! - [`mrtr`]: multi round-trip requests for stateless clients.
 //! - [`session`]: downstream sessions bound to their principal.
 //! - [`outbox`]: the bounded queues behind long-lived streams.
-//! - [`auth`]: API key authentication.
+//! - [`auth`]: who is calling — API keys, access tokens, client certificates.
+//! - [`access`]: what a caller may use — its user's role and groups, and
+//!   the policy engine's decisions.
 //! - [`load`]: what each principal holds at once, against its caps.
 //! - [`subscriptions`]: resource subscriptions of a server, counted per URI.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
 //! - [`server`]: the accept loop and graceful shutdown.
+//! - [`tls`]: HTTPS on the listener, client certificates as credentials.
 //! - [`descriptors`]: the open-file limit and refusing connections before it.
 //! - [`drain`]: the request path's side of graceful shutdown.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod descriptors;
 pub mod drain;
@@ -28,4 +32,5 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
+pub mod tls;
 pub mod upstream;

@@ -1,15 +1,20 @@
 //! The request path, top to bottom: what Bastion does with one MCP request
-//! from an authenticated caller.
+//! from a caller the HTTP edge has authenticated. The phases, over one
+//! [`RequestCtx`]:
 //!
-//! 1. Resolve which upstream server the request is for — by the prefix of a
-//!    tool or prompt name, of a resource URI, or the endpoint's one server.
-//! 2. Rewrite the name back to the server's own.
-//! 3. Call the server, relaying its progress, logging, sampling and
-//!    elicitation to the caller through the event sink.
-//! 4. Return the result unchanged, or the server's error unchanged.
+//! 1. **classify** the method (list, call, read, get, notification, other);
+//!    a method Bastion does not know is refused, never passed through;
+//! 2. **authorize**: the caller's current access (`crate::access`) and the
+//!    policy engine's decision on the exact item — the tool, prompt or
+//!    resource, resolved to its server and the server's own name;
+//! 3. **upstream**: call the server, relaying its progress, logging,
+//!    sampling and elicitation to the caller through the event sink, and
+//!    return the result, or the server's error, unchanged. List methods fan
+//!    out to every server in scope, keep what the caller may use, prefix,
+//!    and page the merged list with Bastion's own cursors.
 //!
-//! List methods fan out to every server in scope, merge, prefix, and page
-//! the merged list with Bastion's own cursors.
+//! Per-caller limits are taken at the edge (`crate::load`) before a request
+//! reaches this path.
 //!
 //! Upstream connections are shared by every client, so what one client
 //! changes on a server must not change what another receives:
@@ -25,12 +30,19 @@ use bastion_core::jsonrpc::{self, Request, error_object};
 use bastion_core::naming;
 use serde_json::{Map, Value, json};
 
+use bastion_core::protocol::{self, MethodClass};
+use bastion_policy::{Action, Kind, Target};
+
+use crate::access::{Access, list_kind};
+use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::session::{Scope, Session};
 use crate::upstream::{CallError, Caller, UpstreamHandle, log_rank};
 
 /// One request on its way through the request path.
 pub struct RequestCtx<'a> {
+    /// Who is asking, as authenticated for this very request.
+    pub principal: &'a Principal,
     /// What the endpoint exposes.
     pub scope: &'a Scope,
     /// On whose behalf upstream calls are made; where the server's messages
@@ -67,6 +79,14 @@ const LISTS: &[ListKind] = &[
     },
 ];
 
+/// Each list method with the field naming its items and the kind of item.
+pub(crate) const LIST_METHODS: [(&str, &str, Kind); 4] = [
+    ("tools/list", "name", Kind::Tool),
+    ("prompts/list", "name", Kind::Prompt),
+    ("resources/list", "uri", Kind::Resource),
+    ("resources/templates/list", "uriTemplate", Kind::Resource),
+];
+
 /// The result of handling one request: a result value or an error object.
 pub type Outcome = Result<Value, Value>;
 
@@ -78,14 +98,89 @@ fn invalid_params(msg: impl Into<String>) -> Value {
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     // In flight until its outcome is known; failed if shutdown's grace
     // period runs out first.
-    gw.drain.run(dispatch(gw, ctx, req)).await
+    gw.drain.run(phases(gw, ctx, req)).await
 }
 
-async fn dispatch(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+/// The phases of one request, in order.
+async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let access = authorize(gw, ctx.principal, ctx.scope, req).await?;
+    dispatch(gw, ctx, req, &access).await
+}
+
+/// Classifies the request and decides whether the caller may make it; for
+/// a list, the items are decided one by one in [`list`]. The caller's
+/// access is read afresh for every request.
+pub(crate) async fn authorize(
+    gw: &Gateway,
+    principal: &Principal,
+    scope: &Scope,
+    req: &Request,
+) -> Result<Access, Value> {
+    let method = req.method.as_str();
+    let class = protocol::classify(method).ok_or_else(|| not_offered(method))?;
+    let access = gw
+        .authorizer
+        .access(&gw.runtime().config, principal)
+        .await
+        .map_err(|_| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "authorization is temporarily unavailable"))?;
+    if access.role.is_none() {
+        tracing::info!(user = %access.user, method, "denied: the user has no role");
+        return Err(error_object(jsonrpc::FORBIDDEN, "access denied: this user has no role on this gateway"));
+    }
+    let params = req.params.as_ref();
+    let str_param =
+        |v: Option<&Value>, key: &str| v.and_then(|p| p.get(key)).and_then(Value::as_str).map(str::to_string);
+    let (kind, action, shown) = match class {
+        MethodClass::List | MethodClass::Notification => return Ok(access),
+        MethodClass::Call => (Kind::Tool, Action::Call, str_param(params, "name")),
+        MethodClass::Get => (Kind::Prompt, Action::Get, str_param(params, "name")),
+        MethodClass::Read => (Kind::Resource, Action::Read, str_param(params, "uri")),
+        MethodClass::Other if method == "completion/complete" => {
+            let r = params.and_then(|p| p.get("ref"));
+            match r.and_then(|r| r.get("type")).and_then(Value::as_str) {
+                Some("ref/prompt") => (Kind::Prompt, Action::Get, str_param(r, "name")),
+                Some("ref/resource") => (Kind::Resource, Action::Read, str_param(r, "uri")),
+                // The route answers what is malformed.
+                _ => return Ok(access),
+            }
+        }
+        MethodClass::Other => return Ok(access),
+    };
+    // A missing name is answered by the route as invalid params.
+    let Some(shown) = shown else { return Ok(access) };
+    let (server, inner) = match kind {
+        Kind::Resource => resolve_uri(gw, scope, &shown)?,
+        _ => resolve_name(gw, scope, &shown)?,
+    };
+    let arguments = if kind == Kind::Tool { params.and_then(|p| p.get("arguments")) } else { None };
+    let target = Target { kind, server: server.name(), name: inner };
+    let decision = gw.authorizer.decide(&access, action, &target, arguments);
+    if !decision.allowed {
+        tracing::info!(user = %access.user, method, server = server.name(), item = inner, decision = %decision, "denied");
+        return Err(error_object(jsonrpc::FORBIDDEN, format!("access denied: you may not {} {shown}", verb(action))));
+    }
+    Ok(access)
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::List => "list",
+        Action::Call => "call",
+        Action::Read => "read",
+        Action::Get => "get",
+    }
+}
+
+/// A method Bastion does not know: refused, not passed through.
+fn not_offered(method: &str) -> Value {
+    error_object(jsonrpc::METHOD_NOT_FOUND, format!("Method not found: {method}"))
+}
+
+async fn dispatch(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, access: &Access) -> Outcome {
     let method = req.method.as_str();
     let scope = ctx.scope;
     if let Some(kind) = LISTS.iter().find(|k| k.method == method) {
-        return list(gw, scope, kind, req.params.as_ref()).await;
+        return list(gw, scope, kind, req.params.as_ref(), access).await;
     }
     match method {
         "ping" => Ok(json!({})),
@@ -95,14 +190,7 @@ async fn dispatch(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome 
         "resources/unsubscribe" => unsubscribe(gw, ctx, req).await,
         "completion/complete" => complete(gw, ctx, req).await,
         "logging/setLevel" => set_level(gw, ctx, req).await,
-        _ => match scope {
-            // One server: whatever it understands passes through unchanged.
-            Scope::Server(_) => {
-                let server = single(gw, scope)?;
-                call(&server, method, req.params.clone(), ctx.caller.clone()).await
-            }
-            _ => Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("Method not found: {method}"))),
-        },
+        _ => Err(not_offered(method)),
     }
 }
 
@@ -126,7 +214,11 @@ pub(crate) fn log_call_error(server: &str, method: &str, e: CallError) -> Value 
 
 /// Finds the server for a prefixed name (or the endpoint's one server) and
 /// returns it with the server's own name.
-fn resolve_name<'a>(gw: &Gateway, scope: &Scope, name: &'a str) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
+pub(crate) fn resolve_name<'a>(
+    gw: &Gateway,
+    scope: &Scope,
+    name: &'a str,
+) -> Result<(Arc<UpstreamHandle>, &'a str), Value> {
     if !scope.prefixed() {
         return Ok((single(gw, scope)?, name));
     }
@@ -312,8 +404,9 @@ async fn set_level(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome
     Ok(json!({}))
 }
 
-/// Items of a list from every server in scope, merged and paged.
-async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Value>) -> Outcome {
+/// Items of a list from every server in scope that the caller may use,
+/// merged and paged.
+async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Value>, access: &Access) -> Outcome {
     let offset = match params.and_then(|p| p.get("cursor")) {
         None | Some(Value::Null) => 0,
         Some(Value::String(c)) => {
@@ -337,14 +430,24 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
         s.list_all(kind.method, kind.field).await.map(Some)
     });
     let results = futures::future::join_all(fetches).await;
+    let visible = gw.authorizer.list_filter(access);
+    let item_kind = list_kind(kind.method).unwrap_or(Kind::Tool);
+    let may_use = |server: &str, item: &Value| {
+        let field = match kind.key {
+            ItemKey::Name(f) | ItemKey::Uri(f) => f,
+        };
+        // An item without its name cannot be decided on: left out.
+        item.get(field).and_then(Value::as_str).is_some_and(|name| visible(&Target { kind: item_kind, server, name }))
+    };
     let mut items: Vec<Value> = Vec::new();
     for (server, result) in servers.iter().zip(results) {
         match result {
             Ok(Some(list)) => {
+                let mine = list.iter().filter(|item| may_use(server.name(), item));
                 if scope.prefixed() {
-                    items.extend(list.iter().map(|item| prefix_item(server.name(), item.clone(), kind.key)));
+                    items.extend(mine.map(|item| prefix_item(server.name(), item.clone(), kind.key)));
                 } else {
-                    items.extend(list.iter().cloned());
+                    items.extend(mine.cloned());
                 }
             }
             Ok(None) => {}

@@ -95,6 +95,9 @@ pub struct Session {
     log_level: AtomicU8,
     created: Instant,
     last_seen: Mutex<Instant>,
+    /// Unix seconds at which the latest credential that used the session
+    /// expires (`i64::MAX`: one that does not); the session ends then.
+    credential_expires: std::sync::atomic::AtomicI64,
     /// This session's place under the principal's session cap.
     slot: Mutex<Option<Slot>>,
     pub closed: CancellationToken,
@@ -105,6 +108,11 @@ impl Session {
     /// Streamable HTTP session endpoints.
     pub fn is_client_session(&self) -> bool {
         !self.legacy && self.listen.is_none()
+    }
+
+    /// Whether every credential that used the session has expired.
+    pub fn credential_expired(&self, now: i64) -> bool {
+        self.credential_expires.load(Ordering::Relaxed) <= now
     }
 
     pub fn touch(&self) {
@@ -276,6 +284,7 @@ impl Sessions {
     /// session cap; `None` for the internal session of a stateless
     /// `subscriptions/listen` stream, which the stream caps count instead).
     pub fn create(&self, s: NewSession, slot: Option<Slot>) -> Arc<Session> {
+        let expires = s.principal.expires_at.unwrap_or(i64::MAX);
         let session = Arc::new(Session {
             id: random_token(32),
             principal: s.principal,
@@ -294,6 +303,7 @@ impl Sessions {
             log_level: AtomicU8::new(NO_LEVEL),
             created: Instant::now(),
             last_seen: Mutex::new(Instant::now()),
+            credential_expires: std::sync::atomic::AtomicI64::new(expires),
             slot: Mutex::new(slot),
             closed: CancellationToken::new(),
         });
@@ -309,6 +319,8 @@ impl Sessions {
             return None;
         }
         s.touch();
+        // A client that renews its token keeps its session.
+        s.credential_expires.fetch_max(principal.expires_at.unwrap_or(i64::MAX), Ordering::Relaxed);
         Some(s)
     }
 

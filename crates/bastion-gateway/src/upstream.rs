@@ -686,6 +686,11 @@ impl UpstreamHandle {
         self.wanted_log_level.fetch_min(rank.min(INFO), Ordering::Relaxed);
     }
 
+    /// The list cached for a method, if any (never asks the server).
+    pub fn cached_list(&self, method: &str) -> Option<Arc<Vec<Value>>> {
+        self.lists.lock().expect("poisoned").get(method).cloned()
+    }
+
     /// Forgets a cached list after a `list_changed` notification.
     pub fn invalidate_list(&self, method: &str) {
         self.lists.lock().expect("poisoned").remove(method);

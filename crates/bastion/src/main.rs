@@ -111,9 +111,10 @@ fn main() -> std::process::ExitCode {
     guard::kill_all_children();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<policy::Denied>() => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<policy::Usage>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
         }
     }
 }

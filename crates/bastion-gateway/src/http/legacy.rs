@@ -131,7 +131,7 @@ pub(crate) async fn message(
                 let sink = sink.with_log_level(session.log_level());
                 let key = id_key(&req.id);
                 let token = session.start_request(key.clone());
-                let work = super::run_request(&gw, &session, &req, Caller::Client(sink));
+                let work = super::run_request(&gw, &principal, &session, &req, Caller::Client(sink));
                 tokio::pin!(work);
                 let outcome = loop {
                     tokio::select! {

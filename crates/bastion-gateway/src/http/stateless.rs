@@ -10,7 +10,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bastion_core::jsonrpc::{self, Message, Request, error_object, error_response};
-use bastion_core::protocol::{self, STATELESS_VERSION, meta};
+use bastion_core::protocol::{self, MethodClass, STATELESS_VERSION, classify, meta};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -122,9 +122,24 @@ pub(crate) async fn handle(
     // Without a session to close, the request itself ends when its key is
     // revoked or expires.
     let watch = gw.watch_credential(&principal);
+    // Decided before anything reaches a server (the bridge below decides
+    // again on its own path). A method no rule covers never does.
+    if classify(&req.method).is_none() {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            jsonrpc::METHOD_NOT_FOUND,
+            format!("Method not found: {}", req.method),
+        );
+    }
+    if let Err(error) = proxy::authorize(&gw, &principal, &scope, &req).await {
+        return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}));
+    }
     // A single server that speaks this version itself gets the request as it
-    // is, and its answer — status, body, stream — comes back as it is.
+    // is, and its answer — status, body, stream — comes back as it is; lists
+    // excepted, which show each caller only what it may use.
     if let Scope::Server(_) = &scope
+        && classify(&req.method) != Some(MethodClass::List)
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         // In flight until the server's answer has been relayed to the end.
@@ -215,6 +230,7 @@ async fn listen(gw: Arc<Gateway>, scope: Scope, principal: Principal, req: Reque
         let sub = Request { id: json!(0), method: "resources/subscribe".into(), params: Some(json!({"uri": uri})) };
         // The stream cannot receive what a server sends about this call.
         let ctx = proxy::RequestCtx {
+            principal: &session.principal,
             scope: &scope,
             caller: Caller::Quiet(session.principal.user.clone()),
             session: Some(&session),
@@ -268,7 +284,7 @@ async fn bridge(
             Ok(r) => r,
             Err(e) => return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": e})),
         },
-        None => start(gw.clone(), scope, req.clone(), principal.user.clone()),
+        None => start(gw.clone(), scope, req.clone(), principal.clone()),
     };
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let id = req.id.clone();
@@ -288,12 +304,13 @@ async fn bridge(
     frames_response(rx).await
 }
 
-fn start(gw: Arc<Gateway>, scope: Scope, req: Request, user: Arc<str>) -> mrtr::Running {
-    let (sink, events) = EventSink::new(user);
+fn start(gw: Arc<Gateway>, scope: Scope, req: Request, principal: Principal) -> mrtr::Running {
+    let (sink, events) = EventSink::new(principal.user.clone());
     let own_sink = sink.clone();
     let (otx, orx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let ctx = proxy::RequestCtx { scope: &scope, caller: Caller::Client(sink), session: None };
+        let ctx =
+            proxy::RequestCtx { principal: &principal, scope: &scope, caller: Caller::Client(sink), session: None };
         let mut outcome = proxy::handle_request(&gw, &ctx, &req).await;
         if let Ok(result) = outcome.as_mut() {
             decorate_result(&req.method, result);

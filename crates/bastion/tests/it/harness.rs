@@ -308,6 +308,8 @@ pub struct Gateway {
     log_path: PathBuf,
     child: Child,
     watchdog: Child,
+    /// Users `create_key` made admins in the store.
+    store_users: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Gateway {
@@ -393,6 +395,7 @@ impl Gateway {
                         log_path,
                         child,
                         watchdog,
+                        store_users: Default::default(),
                     };
                 }
                 if Instant::now() > deadline {
@@ -462,8 +465,24 @@ impl Gateway {
         )
     }
 
-    /// Creates an API key with `bastion keys create --user USER [EXTRA…]`.
+    /// Creates an API key with `bastion keys create --user USER [EXTRA…]`,
+    /// for a user who may use every server: unless the config names the
+    /// user in `users`, it is made an `admin` in the store first
+    /// (`bastion users add`).
     pub fn create_key(&self, user: &str, extra: &[&str]) -> String {
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(&self.real_config).unwrap_or_default())
+            .unwrap_or(Value::Null);
+        let in_config = config.get("users").and_then(|u| u.get(user)).is_some();
+        if !in_config && self.store_users.lock().expect("poisoned").insert(user.to_string()) {
+            let out = self.cli(&["users", "add", user, "--role", "admin"]);
+            assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.create_bare_key(user, extra)
+    }
+
+    /// Creates an API key and nothing else: the user's access is whatever
+    /// the config and the store say.
+    pub fn create_bare_key(&self, user: &str, extra: &[&str]) -> String {
         let mut args = vec!["keys", "create", "--user", user];
         args.extend_from_slice(extra);
         let out = self.cli(&args);

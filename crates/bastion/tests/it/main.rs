@@ -4,6 +4,7 @@
 //! SDK scripts in `tests/clients`).
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 mod bad_input;
 mod caps;
@@ -17,6 +18,7 @@ mod isolation;
 mod keys_cli;
 mod lifecycle;
 mod mock_upstream;
+mod mtls;
 mod real_clients;
 mod reload;
 mod shutdown;
@@ -24,3 +26,4 @@ mod stateless_negative;
 mod stdio_faults;
 mod stream_bounds;
 mod upstream_transports;
+mod users_cli;
