@@ -454,6 +454,13 @@ impl Store {
         rows.iter().map(row_to_admin).collect()
     }
 
+    /// Removes an administrator account. Returns false when there is no
+    /// such account.
+    pub async fn delete_admin(&self, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM admins WHERE name = ?").bind(name).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Replaces an administrator's password hash, and lifts a lockout (the
     /// password was set by someone with access to the store). Returns false
     /// when there is no such account.
@@ -719,6 +726,9 @@ mod tests {
         assert_eq!(s.list_admins().await.unwrap().len(), 1);
         assert!(!s.set_admin_password("nobody", "x").await.unwrap());
         assert!(!s.set_admin_totp("nobody", None, None).await.unwrap());
+        assert!(s.delete_admin("root").await.unwrap());
+        assert!(!s.delete_admin("root").await.unwrap());
+        assert!(s.list_admins().await.unwrap().is_empty());
     }
 
     #[tokio::test]
