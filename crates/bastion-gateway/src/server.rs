@@ -17,6 +17,14 @@
 //!   has been sent to the end, so open event streams keep their connection;
 //! - request heads larger than `max_header_bytes` are refused (431), HTTP/2
 //!   connections carry at most `http2_max_concurrent_streams` streams.
+//!
+//! With `tls` configured, every connection is TLS first ([`crate::tls`]):
+//! the handshake runs in the connection's own task, within
+//! `header_read_timeout`, and HTTP/1.1 or HTTP/2 (ALPN) runs on top. The
+//! head clock starts when the connection is accepted, so the handshake
+//! counts against the first request's head. The identity of a verified
+//! client certificate goes on every request of its connection as a
+//! [`ClientCert`] extension; nothing a client sends can put it there.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,9 +50,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::ClientCert;
 use crate::descriptors::Descriptors;
 use crate::gateway::Gateway;
 use crate::http::{HostPolicy, router};
+use crate::tls::Tls;
 
 /// hyper's smallest HTTP/1 read buffer; `max_header_bytes` below it is
 /// enforced by the edge alone.
@@ -75,9 +85,12 @@ const LIMIT_RECHECK: Duration = Duration::from_secs(1);
 ///    (HTTP/1.1 after their response in progress, HTTP/2 with GOAWAY);
 /// 4. stops the upstream servers (their process groups are killed), in
 ///    what is left of the grace period.
+///
+/// With `tls`, the listener serves HTTPS.
 pub async fn run(
     listener: TcpListener,
     gw: Arc<Gateway>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
@@ -121,7 +134,7 @@ pub async fn run(
         }
         let settings = Settings::new(&gw.runtime().config.http);
         let held = (permit, Admitted(descriptors.clone()));
-        connections.spawn(serve_connection(tcp, remote, app.clone(), settings, draining.clone(), held));
+        connections.spawn(serve_connection(tcp, remote, tls.clone(), app.clone(), settings, draining.clone(), held));
     }
     drop(listener);
     drain(&gw, connections, draining).await;
@@ -252,13 +265,42 @@ impl Settings {
 async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
+    tls: Option<Arc<Tls>>,
     app: Router,
     settings: Settings,
     draining: CancellationToken,
     _held: (OwnedSemaphorePermit, Admitted),
 ) {
+    // Made before the handshake: its head clock starts at acceptance.
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched { inner: tcp, activity: activity.clone() });
+    let Some(tls) = tls else {
+        return serve_http(tcp, None, remote, app, settings, draining, activity).await;
+    };
+    let handshake = tokio::select! {
+        biased;
+        () = draining.cancelled() => return,
+        done = tokio::time::timeout(settings.header_read_timeout, tls.accept(tcp)) => done,
+    };
+    match handshake {
+        Ok(Ok((stream, cert))) => serve_http(stream, cert, remote, app, settings, draining, activity).await,
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "connection dropped: TLS handshake not completed in time"),
+    }
+}
+
+/// Serves HTTP on a connection (plain, or TLS once its handshake is done).
+async fn serve_http<S>(
+    stream: S,
+    cert: Option<ClientCert>,
+    remote: SocketAddr,
+    app: Router,
+    settings: Settings,
+    draining: CancellationToken,
+    activity: Arc<Activity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
@@ -267,6 +309,16 @@ async fn serve_connection(
             let busy = activity.begin(req.version());
             // What `into_make_service_with_connect_info::<SocketAddr>` adds.
             req.extensions_mut().insert(ConnectInfo(remote));
+            // Whatever the client sent, only this puts a certificate on a
+            // request, and only one still valid now: a connection outlives
+            // its certificate.
+            if let Some(c) = &cert
+                && c.not_after > chrono::Utc::now().timestamp()
+            {
+                req.extensions_mut().insert(c.clone());
+            } else {
+                req.extensions_mut().remove::<ClientCert>();
+            }
             let app = app.clone();
             async move {
                 let resp = tower::ServiceExt::oneshot(app, req).await.unwrap_or_else(|e| match e {});
@@ -452,13 +504,14 @@ impl Drop for Busy {
     }
 }
 
-/// The client's socket, telling its [`Activity`] when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// The client's socket (or its TLS stream), telling its [`Activity`] when
+/// bytes arrive.
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -469,7 +522,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -1,5 +1,6 @@
 //! `bastion serve`: start-up posture checks, logging, reload on change and
-//! on SIGHUP, graceful shutdown on SIGINT/SIGTERM.
+//! on SIGHUP (TLS certificates included), graceful shutdown on
+//! SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 use bastion_core::config::Config;
 use bastion_gateway::auth::ApiKeyAuthenticator;
 use bastion_gateway::gateway::{Authentication, Gateway};
+use bastion_gateway::tls::Tls;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +52,9 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
             config.listen
         );
     }
+    // Certificates are read before anything else starts: a bad file stops
+    // the start-up with a message naming it.
+    let tls = Tls::from_config(&config, config_path)?.map(Arc::new);
     match bastion_gateway::descriptors::raise_limit() {
         Ok((soft, hard)) => tracing::info!(
             soft,
@@ -79,16 +84,18 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
     let local = listener.local_addr()?;
     let keys_exist = !store.list_keys(None).await?.is_empty();
     let shutdown = CancellationToken::new();
-    let gw = Gateway::start(config.clone(), config_path, store, authentication, shutdown.clone());
+    let gw = Gateway::start(config.clone(), config_path, store, authentication, shutdown.clone())?;
     tracing::info!(
         listen = %local,
+        tls = tls.is_some(),
+        client_certificates = tls.as_ref().is_some_and(|t| t.asks_for_client_certificates()),
         servers = config.enabled_servers().count(),
         data_dir = %data_dir.display(),
         "bastion ready"
     );
     print_connect_help(local, &config, args.insecure_no_auth, keys_exist, config_path);
 
-    tokio::spawn(watch_config(gw.clone(), config_path.to_path_buf(), shutdown.clone()));
+    tokio::spawn(watch_config(gw.clone(), tls.clone(), config_path.to_path_buf(), shutdown.clone()));
     let signal = shutdown.clone();
     let stopping = gw.clone();
     tokio::spawn(async move {
@@ -101,7 +108,7 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         stopping.drain.expire();
     });
     let stop = shutdown.clone();
-    bastion_gateway::server::run(listener, gw, async move { stop.cancelled().await }).await?;
+    bastion_gateway::server::run(listener, gw, tls, async move { stop.cancelled().await }).await?;
     Ok(())
 }
 
@@ -115,8 +122,10 @@ async fn wait_for_stop() {
 }
 
 /// Reloads on SIGHUP and when the file changes. A file that does not
-/// validate is reported and the running configuration is kept.
-async fn watch_config(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
+/// validate is reported and the running configuration is kept. TLS
+/// certificates, key and client CA are read again with every reload; files
+/// that cannot be used are reported and the running ones kept.
+async fn watch_config(gw: Arc<Gateway>, tls: Option<Arc<Tls>>, path: PathBuf, shutdown: CancellationToken) {
     use notify::{RecursiveMode, Watcher};
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(8);
@@ -162,6 +171,7 @@ async fn watch_config(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationTok
                 if new.listen != gw.runtime().config.listen {
                     tracing::warn!("`listen` changed: it takes effect on restart");
                 }
+                reload_tls(tls.as_deref(), &new, &path);
                 gw.apply_config(new).await;
             }
             Err(e) => tracing::error!(error = %e, "configuration not reloaded; the running one is kept"),
@@ -169,8 +179,23 @@ async fn watch_config(gw: Arc<Gateway>, path: PathBuf, shutdown: CancellationTok
     }
 }
 
+/// New connections get the certificates as they are now in their files.
+fn reload_tls(tls: Option<&Tls>, new: &Config, path: &Path) {
+    match (tls, &new.tls) {
+        (Some(tls), Some(_)) => match tls.reload(new, path) {
+            Ok(()) => tracing::info!("TLS certificates reloaded: new connections use them"),
+            Err(e) => tracing::error!(error = %e, "TLS certificates not reloaded; the running ones are kept"),
+        },
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            tracing::warn!("`tls` turned on or off: it takes effect on restart");
+        }
+    }
+}
+
 fn print_connect_help(local: SocketAddr, config: &Config, no_auth: bool, keys_exist: bool, config_path: &Path) {
-    let url = format!("http://{local}/mcp");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local}/mcp");
     let auth = if no_auth {
         String::new()
     } else {
@@ -182,6 +207,9 @@ fn print_connect_help(local: SocketAddr, config: &Config, no_auth: bool, keys_ex
             "No API key exists yet. Create one (printed once):\n    bastion --config {} keys create --user $USER",
             config_path.display()
         );
+    }
+    if !no_auth && config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+        eprintln!("Clients may authenticate with a certificate issued by `tls.client_ca` instead of a key.");
     }
     eprintln!(
         "Client configuration (Cursor, Claude Code, VS Code):\n{{\n  \"mcpServers\": {{\n    \"bastion\": {{\n        \"type\": \"http\",\n        \"url\": \"{url}\"{auth}\n    }}\n  }}\n}}\n"
