@@ -351,6 +351,19 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
 
 /// `initialize`: a new session bound to the caller.
 async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Request) -> Response {
+    match gw.authorizer.access(&gw.runtime().config, &principal).await {
+        Err(e) => return auth_failure(gw, &e),
+        Ok(access) if !gw.can_reach(&access, &scope) => {
+            tracing::info!(user = %principal.user, "session refused: the user may use nothing behind this endpoint");
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                Some(&req.id),
+                jsonrpc::FORBIDDEN,
+                "access denied: this user may use nothing behind this endpoint",
+            );
+        }
+        Ok(_) => {}
+    }
     let params = req.params.as_ref();
     if let Some(problem) = client_info_too_large(gw, params) {
         return rpc_error(StatusCode::BAD_REQUEST, Some(&req.id), jsonrpc::INVALID_PARAMS, problem);
@@ -428,6 +441,21 @@ pub(crate) fn short(id: &str) -> &str {
 
 /// One message in a session.
 async fn session_message(gw: Arc<Gateway>, principal: Principal, session: Arc<Session>, msg: Message) -> Response {
+    // A caller that lost access to everything behind the endpoint (a role
+    // or group taken away, in the store, the config or its token's claims)
+    // loses the session and its streams at its next message.
+    if let Ok(access) = gw.authorizer.access(&gw.runtime().config, &principal).await
+        && !gw.can_reach(&access, &session.scope)
+    {
+        gw.close_session(&session.id, &principal);
+        tracing::info!(session = %short(&session.id), user = %principal.user, "session closed: its user lost access");
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            None,
+            jsonrpc::FORBIDDEN,
+            "access denied: this user may no longer use this endpoint; the session is closed",
+        );
+    }
     match msg {
         Message::Request(req) => respond(gw, principal, session, req).await,
         Message::Notification(n) => {

@@ -93,23 +93,41 @@ async fn roles_and_groups_decide_list_call_read_and_get() {
             assert_eq!(seen.reads, reads, "{what}: resource read");
         }
     }
-    // The group endpoint of another group shows nothing to a member of dev.
+    // The endpoint of another group, or of a server outside its groups,
+    // opens no session for a member of dev.
     let alice = gw.create_key("alice", &[]);
-    let ops = Mcp::session(gw.url("/mcp/ops"), &alice, VERSION).await;
-    assert!(ops.tool_names().await.is_empty());
-    let denied = ops.call_tool("outside__test_simple_text", json!({})).await;
-    assert_eq!(error_code(&denied), Some(-32003), "{denied}");
+    for path in ["/mcp/ops", "/mcp/outside"] {
+        let reply = initialize(&gw, path, &alice).await;
+        assert_eq!(reply.status, 403, "{path}: {}", reply.text);
+        assert_eq!(error_code(&reply.rpc()), Some(-32003), "{path}: {}", reply.text);
+    }
+}
+
+async fn initialize(gw: &Gateway, path: &str, key: &str) -> crate::harness::Reply {
+    let mut raw = Mcp::with_session(gw.url(path), key, "");
+    raw.session = None;
+    raw.post(&json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    }))
+    .await
 }
 
 #[tokio::test]
 async fn a_user_without_a_role_is_refused_everything() {
     let gw = Gateway::start(config());
     let key = gw.create_bare_key("nobody", &[]);
-    let mcp = Mcp::session(gw.url("/mcp"), &key, VERSION).await;
-    let rpc = mcp.call("tools/list", json!({})).await;
-    assert_eq!(error_code(&rpc), Some(-32003), "{rpc}");
-    let rpc = mcp.call_tool("inside__test_simple_text", json!({})).await;
-    assert_eq!(error_code(&rpc), Some(-32003), "{rpc}");
+    let reply = initialize(&gw, "/mcp", &key).await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert_eq!(error_code(&reply.rpc()), Some(-32003), "{}", reply.text);
+    // Stateless requests too.
+    let mcp = Mcp::stateless(gw.url("/mcp"), &key);
+    for (method, params) in
+        [("tools/list", json!({})), ("tools/call", json!({"name": "inside__test_simple_text", "arguments": {}}))]
+    {
+        let reply = mcp.request(method, params).await;
+        assert_eq!(error_code(&reply.rpc()), Some(-32003), "{method}: {}", reply.text);
+    }
 }
 
 #[tokio::test]
@@ -255,8 +273,8 @@ async fn a_config_reload_that_removes_a_group_closes_streams() {
         .await
         .expect("the stream of a user who lost access is closed")
         .expect("reader");
-    let rpc = Mcp::session(gw.url("/mcp"), &key, VERSION).await.call_tool("inside__test_simple_text", json!({})).await;
-    assert_eq!(error_code(&rpc), Some(-32003), "{rpc}");
+    let reply = initialize(&gw, "/mcp", &key).await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
 }
 
 #[tokio::test]
