@@ -58,6 +58,9 @@ pub enum Kind {
     Direct,
     /// Bastion with API key authentication.
     Bastion,
+    /// Bastion with access tokens (JWTs checked against a key set) and 50
+    /// Cedar rules: authorization on.
+    BastionAuthz,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -69,6 +72,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Bastion => "bastion",
+            Kind::BastionAuthz => "bastion-authz",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -85,7 +89,7 @@ impl Kind {
     /// Whether the peer's software is installed.
     pub fn available(self, peers: &Peers) -> bool {
         match self {
-            Kind::Direct | Kind::Bastion => true,
+            Kind::Direct | Kind::Bastion | Kind::BastionAuthz => true,
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
@@ -113,6 +117,9 @@ pub struct Running {
     pub root: Child,
     /// Helpers outside the measured tree (an HTTP upstream).
     pub helpers: Vec<Child>,
+    /// The identity provider whose tokens the gateway checks, kept
+    /// serving for the contestant's lifetime.
+    pub issuer: Option<crate::authz::Issuer>,
     /// Kept alive for the contestant's lifetime (config, data, logs).
     pub _dir: tempfile::TempDir,
     pub log: PathBuf,
@@ -211,7 +218,17 @@ pub async fn bastion_setup(
     servers: &serde_json::Map<String, serde_json::Value>,
     log_level: &str,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let config = serde_json::json!({
+    bastion_config(bins, dir, &base_config(dir, port, servers, log_level)).await
+}
+
+/// The config of the API key contestant.
+fn base_config(
+    dir: &Path,
+    port: u16,
+    servers: &serde_json::Map<String, serde_json::Value>,
+    log_level: &str,
+) -> serde_json::Value {
+    serde_json::json!({
         "listen": format!("127.0.0.1:{port}"),
         "data_dir": dir.join("data"),
         "mcpServers": servers,
@@ -219,8 +236,7 @@ pub async fn bastion_setup(
         // One key drives every scenario, the 10,000 idle sessions among
         // them: the per-principal caps are raised to let it.
         "limits": {"per_principal": {"sessions": 20000, "calls_in_flight": 4096}},
-    });
-    bastion_config(bins, dir, &config).await
+    })
 }
 
 /// Writes `config` as Bastion's config file in `dir`, creates an API key,
@@ -267,6 +283,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     let stdio_cmd = fixture_stdio_command(bins);
     let port = free_port()?;
     let mut bearer = None;
+    let mut issuer = None;
     let mut cmd;
     let url;
     match kind {
@@ -283,19 +300,38 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 bearer: None,
                 root,
                 helpers,
+                issuer: None,
                 _dir: dir,
                 log: log_path,
             });
         }
-        Kind::Bastion => {
+        Kind::Bastion | Kind::BastionAuthz => {
             let mut servers = serde_json::Map::new();
             let entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
                 Some(u) => serde_json::json!({"url": u, "type": "streamable-http"}),
             };
             servers.insert("echo".into(), entry);
-            let (config, key) = bastion_setup(bins, dir.path(), port, &servers, "warn").await?;
-            bearer = Some(key);
+            let mut config = base_config(dir.path(), port, &servers, "warn");
+            let resource = format!("http://127.0.0.1:{port}/mcp");
+            if kind == Kind::BastionAuthz {
+                // The same gateway and limits, with tokens and policies on.
+                let idp = crate::authz::Issuer::start().await?;
+                if let (Some(c), serde_json::Value::Object(extra)) =
+                    (config.as_object_mut(), idp.config(&resource, "echo"))
+                {
+                    c.extend(extra);
+                }
+                std::fs::write(dir.path().join(crate::authz::POLICY_FILE), crate::authz::POLICY)?;
+                issuer = Some(idp);
+            }
+            let (config, key) = bastion_config(bins, dir.path(), &config).await?;
+            // Clients of the authz contestant present the token; its API key
+            // goes unused.
+            bearer = Some(match &issuer {
+                Some(idp) => idp.token(crate::authz::USER, &resource)?,
+                None => key,
+            });
             cmd = Command::new(&bins.bastion);
             cmd.arg("--config").arg(&config).arg("serve");
             url = format!("http://127.0.0.1:{port}/mcp/echo");
@@ -353,7 +389,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     let root = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-    let running = Running { kind, upstream, url, bearer, root, helpers, _dir: dir, log: log_path };
+    let running = Running { kind, upstream, url, bearer, root, helpers, issuer, _dir: dir, log: log_path };
     if let Err(e) = wait_ready(&running, Duration::from_secs(60)).await {
         let log = std::fs::read_to_string(&running.log).unwrap_or_default();
         let tail: String =

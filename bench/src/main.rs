@@ -11,6 +11,7 @@
 //!   and descriptors sampled; writes `soak-latest.json` and `soak-latest.md`.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod contestant;
 mod load;
 mod mcp;
@@ -91,7 +92,8 @@ struct LoadArgs {
 
 #[derive(Args)]
 struct SuiteArgs {
-    /// Seconds-long runs of Bastion and the direct fixture only.
+    /// Seconds-long runs of Bastion (API keys, and authz on) and the direct
+    /// fixture only.
     #[arg(long)]
     smoke: bool,
     /// Directory with the release `bastion` and `bastion-fixture`.

@@ -203,7 +203,80 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
             _ => None,
         },
     });
+    // 6. Authorization on: access tokens and 50 Cedar rules cost at most
+    // 10 µs of CPU per call over API keys alone (max rate, stdio upstream).
+    let keys = find(r, "bastion", "stdio", Scenario::Call, false).and_then(|x| x.gateway_cpu_us_per_call);
+    let authz = find(r, AUTHZ, "stdio", Scenario::Call, false).and_then(|x| x.gateway_cpu_us_per_call);
+    let keys_fixed = find(r, "bastion", "stdio", Scenario::Call, true).and_then(|x| x.gateway_cpu_us_per_call);
+    let authz_fixed = find(r, AUTHZ, "stdio", Scenario::Call, true).and_then(|x| x.gateway_cpu_us_per_call);
+    let at_rate = match (keys_fixed, authz_fixed) {
+        (Some(k), Some(a)) => format!("; at the fixed rate {a:.1} vs {k:.1} µs = {} µs", signed(a - k, 1)),
+        _ => String::new(),
+    };
+    v.push(TargetCheck {
+        target: "gateway CPU per call with authz on (access token + 50 Cedar rules) ≤ API keys alone + 10 µs".into(),
+        measured: match (authz, keys) {
+            (Some(a), Some(k)) => {
+                format!("{a:.1} vs {k:.1} µs = {} µs (stdio upstream, max rate){at_rate}", signed(a - k, 1))
+            }
+            _ => "not measured".into(),
+        },
+        met: authz.zip(keys).map(|(a, k)| a - k <= 10.0),
+    });
     v
+}
+
+/// The contestant with authorization on.
+pub const AUTHZ: &str = "bastion-authz";
+
+/// Authorization on against API keys alone, scenario by scenario: the same
+/// gateway, upstream (stdio) and load.
+fn authz_section(r: &Report, s: &mut String) {
+    let _ = writeln!(s, "\n## Authorization on against API keys alone\n");
+    let _ = writeln!(
+        s,
+        "`{AUTHZ}`: clients present an RS256 access token, validated against the key set the benchmark \
+         serves; the user has role `user` in the group holding the server; 50 Cedar rules on top of the \
+         built-in ones. `bastion`: an API key, the user an admin, the built-in rules alone. Both over the \
+         stdio upstream. CPU in µs per successful request, the gateway process alone.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | mode | API keys calls/s | API keys gw CPU | authz on calls/s | authz on gw CPU | difference |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let rows = [
+        (Scenario::Call, true, "a. tools/call"),
+        (Scenario::Call, false, "a. tools/call"),
+        (Scenario::Setup, false, "c. session set-up"),
+        (Scenario::Stateless, true, "d. stateless tools/call"),
+        (Scenario::Stateless, false, "d. stateless tools/call"),
+    ];
+    let mut any = false;
+    for (scenario, fixed, title) in rows {
+        let keys = find(r, "bastion", "stdio", scenario, fixed);
+        let authz = find(r, AUTHZ, "stdio", scenario, fixed);
+        let Some(l) = authz.or(keys).map(|x| &x.load) else { continue };
+        any = true;
+        let rate = |x: Option<&RunRecord>| x.map_or("–".into(), |x| format!("{:.0}", x.load.calls_per_s));
+        let cpu = |x: Option<&RunRecord>| opt1(x.and_then(|x| x.gateway_cpu_us_per_call));
+        let diff = match (authz.and_then(|x| x.gateway_cpu_us_per_call), keys.and_then(|x| x.gateway_cpu_us_per_call)) {
+            (Some(a), Some(k)) => format!("{} µs", signed(a - k, 1)),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {title} | {} | {} | {} | {} | {} | {diff} |",
+            mode(l),
+            rate(keys),
+            cpu(keys),
+            rate(authz),
+            cpu(authz)
+        );
+    }
+    if !any {
+        let _ = writeln!(s, "| (not run) | | | | | | |");
+    }
 }
 
 fn met(m: Option<bool>) -> &'static str {
@@ -292,6 +365,7 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    authz_section(r, &mut s);
     let _ = writeln!(s, "\n## e. idle sessions\n");
     let _ = writeln!(
         s,

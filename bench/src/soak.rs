@@ -960,6 +960,7 @@ async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<(Running, u16
         bearer: Some(key),
         root,
         helpers: vec![http],
+        issuer: None,
         _dir: dir,
         log: log_path,
     };

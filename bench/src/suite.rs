@@ -11,7 +11,8 @@
 //! * `e`: many idle sessions held open, RSS before and after.
 //!
 //! The direct contestant (the fixture over HTTP, no gateway) is the floor
-//! for `a` and `b` alike.
+//! for `a` and `b` alike. `bastion-authz` runs `a`, `c` and `d` with access
+//! tokens and 50 Cedar rules, set against `bastion` with API keys alone.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -400,6 +401,9 @@ fn plans(s: &Settings) -> Vec<Plan> {
     let mut v = vec![
         p(Kind::Direct, Upstream::Http, true, true, true, Some(s.idle_sessions)),
         p(Kind::Bastion, Upstream::Stdio, true, true, true, Some(s.idle_sessions)),
+        // Right after the API key runs it is compared with, on a machine in
+        // the same state.
+        p(Kind::BastionAuthz, Upstream::Stdio, true, true, true, None),
         p(Kind::Bastion, Upstream::Http, true, false, false, None),
     ];
     if s.smoke {
@@ -478,6 +482,9 @@ pub async fn run(
         }
         if let Some(n) = plan.idle {
             ctx.idle_sessions(&r, n, plan.idle_note.clone()).await;
+        }
+        if let Some(idp) = &r.issuer {
+            eprintln!("bench: {}: its key set was fetched {} time(s)", plan.kind.name(), idp.fetches());
         }
         r.stop().await;
     }
