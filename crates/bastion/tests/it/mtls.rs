@@ -278,6 +278,17 @@ async fn a_trusted_client_certificate_is_the_credential_of_its_common_name() {
     assert_works(&h1, &gw, None, "stateless call, HTTP/1.1, certificate only").await;
     session_call(&h1, &gw).await;
 
+    // The certificate's user is the one authorized: carol has no role.
+    let carol = with(&pki.ca.client("carol")).build(&pki);
+    let r = echo(&carol, &gw, None).await.expect("carol's call");
+    assert!(r.rpc().get("error").is_some(), "carol has no role: {} {}", r.status, r.text);
+    gw.wait_for_log("denied: the user has no role").await;
+    assert!(
+        gw.log().lines().any(|l| l.contains("denied: the user has no role") && l.contains("carol")),
+        "{}",
+        gw.log()
+    );
+
     // The certificate names alice: her key goes with it, bob's does not.
     let alice_key = gw.create_key("alice", &[]);
     let bob_key = gw.create_key("bob", &[]);
