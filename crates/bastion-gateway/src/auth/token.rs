@@ -113,6 +113,14 @@ impl TokenAuthenticator {
                 return None;
             }
         };
+        for o in &auth.oidc {
+            if o.jwks_uri.as_deref().is_some_and(|u| !fetchable(u)) {
+                tracing::error!(
+                    issuer = %redact::url(&o.issuer),
+                    "jwks_uri must be https:// (http:// only on loopback); this issuer's tokens are refused"
+                );
+            }
+        }
         let issuers = auth.oidc.iter().map(Issuer::new).collect();
         Some(Arc::new(TokenAuthenticator {
             resource,
@@ -499,6 +507,8 @@ impl Issuer {
     /// Discovery (unless `jwks_uri` is configured), then the key set.
     async fn fetch(&self, http: &reqwest::Client) -> Result<KeySet, String> {
         let jwks_uri = match &self.jwks_uri {
+            // Keys over plain HTTP from another host could be anyone's.
+            Some(u) if !fetchable(u) => return Err("jwks_uri must be https:// (http:// only on loopback)".into()),
             Some(u) => u.clone(),
             None => {
                 let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
@@ -1277,6 +1287,15 @@ mod tests {
         // A key never seen cannot be checked: 503.
         let stranger = TestKey::new(Algorithm::ES256, "new-kid");
         assert_eq!(s.auth.authenticate(&stranger.sign(&claims(&iss, "eve"))).await, Err(AuthError::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn keys_over_plain_http_from_another_host_are_never_fetched() {
+        let s = setup(json!({})).await;
+        let iss = s.provider.issuer();
+        let auth =
+            authenticator(json!({"issuer": iss, "jwks_uri": "http://keys.example.com/jwks", "algorithms": ["RS256"]}));
+        assert_eq!(auth.authenticate(&s.rsa.sign(&claims(&iss, "alice"))).await, Err(AuthError::Unavailable));
     }
 
     #[tokio::test]
