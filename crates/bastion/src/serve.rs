@@ -129,31 +129,53 @@ async fn watch_config(gw: Arc<Gateway>, tls: Option<Arc<Tls>>, path: PathBuf, sh
     use notify::{RecursiveMode, Watcher};
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(8);
-    let file_name = path.file_name().map(|f| f.to_os_string());
+    // The config file and the policy files it names, followed as the
+    // config changes.
+    let names: Arc<std::sync::Mutex<Vec<std::ffi::OsString>>> = Default::default();
     let watch_tx = tx.clone();
+    let seen = names.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if ev.kind.is_access() {
                 return;
             }
-            if ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name) {
+            let names = seen.lock().unwrap_or_else(|p| p.into_inner());
+            if ev.paths.iter().any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f))) {
                 let _ = watch_tx.try_send(());
             }
         }
     });
-    let _watcher = match watcher {
-        Ok(mut w) => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
-            }
-            Some(w)
-        }
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
             None
         }
     };
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut follow = |config: &Config| {
+        let files: Vec<PathBuf> = std::iter::once(path.clone())
+            .chain(config.policy.files.iter().map(|f| config.resolve_path(&path, f)))
+            .collect();
+        *names.lock().unwrap_or_else(|p| p.into_inner()) =
+            files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
+        for f in &files {
+            let dir = f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            if let Some(w) = watcher.as_mut()
+                && !dirs.contains(&dir)
+            {
+                match w.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        dirs.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch for changes; reload with SIGHUP")
+                    }
+                }
+            }
+        }
+    };
+    follow(&gw.runtime().config);
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");
     loop {
         tokio::select! {
@@ -172,6 +194,7 @@ async fn watch_config(gw: Arc<Gateway>, tls: Option<Arc<Tls>>, path: PathBuf, sh
                     tracing::warn!("`listen` changed: it takes effect on restart");
                 }
                 reload_tls(tls.as_deref(), &new, &path);
+                follow(&new);
                 gw.apply_config(new).await;
             }
             Err(e) => tracing::error!(error = %e, "configuration not reloaded; the running one is kept"),
@@ -204,7 +227,7 @@ fn print_connect_help(local: SocketAddr, config: &Config, no_auth: bool, keys_ex
     eprintln!("\nBastion is serving {} server(s) at {url}", config.enabled_servers().count());
     if !no_auth && !keys_exist {
         eprintln!(
-            "No API key exists yet. Create one (printed once):\n    bastion --config {} keys create --user $USER",
+            "No API key exists yet. Give yourself a role, then create a key (printed once):\n    bastion --config {0} users add $USER --role admin\n    bastion --config {0} keys create --user $USER",
             config_path.display()
         );
     }

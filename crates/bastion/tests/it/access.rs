@@ -212,6 +212,18 @@ forbid(principal, action == Bastion::Action::"call", resource == Bastion::Tool::
     assert!(tools.iter().all(|t| t.starts_with("outside__")) && !tools.is_empty(), "{tools:?}");
     assert!(tool_text_ok(&bob.call_tool("outside__test_simple_text", json!({})).await));
 
+    // Editing a policy file alone reloads it.
+    std::fs::write(
+        gw.dir().join("extra.cedar"),
+        std::fs::read_to_string(gw.dir().join("extra.cedar")).expect("policy file")
+            + "forbid(principal == Bastion::User::\"bob\", action, resource == Bastion::Tool::\"outside__test_simple_text\");\n",
+    )
+    .expect("policy file");
+    eventually(std::time::Duration::from_secs(10), "the edited policy file to apply", || async {
+        (error_code(&bob.call_tool("outside__test_simple_text", json!({})).await) == Some(-32003)).then_some(())
+    })
+    .await;
+
     // A broken policy file on reload keeps the running policies.
     std::fs::write(gw.dir().join("extra.cedar"), "permit(principal, action, resource) when { principal.nope };")
         .expect("policy file");
