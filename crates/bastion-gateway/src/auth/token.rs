@@ -425,13 +425,19 @@ impl Issuer {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<(Arc<Key>, u64), AuthError> {
-        let seen = match self.decide(kid, alg, true) {
+        let (seen, stale) = match self.decide(kid, alg, true) {
             Decision::Use(k, generation) => return Ok((k, generation)),
             Decision::Refuse(e) => return Err(e),
-            Decision::Fetch(seen) => seen,
+            Decision::Fetch(seen, stale) => (seen, stale),
         };
         {
-            let _one_fetch = self.jwks.fetching.lock().await;
+            let _one_fetch = match (self.jwks.fetching.try_lock(), stale) {
+                (Ok(guard), _) => guard,
+                // Keys past their TTL are being fetched again: meanwhile
+                // the ones in hand still verify.
+                (Err(_), Some(stale)) => return Ok(stale),
+                (Err(_), None) => self.jwks.fetching.lock().await,
+            };
             // Another request may have fetched while this one waited.
             let attempted = self.jwks.state.lock().unwrap_or_else(|p| p.into_inner()).last_attempt;
             if attempted == seen {
@@ -442,7 +448,7 @@ impl Issuer {
             Decision::Use(k, generation) => Ok((k, generation)),
             Decision::Refuse(e) => Err(e),
             // Not reached: no fetch is asked for when none may be made.
-            Decision::Fetch(_) => Err(AuthError::Unavailable),
+            Decision::Fetch(..) => Err(AuthError::Unavailable),
         }
     }
 
@@ -459,7 +465,8 @@ impl Issuer {
             Lookup::Found(k) if fresh => Decision::Use(k, state.generation),
             Lookup::WrongKind => Decision::Refuse(invalid("the token's algorithm does not fit its key")),
             Lookup::Ambiguous => Decision::Refuse(invalid("the token names no key and the issuer has several")),
-            _ if fetch_allowed => Decision::Fetch(state.last_attempt),
+            Lookup::Found(k) if fetch_allowed => Decision::Fetch(state.last_attempt, Some((k, state.generation))),
+            _ if fetch_allowed => Decision::Fetch(state.last_attempt, None),
             // Stale, and the provider cannot be asked again yet: the keys
             // last fetched still count.
             Lookup::Found(k) => Decision::Use(k, state.generation),
@@ -531,8 +538,9 @@ impl Issuer {
 enum Decision {
     Use(Arc<Key>, u64),
     Refuse(AuthError),
-    /// Fetch; the last attempt seen when deciding.
-    Fetch(Option<Instant>),
+    /// Fetch; the last attempt seen when deciding, and the key found in
+    /// the stale set, if any.
+    Fetch(Option<Instant>, Option<(Arc<Key>, u64)>),
 }
 
 #[derive(Default)]
@@ -1296,6 +1304,24 @@ mod tests {
         let auth =
             authenticator(json!({"issuer": iss, "jwks_uri": "http://keys.example.com/jwks", "algorithms": ["RS256"]}));
         assert_eq!(auth.authenticate(&s.rsa.sign(&claims(&iss, "alice"))).await, Err(AuthError::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_in_flight_holds_no_token_whose_key_is_known() {
+        let s = setup(json!({"jwks_cache_ttl": "1s", "jwks_min_refresh": "1s"})).await;
+        let iss = s.provider.issuer();
+        assert!(s.auth.authenticate(&s.rsa.sign(&claims(&iss, "alice"))).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        s.provider.set_mode(Mode::Slow);
+        let auth = s.auth.clone();
+        let first = s.ec.sign(&claims(&iss, "bob"));
+        let refreshing = tokio::spawn(async move { auth.authenticate(&first).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        assert!(s.auth.authenticate(&s.ed.sign(&claims(&iss, "carol"))).await.is_ok());
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(refreshing.await.unwrap().is_ok(), "the request that fetched gets its answer too");
+        assert_eq!(s.provider.fetches(), 2);
     }
 
     #[tokio::test]
