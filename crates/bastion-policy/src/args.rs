@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use cedar_policy::RestrictedExpression;
+use cedar_policy_core::ast::Value as CedarValue;
 use serde_json::Value;
 
 /// The deepest argument path a policy may examine
@@ -172,7 +172,7 @@ fn is_identifier(s: &str) -> bool {
 /// What became of the arguments: the record and the notes of what was left
 /// out.
 pub struct Converted {
-    pub record: RestrictedExpression,
+    pub record: CedarValue,
     pub omitted: Vec<String>,
 }
 
@@ -193,9 +193,8 @@ pub fn convert(fields: &BTreeMap<String, Shape>, arguments: Option<&Value>) -> C
     Converted { record, omitted: conv.omitted }
 }
 
-pub fn empty_record() -> RestrictedExpression {
-    // An empty record has no duplicate keys, the only error `new_record` has.
-    RestrictedExpression::new_record(std::iter::empty()).unwrap_or_else(|_| RestrictedExpression::new_bool(false))
+pub fn empty_record() -> CedarValue {
+    CedarValue::empty_record(None)
 }
 
 struct Converter {
@@ -205,11 +204,7 @@ struct Converter {
 }
 
 impl Converter {
-    fn record(
-        &mut self,
-        fields: &BTreeMap<String, Shape>,
-        map: &serde_json::Map<String, Value>,
-    ) -> RestrictedExpression {
+    fn record(&mut self, fields: &BTreeMap<String, Shape>, map: &serde_json::Map<String, Value>) -> CedarValue {
         let mut pairs = Vec::new();
         for (name, shape) in fields {
             let Some(value) = map.get(name) else { continue };
@@ -223,9 +218,7 @@ impl Converter {
             }
             self.path.pop();
         }
-        // Keys come from a map, so they are distinct: `new_record` cannot
-        // fail; should it, the record is empty (every argument absent).
-        RestrictedExpression::new_record(pairs).unwrap_or_else(|_| empty_record())
+        CedarValue::record(pairs, None)
     }
 
     fn take(&mut self, n: usize) -> Result<(), String> {
@@ -236,18 +229,18 @@ impl Converter {
         Ok(())
     }
 
-    fn value(&mut self, shape: &Shape, value: &Value) -> Result<RestrictedExpression, String> {
+    fn value(&mut self, shape: &Shape, value: &Value) -> Result<CedarValue, String> {
         self.take(1)?;
         let mismatch = || format!("expected {}, got {}", shape.describe(), json_kind(value));
         match (shape, value) {
             (Shape::Present, _) => Ok(empty_record()),
-            (Shape::Bool, Value::Bool(b)) => Ok(RestrictedExpression::new_bool(*b)),
+            (Shape::Bool, Value::Bool(b)) => Ok(CedarValue::from(*b)),
             (Shape::Long, Value::Number(n)) => match n.as_i64() {
-                Some(i) => Ok(RestrictedExpression::new_long(i)),
+                Some(i) => Ok(CedarValue::from(i)),
                 None if n.is_f64() => Err("expected an integer, got a float".to_string()),
                 None => Err("expected an integer, got one beyond 64 bits".to_string()),
             },
-            (Shape::String, Value::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
+            (Shape::String, Value::String(s)) => Ok(CedarValue::from(s.as_str())),
             (Shape::Set(elem), Value::Array(items)) => {
                 if items.len() > MAX_SET {
                     return Err(format!("an array of more than {MAX_SET} elements"));
@@ -262,7 +255,7 @@ impl Converter {
                         }
                     }
                 }
-                Ok(RestrictedExpression::new_set(out))
+                Ok(CedarValue::set(out, None))
             }
             (Shape::Record(fields), Value::Object(map)) => Ok(self.record(fields, map)),
             _ => Err(mismatch()),
@@ -270,11 +263,11 @@ impl Converter {
     }
 
     /// A set's element: scalars only (the shapes `infer` gives sets).
-    fn element(&mut self, shape: &Shape, value: &Value) -> Option<RestrictedExpression> {
+    fn element(&mut self, shape: &Shape, value: &Value) -> Option<CedarValue> {
         match (shape, value) {
-            (Shape::Bool, Value::Bool(b)) => Some(RestrictedExpression::new_bool(*b)),
-            (Shape::Long, Value::Number(n)) => n.as_i64().map(RestrictedExpression::new_long),
-            (Shape::String, Value::String(s)) => Some(RestrictedExpression::new_string(s.clone())),
+            (Shape::Bool, Value::Bool(b)) => Some(CedarValue::from(*b)),
+            (Shape::Long, Value::Number(n)) => n.as_i64().map(CedarValue::from),
+            (Shape::String, Value::String(s)) => Some(CedarValue::from(s.as_str())),
             _ => None,
         }
     }
@@ -290,5 +283,159 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cedar_policy_core::ast::ValueKind;
+    use serde_json::json;
+
+    fn fields(pairs: &[(&str, Shape)]) -> BTreeMap<String, Shape> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    /// The converted record's attributes in Cedar syntax, and the notes.
+    fn eval(fields: &BTreeMap<String, Shape>, args: &Value) -> (BTreeMap<String, String>, Vec<String>) {
+        let c = convert(fields, Some(args));
+        let record = match &c.record.value {
+            ValueKind::Record(r) => r.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            other => panic!("{other:?}"),
+        };
+        (record, c.omitted)
+    }
+
+    #[test]
+    fn scalars_of_the_declared_type_only() {
+        let f = fields(&[("s", Shape::String), ("n", Shape::Long), ("b", Shape::Bool)]);
+        let (r, omitted) = eval(&f, &json!({"s": "x", "n": -3, "b": true, "other": 1}));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r["s"], "\"x\"");
+        assert_eq!(r["n"], "-3");
+        assert_eq!(r["b"], "true");
+        assert!(omitted.is_empty());
+        let (r, omitted) = eval(&f, &json!({"s": 1, "n": "3", "b": "true"}));
+        assert!(r.is_empty());
+        assert_eq!(omitted.len(), 3);
+    }
+
+    #[test]
+    fn numbers() {
+        let f = fields(&[("n", Shape::Long)]);
+        for ok in [json!(0), json!(i64::MAX), json!(i64::MIN), json!(-1)] {
+            let (r, _) = eval(&f, &json!({ "n": ok }));
+            assert_eq!(r.len(), 1, "{ok}");
+        }
+        for (bad, why) in [
+            (json!(u64::MAX), "beyond 64 bits"),
+            (json!(i64::MAX as u64 + 1), "beyond 64 bits"),
+            (json!(1.5), "float"),
+            (json!(1.0), "float"),
+            (json!(-0.0), "float"),
+            (json!(1e300), "float"),
+        ] {
+            let (r, omitted) = eval(&f, &json!({ "n": bad }));
+            assert!(r.is_empty(), "{bad}");
+            assert!(omitted[0].contains(why), "{bad}: {omitted:?}");
+        }
+        // a float is not coerced to a string either
+        let (r, _) = eval(&fields(&[("s", Shape::String)]), &json!({"s": 2.5}));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let f = fields(&[("a", Shape::Present), ("s", Shape::String)]);
+        let (r, omitted) = eval(&f, &json!({"a": null, "s": null}));
+        assert!(r.is_empty());
+        assert!(omitted.is_empty());
+        let (r, _) = eval(&f, &json!({"a": false}));
+        assert_eq!(r.len(), 1);
+        for args in [json!(null), json!([]), json!(3), json!("x")] {
+            let (r, _) = eval(&f, &args);
+            assert!(r.is_empty());
+        }
+        assert!(convert(&f, None).omitted.is_empty());
+    }
+
+    #[test]
+    fn sets() {
+        let f = fields(&[("l", Shape::Set(Box::new(Shape::String)))]);
+        let (r, _) = eval(&f, &json!({"l": ["a", "b", "a"]}));
+        assert_eq!(r["l"], "[\"a\", \"b\"]");
+        // one element of another type: the whole set is left out
+        let (r, omitted) = eval(&f, &json!({"l": ["a", 1]}));
+        assert!(r.is_empty());
+        assert_eq!(omitted, ["context.arguments.l: element 1: expected a string, got an integer"]);
+        let (r, _) = eval(&f, &json!({"l": ["a", null]}));
+        assert!(r.is_empty());
+        let (r, _) = eval(&f, &json!({"l": []}));
+        assert_eq!(r.len(), 1);
+        let long: Vec<String> = (0..=MAX_SET).map(|i| i.to_string()).collect();
+        let (r, omitted) = eval(&f, &json!({ "l": long }));
+        assert!(r.is_empty());
+        assert!(omitted[0].contains("more than"));
+    }
+
+    #[test]
+    fn records_and_odd_keys() {
+        let inner = fields(&[("mode", Shape::String), ("", Shape::Long), ("a b", Shape::Bool)]);
+        let f = fields(&[("o", Shape::Record(inner)), ("", Shape::String), ("é\u{200d}", Shape::Long)]);
+        let (r, omitted) =
+            eval(&f, &json!({"o": {"mode": "x", "": 1, "a b": "no", "z": 1}, "": "empty key", "é\u{200d}": 5, "é": 6}));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[""], "\"empty key\"");
+        assert_eq!(r["é\u{200d}"], "5");
+        assert_eq!(r["o"], "{\"\": 1, mode: \"x\"}");
+        assert_eq!(omitted, [r#"context.arguments.o["a b"]: expected a boolean, got a string"#]);
+    }
+
+    #[test]
+    fn depth_follows_the_shapes_not_the_json() {
+        // 5 000 levels of JSON: only what the shapes declare is visited
+        let mut deep = json!(1);
+        for _ in 0..5_000 {
+            let mut map = serde_json::Map::new();
+            map.insert("a".to_string(), deep);
+            deep = Value::Object(map);
+        }
+        let mut shape = Shape::Long;
+        for _ in 0..MAX_DEPTH {
+            shape = Shape::Record(fields(&[("a", shape)]));
+        }
+        let f = fields(&[("a", shape)]);
+        let c = convert(&f, Some(&deep));
+        assert!(matches!(c.record.value, ValueKind::Record(_)));
+        assert!(c.omitted.len() == 1 && c.omitted[0].contains("expected an integer, got an object"), "{:?}", c.omitted);
+        // serde_json drops a deep value recursively: leak it rather than
+        // overflow the test's stack
+        std::mem::forget(deep);
+    }
+
+    #[test]
+    fn the_budget_bounds_the_work() {
+        let f = fields(&[("a", Shape::Set(Box::new(Shape::Long))), ("b", Shape::Set(Box::new(Shape::Long)))]);
+        let many: Vec<i64> = (0..MAX_SET as i64).collect();
+        let args = json!({"a": many, "b": many});
+        let (r, _) = eval(&f, &args);
+        // 2 × 4096 elements fit in the budget
+        assert_eq!(r.len(), 2);
+        let g: BTreeMap<String, Shape> = (0..5).map(|i| (format!("k{i}"), Shape::Set(Box::new(Shape::Long)))).collect();
+        let args = json!({"k0": many, "k1": many, "k2": many, "k3": many, "k4": many});
+        let (r, omitted) = eval(&g, &args);
+        assert_eq!(r.len(), 3);
+        assert!(omitted.iter().all(|o| o.contains("too many values")), "{omitted:?}");
+    }
+
+    #[test]
+    fn quoting() {
+        let mut s = String::new();
+        quoted("a\"b\\c\nd\u{200d}é\u{0}", &mut s);
+        assert_eq!(s, r#""a\"b\\c\nd\u{200d}é\u{0}""#);
+        assert_eq!(
+            PathDisplay(&["a".into(), "b c".into(), "in".into()]).to_string(),
+            r#"context.arguments.a["b c"]["in"]"#
+        );
     }
 }

@@ -1,21 +1,25 @@
 //! The engine: the policies in effect and the decisions made with them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use bastion_core::access::Role;
 use bastion_core::naming::{prefix_name, prefix_uri};
-use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request, Response,
-    RestrictedExpression,
+use cedar_policy::PolicySet;
+use cedar_policy_core::ast::{
+    self as cedar, ActionConstraint, Context, Effect, Eid, Entity, EntityReference, EntityType, EntityUID,
+    EntityUIDEntry, PartialValue, PrincipalOrResourceConstraint, Request, SlotEnv, Value, ValueKind,
 };
-use serde_json::Value;
+use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
+use serde_json::Value as Json;
 
 use crate::args::{self, Shape};
 use crate::load::{self, LoadError, Problem, Source};
 use crate::schema;
-use crate::topology::{Topology, server_entity};
+use crate::topology::{Server, Topology};
 use crate::{Action, Decision, Denial, Kind, Subject, Target};
 
 /// The policies always in effect. Extra policy files add to them; a `forbid`
@@ -54,32 +58,32 @@ when { principal.role == "viewer" };
 
 /// Cedar names used on every decision, parsed once.
 pub(crate) struct Names {
-    user: EntityTypeName,
-    group: EntityTypeName,
-    server: EntityTypeName,
-    tool: EntityTypeName,
-    prompt: EntityTypeName,
-    resource: EntityTypeName,
-    actions: [EntityUid; 4],
+    user: EntityType,
+    group: EntityType,
+    server: EntityType,
+    tool: EntityType,
+    prompt: EntityType,
+    resource: EntityType,
+    actions: [EntityUID; 4],
 }
 
 impl Names {
-    fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
-        EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+    fn uid(ty: &EntityType, id: &str) -> EntityUID {
+        EntityUID::from_components(ty.clone(), Eid::new(id), None)
     }
-    pub(crate) fn group(&self, name: &str) -> EntityUid {
+    pub(crate) fn group(&self, name: &str) -> EntityUID {
         Names::uid(&self.group, name)
     }
-    pub(crate) fn server(&self, name: &str) -> EntityUid {
+    pub(crate) fn server(&self, name: &str) -> EntityUID {
         Names::uid(&self.server, name)
     }
-    fn user(&self, name: &str) -> EntityUid {
+    fn user(&self, name: &str) -> EntityUID {
         Names::uid(&self.user, name)
     }
-    fn action(&self, action: Action) -> &EntityUid {
+    fn action(&self, action: Action) -> &EntityUID {
         &self.actions[action as usize]
     }
-    fn kind(&self, kind: Kind) -> &EntityTypeName {
+    fn kind(&self, kind: Kind) -> &EntityType {
         match kind {
             Kind::Tool => &self.tool,
             Kind::Prompt => &self.prompt,
@@ -92,9 +96,9 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| {
     // Constant, well-formed Cedar names: parsing them cannot fail (the
     // tests exercise every one of them on their first decision).
     #[allow(clippy::expect_used)]
-    let ty = |s: &str| s.parse::<EntityTypeName>().expect("a constant, valid entity type name");
+    let ty = |s: &str| s.parse::<EntityType>().expect("a constant, valid entity type name");
     let action_type = ty("Bastion::Action");
-    let action = |a: Action| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str()));
+    let action = |a: Action| Names::uid(&action_type, a.as_str());
     Names {
         user: ty("Bastion::User"),
         group: ty("Bastion::Group"),
@@ -110,13 +114,117 @@ pub(crate) fn names() -> &'static Names {
     &NAMES
 }
 
+/// A scope constraint on the principal or the resource, checked before the
+/// policy is evaluated: a policy whose scope cannot match is skipped.
+enum Scope {
+    Any,
+    Eq(EntityUID),
+    In(EntityUID),
+    Is(EntityType),
+    IsIn(EntityType, EntityUID),
+}
+
+impl Scope {
+    fn of(c: &PrincipalOrResourceConstraint) -> Scope {
+        let uid = |r: &EntityReference| match r {
+            EntityReference::EUID(uid) => Some(uid.as_ref().clone()),
+            EntityReference::Slot(_) => None,
+        };
+        match c {
+            PrincipalOrResourceConstraint::Any => Scope::Any,
+            PrincipalOrResourceConstraint::Eq(r) => uid(r).map_or(Scope::Any, Scope::Eq),
+            PrincipalOrResourceConstraint::In(r) => uid(r).map_or(Scope::Any, Scope::In),
+            PrincipalOrResourceConstraint::Is(t) => Scope::Is(t.as_ref().clone()),
+            PrincipalOrResourceConstraint::IsIn(t, r) => match uid(r) {
+                Some(u) => Scope::IsIn(t.as_ref().clone(), u),
+                None => Scope::Is(t.as_ref().clone()),
+            },
+        }
+    }
+
+    /// Cedar's `==`, `in`, `is` and `is … in` on an entity whose ancestors
+    /// are all given.
+    fn admits(&self, uid: &EntityUID, ancestors: &HashSet<EntityUID>) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Eq(x) => uid == x,
+            Scope::In(x) => uid == x || ancestors.contains(x),
+            Scope::Is(t) => uid.entity_type() == t,
+            Scope::IsIn(t, x) => uid.entity_type() == t && (uid == x || ancestors.contains(x)),
+        }
+    }
+}
+
+/// A policy ready for evaluation.
+struct Compiled {
+    id: String,
+    forbid: bool,
+    principal: Scope,
+    resource: Scope,
+    /// The whole condition: scope, `when`s and `unless`es, built once.
+    condition: cedar::Expr,
+}
+
+/// The policies as evaluated: for each action, those whose action scope
+/// admits it.
+struct Runtime {
+    compiled: Vec<Compiled>,
+    by_action: [Vec<usize>; 4],
+}
+
+impl Runtime {
+    fn new(policies: &PolicySet) -> Runtime {
+        let n = names();
+        let set: &cedar::PolicySet = policies.as_ref();
+        let mut compiled = Vec::new();
+        let mut by_action: [Vec<usize>; 4] = Default::default();
+        for p in set.policies() {
+            let i = compiled.len();
+            for a in Action::ALL {
+                let admits = match p.action_constraint() {
+                    ActionConstraint::Eq(x) => x.as_ref() == n.action(a),
+                    ActionConstraint::In(xs) => xs.iter().any(|x| x.as_ref() == n.action(a)),
+                    // `Any`, and whatever else a later Cedar may add: evaluated
+                    _ => true,
+                };
+                if admits {
+                    by_action[a as usize].push(i);
+                }
+            }
+            compiled.push(Compiled {
+                id: AsRef::<str>::as_ref(p.id()).to_string(),
+                forbid: p.effect() == Effect::Forbid,
+                principal: Scope::of(p.principal_constraint().as_inner()),
+                resource: Scope::of(p.resource_constraint().as_inner()),
+                condition: p.condition(),
+            });
+        }
+        Runtime { compiled, by_action }
+    }
+}
+
+/// The result of evaluating the policies for one request.
+#[derive(Default)]
+struct Outcome {
+    permits: Vec<usize>,
+    forbids: Vec<usize>,
+    errors: Vec<String>,
+}
+
+impl Outcome {
+    fn allowed(&self) -> bool {
+        self.forbids.is_empty() && !self.permits.is_empty()
+    }
+}
+
 /// The policies in effect: the built-in ones and those of the extra files,
 /// validated together against the schema. Immutable, `Send + Sync`: share it
 /// (`Arc`) and swap in a new one when the files change.
 #[derive(Clone)]
 pub struct Engine {
-    policies: PolicySet,
-    authorizer: Authorizer,
+    /// The policies as Cedar's public API has them (validation, tests).
+    pub(crate) policies: PolicySet,
+    runtime: Arc<Runtime>,
     ids: Vec<String>,
     /// The declared attributes of `context.arguments`.
     pub(crate) fields: BTreeMap<String, Shape>,
@@ -157,8 +265,8 @@ impl Engine {
 
     fn from_loaded(l: load::Loaded) -> Engine {
         Engine {
+            runtime: Arc::new(Runtime::new(&l.policies)),
             policies: l.policies,
-            authorizer: Authorizer::new(),
             ids: l.ids,
             fields: l.fields,
             schema_text: l.schema_text,
@@ -169,7 +277,7 @@ impl Engine {
     fn deny_all() -> Engine {
         Engine {
             policies: PolicySet::new(),
-            authorizer: Authorizer::new(),
+            runtime: Arc::new(Runtime { compiled: Vec::new(), by_action: Default::default() }),
             ids: Vec::new(),
             fields: BTreeMap::new(),
             schema_text: schema::render(&BTreeMap::new()),
@@ -194,6 +302,12 @@ impl Engine {
         &self.ids
     }
 
+    /// The text of a policy in effect, as written (for `bastion policy`
+    /// commands that show why).
+    pub fn policy_text(&self, id: &str) -> Option<String> {
+        self.policies.policy(&cedar_policy::PolicyId::new(id)).and_then(|p| p.to_cedar())
+    }
+
     /// What validation found suspicious without refusing it (strings or
     /// identifiers mixing scripts, confusable identifiers).
     pub fn warnings(&self) -> &[Problem] {
@@ -215,7 +329,7 @@ impl Engine {
         who: &Subject,
         action: Action,
         what: &Target,
-        arguments: Option<&Value>,
+        arguments: Option<&Json>,
         now: i64,
     ) -> Decision {
         if !action.applies_to(what.kind) {
@@ -229,43 +343,30 @@ impl Engine {
             omitted: Vec::new(),
             denial: Some(Denial::NotPermitted(action)),
         };
-        let prepared = match Prepared::new(topo, what) {
-            Ok(p) => p,
+        let prepared = Prepared::new(topo, what);
+        let principal = Principal::new(who, who.role);
+        let entities = match prepared.entities(&principal) {
+            Ok(e) => e,
             Err(e) => {
                 d.errors.push(e);
                 return d;
             }
         };
-        let (principal, entities) = match prepared.with_principal(who, who.role) {
-            Ok(x) => x,
-            Err(e) => {
-                d.errors.push(e);
-                return d;
-            }
-        };
-        let empty = empty_context(now);
         let context = match action {
             Action::Call | Action::Get => {
                 let converted = args::convert(&self.fields, arguments);
                 d.omitted = converted.omitted;
                 make_context(converted.record, now)
             }
-            Action::List | Action::Read => empty.clone(),
+            Action::List | Action::Read => make_context(args::empty_record(), now),
         };
-        let (empty, context) = match (empty, context) {
-            (Ok(e), Ok(c)) => (e, c),
-            (Err(e), _) | (_, Err(e)) => {
-                d.errors.push(e);
-                return d;
-            }
-        };
-        let used = self.evaluate(&principal, action, &prepared.uid, context, &entities);
-        if !record(&mut d, action, &used) {
+        let used = self.run(action, &principal, &prepared, context, &entities, true);
+        if !self.record(&mut d, action, used) {
             return d;
         }
         if action != Action::List {
-            let listed = self.evaluate(&principal, Action::List, &prepared.uid, empty, &entities);
-            if !record(&mut d, Action::List, &listed) {
+            let listed = self.run(Action::List, &principal, &prepared, empty_context(now), &entities, true);
+            if !self.record(&mut d, Action::List, listed) {
                 return d;
             }
         }
@@ -277,8 +378,7 @@ impl Engine {
     /// Does a list show `what` to `who`? When Cedar allows `list` on it and
     /// allows its use (`call`, `read`, `get`) with empty arguments: for every
     /// principal but a viewer, `visible(x)` is exactly
-    /// `decide(use of x, no arguments).allowed` (for policies that do not
-    /// look at the arguments).
+    /// `decide(use of x, no arguments).allowed`.
     ///
     /// A viewer may call nothing but sees what it could use were it a
     /// `user`: Cedar must allow `list` to the viewer itself, and
@@ -287,132 +387,193 @@ impl Engine {
     /// treat viewers and users apart in `list`, a viewer's `visible(x)` is
     /// exactly the user's `decide(use of x).allowed`.
     pub fn visible(&self, topo: &Topology, who: &Subject, what: &Target, now: i64) -> bool {
-        let Ok(prepared) = Prepared::new(topo, what) else { return false };
-        let Ok(context) = empty_context(now) else { return false };
-        let Ok((principal, entities)) = prepared.with_principal(who, who.role) else { return false };
-        if !self.allows(&principal, Action::List, &prepared.uid, context.clone(), &entities) {
+        let prepared = Prepared::new(topo, what);
+        let principal = Principal::new(who, who.role);
+        let Ok(entities) = prepared.entities(&principal) else { return false };
+        let allows = |action, principal: &Principal, entities: &Entities| {
+            self.run(action, principal, &prepared, empty_context(now), entities, false).allowed()
+        };
+        if !allows(Action::List, &principal, &entities) {
             return false;
         }
         let use_action = what.kind.use_action();
         if who.role == Some(Role::Viewer) {
             // what a user of the same name and groups could use: its use and
             // its list allowed
-            let Ok((principal, entities)) = prepared.with_principal(who, Some(Role::User)) else { return false };
-            self.allows(&principal, use_action, &prepared.uid, context.clone(), &entities)
-                && self.allows(&principal, Action::List, &prepared.uid, context, &entities)
+            let user = Principal::new(who, Some(Role::User));
+            let Ok(entities) = prepared.entities(&user) else { return false };
+            allows(use_action, &user, &entities) && allows(Action::List, &user, &entities)
         } else {
-            self.allows(&principal, use_action, &prepared.uid, context, &entities)
+            allows(use_action, &principal, &entities)
         }
     }
 
-    fn evaluate(
+    /// Evaluates the policies whose scope admits the request. With
+    /// `complete` false, stops at the first `forbid` that applies and does
+    /// not word errors (only whether it allows is wanted).
+    fn run(
         &self,
-        principal: &EntityUid,
         action: Action,
-        resource: &EntityUid,
+        principal: &Principal,
+        target: &Prepared,
         context: Context,
         entities: &Entities,
-    ) -> Result<Response, String> {
-        let request = Request::new(principal.clone(), names().action(action).clone(), resource.clone(), context, None)
-            .map_err(|e| format!("request: {e}"))?;
-        Ok(self.authorizer.is_authorized(&request, &self.policies, entities))
+        complete: bool,
+    ) -> Outcome {
+        let n = names();
+        let request = Request::new_unchecked(
+            EntityUIDEntry::known(principal.uid.clone(), None),
+            EntityUIDEntry::known(n.action(action).clone(), None),
+            EntityUIDEntry::known(target.uid.clone(), None),
+            Some(context),
+        );
+        let evaluator = Evaluator::new(request, entities, Extensions::all_available());
+        let slots = SlotEnv::new();
+        let mut out = Outcome::default();
+        for &i in &self.runtime.by_action[action as usize] {
+            let Some(p) = self.runtime.compiled.get(i) else { continue };
+            if !p.principal.admits(&principal.uid, &principal.groups)
+                || !p.resource.admits(&target.uid, &target.ancestors)
+            {
+                continue;
+            }
+            let result = evaluator.interpret(&p.condition, &slots);
+            match result.as_ref().map(|v| &v.value) {
+                Ok(ValueKind::Lit(cedar::Literal::Bool(true))) => {
+                    if p.forbid {
+                        out.forbids.push(i);
+                        if !complete {
+                            break;
+                        }
+                    } else {
+                        out.permits.push(i);
+                    }
+                }
+                Ok(ValueKind::Lit(cedar::Literal::Bool(false))) => {}
+                // a condition that is not a boolean: an error, as Cedar's own
+                // authorizer has it (validation makes it impossible)
+                Ok(other) => {
+                    if complete {
+                        out.errors.push(format!("while evaluating policy `{}`: not a boolean: {other:?}", p.id));
+                    }
+                }
+                Err(e) => {
+                    if complete {
+                        out.errors.push(format!("while evaluating policy `{}`: {e}", p.id));
+                    }
+                }
+            }
+        }
+        out
     }
 
-    fn allows(
-        &self,
-        principal: &EntityUid,
-        action: Action,
-        resource: &EntityUid,
-        context: Context,
-        e: &Entities,
-    ) -> bool {
-        self.evaluate(principal, action, resource, context, e)
-            .is_ok_and(|r| r.decision() == cedar_policy::Decision::Allow)
-    }
-}
-
-/// Takes one evaluation into the decision; whether it allowed.
-fn record(d: &mut Decision, stage: Action, response: &Result<Response, String>) -> bool {
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            d.errors.push(e.clone());
+    /// Takes one evaluation into the decision; whether it allowed.
+    fn record(&self, d: &mut Decision, stage: Action, outcome: Outcome) -> bool {
+        let id = |i: &usize| self.runtime.compiled.get(*i).map_or_else(String::new, |p| p.id.clone());
+        d.errors.extend(outcome.errors.iter().cloned());
+        if !outcome.forbids.is_empty() {
+            d.reasons = outcome.forbids.iter().map(id).collect();
+            d.denial = Some(Denial::Forbidden(stage));
+            return false;
+        }
+        if outcome.permits.is_empty() {
+            d.reasons.clear();
             d.denial = Some(Denial::NotPermitted(stage));
             return false;
         }
-    };
-    let diagnostics = response.diagnostics();
-    d.errors.extend(diagnostics.errors().map(|e| e.to_string()));
-    let mut ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
-    ids.sort();
-    match response.decision() {
-        cedar_policy::Decision::Allow => {
-            for id in ids {
-                if !d.reasons.contains(&id) {
-                    d.reasons.push(id);
-                }
+        for i in &outcome.permits {
+            let id = id(i);
+            if !d.reasons.contains(&id) {
+                d.reasons.push(id);
             }
-            true
         }
-        cedar_policy::Decision::Deny => {
-            d.denial = Some(if ids.is_empty() { Denial::NotPermitted(stage) } else { Denial::Forbidden(stage) });
-            d.reasons = ids;
-            false
-        }
+        true
     }
 }
 
-fn make_context(arguments: RestrictedExpression, now: i64) -> Result<Context, String> {
-    Context::from_pairs([
-        ("arguments".to_string(), arguments),
-        ("now".to_string(), RestrictedExpression::new_long(now)),
-    ])
-    .map_err(|e| format!("context: {e}"))
+fn make_context(arguments: Value, now: i64) -> Context {
+    Context::Value(Arc::new(BTreeMap::from([("arguments".into(), arguments), ("now".into(), Value::from(now))])))
 }
 
-fn empty_context(now: i64) -> Result<Context, String> {
+fn empty_context(now: i64) -> Context {
     make_context(args::empty_record(), now)
+}
+
+/// The principal's side of a decision.
+struct Principal {
+    uid: EntityUID,
+    /// Its groups: its ancestors.
+    groups: HashSet<EntityUID>,
+    /// `role` as given (`None`: "none").
+    role: &'static str,
+}
+
+impl Principal {
+    fn new(who: &Subject, role: Option<Role>) -> Principal {
+        let n = names();
+        Principal {
+            uid: n.user(who.user),
+            groups: who.groups.iter().map(|g| n.group(g)).collect(),
+            role: role.map_or("none", Role::as_str),
+        }
+    }
+
+    fn entity(&self) -> Entity {
+        let attrs = [("role".into(), PartialValue::from(Value::from(self.role)))];
+        Entity::new_with_attr_partial_value(self.uid.clone(), attrs, HashSet::new(), self.groups.clone(), [])
+    }
 }
 
 /// The target's side of a decision: its entity and its server's.
 struct Prepared {
-    uid: EntityUid,
-    entities: [Entity; 2],
+    uid: EntityUID,
+    /// Its server and the server's groups.
+    ancestors: HashSet<EntityUID>,
+    target: Entity,
+    server: Entity,
 }
 
 impl Prepared {
-    fn new(topo: &Topology, what: &Target) -> Result<Prepared, String> {
+    fn new(topo: &Topology, what: &Target) -> Prepared {
         let n = names();
-        let server = match topo.server(what.server) {
-            Some(s) => s.entity.clone()?,
-            None => server_entity(what.server, &[])?,
+        let built;
+        let server: &Server = match topo.server(what.server) {
+            Some(s) => s,
+            None => {
+                built = Server::new(what.server, Vec::new());
+                &built
+            }
         };
-        let server_uid = n.server(what.server);
         let (id, attr) = match what.kind {
             Kind::Tool | Kind::Prompt => (prefix_name(what.server, what.name), "name"),
             Kind::Resource => (prefix_uri(what.server, what.name), "uri"),
         };
-        let uid = EntityUid::from_type_name_and_id(n.kind(what.kind).clone(), EntityId::new(id));
+        let uid = EntityUID::from_components(n.kind(what.kind).clone(), Eid::new(id), None);
         let attrs = [
-            (attr.to_string(), RestrictedExpression::new_string(what.name.to_string())),
-            ("server".to_string(), RestrictedExpression::new_entity_uid(server_uid.clone())),
+            (attr.into(), PartialValue::from(Value::from(what.name))),
+            ("server".into(), PartialValue::from(Value::from(server.uid.clone()))),
         ];
-        let target =
-            Entity::new_with_tags(uid.clone(), attrs, [server_uid], []).map_err(|e| format!("{}: {e}", what.kind))?;
-        Ok(Prepared { uid, entities: [target, server] })
+        // the hierarchy is known: the server is the parent, its groups the
+        // other ancestors (no closure to compute)
+        let target = Entity::new_with_attr_partial_value(
+            uid.clone(),
+            attrs,
+            server.group_uids.clone(),
+            HashSet::from([server.uid.clone()]),
+            [],
+        );
+        let mut ancestors = server.group_uids.clone();
+        ancestors.insert(server.uid.clone());
+        Prepared { uid, ancestors, target, server: server.entity.clone() }
     }
 
-    /// The principal's entity added: `role` as given (`None`: "none").
-    fn with_principal(&self, who: &Subject, role: Option<Role>) -> Result<(EntityUid, Entities), String> {
-        let n = names();
-        let uid = n.user(who.user);
-        let role = role.map_or("none", Role::as_str);
-        let attrs = [("role".to_string(), RestrictedExpression::new_string(role.to_string()))];
-        let parents: Vec<EntityUid> = who.groups.iter().map(|g| n.group(g)).collect();
-        let principal = Entity::new_with_tags(uid.clone(), attrs, parents, []).map_err(|e| format!("user: {e}"))?;
-        let [target, server] = self.entities.clone();
-        let entities =
-            Entities::from_entities([principal, target, server], None).map_err(|e| format!("entities: {e}"))?;
-        Ok((uid, entities))
+    fn entities(&self, principal: &Principal) -> Result<Entities, String> {
+        Entities::from_entities(
+            [principal.entity(), self.target.clone(), self.server.clone()],
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .map_err(|e| format!("entities: {e}"))
     }
 }

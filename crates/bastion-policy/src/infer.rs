@@ -449,3 +449,106 @@ impl Collector<'_> {
         node.present.then_some(Shape::Present)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// The inferred fields of one condition, and the errors.
+    fn of(condition: &str) -> (BTreeMap<String, Shape>, Vec<String>) {
+        let text = format!("permit (principal, action, resource) when {{ {condition} }};");
+        let policy = match cedar_policy::Policy::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}: {text}"),
+        };
+        let inferred = infer(&[policy.to_pst().ok()], &["p".to_string()]);
+        (inferred.fields, inferred.errors.into_iter().map(|(_, m)| m).collect())
+    }
+
+    fn shape_of(condition: &str, name: &str) -> Shape {
+        let (fields, errors) = of(condition);
+        assert!(errors.is_empty(), "{errors:?}");
+        match fields.get(name) {
+            Some(s) => s.clone(),
+            None => panic!("{name} not in {fields:?}"),
+        }
+    }
+
+    fn set(s: Shape) -> Shape {
+        Shape::Set(Box::new(s))
+    }
+
+    #[test]
+    fn types_from_uses() {
+        let a = "context.arguments.a";
+        for (cond, shape) in [
+            (format!("{a} like \"x*\""), Shape::String),
+            (format!("{a} == \"x\""), Shape::String),
+            (format!("\"x\" != {a}"), Shape::String),
+            (format!("{a} == principal.role"), Shape::String),
+            (format!("{a} == resource.server.name"), Shape::String),
+            (format!("{a} > 3"), Shape::Long),
+            (format!("{a} + 1 == 2"), Shape::Long),
+            (format!("-{a} == 2"), Shape::Long),
+            (format!("{a} < context.now"), Shape::Long),
+            (format!("{a} == 3"), Shape::Long),
+            (format!("{a}"), Shape::Bool),
+            (format!("!{a}"), Shape::Bool),
+            (format!("{a} || false"), Shape::Bool),
+            (format!("{a} == true"), Shape::Bool),
+            (format!("if {a} then true else false"), Shape::Bool),
+            (format!("{a}.contains(\"x\")"), set(Shape::String)),
+            (format!("{a}.contains(2)"), set(Shape::Long)),
+            (format!("{a}.containsAll([1, 2])"), set(Shape::Long)),
+            (format!("{a}.containsAny([\"x\"])"), set(Shape::String)),
+            (format!("{a}.isEmpty()"), set(Shape::String)),
+            (format!("{a} == [true]"), set(Shape::Bool)),
+            (format!("[\"x\", \"y\"].contains({a})"), Shape::String),
+            (format!("[1, 2].containsAll({a})"), set(Shape::Long)),
+            (format!("ip({a}).isLoopback()"), Shape::String),
+            (format!("decimal({a}).lessThan(decimal(\"1.0\"))"), Shape::String),
+            (format!("principal.hasTag({a})"), Shape::String),
+        ] {
+            assert_eq!(shape_of(&cond, "a"), shape, "{cond}");
+        }
+    }
+
+    #[test]
+    fn records_and_presence() {
+        let s = shape_of("context.arguments has o.p && context.arguments.o.q == 1 && context.arguments has f", "o");
+        let expected: BTreeMap<String, Shape> =
+            [("p".to_string(), Shape::Present), ("q".to_string(), Shape::Long)].into_iter().collect();
+        assert_eq!(s, Shape::Record(expected));
+        assert_eq!(shape_of("context.arguments has f", "f"), Shape::Present);
+        // a presence and a type: the type
+        assert_eq!(shape_of("context.arguments has f && context.arguments.f", "f"), Shape::Bool);
+        assert_eq!(shape_of("context.arguments[\"a b\"] == \"x\"", "a b"), Shape::String);
+    }
+
+    #[test]
+    fn equalities_carry_types() {
+        let (f, e) = of("context.arguments.a == context.arguments.b && context.arguments.c == context.arguments.a && \
+             context.arguments.b like \"x\"");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(f.get("a"), Some(&Shape::String));
+        assert_eq!(f.get("c"), Some(&Shape::String));
+        let (_, e) = of("context.arguments.a == context.arguments.b && context.arguments.a like \"x\" && \
+             context.arguments.b > 1");
+        assert!(e.iter().any(|m| m.contains("(a String) is compared with context.arguments.b (a Long)")), "{e:?}");
+    }
+
+    #[test]
+    fn what_cannot_be_told() {
+        let (_, e) = of("context.arguments.a == context.arguments.b");
+        assert_eq!(e.len(), 2, "{e:?}");
+        let (_, e) = of("context.arguments == {}");
+        assert!(e[0].contains("not as a whole"));
+        let (_, e) = of("context.arguments.a > 1 && context.arguments.a.b == 1");
+        assert!(e[0].contains("as a Long and as an object"), "{e:?}");
+        let (_, e) = of("context.arguments.a like \"x\" && context.arguments.a > 1");
+        assert!(e[0].contains("context.arguments.a is used as a Long here and as a String in p"), "{e:?}");
+        let (f, e) = of("context has arguments");
+        assert!(f.is_empty() && e.is_empty());
+    }
+}

@@ -441,7 +441,7 @@ fn build(builtin: &str, sources: &[Source]) -> Result<Loaded, LoadError> {
         }
     }
 
-    let id_list: Vec<String> = policies.iter().map(|p| p.id().to_string()).collect();
+    let id_list: Vec<String> = policies.iter().map(|p| id_str(p.id()).to_string()).collect();
     let psts: Vec<_> = policies.iter().map(|p| p.to_pst().ok()).collect();
     let inferred = infer(&psts, &id_list);
     for (i, msg) in inferred.errors {
@@ -472,7 +472,7 @@ fn build(builtin: &str, sources: &[Source]) -> Result<Loaded, LoadError> {
                 file: BUILTIN.to_string(),
                 line: None,
                 column: None,
-                policy: Some(p.id().to_string()),
+                policy: Some(id_str(p.id()).to_string()),
                 message: e.to_string(),
             });
         }
@@ -490,12 +490,12 @@ fn build(builtin: &str, sources: &[Source]) -> Result<Loaded, LoadError> {
             let msg = with_help(clean(&e.to_string(), id_str(id)), e);
             // one problem per place: the same expression is checked once per
             // action and per kind of target, with much the same message
-            if seen.insert((id.to_string(), offset)) {
+            if seen.insert((id_str(id).to_string(), offset)) {
                 b.push(o.source, offset.or(Some(o.offset)), Some(id_str(id)), msg);
             }
         }
         let failed: std::collections::HashSet<String> =
-            result.validation_errors().map(|e| e.policy_id().to_string()).collect();
+            result.validation_errors().map(|e| id_str(e.policy_id()).to_string()).collect();
         for w in result.validation_warnings() {
             let id = w.policy_id();
             let Some(o) = locate(id) else { continue };
@@ -506,7 +506,7 @@ fn build(builtin: &str, sources: &[Source]) -> Result<Loaded, LoadError> {
             }
             let (offset, _) = first_label(w);
             let msg = with_help(clean(&w.to_string(), id_str(id)), w);
-            if !seen.insert((id.to_string(), offset)) {
+            if !seen.insert((id_str(id).to_string(), offset)) {
                 continue;
             }
             // A policy that can never apply is a mistake (a forbid that

@@ -1,11 +1,11 @@
 //! Which groups hold which servers, with the Cedar entities that depend on
 //! nothing else, built once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use cedar_policy::{Entity, RestrictedExpression};
+use cedar_policy_core::ast::{Entity, EntityUID, PartialValue, Value};
 
 use crate::engine::names;
 
@@ -17,10 +17,29 @@ pub struct Topology {
     inner: Arc<HashMap<String, Server>>,
 }
 
+/// A server, as every decision about its tools, prompts and resources needs
+/// it.
 pub(crate) struct Server {
     pub groups: Vec<String>,
-    /// `Bastion::Server::"<name>"`, `Err` with why if Cedar refused it.
-    pub entity: Result<Entity, String>,
+    pub uid: EntityUID,
+    /// The uids of its groups: its ancestors.
+    pub group_uids: HashSet<EntityUID>,
+    /// `Bastion::Server::"<name>"`: attributes `name` and `groups`, parents
+    /// its groups.
+    pub entity: Entity,
+}
+
+impl Server {
+    pub(crate) fn new(name: &str, groups: Vec<String>) -> Server {
+        let n = names();
+        let uid = n.server(name);
+        let group_uids: HashSet<EntityUID> = groups.iter().map(|g| n.group(g)).collect();
+        let set = Value::set(group_uids.iter().map(|g| Value::from(g.clone())), None);
+        let attrs =
+            [("name".into(), PartialValue::from(Value::from(name))), ("groups".into(), PartialValue::from(set))];
+        let entity = Entity::new_with_attr_partial_value(uid.clone(), attrs, HashSet::new(), group_uids.clone(), []);
+        Server { groups, uid, group_uids, entity }
+    }
 }
 
 impl Topology {
@@ -42,9 +61,8 @@ impl Topology {
         let inner = by_server
             .into_iter()
             .map(|(name, groups)| {
-                let groups: Vec<String> = groups.into_iter().collect();
-                let entity = server_entity(&name, &groups);
-                (name, Server { groups, entity })
+                let server = Server::new(&name, groups.into_iter().collect());
+                (name, server)
             })
             .collect();
         Topology { inner: Arc::new(inner) }
@@ -75,19 +93,4 @@ impl fmt::Debug for Topology {
         }
         m.finish()
     }
-}
-
-/// `Bastion::Server::"<name>"`: attributes `name` and `groups`, parents its
-/// groups.
-pub(crate) fn server_entity(name: &str, groups: &[String]) -> Result<Entity, String> {
-    let n = names();
-    let group_uids: Vec<_> = groups.iter().map(|g| n.group(g)).collect();
-    let attrs = [
-        ("name".to_string(), RestrictedExpression::new_string(name.to_string())),
-        (
-            "groups".to_string(),
-            RestrictedExpression::new_set(group_uids.iter().cloned().map(RestrictedExpression::new_entity_uid)),
-        ),
-    ];
-    Entity::new_with_tags(n.server(name), attrs, group_uids, []).map_err(|e| format!("server {name:?}: {e}"))
 }

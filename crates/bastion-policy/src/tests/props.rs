@@ -131,8 +131,104 @@ fn build(text: &str) -> Result<Engine, TestCaseError> {
     Engine::from_sources(&[("p.cedar", text)]).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))
 }
 
+/// The same question asked of Cedar's own authorizer, through its public
+/// API only: entities with the hierarchy computed by Cedar, every policy
+/// evaluated.
+fn cedar_allows(e: &Engine, t: &Topology, who: &Subject, action: Action, what: &Target) -> bool {
+    use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
+    use std::str::FromStr;
+    let uid = |ty: &str, id: &str| EntityUid::from_str(&format!("Bastion::{ty}::{id:?}"));
+    let run = || -> Result<bool, String> {
+        let e_str = |e: &dyn std::fmt::Display| e.to_string();
+        let principal = uid("User", who.user).map_err(|e| e_str(&e))?;
+        let groups: Vec<EntityUid> =
+            who.groups.iter().map(|g| uid("Group", g)).collect::<Result<_, _>>().map_err(|e| e_str(&e))?;
+        let server = uid("Server", what.server).map_err(|e| e_str(&e))?;
+        let server_groups: Vec<EntityUid> = t
+            .groups_of(what.server)
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e_str(&e))?;
+        let (ty, id, attr) = match what.kind {
+            Kind::Tool => ("Tool", format!("{}__{}", what.server, what.name), "name"),
+            Kind::Prompt => ("Prompt", format!("{}__{}", what.server, what.name), "name"),
+            Kind::Resource => ("Resource", format!("{}+{}", what.server, what.name), "uri"),
+        };
+        let resource = uid(ty, &id).map_err(|e| e_str(&e))?;
+        let role = who.role.map_or("none", Role::as_str);
+        let entities = [
+            Entity::new(
+                principal.clone(),
+                [("role".to_string(), RestrictedExpression::new_string(role.to_string()))].into_iter().collect(),
+                groups.into_iter().collect(),
+            ),
+            Entity::new(
+                server.clone(),
+                [
+                    ("name".to_string(), RestrictedExpression::new_string(what.server.to_string())),
+                    (
+                        "groups".to_string(),
+                        RestrictedExpression::new_set(
+                            server_groups.iter().cloned().map(RestrictedExpression::new_entity_uid),
+                        ),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                server_groups.into_iter().collect(),
+            ),
+            Entity::new(
+                resource.clone(),
+                [
+                    (attr.to_string(), RestrictedExpression::new_string(what.name.to_string())),
+                    ("server".to_string(), RestrictedExpression::new_entity_uid(server.clone())),
+                ]
+                .into_iter()
+                .collect(),
+                [server].into_iter().collect(),
+            ),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e_str(&e))?;
+        let entities = Entities::from_entities(entities, None).map_err(|e| e_str(&e))?;
+        let context = Context::from_pairs([
+            ("arguments".to_string(), RestrictedExpression::new_record([]).map_err(|e| e_str(&e))?),
+            ("now".to_string(), RestrictedExpression::new_long(NOW)),
+        ])
+        .map_err(|e| e_str(&e))?;
+        let action = uid("Action", action.as_str()).map_err(|e| e_str(&e))?;
+        let request = Request::new(principal, action, resource, context, None).map_err(|e| e_str(&e))?;
+        let response = Authorizer::new().is_authorized(&request, &e.policies, &entities);
+        Ok(response.decision() == cedar_policy::Decision::Allow)
+    };
+    match run() {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The engine's evaluation (scopes checked first, only the policies
+    /// that can match evaluated) decides as Cedar's own authorizer does.
+    #[test]
+    fn decides_as_cedar_does(text in rules(false), mask in any::<u16>(), subjects in prop::collection::vec(who(), 4)) {
+        let e = build(&text)?;
+        let t = topology(mask);
+        for w in &subjects {
+            let s = Subject { user: &w.user, role: w.role, groups: &w.groups };
+            for (kind, server, name) in targets() {
+                let x = Target { kind, server: &server, name: &name };
+                let listed = cedar_allows(&e, &t, &s, Action::List, &x);
+                prop_assert_eq!(e.decide(&t, &s, Action::List, &x, None, NOW).allowed, listed);
+                let used = cedar_allows(&e, &t, &s, kind.use_action(), &x);
+                prop_assert_eq!(e.decide(&t, &s, kind.use_action(), &x, None, NOW).allowed, used && listed, "{:?} {:?}\n{}", w, x, text);
+            }
+        }
+    }
 
     /// For everyone but a viewer: shown in a list ⇔ usable with no
     /// arguments; usable ⇒ listable; the wrong action for a kind is denied.
@@ -284,23 +380,32 @@ proptest! {
     /// policies were validated against, and deciding never errs.
     #[test]
     fn arguments_conform_to_the_schema(args in prop_oneof![arguments(), json()]) {
-        use cedar_policy::{Context, EntityUid, Request, RestrictedExpression, Schema};
+        use cedar_policy::{EntityUid, Schema};
+        use cedar_policy_core::ast::{Context, EntityUID, Request};
+        use cedar_policy_core::extensions::Extensions;
+        use cedar_policy_core::validator::ValidatorSchema;
+        use std::collections::BTreeMap;
         use std::str::FromStr;
+        use std::sync::Arc;
         static ENGINE: std::sync::LazyLock<Engine> = std::sync::LazyLock::new(|| super::engine(ARGUMENT_POLICIES));
         let e = &*ENGINE;
         let schema = Schema::from_cedarschema_str(e.schema_text()).map_err(|e| TestCaseError::fail(e.to_string()))?.0;
         let converted = crate::args::convert(&e.fields, Some(&args));
-        let context = Context::from_pairs([
-            ("arguments".to_string(), converted.record),
-            ("now".to_string(), RestrictedExpression::new_long(NOW)),
-        ]).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let uid = |s: &str| EntityUid::from_str(s).map_err(|e| TestCaseError::fail(e.to_string()));
+        let context = Context::Value(Arc::new(BTreeMap::from([
+            ("arguments".into(), converted.record),
+            ("now".into(), cedar_policy_core::ast::Value::from(NOW)),
+        ])));
+        let uid = |s: &str| -> Result<EntityUID, TestCaseError> {
+            EntityUid::from_str(s).map(EntityUID::from).map_err(|e| TestCaseError::fail(e.to_string()))
+        };
+        let validator_schema: &ValidatorSchema = schema.as_ref();
         let request = Request::new(
-            uid(r#"Bastion::User::"u""#)?,
-            uid(r#"Bastion::Action::"call""#)?,
-            uid(r#"Bastion::Tool::"s__t""#)?,
+            (uid(r#"Bastion::User::"u""#)?, None),
+            (uid(r#"Bastion::Action::"call""#)?, None),
+            (uid(r#"Bastion::Tool::"s__t""#)?, None),
             context,
-            Some(&schema),
+            Some(validator_schema),
+            Extensions::all_available(),
         );
         prop_assert!(request.is_ok(), "{:?}\n{}", request.err(), args);
         let groups = vec!["g".to_string()];

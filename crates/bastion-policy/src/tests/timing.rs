@@ -104,3 +104,94 @@ fn timings() {
         black_box(Engine::from_sources(&[("extra.cedar", &text)]).is_ok());
     });
 }
+
+#[test]
+#[ignore = "prints timings of the parts of a decision; run in release"]
+fn timings_of_parts() {
+    use cedar_policy::*;
+    use std::str::FromStr;
+    let e = super::engine(&fifty_rules());
+    let uid = |s: &str| EntityUid::from_str(s).unwrap();
+    let user = uid(r#"Bastion::User::"alice""#);
+    let tool = uid(r#"Bastion::Tool::"server3__write_file""#);
+    let server = uid(r#"Bastion::Server::"server3""#);
+    let g = uid(r#"Bastion::Group::"group0""#);
+    let call = uid(r#"Bastion::Action::"call""#);
+    let n = 20_000;
+    let mk_entities = || {
+        let p = Entity::new(
+            user.clone(),
+            [("role".to_string(), RestrictedExpression::new_string("user".into()))].into_iter().collect(),
+            [g.clone()].into_iter().collect(),
+        )
+        .unwrap();
+        let t = Entity::new(
+            tool.clone(),
+            [
+                ("name".to_string(), RestrictedExpression::new_string("write_file".into())),
+                ("server".to_string(), RestrictedExpression::new_entity_uid(server.clone())),
+            ]
+            .into_iter()
+            .collect(),
+            [server.clone()].into_iter().collect(),
+        )
+        .unwrap();
+        let s = Entity::new(
+            server.clone(),
+            [
+                ("name".to_string(), RestrictedExpression::new_string("server3".into())),
+                (
+                    "groups".to_string(),
+                    RestrictedExpression::new_set([RestrictedExpression::new_entity_uid(g.clone())]),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            [g.clone()].into_iter().collect(),
+        )
+        .unwrap();
+        (p, t, s)
+    };
+    per_op("3 Entity::new", n, || {
+        black_box(mk_entities());
+    });
+    let (p, t, s) = mk_entities();
+    per_op("Entities::from_entities(3)", n, || {
+        black_box(Entities::from_entities([p.clone(), t.clone(), s.clone()], None).unwrap());
+    });
+    let entities = Entities::from_entities([p, t, s], None).unwrap();
+    let ctx = || {
+        Context::from_pairs([
+            ("arguments".to_string(), RestrictedExpression::new_record([]).unwrap()),
+            ("now".to_string(), RestrictedExpression::new_long(NOW)),
+        ])
+        .unwrap()
+    };
+    per_op("Context::from_pairs", n, || {
+        black_box(ctx());
+    });
+    per_op("Request::new", n, || {
+        black_box(Request::new(user.clone(), call.clone(), tool.clone(), ctx(), None).unwrap());
+    });
+    let req = Request::new(user.clone(), call.clone(), tool.clone(), ctx(), None).unwrap();
+    let auth = Authorizer::new();
+    per_op("is_authorized (54 policies)", n, || {
+        black_box(auth.is_authorized(&req, &e.policies, &entities));
+    });
+    let builtin = Engine::builtin();
+    per_op("is_authorized (4 built-in)", n, || {
+        black_box(auth.is_authorized(&req, &builtin.policies, &entities));
+    });
+    let one = PolicySet::from_str(r#"permit (principal, action, resource);"#).unwrap();
+    per_op("is_authorized (1 trivial)", n, || {
+        black_box(auth.is_authorized(&req, &one, &entities));
+    });
+    let blocked = PolicySet::from_str(r#"forbid (principal == Bastion::User::"x", action, resource);"#).unwrap();
+    per_op("is_authorized (1 scope miss)", n, || {
+        black_box(auth.is_authorized(&req, &blocked, &entities));
+    });
+    let empty = PolicySet::new();
+    per_op("is_authorized (empty)", n, || {
+        black_box(auth.is_authorized(&req, &empty, &entities));
+    });
+}
