@@ -929,7 +929,7 @@ impl Config {
                 return Err(invalid(key("issuer"), "the same issuer is listed twice".into()));
             }
             if let Some(j) = &o.jwks_uri {
-                check_http_url(j, true).map_err(|m| invalid(key("jwks_uri"), m))?;
+                check_http_url(j, false).map_err(|m| invalid(key("jwks_uri"), m))?;
             }
             if o.algorithms.is_empty() {
                 return Err(invalid(key("algorithms"), "must name at least one algorithm".into()));
