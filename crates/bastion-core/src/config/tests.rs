@@ -337,7 +337,10 @@ fn access_mistakes_are_refused() {
         ("auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'http://idp.example.com'}]}", "auth.oidc[0].issuer"),
         ("auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', leeway: 5m}]}", "auth.oidc[0].leeway"),
         ("auth: {resource: 'https://gw/mcp#x'}", "auth.resource"),
-        ("auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', jwks_uri: 'http://idp.example.com/jwks'}]}", "auth.oidc[0].jwks_uri"),
+        (
+            "auth: {resource: 'https://gw/mcp', oidc: [{issuer: 'https://idp', jwks_uri: 'http://idp.example.com/jwks'}]}",
+            "auth.oidc[0].jwks_uri",
+        ),
         ("tls: {cert: a.pem, key: k.pem, min_version: '1.1'}", "tls.min_version"),
         ("tls: {cert: a.pem, key: k.pem, client_auth: maybe}", "tls.client_auth"),
     ];
