@@ -125,19 +125,22 @@ enum Scope {
 }
 
 impl Scope {
-    fn of(c: &PrincipalOrResourceConstraint) -> Scope {
+    /// The constraint, and whether it is checked exactly (`false` for a
+    /// template slot, which loading refuses anyway: then it admits all and
+    /// Cedar checks it).
+    fn of(c: &PrincipalOrResourceConstraint) -> (Scope, bool) {
         let uid = |r: &EntityReference| match r {
             EntityReference::EUID(uid) => Some(uid.as_ref().clone()),
             EntityReference::Slot(_) => None,
         };
         match c {
-            PrincipalOrResourceConstraint::Any => Scope::Any,
-            PrincipalOrResourceConstraint::Eq(r) => uid(r).map_or(Scope::Any, Scope::Eq),
-            PrincipalOrResourceConstraint::In(r) => uid(r).map_or(Scope::Any, Scope::In),
-            PrincipalOrResourceConstraint::Is(t) => Scope::Is(t.as_ref().clone()),
+            PrincipalOrResourceConstraint::Any => (Scope::Any, true),
+            PrincipalOrResourceConstraint::Eq(r) => uid(r).map_or((Scope::Any, false), |u| (Scope::Eq(u), true)),
+            PrincipalOrResourceConstraint::In(r) => uid(r).map_or((Scope::Any, false), |u| (Scope::In(u), true)),
+            PrincipalOrResourceConstraint::Is(t) => (Scope::Is(t.as_ref().clone()), true),
             PrincipalOrResourceConstraint::IsIn(t, r) => match uid(r) {
-                Some(u) => Scope::IsIn(t.as_ref().clone(), u),
-                None => Scope::Is(t.as_ref().clone()),
+                Some(u) => (Scope::IsIn(t.as_ref().clone(), u), true),
+                None => (Scope::Is(t.as_ref().clone()), false),
             },
         }
     }
@@ -161,8 +164,10 @@ struct Compiled {
     forbid: bool,
     principal: Scope,
     resource: Scope,
-    /// The whole condition: scope, `when`s and `unless`es, built once.
-    condition: cedar::Expr,
+    /// What is left to evaluate once the scope admits the request: the
+    /// `when`s and `unless`es (`None`: nothing, the policy applies), or the
+    /// whole condition when the scope cannot be checked exactly here.
+    condition: Option<cedar::Expr>,
 }
 
 /// The policies as evaluated: for each action, those whose action scope
@@ -180,23 +185,33 @@ impl Runtime {
         let mut by_action: [Vec<usize>; 4] = Default::default();
         for p in set.policies() {
             let i = compiled.len();
+            let mut exact = true;
             for a in Action::ALL {
                 let admits = match p.action_constraint() {
+                    ActionConstraint::Any => true,
                     ActionConstraint::Eq(x) => x.as_ref() == n.action(a),
                     ActionConstraint::In(xs) => xs.iter().any(|x| x.as_ref() == n.action(a)),
-                    // `Any`, and whatever else a later Cedar may add: evaluated
-                    _ => true,
+                    // whatever a later Cedar may add: Cedar checks it
+                    #[allow(unreachable_patterns)]
+                    _ => {
+                        exact = false;
+                        true
+                    }
                 };
                 if admits {
                     by_action[a as usize].push(i);
                 }
             }
+            let (principal, p_exact) = Scope::of(p.principal_constraint().as_inner());
+            let (resource, r_exact) = Scope::of(p.resource_constraint().as_inner());
+            let condition =
+                if exact && p_exact && r_exact { p.non_scope_constraints().cloned() } else { Some(p.condition()) };
             compiled.push(Compiled {
                 id: AsRef::<str>::as_ref(p.id()).to_string(),
                 forbid: p.effect() == Effect::Forbid,
-                principal: Scope::of(p.principal_constraint().as_inner()),
-                resource: Scope::of(p.resource_constraint().as_inner()),
-                condition: p.condition(),
+                principal,
+                resource,
+                condition,
             });
         }
         Runtime { compiled, by_action }
@@ -437,7 +452,10 @@ impl Engine {
             {
                 continue;
             }
-            let result = evaluator.interpret(&p.condition, &slots);
+            let result = match &p.condition {
+                Some(condition) => evaluator.interpret(condition, &slots),
+                None => Ok(Value::from(true)),
+            };
             match result.as_ref().map(|v| &v.value) {
                 Ok(ValueKind::Lit(cedar::Literal::Bool(true))) => {
                     if p.forbid {

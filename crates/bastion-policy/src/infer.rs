@@ -493,7 +493,7 @@ mod tests {
             (format!("-{a} == 2"), Shape::Long),
             (format!("{a} < context.now"), Shape::Long),
             (format!("{a} == 3"), Shape::Long),
-            (format!("{a}"), Shape::Bool),
+            (a.to_string(), Shape::Bool),
             (format!("!{a}"), Shape::Bool),
             (format!("{a} || false"), Shape::Bool),
             (format!("{a} == true"), Shape::Bool),

@@ -137,13 +137,12 @@ fn build(text: &str) -> Result<Engine, TestCaseError> {
 fn cedar_allows(e: &Engine, t: &Topology, who: &Subject, action: Action, what: &Target) -> bool {
     use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
     use std::str::FromStr;
-    let uid = |ty: &str, id: &str| EntityUid::from_str(&format!("Bastion::{ty}::{id:?}"));
+    let uid = |ty: &str, id: &str| EntityUid::from_str(&format!("Bastion::{ty}::{id:?}")).map_err(|e| e.to_string());
     let run = || -> Result<bool, String> {
         let e_str = |e: &dyn std::fmt::Display| e.to_string();
-        let principal = uid("User", who.user).map_err(|e| e_str(&e))?;
-        let groups: Vec<EntityUid> =
-            who.groups.iter().map(|g| uid("Group", g)).collect::<Result<_, _>>().map_err(|e| e_str(&e))?;
-        let server = uid("Server", what.server).map_err(|e| e_str(&e))?;
+        let principal = uid("User", who.user)?;
+        let groups: Vec<EntityUid> = who.groups.iter().map(|g| uid("Group", g)).collect::<Result<_, _>>()?;
+        let server = uid("Server", what.server)?;
         let server_groups: Vec<EntityUid> = t
             .groups_of(what.server)
             .iter()
