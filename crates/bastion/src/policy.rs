@@ -116,7 +116,8 @@ async fn test(config_path: &Path, a: TestArgs) -> anyhow::Result<()> {
     let decision = authorizer.decide(&access, action, &target, arguments.as_ref());
     println!("{decision}");
     let role = access.role.map_or("none", |r| r.as_str());
-    println!("user {}: role {role}, groups [{}] (from {:?})", a.user, access.groups.join(", "), access.source);
+    let source = format!("{:?}", access.source).to_lowercase();
+    println!("user {}: role {role}, groups [{}] (from {source})", a.user, access.groups.join(", "));
     if !decision.allowed {
         return Err(Denied.into());
     }
