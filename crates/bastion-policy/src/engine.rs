@@ -1,25 +1,19 @@
 //! The engine: the policies in effect and the decisions made with them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
 use bastion_core::access::Role;
-use bastion_core::naming::{prefix_name, prefix_uri};
 use cedar_policy::PolicySet;
-use cedar_policy_core::ast::{
-    self as cedar, ActionConstraint, Context, Effect, Eid, Entity, EntityReference, EntityType, EntityUID,
-    EntityUIDEntry, PartialValue, PrincipalOrResourceConstraint, Request, SlotEnv, Value, ValueKind,
-};
-use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
-use cedar_policy_core::evaluator::Evaluator;
-use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::ast::{Context, Eid, EntityType, EntityUID, Value};
 use serde_json::Value as Json;
 
 use crate::args::{self, Shape};
 use crate::load::{self, LoadError, Problem, Source};
+use crate::runtime::{Outcome, Prepared, Principal, Runtime};
 use crate::schema;
-use crate::topology::{Server, Topology};
+use crate::topology::Topology;
 use crate::{Action, Decision, Denial, Kind, Subject, Target};
 
 /// The policies always in effect. Extra policy files add to them; a `forbid`
@@ -77,13 +71,19 @@ impl Names {
     pub(crate) fn server(&self, name: &str) -> EntityUID {
         Names::uid(&self.server, name)
     }
-    fn user(&self, name: &str) -> EntityUID {
+    pub(crate) fn user(&self, name: &str) -> EntityUID {
         Names::uid(&self.user, name)
     }
-    fn action(&self, action: Action) -> &EntityUID {
+    pub(crate) fn user_type(&self) -> &EntityType {
+        &self.user
+    }
+    pub(crate) fn group_type(&self) -> &EntityType {
+        &self.group
+    }
+    pub(crate) fn action(&self, action: Action) -> &EntityUID {
         &self.actions[action as usize]
     }
-    fn kind(&self, kind: Kind) -> &EntityType {
+    pub(crate) fn kind(&self, kind: Kind) -> &EntityType {
         match kind {
             Kind::Tool => &self.tool,
             Kind::Prompt => &self.prompt,
@@ -112,124 +112,6 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| {
 
 pub(crate) fn names() -> &'static Names {
     &NAMES
-}
-
-/// A scope constraint on the principal or the resource, checked before the
-/// policy is evaluated: a policy whose scope cannot match is skipped.
-enum Scope {
-    Any,
-    Eq(EntityUID),
-    In(EntityUID),
-    Is(EntityType),
-    IsIn(EntityType, EntityUID),
-}
-
-impl Scope {
-    /// The constraint, and whether it is checked exactly (`false` for a
-    /// template slot, which loading refuses anyway: then it admits all and
-    /// Cedar checks it).
-    fn of(c: &PrincipalOrResourceConstraint) -> (Scope, bool) {
-        let uid = |r: &EntityReference| match r {
-            EntityReference::EUID(uid) => Some(uid.as_ref().clone()),
-            EntityReference::Slot(_) => None,
-        };
-        match c {
-            PrincipalOrResourceConstraint::Any => (Scope::Any, true),
-            PrincipalOrResourceConstraint::Eq(r) => uid(r).map_or((Scope::Any, false), |u| (Scope::Eq(u), true)),
-            PrincipalOrResourceConstraint::In(r) => uid(r).map_or((Scope::Any, false), |u| (Scope::In(u), true)),
-            PrincipalOrResourceConstraint::Is(t) => (Scope::Is(t.as_ref().clone()), true),
-            PrincipalOrResourceConstraint::IsIn(t, r) => match uid(r) {
-                Some(u) => (Scope::IsIn(t.as_ref().clone(), u), true),
-                None => (Scope::Is(t.as_ref().clone()), false),
-            },
-        }
-    }
-
-    /// Cedar's `==`, `in`, `is` and `is … in` on an entity whose ancestors
-    /// are all given.
-    fn admits(&self, uid: &EntityUID, ancestors: &HashSet<EntityUID>) -> bool {
-        match self {
-            Scope::Any => true,
-            Scope::Eq(x) => uid == x,
-            Scope::In(x) => uid == x || ancestors.contains(x),
-            Scope::Is(t) => uid.entity_type() == t,
-            Scope::IsIn(t, x) => uid.entity_type() == t && (uid == x || ancestors.contains(x)),
-        }
-    }
-}
-
-/// A policy ready for evaluation.
-struct Compiled {
-    id: String,
-    forbid: bool,
-    principal: Scope,
-    resource: Scope,
-    /// What is left to evaluate once the scope admits the request: the
-    /// `when`s and `unless`es (`None`: nothing, the policy applies), or the
-    /// whole condition when the scope cannot be checked exactly here.
-    condition: Option<cedar::Expr>,
-}
-
-/// The policies as evaluated: for each action, those whose action scope
-/// admits it.
-struct Runtime {
-    compiled: Vec<Compiled>,
-    by_action: [Vec<usize>; 4],
-}
-
-impl Runtime {
-    fn new(policies: &PolicySet) -> Runtime {
-        let n = names();
-        let set: &cedar::PolicySet = policies.as_ref();
-        let mut compiled = Vec::new();
-        let mut by_action: [Vec<usize>; 4] = Default::default();
-        for p in set.policies() {
-            let i = compiled.len();
-            let mut exact = true;
-            for a in Action::ALL {
-                let admits = match p.action_constraint() {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(x) => x.as_ref() == n.action(a),
-                    ActionConstraint::In(xs) => xs.iter().any(|x| x.as_ref() == n.action(a)),
-                    // whatever a later Cedar may add: Cedar checks it
-                    #[allow(unreachable_patterns)]
-                    _ => {
-                        exact = false;
-                        true
-                    }
-                };
-                if admits {
-                    by_action[a as usize].push(i);
-                }
-            }
-            let (principal, p_exact) = Scope::of(p.principal_constraint().as_inner());
-            let (resource, r_exact) = Scope::of(p.resource_constraint().as_inner());
-            let condition =
-                if exact && p_exact && r_exact { p.non_scope_constraints().cloned() } else { Some(p.condition()) };
-            compiled.push(Compiled {
-                id: AsRef::<str>::as_ref(p.id()).to_string(),
-                forbid: p.effect() == Effect::Forbid,
-                principal,
-                resource,
-                condition,
-            });
-        }
-        Runtime { compiled, by_action }
-    }
-}
-
-/// The result of evaluating the policies for one request.
-#[derive(Default)]
-struct Outcome {
-    permits: Vec<usize>,
-    forbids: Vec<usize>,
-    errors: Vec<String>,
-}
-
-impl Outcome {
-    fn allowed(&self) -> bool {
-        self.forbids.is_empty() && !self.permits.is_empty()
-    }
 }
 
 /// The policies in effect: the built-in ones and those of the extra files,
@@ -292,7 +174,7 @@ impl Engine {
     fn deny_all() -> Engine {
         Engine {
             policies: PolicySet::new(),
-            runtime: Arc::new(Runtime { compiled: Vec::new(), by_action: Default::default() }),
+            runtime: Arc::new(Runtime::empty()),
             ids: Vec::new(),
             fields: BTreeMap::new(),
             schema_text: schema::render(&BTreeMap::new()),
@@ -360,27 +242,20 @@ impl Engine {
         };
         let prepared = Prepared::new(topo, what);
         let principal = Principal::new(who, who.role);
-        let entities = match prepared.entities(&principal) {
-            Ok(e) => e,
-            Err(e) => {
-                d.errors.push(e);
-                return d;
-            }
-        };
         let context = match action {
             Action::Call | Action::Get => {
                 let converted = args::convert(&self.fields, arguments);
                 d.omitted = converted.omitted;
                 make_context(converted.record, now)
             }
-            Action::List | Action::Read => make_context(args::empty_record(), now),
+            Action::List | Action::Read => empty_context(now),
         };
-        let used = self.run(action, &principal, &prepared, context, &entities, true);
+        let used = self.runtime.run(action, who, &principal, &prepared, context, true);
         if !self.record(&mut d, action, used) {
             return d;
         }
         if action != Action::List {
-            let listed = self.run(Action::List, &principal, &prepared, empty_context(now), &entities, true);
+            let listed = self.runtime.run(Action::List, who, &principal, &prepared, empty_context(now), true);
             if !self.record(&mut d, Action::List, listed) {
                 return d;
             }
@@ -404,11 +279,10 @@ impl Engine {
     pub fn visible(&self, topo: &Topology, who: &Subject, what: &Target, now: i64) -> bool {
         let prepared = Prepared::new(topo, what);
         let principal = Principal::new(who, who.role);
-        let Ok(entities) = prepared.entities(&principal) else { return false };
-        let allows = |action, principal: &Principal, entities: &Entities| {
-            self.run(action, principal, &prepared, empty_context(now), entities, false).allowed()
+        let allows = |action, principal: &Principal| {
+            self.runtime.run(action, who, principal, &prepared, empty_context(now), false).allowed()
         };
-        if !allows(Action::List, &principal, &entities) {
+        if !allows(Action::List, &principal) {
             return false;
         }
         let use_action = what.kind.use_action();
@@ -416,81 +290,17 @@ impl Engine {
             // what a user of the same name and groups could use: its use and
             // its list allowed
             let user = Principal::new(who, Some(Role::User));
-            let Ok(entities) = prepared.entities(&user) else { return false };
-            allows(use_action, &user, &entities) && allows(Action::List, &user, &entities)
+            allows(use_action, &user) && allows(Action::List, &user)
         } else {
-            allows(use_action, &principal, &entities)
+            allows(use_action, &principal)
         }
-    }
-
-    /// Evaluates the policies whose scope admits the request. With
-    /// `complete` false, stops at the first `forbid` that applies and does
-    /// not word errors (only whether it allows is wanted).
-    fn run(
-        &self,
-        action: Action,
-        principal: &Principal,
-        target: &Prepared,
-        context: Context,
-        entities: &Entities,
-        complete: bool,
-    ) -> Outcome {
-        let n = names();
-        let request = Request::new_unchecked(
-            EntityUIDEntry::known(principal.uid.clone(), None),
-            EntityUIDEntry::known(n.action(action).clone(), None),
-            EntityUIDEntry::known(target.uid.clone(), None),
-            Some(context),
-        );
-        let evaluator = Evaluator::new(request, entities, Extensions::all_available());
-        let slots = SlotEnv::new();
-        let mut out = Outcome::default();
-        for &i in &self.runtime.by_action[action as usize] {
-            let Some(p) = self.runtime.compiled.get(i) else { continue };
-            if !p.principal.admits(&principal.uid, &principal.groups)
-                || !p.resource.admits(&target.uid, &target.ancestors)
-            {
-                continue;
-            }
-            let result = match &p.condition {
-                Some(condition) => evaluator.interpret(condition, &slots),
-                None => Ok(Value::from(true)),
-            };
-            match result.as_ref().map(|v| &v.value) {
-                Ok(ValueKind::Lit(cedar::Literal::Bool(true))) => {
-                    if p.forbid {
-                        out.forbids.push(i);
-                        if !complete {
-                            break;
-                        }
-                    } else {
-                        out.permits.push(i);
-                    }
-                }
-                Ok(ValueKind::Lit(cedar::Literal::Bool(false))) => {}
-                // a condition that is not a boolean: an error, as Cedar's own
-                // authorizer has it (validation makes it impossible)
-                Ok(other) => {
-                    if complete {
-                        out.errors.push(format!("while evaluating policy `{}`: not a boolean: {other:?}", p.id));
-                    }
-                }
-                Err(e) => {
-                    if complete {
-                        out.errors.push(format!("while evaluating policy `{}`: {e}", p.id));
-                    }
-                }
-            }
-        }
-        out
     }
 
     /// Takes one evaluation into the decision; whether it allowed.
     fn record(&self, d: &mut Decision, stage: Action, outcome: Outcome) -> bool {
-        let id = |i: &usize| self.runtime.compiled.get(*i).map_or_else(String::new, |p| p.id.clone());
-        d.errors.extend(outcome.errors.iter().cloned());
+        d.errors.extend(outcome.errors);
         if !outcome.forbids.is_empty() {
-            d.reasons = outcome.forbids.iter().map(id).collect();
+            d.reasons = outcome.forbids.iter().map(|i| self.runtime.id(*i).to_string()).collect();
             d.denial = Some(Denial::Forbidden(stage));
             return false;
         }
@@ -500,9 +310,9 @@ impl Engine {
             return false;
         }
         for i in &outcome.permits {
-            let id = id(i);
-            if !d.reasons.contains(&id) {
-                d.reasons.push(id);
+            let id = self.runtime.id(*i);
+            if !d.reasons.iter().any(|r| r == id) {
+                d.reasons.push(id.to_string());
             }
         }
         true
@@ -517,81 +327,59 @@ fn empty_context(now: i64) -> Context {
     make_context(args::empty_record(), now)
 }
 
-/// The principal's side of a decision.
-struct Principal {
-    uid: EntityUID,
-    /// Its groups: its ancestors.
-    groups: HashSet<EntityUID>,
-    /// `role` as given (`None`: "none").
-    role: &'static str,
-}
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::hint::black_box;
+    use std::time::Instant;
 
-impl Principal {
-    fn new(who: &Subject, role: Option<Role>) -> Principal {
-        let n = names();
-        Principal {
-            uid: n.user(who.user),
-            groups: who.groups.iter().map(|g| n.group(g)).collect(),
-            role: role.map_or("none", Role::as_str),
-        }
-    }
-
-    fn entity(&self) -> Entity {
-        let attrs = [("role".into(), PartialValue::from(Value::from(self.role)))];
-        Entity::new_with_attr_partial_value(self.uid.clone(), attrs, HashSet::new(), self.groups.clone(), [])
-    }
-}
-
-/// The target's side of a decision: its entity and its server's.
-struct Prepared {
-    uid: EntityUID,
-    /// Its server and the server's groups.
-    ancestors: HashSet<EntityUID>,
-    target: Entity,
-    server: Entity,
-}
-
-impl Prepared {
-    fn new(topo: &Topology, what: &Target) -> Prepared {
-        let n = names();
-        let built;
-        let server: &Server = match topo.server(what.server) {
-            Some(s) => s,
-            None => {
-                built = Server::new(what.server, Vec::new());
-                &built
+    fn best(label: &str, n: u32, mut f: impl FnMut()) {
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..5 {
+            let start = Instant::now();
+            for _ in 0..n {
+                f();
             }
-        };
-        let (id, attr) = match what.kind {
-            Kind::Tool | Kind::Prompt => (prefix_name(what.server, what.name), "name"),
-            Kind::Resource => (prefix_uri(what.server, what.name), "uri"),
-        };
-        let uid = EntityUID::from_components(n.kind(what.kind).clone(), Eid::new(id), None);
-        let attrs = [
-            (attr.into(), PartialValue::from(Value::from(what.name))),
-            ("server".into(), PartialValue::from(Value::from(server.uid.clone()))),
-        ];
-        // the hierarchy is known: the server is the parent, its groups the
-        // other ancestors (no closure to compute)
-        let target = Entity::new_with_attr_partial_value(
-            uid.clone(),
-            attrs,
-            server.group_uids.clone(),
-            HashSet::from([server.uid.clone()]),
-            [],
-        );
-        let mut ancestors = server.group_uids.clone();
-        ancestors.insert(server.uid.clone());
-        Prepared { uid, ancestors, target, server: server.entity.clone() }
+            best = best.min(start.elapsed() / n);
+        }
+        println!("{label}: {best:?}");
     }
 
-    fn entities(&self, principal: &Principal) -> Result<Entities, String> {
-        Entities::from_entities(
-            [principal.entity(), self.target.clone(), self.server.clone()],
-            None::<&NoEntitiesSchema>,
-            TCComputation::AssumeAlreadyComputed,
-            Extensions::all_available(),
-        )
-        .map_err(|e| format!("entities: {e}"))
+    #[test]
+    #[ignore = "prints the cost of each step of a decision; run in release"]
+    fn timings_of_steps() {
+        let e = crate::tests::engine(&crate::tests::timing::fifty_rules());
+        let t = Topology::new([("dev", vec!["time", "fs", "server3"])]);
+        let groups = vec!["dev".to_string(), "other".to_string()];
+        let who = Subject { user: "alice", role: Some(Role::User), groups: &groups };
+        let what = Target { kind: Kind::Tool, server: "server3", name: "write_file" };
+        let n = 20_000;
+        best("Prepared::new", n, || {
+            black_box(Prepared::new(&t, &what));
+        });
+        best("Principal::new", n, || {
+            black_box(Principal::new(&who, who.role));
+        });
+        let prepared = Prepared::new(&t, &what);
+        let principal = Principal::new(&who, who.role);
+        best("Entities", n, || {
+            black_box(prepared.entities(&principal).is_ok());
+        });
+        best("empty_context", n, || {
+            black_box(empty_context(1));
+        });
+        best("run(list)", n, || {
+            black_box(e.runtime.run(Action::List, &who, &principal, &prepared, empty_context(1), true));
+        });
+        best("run(call)", n, || {
+            black_box(e.runtime.run(Action::Call, &who, &principal, &prepared, empty_context(1), true));
+        });
+        let builtin = Engine::builtin();
+        best("run(call) built-in only", n, || {
+            black_box(builtin.runtime.run(Action::Call, &who, &principal, &prepared, empty_context(1), true));
+        });
+        best("decide", n, || {
+            black_box(e.decide(&t, &who, Action::Call, &what, None, 1));
+        });
     }
 }

@@ -51,6 +51,7 @@ mod args;
 mod engine;
 mod infer;
 mod load;
+mod runtime;
 mod schema;
 mod topology;
 

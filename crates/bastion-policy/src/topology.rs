@@ -14,7 +14,7 @@ use crate::engine::names;
 /// when the configuration changes.
 #[derive(Clone, Default)]
 pub struct Topology {
-    inner: Arc<HashMap<String, Server>>,
+    inner: Arc<HashMap<String, Arc<Server>>>,
 }
 
 /// A server, as every decision about its tools, prompts and resources needs
@@ -26,7 +26,7 @@ pub(crate) struct Server {
     pub group_uids: HashSet<EntityUID>,
     /// `Bastion::Server::"<name>"`: attributes `name` and `groups`, parents
     /// its groups.
-    pub entity: Entity,
+    pub entity: Arc<Entity>,
 }
 
 impl Server {
@@ -38,7 +38,7 @@ impl Server {
         let attrs =
             [("name".into(), PartialValue::from(Value::from(name))), ("groups".into(), PartialValue::from(set))];
         let entity = Entity::new_with_attr_partial_value(uid.clone(), attrs, HashSet::new(), group_uids.clone(), []);
-        Server { groups, uid, group_uids, entity }
+        Server { groups, uid, group_uids, entity: Arc::new(entity) }
     }
 }
 
@@ -62,7 +62,7 @@ impl Topology {
             .into_iter()
             .map(|(name, groups)| {
                 let server = Server::new(&name, groups.into_iter().collect());
-                (name, server)
+                (name, Arc::new(server))
             })
             .collect();
         Topology { inner: Arc::new(inner) }
@@ -78,7 +78,7 @@ impl Topology {
         self.inner.keys().map(String::as_str)
     }
 
-    pub(crate) fn server(&self, name: &str) -> Option<&Server> {
+    pub(crate) fn server(&self, name: &str) -> Option<&Arc<Server>> {
         self.inner.get(name)
     }
 }

@@ -4,7 +4,7 @@
 mod files;
 mod names;
 mod props;
-mod timing;
+pub(crate) mod timing;
 
 use serde_json::json;
 
