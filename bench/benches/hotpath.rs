@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the pieces every proxied request goes through:
 //! JSON-RPC parsing and classification, API key hashing, the authenticator
-//! (cached key and store lookup), and the routing of prefixed tool names.
+//! (cached key and store lookup), access tokens (validated before, and a
+//! first validation), the policy decision on a call (built-in rules, and 50
+//! more), and the routing of prefixed tool names.
 //!
 //! Run with `cargo bench -p bastion-bench --bench hotpath`.
 #![forbid(unsafe_code)]
@@ -136,6 +138,100 @@ mod auth {
         let rt = runtime();
         let (_dir, auth, headers) = setup(&rt, Duration::ZERO);
         b.bench(|| rt.block_on(auth.authenticate_key(token(black_box(&headers)))).expect("valid"));
+    }
+}
+
+/// The "authz on" contestant's identity provider and policy file.
+#[path = "../src/authz.rs"]
+// Its tests and the contestant's config are not used here.
+#[allow(dead_code, unused_imports)]
+mod idp;
+
+mod authz {
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use bastion_core::config::AuthConfig;
+    use bastion_gateway::auth::TokenAuthenticator;
+    use bastion_policy::{Action, Engine, Kind, Role, Subject, Target, Topology};
+    use serde_json::json;
+
+    use super::idp::{self, Issuer};
+    use super::*;
+
+    const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+    /// A token authenticator for the issuer, which serves its key set on
+    /// loopback from `rt`.
+    fn setup(rt: &tokio::runtime::Runtime) -> (Issuer, Arc<TokenAuthenticator>) {
+        let issuer = rt.block_on(Issuer::start()).expect("issuer");
+        let auth: AuthConfig = serde_json::from_value(issuer.config(RESOURCE, "echo")["auth"].clone()).expect("auth");
+        let tokens = TokenAuthenticator::from_config(&auth).expect("an issuer");
+        (issuer, tokens)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    }
+
+    /// What almost every request with a token costs: a token validated
+    /// before (within a minute, and before its `exp`).
+    #[divan::bench]
+    fn token_validated_before(b: Bencher) {
+        let rt = runtime();
+        let (issuer, tokens) = setup(&rt);
+        let token = issuer.token(idp::USER, RESOURCE).expect("token");
+        rt.block_on(tokens.authenticate(&token)).expect("valid");
+        b.bench(|| rt.block_on(tokens.authenticate(black_box(&token))).expect("valid"));
+    }
+
+    /// A token seen for the first time (or again after a minute): RS256
+    /// signature and claims, keys already fetched.
+    #[divan::bench(sample_count = 20, sample_size = 10)]
+    fn token_first_validation(b: Bencher) {
+        let rt = runtime();
+        let (issuer, tokens) = setup(&rt);
+        let first = issuer.token(idp::USER, RESOURCE).expect("token");
+        rt.block_on(tokens.authenticate(&first)).expect("valid");
+        b.with_inputs(|| issuer.token(idp::USER, RESOURCE).expect("token"))
+            .bench_refs(|t| rt.block_on(tokens.authenticate(t)).expect("valid"));
+    }
+
+    fn now() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    }
+
+    /// The decision on the benchmark's call with the built-in rules alone,
+    /// for an admin (the API key contestant's user).
+    #[divan::bench]
+    fn decide_builtin_admin(b: Bencher) {
+        let engine = Engine::builtin();
+        let topo = Topology::new([(idp::GROUP, ["echo"])]);
+        let who = Subject { user: idp::USER, role: Some(Role::Admin), groups: &[] };
+        let what = Target { kind: Kind::Tool, server: "echo", name: "echo" };
+        let args = json!({"text": "hello from bastion-bench"});
+        let now = now();
+        b.bench(|| {
+            let d = engine.decide(&topo, &who, Action::Call, black_box(&what), Some(black_box(&args)), now);
+            assert!(d.allowed);
+        });
+    }
+
+    /// The same call with the 50 rules, for a user of the group holding
+    /// the server (the authz contestant's user).
+    #[divan::bench]
+    fn decide_50_rules_user(b: Bencher) {
+        let engine = Engine::from_sources(&[(idp::POLICY_FILE, idp::POLICY)]).expect("policies");
+        let topo = Topology::new([(idp::GROUP, ["echo"])]);
+        let groups = [idp::GROUP.to_string()];
+        let who = Subject { user: idp::USER, role: Some(Role::User), groups: &groups };
+        let what = Target { kind: Kind::Tool, server: "echo", name: "echo" };
+        let args = json!({"text": "hello from bastion-bench"});
+        let now = now();
+        b.bench(|| {
+            let d = engine.decide(&topo, &who, Action::Call, black_box(&what), Some(black_box(&args)), now);
+            assert!(d.allowed);
+        });
     }
 }
 

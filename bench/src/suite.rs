@@ -51,6 +51,9 @@ pub struct Settings {
     /// Stdio servers of the start-to-ready measurement; 0 skips it.
     pub ready_servers: usize,
     pub ready_runs: usize,
+    /// Rounds of the paired comparison of authz on with API keys alone
+    /// (one max-rate run of each per round); 0 skips it.
+    pub authz_rounds: usize,
     pub timeout: Duration,
 }
 
@@ -70,6 +73,7 @@ impl Settings {
             idle_sessions_per_process: 50,
             ready_servers: 100,
             ready_runs: 3,
+            authz_rounds: 3,
             timeout: Duration::from_secs(10),
         }
     }
@@ -89,6 +93,7 @@ impl Settings {
             idle_sessions_per_process: 10,
             ready_servers: 10,
             ready_runs: 1,
+            authz_rounds: 1,
             timeout: Duration::from_secs(10),
         }
     }
@@ -125,6 +130,43 @@ pub struct RunRecord {
     /// Share of the machine's CPU time the hypervisor took during the run:
     /// above a few percent, the run measured its neighbours as much as itself.
     pub steal_percent: Option<f64>,
+}
+
+/// Authorization on against API keys alone, measured in pairs: both
+/// gateways started side by side, then in each round one max-rate
+/// `tools/call` run of each, their order alternating, so that both meet the
+/// same machine (other work on it, the host's steal) as nearly as possible.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthzComparison {
+    pub rounds: Vec<AuthzRound>,
+    /// Medians over the rounds of the gateway's CPU per call (µs).
+    pub keys_gateway_cpu_us_per_call: Option<f64>,
+    pub authz_gateway_cpu_us_per_call: Option<f64>,
+    /// Median over the rounds of authz on minus API keys (µs per call).
+    pub difference_us_per_call: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthzRound {
+    pub keys: RunRecord,
+    pub authz: RunRecord,
+}
+
+impl AuthzRound {
+    pub fn difference(&self) -> Option<f64> {
+        Some(self.authz.gateway_cpu_us_per_call? - self.keys.gateway_cpu_us_per_call?)
+    }
+}
+
+/// The median of the values present.
+pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 /// Scenario `e`.
@@ -182,6 +224,7 @@ pub struct Report {
     pub runs: Vec<RunRecord>,
     pub idle: Vec<IdleRecord>,
     pub start_to_ready: Option<ReadyRecord>,
+    pub authz: Option<AuthzComparison>,
     pub skipped: Vec<Skip>,
     pub targets: Vec<report::TargetCheck>,
 }
@@ -235,10 +278,23 @@ impl Ctx {
 
     /// One timed run with CPU and memory measured around it.
     async fn measure(&mut self, r: &Running, scenario: Scenario, workload: Workload, rate: Option<f64>) {
+        if let Some(rec) = self.run_once(r, scenario, workload, rate).await {
+            self.runs.push(rec);
+        }
+    }
+
+    /// One timed run with CPU and memory measured around it, not recorded.
+    async fn run_once(
+        &self,
+        r: &Running,
+        scenario: Scenario,
+        workload: Workload,
+        rate: Option<f64>,
+    ) -> Option<RunRecord> {
         let s = &self.settings;
         let concurrency = if scenario == Scenario::Setup { s.setup_concurrency } else { s.concurrency };
         let spec = LoadSpec { workload, concurrency, rate, duration: s.duration, max_requests: s.max_requests };
-        let Ok(ep) = self.endpoint(r, concurrency * 2) else { return };
+        let ep = self.endpoint(r, concurrency * 2).ok()?;
         let pid = r.pid();
         procs::reset_peaks(pid);
         let me = std::process::id();
@@ -264,7 +320,7 @@ impl Ctx {
             load: result,
         };
         eprintln!("bench: {}", report::one_line(&rec));
-        self.runs.push(rec);
+        Some(rec)
     }
 
     async fn warm_up(&self, r: &Running, workload: Workload) {
@@ -489,6 +545,18 @@ pub async fn run(
         r.stop().await;
     }
 
+    let authz = if settings.authz_rounds > 0 && wanted(Kind::Bastion) && wanted(Kind::BastionAuthz) {
+        match compare_authz(&ctx).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                ctx.skip(Kind::BastionAuthz, Upstream::Stdio, "paired comparison", format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let start_to_ready = if settings.ready_servers > 0 && wanted(Kind::Bastion) {
         match start_to_ready(&ctx.bins, settings.ready_servers, settings.ready_runs).await {
             Ok(r) => Some(r),
@@ -516,12 +584,14 @@ pub async fn run(
             "idle_sessions_peers": settings.idle_sessions_peers,
             "idle_sessions_per_process": settings.idle_sessions_per_process,
             "ready_servers": settings.ready_servers,
+            "authz_rounds": settings.authz_rounds,
             "tool": "echo",
             "arguments": echo_args(),
         }),
         runs: ctx.runs,
         idle: ctx.idle,
         start_to_ready,
+        authz,
         skipped: ctx.skipped,
         targets: Vec::new(),
     };
@@ -532,6 +602,53 @@ pub async fn run(
     std::fs::write(out_dir.join("latest.json"), json_text)?;
     std::fs::write(out_dir.join("latest.md"), report::markdown(&report))?;
     Ok(report)
+}
+
+/// Authz on against API keys alone, in pairs of max-rate runs (see
+/// [`AuthzComparison`]).
+async fn compare_authz(ctx: &Ctx) -> anyhow::Result<AuthzComparison> {
+    eprintln!("bench: paired comparison of authz on with API keys alone: {} round(s)", ctx.settings.authz_rounds);
+    let keys = contestant::start(Kind::Bastion, Upstream::Stdio, &ctx.bins, &ctx.peers).await?;
+    let authz = match contestant::start(Kind::BastionAuthz, Upstream::Stdio, &ctx.bins, &ctx.peers).await {
+        Ok(a) => a,
+        Err(e) => {
+            keys.stop().await;
+            return Err(e);
+        }
+    };
+    let call = Workload::tool_call(false, "echo", echo_args());
+    ctx.warm_up(&keys, call.clone()).await;
+    ctx.warm_up(&authz, call.clone()).await;
+    let mut rounds = Vec::new();
+    let mut failed = None;
+    for i in 0..ctx.settings.authz_rounds {
+        // Alternating order: keys first in even rounds, authz first in odd.
+        let mut pair = [None, None];
+        for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let r = if k == 0 { &keys } else { &authz };
+            pair[k] = ctx.run_once(r, Scenario::Call, call.clone(), None).await;
+        }
+        match pair {
+            [Some(keys), Some(authz)] => rounds.push(AuthzRound { keys, authz }),
+            _ => {
+                failed = Some(format!("round {}: a run could not be made", i + 1));
+                break;
+            }
+        }
+    }
+    keys.stop().await;
+    authz.stop().await;
+    if let Some(f) = failed {
+        anyhow::bail!(f);
+    }
+    let c = AuthzComparison {
+        keys_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.keys.gateway_cpu_us_per_call)),
+        authz_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.authz.gateway_cpu_us_per_call)),
+        difference_us_per_call: median(rounds.iter().map(AuthzRound::difference)),
+        rounds,
+    };
+    eprintln!("bench: {}", report::authz_line(&c));
+    Ok(c)
 }
 
 /// Start-to-ready of `bastion serve` with `servers` stdio servers.
