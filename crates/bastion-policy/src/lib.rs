@@ -62,7 +62,7 @@ use std::fmt;
 
 pub use bastion_core::access::Role;
 
-pub use engine::Engine;
+pub use engine::{BUILTIN_POLICIES, Engine};
 pub use load::{LoadError, MAX_FILE_BYTES, MAX_NESTING, Problem};
 pub use topology::Topology;
 

@@ -13,9 +13,9 @@ pub fn render(fields: &BTreeMap<String, Shape>) -> String {
     format!(
         r#"// Bastion's Cedar schema. Policies are validated against it in strict mode.
 namespace Bastion {{
-  // The arguments of a call (empty for list, read and get's list check): the
-  // attributes the loaded policies examine, each optional, typed as the
-  // policies use it. A value of another type is left out, as if absent.
+  // The arguments of a call or get (empty for list and read): the attributes
+  // the loaded policies examine, each optional, typed as the policies use
+  // it. A value of another type is left out, as if absent.
   type Arguments = {arguments};
 
   type RequestContext = {{

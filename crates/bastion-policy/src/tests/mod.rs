@@ -1,6 +1,7 @@
 //! Tests of the engine as a whole: the role matrix, extra policies,
 //! arguments, time, names, files.
 
+mod docs;
 mod files;
 mod names;
 mod props;
