@@ -45,6 +45,36 @@
 //! absent. Write `forbid` rules with `unless { context.arguments has path &&
 //! … }` so that a missing or mistyped argument is denied. See
 //! [`Engine::schema_text`].
+//!
+//! # Use
+//!
+//! ```
+//! use bastion_policy::{Action, Engine, Kind, Role, Subject, Target, Topology};
+//!
+//! let topo = Topology::new([("dev", ["time", "fs"])]); // e.g. Topology::new(&config.groups)
+//! let engine = Engine::from_sources(&[(
+//!     "extra.cedar",
+//!     r#"forbid (principal, action == Bastion::Action::"call", resource == Bastion::Tool::"fs__write_file")
+//!        unless { context.arguments has path && context.arguments.path like "/tmp/*" };"#,
+//! )])
+//! .unwrap(); // or Engine::load(&paths), Engine::builtin()
+//! let groups = vec!["dev".to_string()];
+//! let alice = Subject { user: "alice", role: Some(Role::User), groups: &groups };
+//! let write = Target { kind: Kind::Tool, server: "fs", name: "write_file" };
+//! let args = serde_json::json!({"path": "/tmp/notes"});
+//! let d = engine.decide(&topo, &alice, Action::Call, &write, Some(&args), 1_800_000_000);
+//! assert!(d.allowed);
+//! assert_eq!(d.to_string(), "allow (builtin.member)");
+//! // not listed: its use with empty arguments is forbidden
+//! assert!(!engine.visible(&topo, &alice, &write, 1_800_000_000));
+//! ```
+//!
+//! [`Engine`] and [`Topology`] are immutable, `Send + Sync` and cheap to
+//! clone; share them (`Arc`, `ArcSwap`) and build new ones when the
+//! configuration or the policy files change. Loading parses and validates on
+//! a thread of its own (Cedar's parser recurses deeply) and takes
+//! milliseconds; a decision takes a few microseconds (see
+//! `docs/policy-schema.md`).
 #![forbid(unsafe_code)]
 
 mod args;

@@ -407,3 +407,24 @@ fn engines_are_shared_across_threads() {
         assert!(matches!(h.join(), Ok(true)));
     }
 }
+
+#[test]
+fn topologies_from_the_configuration_shape() {
+    let mut config: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    config.insert("dev".into(), vec!["time".into(), "fs".into(), "time".into()]);
+    config.insert("ops".into(), vec!["fs".into()]);
+    let t = Topology::new(&config);
+    assert_eq!(t.groups_of("time"), ["dev"]);
+    assert_eq!(t.groups_of("fs"), ["dev", "ops"]);
+    let mut servers: Vec<&str> = t.servers().collect();
+    servers.sort();
+    assert_eq!(servers, ["fs", "time"]);
+    assert_eq!(format!("{t:?}"), r#"{"fs": ["dev", "ops"], "time": ["dev"]}"#);
+    let empty = Topology::default();
+    assert!(empty.groups_of("time").is_empty());
+    // no file: the built-in policies alone
+    let none: [&str; 0] = [];
+    assert_eq!(Engine::load(&none).map(|e| e.policy_ids().to_vec()), Ok(Engine::builtin().policy_ids().to_vec()));
+    assert!(Engine::builtin().policy_text("builtin.admin").is_some_and(|t| t.contains("principal.role == \"admin\"")));
+    assert_eq!(Engine::builtin().policy_text("nope"), None);
+}
