@@ -152,7 +152,12 @@ pub(crate) async fn authorize(
         Kind::Resource => resolve_uri(gw, scope, &shown)?,
         _ => resolve_name(gw, scope, &shown)?,
     };
-    let arguments = if kind == Kind::Tool { params.and_then(|p| p.get("arguments")) } else { None };
+    // A call's or a prompt get's arguments; a completion's are not the
+    // item's arguments, and a read has none.
+    let arguments = match class {
+        MethodClass::Call | MethodClass::Get => params.and_then(|p| p.get("arguments")),
+        _ => None,
+    };
     let target = Target { kind, server: server.name(), name: inner };
     let decision = gw.authorizer.decide(&access, action, &target, arguments);
     if !decision.allowed {
