@@ -283,7 +283,14 @@ impl Gateway {
         // A policy file that fails keeps the running policies; the rest of
         // the configuration still applies.
         // Policy files are read again on every reload, changed or not.
-        let engine = match crate::access::load_engine(&config, &self.config_path) {
+        // Parsing and validating policies is CPU work: off the async workers.
+        let loaded = {
+            let (config, path) = (config.clone(), self.config_path.clone());
+            tokio::task::spawn_blocking(move || crate::access::load_engine(&config, &path))
+                .await
+                .unwrap_or_else(|e| Err(crate::access::PolicyLoadError(format!("policy loading failed: {e}"))))
+        };
+        let engine = match loaded {
             Ok(e) => Some(e),
             Err(e) => {
                 tracing::error!(error = %e, "policies not reloaded; the running policies are kept");

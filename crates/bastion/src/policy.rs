@@ -58,7 +58,13 @@ pub struct Usage(String);
 pub async fn run(config_path: &Path, cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Schema => {
-            print!("{}", bastion_policy::Engine::builtin().schema_text());
+            // With the configuration's files the schema includes the
+            // argument attributes they examine.
+            let engine = match bastion_core::config::Config::load(config_path) {
+                Ok(config) => load_engine(&config, config_path)?,
+                Err(_) => bastion_policy::Engine::builtin(),
+            };
+            print!("{}", engine.schema_text());
             Ok(())
         }
         PolicyCommand::Check => {
