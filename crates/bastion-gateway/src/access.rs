@@ -189,6 +189,12 @@ impl Authorizer {
         move |t| engine.visible(&topology, &access.subject(), t, now)
     }
 
+    /// Whether policy files beside the built-in policies are loaded (they
+    /// may grant beyond roles and groups).
+    pub fn has_extra_policies(&self) -> bool {
+        self.engine.load().policy_ids().iter().any(|id| !id.starts_with("builtin."))
+    }
+
     /// Whether the caller may use anything on `server` by its role and
     /// groups (an admin anything; others the servers of their groups).
     pub fn in_groups(&self, access: &Access, server: &str) -> bool {

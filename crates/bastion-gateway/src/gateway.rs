@@ -389,6 +389,24 @@ impl Gateway {
         })
     }
 
+    /// [`Gateway::can_reach`] for a new session: when only a policy file
+    /// could let the caller use something behind `scope`, the lists of the
+    /// servers concerned are fetched to find out.
+    pub async fn may_enter(&self, access: &crate::access::Access, scope: &Scope) -> bool {
+        if self.can_reach(access, scope) {
+            return true;
+        }
+        if access.role.is_none() || !self.authorizer.has_extra_policies() {
+            return false;
+        }
+        for s in self.servers_in(scope) {
+            if !self.authorizer.in_groups(access, s.name()) {
+                crate::proxy::fetch_lists(&s).await;
+            }
+        }
+        self.can_reach(access, scope)
+    }
+
     /// Decides again on open sessions (of `users`, or all): a session whose
     /// user may no longer use anything behind its endpoint is closed with
     /// its streams; the others are told their lists may have changed, and

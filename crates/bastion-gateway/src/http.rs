@@ -353,7 +353,7 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
 async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Request) -> Response {
     match gw.authorizer.access(&gw.runtime().config, &principal).await {
         Err(e) => return auth_failure(gw, &e),
-        Ok(access) if !gw.can_reach(&access, &scope) => {
+        Ok(access) if !gw.may_enter(&access, &scope).await => {
             tracing::info!(user = %principal.user, "session refused: the user may use nothing behind this endpoint");
             return rpc_error(
                 StatusCode::FORBIDDEN,

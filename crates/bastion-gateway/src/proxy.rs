@@ -478,6 +478,17 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
     Ok(Value::Object(result))
 }
 
+/// Fills a server's list caches (what it offers of each list), starting
+/// it if need be; failures leave the list out.
+pub(crate) async fn fetch_lists(server: &UpstreamHandle) {
+    let Ok(info) = server.info().await else { return };
+    for kind in LISTS {
+        if info.has(kind.capability) {
+            let _ = server.list_all(kind.method, kind.field).await;
+        }
+    }
+}
+
 fn prefix_item(server: &str, mut item: Value, key: ItemKey) -> Value {
     match key {
         ItemKey::Name(field) => {

@@ -194,6 +194,13 @@ forbid(principal, action == Bastion::Action::"call", resource == Bastion::Tool::
     gw.write_config(&cfg);
     gw.wait_for_log("configuration applied").await;
 
+    // bob's grant is a policy's: his first session, before any list was
+    // fetched, already opens.
+    let bob = Mcp::session(gw.url("/mcp"), &gw.create_key("bob", &[]), VERSION).await;
+    let tools = bob.tool_names().await;
+    assert!(tools.iter().all(|t| t.starts_with("outside__")) && !tools.is_empty(), "{tools:?}");
+    assert!(tool_text_ok(&bob.call_tool("outside__test_simple_text", json!({})).await));
+
     let alice = Mcp::session(gw.url("/mcp"), &gw.create_key("alice", &[]), VERSION).await;
     let tools = alice.tool_names().await;
     assert!(
@@ -206,11 +213,6 @@ forbid(principal, action == Bastion::Action::"call", resource == Bastion::Tool::
     // An argument condition: denied without the right argument.
     let rpc = alice.call_tool("inside__test_sampling", json!({"prompt": "no"})).await;
     assert_eq!(error_code(&rpc), Some(-32003), "{rpc}");
-
-    let bob = Mcp::session(gw.url("/mcp"), &gw.create_key("bob", &[]), VERSION).await;
-    let tools = bob.tool_names().await;
-    assert!(tools.iter().all(|t| t.starts_with("outside__")) && !tools.is_empty(), "{tools:?}");
-    assert!(tool_text_ok(&bob.call_tool("outside__test_simple_text", json!({})).await));
 
     // Editing a policy file alone reloads it.
     std::fs::write(
