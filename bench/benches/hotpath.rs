@@ -217,6 +217,23 @@ mod authz {
         });
     }
 
+    /// The decision with the built-in rules alone, for a user of the group
+    /// holding the server.
+    #[divan::bench]
+    fn decide_builtin_user(b: Bencher) {
+        let engine = Engine::builtin();
+        let topo = Topology::new([(idp::GROUP, ["echo"])]);
+        let groups = [idp::GROUP.to_string()];
+        let who = Subject { user: idp::USER, role: Some(Role::User), groups: &groups };
+        let what = Target { kind: Kind::Tool, server: "echo", name: "echo" };
+        let args = json!({"text": "hello from bastion-bench"});
+        let now = now();
+        b.bench(|| {
+            let d = engine.decide(&topo, &who, Action::Call, black_box(&what), Some(black_box(&args)), now);
+            assert!(d.allowed);
+        });
+    }
+
     /// The same call with the 50 rules, for a user of the group holding
     /// the server (the authz contestant's user).
     #[divan::bench]
