@@ -177,12 +177,18 @@ where
 
 /// Runs a command to completion within `timeout` (killed otherwise).
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    wait_bounded(child, &format!("{cmd:?}"), timeout)
+}
+
+/// Waits for a child whose stdout and stderr are pipes, reading both, and
+/// kills it after `timeout`.
+pub fn wait_bounded(mut child: std::process::Child, what: &str, timeout: Duration) -> std::process::Output {
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let out_reader = std::thread::spawn(move || {
@@ -203,7 +209,7 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not finish within {timeout:?}");
+            panic!("{what} did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -76,43 +76,9 @@ fn cli_with_input(gw: &Gateway, args: &[&str], input: &str) -> Output {
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
     });
-    let out = wait_bounded(child, args);
+    let out = crate::harness::wait_bounded(child, &format!("{args:?}"), WAIT);
     let _ = writer.join();
     out
-}
-
-/// Waits for a child whose stdout and stderr are pipes, killing it after
-/// [`WAIT`].
-fn wait_bounded(mut child: std::process::Child, what: &[&str]) -> Output {
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what:?} did not finish within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
 }
 
 fn now_unix() -> u64 {
