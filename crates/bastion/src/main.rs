@@ -129,6 +129,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;
+            // The policy files it names are part of it.
+            bastion_gateway::access::load_engine(&config, &path)?;
             let servers = config.enabled_servers().count();
             eprintln!(
                 "{}: valid ({} server{}, {} group{}, listen {})",

@@ -233,6 +233,11 @@ forbid(principal, action == Bastion::Action::"call", resource == Bastion::Tool::
     gw.wait_for_log("policies not reloaded").await;
     let log = gw.log();
     assert!(log.contains("extra.cedar"), "the error names the file: {log}");
+    for check in [&["config", "check"][..], &["policy", "check"][..]] {
+        let out = gw.cli(check);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("extra.cedar:1:"), "{check:?} names file and line: {err}");
+    }
     let rpc = alice.call_tool("inside__test_tool_with_logging", json!({})).await;
     assert_eq!(error_code(&rpc), Some(-32003), "the old forbid still holds: {rpc}");
 }
