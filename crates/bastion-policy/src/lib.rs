@@ -79,6 +79,7 @@
 
 mod args;
 mod engine;
+mod fast;
 mod infer;
 mod load;
 mod runtime;

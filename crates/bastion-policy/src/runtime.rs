@@ -31,6 +31,7 @@ use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 
 use crate::engine::names;
+use crate::fast;
 use crate::topology::{Server, Topology};
 use crate::{Action, Kind, Subject, Target};
 
@@ -195,6 +196,9 @@ fn eid(uid: &EntityUID) -> String {
 pub(crate) struct Runtime {
     compiled: Vec<Compiled>,
     by_action: [Index; 4],
+    /// Conditions evaluated by [`fast`] first (off: by Cedar alone, to
+    /// compare the two).
+    pub fast: bool,
 }
 
 /// The result of evaluating the policies for one request.
@@ -203,6 +207,9 @@ pub(crate) struct Outcome {
     pub permits: Vec<usize>,
     pub forbids: Vec<usize>,
     pub errors: Vec<String>,
+    /// How many conditions Cedar's evaluator evaluated (those the fast
+    /// path left to it).
+    pub by_cedar: u32,
 }
 
 impl Outcome {
@@ -213,7 +220,7 @@ impl Outcome {
 
 impl Runtime {
     pub fn empty() -> Runtime {
-        Runtime { compiled: Vec::new(), by_action: Default::default() }
+        Runtime { compiled: Vec::new(), by_action: Default::default(), fast: true }
     }
 
     pub fn new(policies: &PolicySet) -> Runtime {
@@ -274,7 +281,14 @@ impl Runtime {
         // Cedar's evaluator and the entities it reads, made when a condition
         // first needs them
         let mut evaluator: Option<Evaluator<'a>> = None;
-        let mut context = Some(context);
+        let env = fast::Env {
+            principal: &principal.entity,
+            action: names().action(action),
+            resource: &target.target,
+            server: &target.server.entity,
+            context: &context,
+        };
+        let mut context = Some(context.clone());
         let slots = SlotEnv::new();
         for i in index.candidates(who) {
             let Some(p) = self.compiled.get(i) else { continue };
@@ -284,33 +298,37 @@ impl Runtime {
             let holds = match &p.condition {
                 Condition::Always => Ok(true),
                 Condition::Builtin(b) => Ok(b.holds(principal, target)),
-                Condition::Cedar(expr) => {
-                    if evaluator.is_none() {
-                        match principal.entities.get_or_init(|| target.entities(principal)) {
-                            Ok(store) => {
-                                let n = names();
-                                let request = Request::new_unchecked(
-                                    EntityUIDEntry::known(principal.uid.clone(), None),
-                                    EntityUIDEntry::known(n.action(action).clone(), None),
-                                    EntityUIDEntry::known(target.uid.clone(), None),
-                                    context.take(),
-                                );
-                                evaluator = Some(Evaluator::new(request, store, Extensions::all_available()));
+                Condition::Cedar(expr) => match self.fast.then(|| fast::eval(expr, &env)).flatten() {
+                    Some(b) => Ok(b),
+                    None => {
+                        out.by_cedar += 1;
+                        if evaluator.is_none() {
+                            match principal.entities.get_or_init(|| target.entities(principal)) {
+                                Ok(store) => {
+                                    let n = names();
+                                    let request = Request::new_unchecked(
+                                        EntityUIDEntry::known(principal.uid.clone(), None),
+                                        EntityUIDEntry::known(n.action(action).clone(), None),
+                                        EntityUIDEntry::known(target.uid.clone(), None),
+                                        context.take(),
+                                    );
+                                    evaluator = Some(Evaluator::new(request, store, Extensions::all_available()));
+                                }
+                                Err(e) => out.errors.push(e.clone()),
                             }
-                            Err(e) => out.errors.push(e.clone()),
+                        }
+                        match &evaluator {
+                            Some(ev) => match ev.interpret(expr, &slots) {
+                                Ok(Value { value: ValueKind::Lit(cedar::Literal::Bool(b)), .. }) => Ok(b),
+                                // validation makes it impossible; Cedar's own
+                                // authorizer counts it an error
+                                Ok(other) => Err(format!("the condition gave {other}, not a boolean")),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            None => Err("no entities to evaluate with".to_string()),
                         }
                     }
-                    match &evaluator {
-                        Some(ev) => match ev.interpret(expr, &slots) {
-                            Ok(Value { value: ValueKind::Lit(cedar::Literal::Bool(b)), .. }) => Ok(b),
-                            // validation makes it impossible; Cedar's own
-                            // authorizer counts it an error
-                            Ok(other) => Err(format!("the condition gave {other}, not a boolean")),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        None => Err("no entities to evaluate with".to_string()),
-                    }
-                }
+                },
             };
             match holds {
                 Ok(true) if p.forbid => {

@@ -2,6 +2,7 @@
 //! arguments, time, names, files.
 
 mod docs;
+mod fast;
 mod files;
 mod names;
 mod props;
@@ -35,7 +36,7 @@ pub(crate) fn engine(text: &str) -> Engine {
     }
 }
 
-const NOW: i64 = 1_800_000_000;
+pub(crate) const NOW: i64 = 1_800_000_000;
 
 /// Every role, in and out of the target's group, every action on every kind.
 #[test]
