@@ -11,6 +11,8 @@
 //! - [`apikey`]: API key generation and keyed hashing.
 //! - [`cursor`]: pagination cursors bound to a list and authenticated.
 //! - [`redact`]: URLs and other values made safe for errors and logs.
+//! - [`template`]: `${user.NAME}`, `${server.NAME}` and `${env.NAME}` in a
+//!   server's `env` and `headers`.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -21,3 +23,4 @@ pub mod jsonrpc;
 pub mod naming;
 pub mod protocol;
 pub mod redact;
+pub mod template;
