@@ -62,6 +62,11 @@ pub struct Config {
     /// relative to the config file's directory.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// The database of the store: a URL (`postgres://user@host:5432/db`,
+    /// `sqlite:PATH`) or a mapping with `url` and pool settings. Default:
+    /// SQLite, `bastion.db` in `data_dir`.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The MCP servers, by name.
     #[serde(default, rename = "mcpServers")]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -889,6 +894,7 @@ impl Config {
         {
             return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
         }
+        self.store.pool.check().map_err(|(key, m)| invalid(format!("store.{key}"), m))?;
         Ok(())
     }
 
@@ -980,12 +986,26 @@ impl Config {
         }
     }
 
+    /// The SQLite file of the store, when the store is SQLite: `store`'s
+    /// path resolved against the config file's directory, or `bastion.db`
+    /// in the data directory.
+    pub fn sqlite_path(&self, config_path: &Path) -> Option<PathBuf> {
+        match &self.store.location {
+            StoreLocation::DataDir => Some(self.data_dir(config_path).join("bastion.db")),
+            StoreLocation::Sqlite(p) => Some(self.resolve_path(config_path, p)),
+            StoreLocation::Postgres(_) => None,
+        }
+    }
+
     /// The enabled servers.
     pub fn enabled_servers(&self) -> impl Iterator<Item = (&String, &ServerConfig)> {
         self.servers.iter().filter(|(_, s)| !s.disabled)
     }
 }
 
+mod store;
 mod syntax;
 #[cfg(test)]
 mod tests;
+
+pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
