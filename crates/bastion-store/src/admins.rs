@@ -19,10 +19,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use sqlx::Row;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
 /// Argon2id memory cost in KiB (OWASP's first recommended setting).
@@ -398,24 +398,23 @@ macro_rules! admin_columns {
     };
 }
 
-fn row_to_admin(row: &sqlx::sqlite::SqliteRow) -> Result<AdminRecord, StoreError> {
-    let name: String = row.try_get("name")?;
+fn row_to_admin(row: &impl Fields) -> Result<AdminRecord, StoreError> {
+    let name = row.text("name")?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("administrator {name:?}: {what}"));
-    let secret: Option<String> = row.try_get("totp_secret")?;
-    let secret = Zeroizing::new(secret);
+    let secret = Zeroizing::new(row.opt_text("totp_secret")?);
     let totp_secret = match secret.as_deref() {
         Some(s) => Some(TotpSecret::from_base32(s).map_err(|_| corrupt("totp_secret"))?),
         None => None,
     };
     Ok(AdminRecord {
-        password_hash: row.try_get("password_hash")?,
+        password_hash: row.text("password_hash")?,
         totp_secret,
-        totp_confirmed: row.try_get::<i64, _>("totp_confirmed")? != 0,
-        totp_last_step: row.try_get("totp_last_step")?,
-        failed_attempts: row.try_get("failed_attempts")?,
-        locked_until: ts(row.try_get("locked_until")?),
-        created_at: ts(Some(row.try_get("created_at")?)).ok_or_else(|| corrupt("created_at"))?,
-        last_login_at: ts(row.try_get("last_login_at")?),
+        totp_confirmed: row.int("totp_confirmed")? != 0,
+        totp_last_step: row.opt_int("totp_last_step")?,
+        failed_attempts: row.int("failed_attempts")?,
+        locked_until: ts(row.opt_int("locked_until")?),
+        created_at: ts(Some(row.int("created_at")?)).ok_or_else(|| corrupt("created_at"))?,
+        last_login_at: ts(row.opt_int("last_login_at")?),
         name,
     })
 }
@@ -427,51 +426,62 @@ impl Store {
         if !is_valid_admin_name(name) {
             return Err(StoreError::Invalid(ADMIN_NAME_RULE.into()));
         }
-        let r = sqlx::query(
-            "INSERT INTO admins (name, password_hash, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        let n = on_pool!(&self.pool, p => sqlx::query(
+            "INSERT INTO admins (name, password_hash, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(password_hash)
         .bind(Utc::now().timestamp())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     pub async fn get_admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", admin_columns!(), " FROM admins WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(row_to_admin).transpose()
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(concat!("SELECT ", admin_columns!(), " FROM admins WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(p)
+                .await?;
+            row.as_ref().map(row_to_admin).transpose()
+        })
     }
 
     /// Every administrator, by name.
     pub async fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", admin_columns!(), " FROM admins ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(row_to_admin).collect()
+        on_pool!(&self.pool, p => {
+            let rows = sqlx::query(concat!("SELECT ", admin_columns!(), " FROM admins ORDER BY name"))
+                .fetch_all(p)
+                .await?;
+            rows.iter().map(row_to_admin).collect()
+        })
     }
 
     /// Removes an administrator account. Returns false when there is no
     /// such account.
     pub async fn delete_admin(&self, name: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM admins WHERE name = ?").bind(name).execute(&self.pool).await?;
-        Ok(r.rows_affected() == 1)
+        let n = on_pool!(&self.pool, p => sqlx::query("DELETE FROM admins WHERE name = $1")
+            .bind(name)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
     }
 
     /// Replaces an administrator's password hash, and lifts a lockout (the
     /// password was set by someone with access to the store). Returns false
     /// when there is no such account.
     pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<bool, StoreError> {
-        let r =
-            sqlx::query("UPDATE admins SET password_hash = ?, failed_attempts = 0, locked_until = NULL WHERE name = ?")
-                .bind(password_hash)
-                .bind(name)
-                .execute(&self.pool)
-                .await?;
-        Ok(r.rows_affected() == 1)
+        let n = on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE admins SET password_hash = $1, failed_attempts = 0, locked_until = NULL WHERE name = $2"
+        )
+        .bind(password_hash)
+        .bind(name)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     /// Sets (or with `None` removes) an administrator's TOTP secret. With
@@ -485,29 +495,33 @@ impl Store {
         secret: Option<&TotpSecret>,
         confirmed_step: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE admins SET totp_secret = ?, totp_confirmed = ?, totp_last_step = ? WHERE name = ?")
-            .bind(secret.map(TotpSecret::base32))
-            .bind(i64::from(secret.is_some() && confirmed_step.is_some()))
-            .bind(confirmed_step)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let n = on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE admins SET totp_secret = $1, totp_confirmed = $2, totp_last_step = $3 WHERE name = $4"
+        )
+        .bind(secret.map(TotpSecret::base32))
+        .bind(i64::from(secret.is_some() && confirmed_step.is_some()))
+        .bind(confirmed_step)
+        .bind(name)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     /// Confirms a stored, unconfirmed secret with the step of a valid code
     /// (checked by the caller with [`check_totp`]). Returns false when
     /// there is no such account or no secret to confirm.
     pub async fn confirm_admin_totp(&self, name: &str, step: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE admins SET totp_confirmed = 1, totp_last_step = ?
-             WHERE name = ? AND totp_secret IS NOT NULL AND totp_confirmed = 0",
+        let n = on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE admins SET totp_confirmed = 1, totp_last_step = $1
+             WHERE name = $2 AND totp_secret IS NOT NULL AND totp_confirmed = 0",
         )
         .bind(step)
         .bind(name)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     /// Records a login attempt. A success clears the failure count and the
@@ -522,37 +536,42 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<LoginRecorded, StoreError> {
         if let LoginAttempt::Success { totp_step } = attempt {
-            let r = sqlx::query(
-                "UPDATE admins SET failed_attempts = 0, locked_until = NULL, last_login_at = ?, totp_last_step = ?
-                 WHERE name = ? AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            let n = on_pool!(&self.pool, p => sqlx::query(
+                "UPDATE admins SET failed_attempts = 0, locked_until = NULL, last_login_at = $1, totp_last_step = $2
+                 WHERE name = $3 AND (totp_last_step IS NULL OR totp_last_step < $2)",
             )
             .bind(now.timestamp())
             .bind(totp_step)
             .bind(name)
-            .bind(totp_step)
-            .execute(&self.pool)
-            .await?;
-            if r.rows_affected() == 1 {
+            .execute(p)
+            .await?
+            .rows_affected());
+            if n == 1 {
                 return Ok(LoginRecorded::Accepted);
             }
         }
-        let row = sqlx::query(
-            "UPDATE admins SET failed_attempts = failed_attempts + 1 WHERE name = ? RETURNING failed_attempts",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
+        let failed_attempts = on_pool!(&self.pool, p => {
+            let row = sqlx::query(
+                "UPDATE admins SET failed_attempts = failed_attempts + 1 WHERE name = $1 RETURNING failed_attempts",
+            )
+            .bind(name)
+            .fetch_optional(p)
+            .await?;
+            row.as_ref().map(|r| r.int("failed_attempts")).transpose()?
+        });
+        let Some(failed_attempts) = failed_attempts else {
             return Ok(LoginRecorded::NoSuchAdmin);
         };
-        let failed_attempts: i64 = row.try_get("failed_attempts")?;
         let locked_until = lockout_after(failed_attempts).map(|d| now + d);
         if let Some(until) = locked_until {
-            sqlx::query("UPDATE admins SET locked_until = MAX(COALESCE(locked_until, 0), ?) WHERE name = ?")
-                .bind(until.timestamp())
-                .bind(name)
-                .execute(&self.pool)
-                .await?;
+            on_pool!(&self.pool, p => sqlx::query(
+                "UPDATE admins SET locked_until = CASE WHEN COALESCE(locked_until, 0) > $1 THEN locked_until ELSE $1 END
+                 WHERE name = $2",
+            )
+            .bind(until.timestamp())
+            .bind(name)
+            .execute(p)
+            .await.map(|_| ())?);
         }
         Ok(LoginRecorded::Refused { failed_attempts, locked_until })
     }
@@ -604,14 +623,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdb::on_both;
 
     const PASSWORD: &str = "correct horse battery";
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
-        (dir, s)
-    }
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).unwrap()
@@ -701,135 +715,145 @@ mod tests {
 
     #[tokio::test]
     async fn admin_accounts_are_stored_without_secrets_in_debug() {
-        let (_d, s) = store().await;
-        assert!(s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap());
-        assert!(!s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap(), "the name is taken");
-        assert!(matches!(s.create_admin("bad name", "x").await, Err(StoreError::Invalid(_))));
-        let a = s.get_admin("root").await.unwrap().unwrap();
-        assert!(a.totp_secret.is_none() && !a.totp_confirmed && a.failed_attempts == 0);
-        assert!(s.get_admin("nobody").await.unwrap().is_none());
+        on_both(async |s: Store| {
+            assert!(s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap());
+            assert!(!s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap(), "the name is taken");
+            assert!(matches!(s.create_admin("bad name", "x").await, Err(StoreError::Invalid(_))));
+            let a = s.get_admin("root").await.unwrap().unwrap();
+            assert!(a.totp_secret.is_none() && !a.totp_confirmed && a.failed_attempts == 0);
+            assert!(s.get_admin("nobody").await.unwrap().is_none());
 
-        let secret = TotpSecret::generate();
-        assert!(s.set_admin_totp("root", Some(&secret), None).await.unwrap());
-        let a = s.get_admin("root").await.unwrap().unwrap();
-        assert_eq!(a.totp_secret.as_ref(), Some(&secret));
-        assert!(!a.totp_confirmed, "awaits confirmation");
-        assert!(s.confirm_admin_totp("root", 7).await.unwrap());
-        assert!(!s.confirm_admin_totp("root", 8).await.unwrap(), "already confirmed");
-        let a = s.get_admin("root").await.unwrap().unwrap();
-        assert!(a.totp_confirmed);
-        assert_eq!(a.totp_last_step, Some(7));
-        let debug = format!("{a:?}");
-        assert!(!debug.contains(secret.base32()) && !debug.contains("argon2"), "{debug}");
-        let json = serde_json::to_string(&a).unwrap();
-        assert!(!json.contains(secret.base32()) && !json.contains("argon2"), "{json}");
-        assert_eq!(s.list_admins().await.unwrap().len(), 1);
-        assert!(!s.set_admin_password("nobody", "x").await.unwrap());
-        assert!(!s.set_admin_totp("nobody", None, None).await.unwrap());
-        assert!(s.delete_admin("root").await.unwrap());
-        assert!(!s.delete_admin("root").await.unwrap());
-        assert!(s.list_admins().await.unwrap().is_empty());
+            let secret = TotpSecret::generate();
+            assert!(s.set_admin_totp("root", Some(&secret), None).await.unwrap());
+            let a = s.get_admin("root").await.unwrap().unwrap();
+            assert_eq!(a.totp_secret.as_ref(), Some(&secret));
+            assert!(!a.totp_confirmed, "awaits confirmation");
+            assert!(s.confirm_admin_totp("root", 7).await.unwrap());
+            assert!(!s.confirm_admin_totp("root", 8).await.unwrap(), "already confirmed");
+            let a = s.get_admin("root").await.unwrap().unwrap();
+            assert!(a.totp_confirmed);
+            assert_eq!(a.totp_last_step, Some(7));
+            let debug = format!("{a:?}");
+            assert!(!debug.contains(secret.base32()) && !debug.contains("argon2"), "{debug}");
+            let json = serde_json::to_string(&a).unwrap();
+            assert!(!json.contains(secret.base32()) && !json.contains("argon2"), "{json}");
+            assert_eq!(s.list_admins().await.unwrap().len(), 1);
+            assert!(!s.set_admin_password("nobody", "x").await.unwrap());
+            assert!(!s.set_admin_totp("nobody", None, None).await.unwrap());
+            assert!(s.delete_admin("root").await.unwrap());
+            assert!(!s.delete_admin("root").await.unwrap());
+            assert!(s.list_admins().await.unwrap().is_empty());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn login_right_wrong_and_replayed() {
-        let (_d, s) = store().await;
-        let (secret, now) = enrolled(&s, "root").await;
-        let step = totp_step(now);
-        let code = secret.code_at_step(step).unwrap();
+        on_both(async |s: Store| {
+            let (secret, now) = enrolled(&s, "root").await;
+            let step = totp_step(now);
+            let code = secret.code_at_step(step).unwrap();
 
-        let e = s.admin_login("root", "wrong password!", &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::WrongPassword), "{e}");
-        assert_eq!(e.public_message(), "invalid name, password or code");
-        let e = s.admin_login("root", PASSWORD, &wrong_code(&secret, step), now).await.unwrap_err();
-        assert!(matches!(e, LoginError::WrongCode), "{e}");
-        let e = s.admin_login("nobody", PASSWORD, &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::UnknownAdmin), "{e}");
-        assert_eq!(e.public_message(), "invalid name, password or code");
-        assert_eq!(s.get_admin("root").await.unwrap().unwrap().failed_attempts, 2);
-
-        let a = s.admin_login("root", PASSWORD, &code, now).await.unwrap();
-        assert_eq!(a.failed_attempts, 0, "a success clears the count");
-        assert_eq!(a.last_login_at, Some(now));
-        assert_eq!(a.totp_last_step, Some(step));
-
-        // The same code again, even within its step: refused.
-        let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::ReplayedCode), "{e}");
-        // An expired code (two steps back) is wrong; the next step's is fine.
-        let old = secret.code_at_step(step - 2).unwrap();
-        if !(step - 1..=step + 1).any(|s| secret.code_at_step(s).unwrap() == old) {
-            let e = s.admin_login("root", PASSWORD, &old, now).await.unwrap_err();
+            let e = s.admin_login("root", "wrong password!", &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::WrongPassword), "{e}");
+            assert_eq!(e.public_message(), "invalid name, password or code");
+            let e = s.admin_login("root", PASSWORD, &wrong_code(&secret, step), now).await.unwrap_err();
             assert!(matches!(e, LoginError::WrongCode), "{e}");
-        }
-        let later = now + chrono::Duration::seconds(TOTP_STEP_SECS);
-        s.admin_login("root", PASSWORD, &secret.code_at_step(step + 1).unwrap(), later).await.unwrap();
+            let e = s.admin_login("nobody", PASSWORD, &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::UnknownAdmin), "{e}");
+            assert_eq!(e.public_message(), "invalid name, password or code");
+            assert_eq!(s.get_admin("root").await.unwrap().unwrap().failed_attempts, 2);
+
+            let a = s.admin_login("root", PASSWORD, &code, now).await.unwrap();
+            assert_eq!(a.failed_attempts, 0, "a success clears the count");
+            assert_eq!(a.last_login_at, Some(now));
+            assert_eq!(a.totp_last_step, Some(step));
+
+            // The same code again, even within its step: refused.
+            let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::ReplayedCode), "{e}");
+            // An expired code (two steps back) is wrong; the next step's is fine.
+            let old = secret.code_at_step(step - 2).unwrap();
+            if !(step - 1..=step + 1).any(|s| secret.code_at_step(s).unwrap() == old) {
+                let e = s.admin_login("root", PASSWORD, &old, now).await.unwrap_err();
+                assert!(matches!(e, LoginError::WrongCode), "{e}");
+            }
+            let later = now + chrono::Duration::seconds(TOTP_STEP_SECS);
+            s.admin_login("root", PASSWORD, &secret.code_at_step(step + 1).unwrap(), later).await.unwrap();
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn no_login_without_a_confirmed_second_factor() {
-        let (_d, s) = store().await;
-        s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap();
-        let now = at(1_700_000_010);
-        let e = s.admin_login("root", PASSWORD, "123456", now).await.unwrap_err();
-        assert!(matches!(e, LoginError::NoSecondFactor), "{e}");
-        let secret = TotpSecret::generate();
-        s.set_admin_totp("root", Some(&secret), None).await.unwrap();
-        let code = secret.code_at_step(totp_step(now)).unwrap();
-        let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::NoSecondFactor), "unconfirmed: {e}");
+        on_both(async |s: Store| {
+            s.create_admin("root", &hash_password(PASSWORD).unwrap()).await.unwrap();
+            let now = at(1_700_000_010);
+            let e = s.admin_login("root", PASSWORD, "123456", now).await.unwrap_err();
+            assert!(matches!(e, LoginError::NoSecondFactor), "{e}");
+            let secret = TotpSecret::generate();
+            s.set_admin_totp("root", Some(&secret), None).await.unwrap();
+            let code = secret.code_at_step(totp_step(now)).unwrap();
+            let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::NoSecondFactor), "unconfirmed: {e}");
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn repeated_failures_lock_the_account() {
-        let (_d, s) = store().await;
-        let (secret, now) = enrolled(&s, "root").await;
-        for i in 1..LOCKOUT_THRESHOLD {
-            let r = s.record_login("root", LoginAttempt::Failure, now).await.unwrap();
-            assert_eq!(r, LoginRecorded::Refused { failed_attempts: i, locked_until: None });
-        }
-        let code = secret.code_at_step(totp_step(now)).unwrap();
-        let e = s.admin_login("root", "wrong password!", &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::WrongPassword), "{e}");
-        let a = s.get_admin("root").await.unwrap().unwrap();
-        assert_eq!(a.failed_attempts, LOCKOUT_THRESHOLD);
-        assert_eq!(a.locked_until, Some(now + chrono::Duration::seconds(LOCKOUT_BASE_SECS)));
-        assert!(a.locked_at(now));
-
-        // Locked: even the right credentials are refused, and not counted.
-        let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
-        assert!(matches!(e, LoginError::Locked { .. }), "{e}");
-        assert_eq!(e.public_message(), "too many failed attempts: try again later");
-        assert_eq!(s.get_admin("root").await.unwrap().unwrap().failed_attempts, LOCKOUT_THRESHOLD);
-
-        // Once the lockout is over, one more failure locks for twice as long.
-        let after = now + chrono::Duration::seconds(LOCKOUT_BASE_SECS + 1);
-        let r = s.record_login("root", LoginAttempt::Failure, after).await.unwrap();
-        assert_eq!(
-            r,
-            LoginRecorded::Refused {
-                failed_attempts: LOCKOUT_THRESHOLD + 1,
-                locked_until: Some(after + chrono::Duration::seconds(2 * LOCKOUT_BASE_SECS))
+        on_both(async |s: Store| {
+            let (secret, now) = enrolled(&s, "root").await;
+            for i in 1..LOCKOUT_THRESHOLD {
+                let r = s.record_login("root", LoginAttempt::Failure, now).await.unwrap();
+                assert_eq!(r, LoginRecorded::Refused { failed_attempts: i, locked_until: None });
             }
-        );
+            let code = secret.code_at_step(totp_step(now)).unwrap();
+            let e = s.admin_login("root", "wrong password!", &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::WrongPassword), "{e}");
+            let a = s.get_admin("root").await.unwrap().unwrap();
+            assert_eq!(a.failed_attempts, LOCKOUT_THRESHOLD);
+            assert_eq!(a.locked_until, Some(now + chrono::Duration::seconds(LOCKOUT_BASE_SECS)));
+            assert!(a.locked_at(now));
 
-        // A new password lifts the lockout; a success clears the count.
-        s.set_admin_password("root", &hash_password("another long password").unwrap()).await.unwrap();
-        let a = s.admin_login("root", "another long password", &code, after).await.unwrap();
-        assert_eq!((a.failed_attempts, a.locked_until), (0, None));
-        assert_eq!(s.record_login("nobody", LoginAttempt::Failure, now).await.unwrap(), LoginRecorded::NoSuchAdmin);
+            // Locked: even the right credentials are refused, and not counted.
+            let e = s.admin_login("root", PASSWORD, &code, now).await.unwrap_err();
+            assert!(matches!(e, LoginError::Locked { .. }), "{e}");
+            assert_eq!(e.public_message(), "too many failed attempts: try again later");
+            assert_eq!(s.get_admin("root").await.unwrap().unwrap().failed_attempts, LOCKOUT_THRESHOLD);
+
+            // Once the lockout is over, one more failure locks for twice as long.
+            let after = now + chrono::Duration::seconds(LOCKOUT_BASE_SECS + 1);
+            let r = s.record_login("root", LoginAttempt::Failure, after).await.unwrap();
+            assert_eq!(
+                r,
+                LoginRecorded::Refused {
+                    failed_attempts: LOCKOUT_THRESHOLD + 1,
+                    locked_until: Some(after + chrono::Duration::seconds(2 * LOCKOUT_BASE_SECS))
+                }
+            );
+
+            // A new password lifts the lockout; a success clears the count.
+            s.set_admin_password("root", &hash_password("another long password").unwrap()).await.unwrap();
+            let a = s.admin_login("root", "another long password", &code, after).await.unwrap();
+            assert_eq!((a.failed_attempts, a.locked_until), (0, None));
+            assert_eq!(s.record_login("nobody", LoginAttempt::Failure, now).await.unwrap(), LoginRecorded::NoSuchAdmin);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_step_taken_by_a_concurrent_login_is_refused() {
-        let (_d, s) = store().await;
-        let (_secret, now) = enrolled(&s, "root").await;
-        let step = totp_step(now);
-        assert_eq!(
-            s.record_login("root", LoginAttempt::Success { totp_step: step }, now).await.unwrap(),
-            LoginRecorded::Accepted
-        );
-        let r = s.record_login("root", LoginAttempt::Success { totp_step: step }, now).await.unwrap();
-        assert!(matches!(r, LoginRecorded::Refused { failed_attempts: 1, .. }), "{r:?}");
+        on_both(async |s: Store| {
+            let (_secret, now) = enrolled(&s, "root").await;
+            let step = totp_step(now);
+            assert_eq!(
+                s.record_login("root", LoginAttempt::Success { totp_step: step }, now).await.unwrap(),
+                LoginRecorded::Accepted
+            );
+            let r = s.record_login("root", LoginAttempt::Success { totp_step: step }, now).await.unwrap();
+            assert!(matches!(r, LoginRecorded::Refused { failed_attempts: 1, .. }), "{r:?}");
+        })
+        .await;
     }
 }

@@ -1,19 +1,29 @@
 //! Bastion's dynamic state: what changes at run time, as opposed to the
-//! configuration file. Today that is API keys, users and administrator
-//! accounts; the embedded backend is SQLite in the data directory (zero
-//! set-up).
+//! configuration file. That is API keys, users, administrator accounts and
+//! the vault's sealed secrets, kept in SQLite in the data directory (the
+//! default: zero set-up) or in PostgreSQL (`store: postgres://…`), with
+//! the same behaviour on both.
 //!
-//! - [`Store`]: the connection pool and its queries.
+//! - [`Store`]: the connection pool and its queries; [`db`] says how the
+//!   two backends are kept apart and how an outage is handled.
+//! - [`StoreSettings`]: where the store is, from the config's `store`.
 //! - [`pepper`]: the server-side secret that keys API key hashes.
 //! - [`users`]: users kept in the store (role and groups).
 //! - [`admins`]: local administrator accounts (Argon2id password, TOTP).
+//! - [`secrets`]: the vault's rows, opaque sealed blobs.
 #![forbid(unsafe_code)]
 
 pub mod admins;
+pub mod db;
 pub mod pepper;
+pub mod secrets;
 mod store;
+#[cfg(test)]
+mod testdb;
 pub mod users;
 
 pub use admins::{AdminRecord, LoginError};
+pub use db::{Backend, MigrationInfo, MigrationState, MigrationStatus, StoreSettings};
+pub use secrets::{OwnerKind, SecretInfo, SecretRecord};
 pub use store::{ApiKeyRecord, KeyState, NewApiKey, Store, StoreError};
 pub use users::{NewUser, UserRecord};

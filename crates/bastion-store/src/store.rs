@@ -1,17 +1,17 @@
-//! The store: a connection pool and the queries on it.
+//! The store: a connection pool (SQLite or PostgreSQL, see [`crate::db`])
+//! and the API key queries on it.
 
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+
+use crate::db::{Fields, Pool, on_pool};
 
 macro_rules! key_columns {
     () => {
         "id, user_name, display_prefix, key_hash, created_at, expires_at, revoked_at, last_used_at, use_count, max_uses, description"
     };
 }
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +19,12 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not accept a connection when the store was opened.
+    #[error("cannot reach the store at {location}: {source}")]
+    Unreachable { location: String, source: Box<sqlx::Error> },
+    /// The database records a migration this build does not have.
+    #[error("the store was migrated by a newer version of bastion (migration {0} is unknown here): upgrade bastion")]
+    NewerSchema(i64),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error(
@@ -87,49 +93,41 @@ impl ApiKeyRecord {
 
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: Pool,
 }
 
 pub(crate) fn ts(t: Option<i64>) -> Option<DateTime<Utc>> {
     t.and_then(|s| DateTime::from_timestamp(s, 0))
 }
 
-impl Store {
-    /// Opens (creating if needed) the SQLite database at `path` and applies
-    /// migrations. The file is created with mode 0600.
-    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| StoreError::Io(path.into(), e))?;
-        }
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
-    }
+fn row_to_key(row: &impl Fields) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
+        id: row.text("id")?,
+        user: row.text("user_name")?,
+        display_prefix: row.text("display_prefix")?,
+        hash: row.text("key_hash")?,
+        created_at: ts(Some(row.int("created_at")?)).ok_or_else(|| StoreError::Corrupt("created_at".into()))?,
+        expires_at: ts(row.opt_int("expires_at")?),
+        revoked_at: ts(row.opt_int("revoked_at")?),
+        last_used_at: ts(row.opt_int("last_used_at")?),
+        use_count: row.int("use_count")?,
+        max_uses: row.opt_int("max_uses")?,
+        description: row.opt_text("description")?,
+    })
+}
 
-    /// Whether the database answers.
+impl Store {
     /// Whether the store can answer: reads the keys table, so a database
-    /// file that cannot be read fails here as every key lookup would.
+    /// that cannot be read fails here as every key lookup would.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1 FROM api_keys LIMIT 1").fetch_optional(&self.pool).await?;
+        on_pool!(&self.pool, p => sqlx::query("SELECT 1 FROM api_keys LIMIT 1").fetch_optional(p).await.map(|_| ())?);
         Ok(())
     }
 
     pub async fn insert_key(&self, k: &NewApiKey) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(&self.pool, p => sqlx::query(
             "INSERT INTO api_keys (id, user_name, display_prefix, key_hash, created_at, expires_at, max_uses, description)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&k.id)
         .bind(&k.user)
@@ -139,41 +137,29 @@ impl Store {
         .bind(k.expires_at.map(|t| t.timestamp()))
         .bind(k.max_uses)
         .bind(&k.description)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(|_| ())?);
         Ok(())
     }
 
-    fn row_to_key(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKeyRecord, StoreError> {
-        Ok(ApiKeyRecord {
-            id: row.try_get("id")?,
-            user: row.try_get("user_name")?,
-            display_prefix: row.try_get("display_prefix")?,
-            hash: row.try_get("key_hash")?,
-            created_at: ts(Some(row.try_get("created_at")?)).ok_or_else(|| StoreError::Corrupt("created_at".into()))?,
-            expires_at: ts(row.try_get("expires_at")?),
-            revoked_at: ts(row.try_get("revoked_at")?),
-            last_used_at: ts(row.try_get("last_used_at")?),
-            use_count: row.try_get("use_count")?,
-            max_uses: row.try_get("max_uses")?,
-            description: row.try_get("description")?,
+    pub async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE key_hash = $1"))
+                .bind(hash)
+                .fetch_optional(p)
+                .await?;
+            row.as_ref().map(row_to_key).transpose()
         })
     }
 
-    pub async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE key_hash = ?"))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::row_to_key).transpose()
-    }
-
     pub async fn find_key_by_id(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::row_to_key).transpose()
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(p)
+                .await?;
+            row.as_ref().map(row_to_key).transpose()
+        })
     }
 
     /// Ids of keys revoked at or after `since`, or that expired between
@@ -183,74 +169,81 @@ impl Store {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id FROM api_keys WHERE (revoked_at IS NOT NULL AND revoked_at >= ?1) \
-             OR (expires_at IS NOT NULL AND expires_at >= ?1 AND expires_at <= ?2)",
-        )
-        .bind(since.timestamp())
-        .bind(now.timestamp())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| r.try_get::<String, _>("id").map_err(StoreError::from)).collect()
+        on_pool!(&self.pool, p => {
+            let rows = sqlx::query(
+                "SELECT id FROM api_keys WHERE (revoked_at IS NOT NULL AND revoked_at >= $1) \
+                 OR (expires_at IS NOT NULL AND expires_at >= $1 AND expires_at <= $2)",
+            )
+            .bind(since.timestamp())
+            .bind(now.timestamp())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(|r| r.text("id").map_err(StoreError::from)).collect()
+        })
     }
 
     pub async fn list_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = match user {
-            Some(u) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    key_columns!(),
-                    " FROM api_keys WHERE user_name = ? ORDER BY created_at, id"
-                ))
-                .bind(u)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys ORDER BY created_at, id"))
-                    .fetch_all(&self.pool)
+        on_pool!(&self.pool, p => {
+            let rows = match user {
+                Some(u) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        key_columns!(),
+                        " FROM api_keys WHERE user_name = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(u)
+                    .fetch_all(p)
                     .await?
-            }
-        };
-        rows.iter().map(Self::row_to_key).collect()
+                }
+                None => {
+                    sqlx::query(concat!("SELECT ", key_columns!(), " FROM api_keys ORDER BY created_at, id"))
+                        .fetch_all(p)
+                        .await?
+                }
+            };
+            rows.iter().map(row_to_key).collect()
+        })
     }
 
     /// Revokes a key by id. Returns false when there is no such key or it was
     /// already revoked.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(Utc::now().timestamp())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let r = on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+        )
+        .bind(Utc::now().timestamp())
+        .bind(id)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(r == 1)
     }
 
-    /// Adds `uses` to a key's usage count and stamps its last use.
+    /// Adds `uses` to a key's usage count and stamps its last use (never
+    /// moving it back).
     pub async fn record_key_use(&self, id: &str, uses: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET use_count = use_count + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
-            .bind(uses)
-            .bind(at.timestamp())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE api_keys SET use_count = use_count + $1,
+                 last_used_at = CASE WHEN COALESCE(last_used_at, 0) > $2 THEN last_used_at ELSE $2 END
+             WHERE id = $3",
+        )
+        .bind(uses)
+        .bind(at.timestamp())
+        .bind(id)
+        .execute(p)
+        .await.map(|_| ())?);
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(&self.pool, p => p.close().await)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
-        (dir, s)
-    }
+    use crate::testdb::on_both;
 
     fn key(id: &str, hash: &str) -> NewApiKey {
         NewApiKey {
@@ -266,67 +259,76 @@ mod tests {
 
     #[tokio::test]
     async fn insert_find_revoke() {
-        let (_d, s) = store().await;
-        s.insert_key(&key("k1", "h1")).await.unwrap();
-        let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
-        assert_eq!(k.user, "alice");
-        assert_eq!(k.state(Utc::now()), KeyState::Active);
-        assert!(s.find_key_by_hash("nope").await.unwrap().is_none());
-        assert!(s.revoke_key("k1").await.unwrap());
-        assert!(!s.revoke_key("k1").await.unwrap());
-        let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
-        assert_eq!(k.state(Utc::now()), KeyState::Revoked);
+        on_both(async |s: Store| {
+            s.insert_key(&key("k1", "h1")).await.unwrap();
+            let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
+            assert_eq!(k.user, "alice");
+            assert_eq!(k.state(Utc::now()), KeyState::Active);
+            assert!(s.find_key_by_hash("nope").await.unwrap().is_none());
+            assert!(s.revoke_key("k1").await.unwrap());
+            assert!(!s.revoke_key("k1").await.unwrap());
+            let k = s.find_key_by_hash("h1").await.unwrap().unwrap();
+            assert_eq!(k.state(Utc::now()), KeyState::Revoked);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn usage_and_limits() {
-        let (_d, s) = store().await;
-        let mut k = key("k2", "h2");
-        k.max_uses = Some(3);
-        s.insert_key(&k).await.unwrap();
-        s.record_key_use("k2", 2, Utc::now()).await.unwrap();
-        let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
-        assert_eq!(r.use_count, 2);
-        assert_eq!(r.state(Utc::now()), KeyState::Active);
-        s.record_key_use("k2", 1, Utc::now()).await.unwrap();
-        let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
-        assert_eq!(r.state(Utc::now()), KeyState::Exhausted);
-        assert!(r.last_used_at.is_some());
+        on_both(async |s: Store| {
+            let mut k = key("k2", "h2");
+            k.max_uses = Some(3);
+            s.insert_key(&k).await.unwrap();
+            s.record_key_use("k2", 2, Utc::now()).await.unwrap();
+            let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
+            assert_eq!(r.use_count, 2);
+            assert_eq!(r.state(Utc::now()), KeyState::Active);
+            s.record_key_use("k2", 1, Utc::now()).await.unwrap();
+            let r = s.find_key_by_hash("h2").await.unwrap().unwrap();
+            assert_eq!(r.state(Utc::now()), KeyState::Exhausted);
+            assert!(r.last_used_at.is_some());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn ended_keys_are_found_by_time() {
-        let (_d, s) = store().await;
-        let now = Utc::now();
-        s.insert_key(&key("live", "h5")).await.unwrap();
-        s.insert_key(&key("revoked", "h6")).await.unwrap();
-        let mut expiring = key("expired", "h7");
-        expiring.expires_at = Some(now - chrono::Duration::seconds(1));
-        s.insert_key(&expiring).await.unwrap();
-        s.revoke_key("revoked").await.unwrap();
-        let mut ended = s.keys_ended_between(now - chrono::Duration::seconds(5), Utc::now()).await.unwrap();
-        ended.sort();
-        assert_eq!(ended, vec!["expired".to_string(), "revoked".to_string()]);
-        let later = Utc::now() + chrono::Duration::seconds(10);
-        assert!(s.keys_ended_between(later, later).await.unwrap().is_empty());
+        on_both(async |s: Store| {
+            let now = Utc::now();
+            s.insert_key(&key("live", "h5")).await.unwrap();
+            s.insert_key(&key("revoked", "h6")).await.unwrap();
+            let mut expiring = key("expired", "h7");
+            expiring.expires_at = Some(now - chrono::Duration::seconds(1));
+            s.insert_key(&expiring).await.unwrap();
+            s.revoke_key("revoked").await.unwrap();
+            let mut ended = s.keys_ended_between(now - chrono::Duration::seconds(5), Utc::now()).await.unwrap();
+            ended.sort();
+            assert_eq!(ended, vec!["expired".to_string(), "revoked".to_string()]);
+            let later = Utc::now() + chrono::Duration::seconds(10);
+            assert!(s.keys_ended_between(later, later).await.unwrap().is_empty());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn expiry_and_duplicate_hashes() {
-        let (_d, s) = store().await;
-        let mut k = key("k3", "h3");
-        k.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
-        s.insert_key(&k).await.unwrap();
-        assert_eq!(s.find_key_by_hash("h3").await.unwrap().unwrap().state(Utc::now()), KeyState::Expired);
-        assert!(s.insert_key(&key("k4", "h3")).await.is_err());
-        assert_eq!(s.list_keys(Some("alice")).await.unwrap().len(), 1);
-        assert_eq!(s.list_keys(Some("bob")).await.unwrap().len(), 0);
+        on_both(async |s: Store| {
+            let mut k = key("k3", "h3");
+            k.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+            s.insert_key(&k).await.unwrap();
+            assert_eq!(s.find_key_by_hash("h3").await.unwrap().unwrap().state(Utc::now()), KeyState::Expired);
+            assert!(s.insert_key(&key("k4", "h3")).await.is_err());
+            assert_eq!(s.list_keys(Some("alice")).await.unwrap().len(), 1);
+            assert_eq!(s.list_keys(Some("bob")).await.unwrap().len(), 0);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn database_file_is_private() {
         use std::os::unix::fs::PermissionsExt;
-        let (d, _s) = store().await;
+        let d = tempfile::tempdir().unwrap();
+        let _s = Store::open_sqlite(&d.path().join("b.db")).await.unwrap();
         let mode = std::fs::metadata(d.path().join("b.db")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

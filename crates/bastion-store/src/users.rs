@@ -10,8 +10,8 @@
 use bastion_core::access::Role;
 use bastion_core::config::{USER_NAME_RULE, is_valid_user_name};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
+use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
 /// How long a removal stays visible to [`Store::users_changed_since`]
@@ -47,16 +47,16 @@ fn groups_json(groups: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(groups).map_err(|e| StoreError::Invalid(format!("groups: {e}")))
 }
 
-fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError> {
-    let name: String = row.try_get("name")?;
+fn row_to_user(row: &impl Fields) -> Result<UserRecord, StoreError> {
+    let name = row.text("name")?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("user {name:?}: {what}"));
-    let role: String = row.try_get("role")?;
-    let groups: String = row.try_get("groups")?;
+    let role = row.text("role")?;
+    let groups = row.text("groups")?;
     Ok(UserRecord {
         role: role.parse().map_err(|_| corrupt("role"))?,
         groups: serde_json::from_str(&groups).map_err(|_| corrupt("groups"))?,
-        created_at: ts(Some(row.try_get("created_at")?)).ok_or_else(|| corrupt("created_at"))?,
-        updated_at: ts(Some(row.try_get("updated_at")?)).ok_or_else(|| corrupt("updated_at"))?,
+        created_at: ts(Some(row.int("created_at")?)).ok_or_else(|| corrupt("created_at"))?,
+        updated_at: ts(Some(row.int("updated_at")?)).ok_or_else(|| corrupt("updated_at"))?,
         name,
     })
 }
@@ -70,18 +70,21 @@ macro_rules! user_columns {
 impl Store {
     /// The user of that name, if the store has one.
     pub async fn get_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(row_to_user).transpose()
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(p)
+                .await?;
+            row.as_ref().map(row_to_user).transpose()
+        })
     }
 
     /// Every stored user, by name.
     pub async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let rows =
-            sqlx::query(concat!("SELECT ", user_columns!(), " FROM users ORDER BY name")).fetch_all(&self.pool).await?;
-        rows.iter().map(row_to_user).collect()
+        on_pool!(&self.pool, p => {
+            let rows = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users ORDER BY name")).fetch_all(p).await?;
+            rows.iter().map(row_to_user).collect()
+        })
     }
 
     /// Adds a user. Returns false (and changes nothing) when the name is
@@ -90,23 +93,27 @@ impl Store {
         check_name(&u.name)?;
         let groups = groups_json(&u.groups)?;
         let now = Utc::now().timestamp();
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO users (name, role, groups, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&u.name)
-        .bind(u.role.as_str())
-        .bind(&groups)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 1 {
-            sqlx::query("DELETE FROM user_tombstones WHERE name = ?").bind(&u.name).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO users (name, role, groups, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&u.name)
+            .bind(u.role.as_str())
+            .bind(&groups)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                sqlx::query("DELETE FROM user_tombstones WHERE name = $1").bind(&u.name).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
     }
 
     /// Adds a user, or replaces the role and groups of an existing one.
@@ -114,21 +121,23 @@ impl Store {
         check_name(&u.name)?;
         let groups = groups_json(&u.groups)?;
         let now = Utc::now().timestamp();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (name, role, groups, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET role = excluded.role, groups = excluded.groups,
-                                              updated_at = excluded.updated_at",
-        )
-        .bind(&u.name)
-        .bind(u.role.as_str())
-        .bind(&groups)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM user_tombstones WHERE name = ?").bind(&u.name).execute(&mut *tx).await?;
-        tx.commit().await?;
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO users (name, role, groups, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO UPDATE SET role = excluded.role, groups = excluded.groups,
+                                                  updated_at = excluded.updated_at",
+            )
+            .bind(&u.name)
+            .bind(u.role.as_str())
+            .bind(&groups)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM user_tombstones WHERE name = $1").bind(&u.name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -141,70 +150,71 @@ impl Store {
         groups: Option<Vec<String>>,
     ) -> Result<Option<UserRecord>, StoreError> {
         let groups = groups.as_deref().map(groups_json).transpose()?;
-        let row = sqlx::query(concat!(
-            "UPDATE users SET role = COALESCE(?, role), groups = COALESCE(?, groups), updated_at = ? \
-             WHERE name = ? RETURNING ",
-            user_columns!()
-        ))
-        .bind(role.map(Role::as_str))
-        .bind(groups)
-        .bind(Utc::now().timestamp())
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(row_to_user).transpose()
+        on_pool!(&self.pool, p => {
+            let row = sqlx::query(concat!(
+                "UPDATE users SET role = COALESCE($1, role), groups = COALESCE($2, groups), updated_at = $3 \
+                 WHERE name = $4 RETURNING ",
+                user_columns!()
+            ))
+            .bind(role.map(Role::as_str))
+            .bind(&groups)
+            .bind(Utc::now().timestamp())
+            .bind(name)
+            .fetch_optional(p)
+            .await?;
+            row.as_ref().map(row_to_user).transpose()
+        })
     }
 
     /// Removes a user (its API keys stay). Returns false when there is no
     /// such user.
     pub async fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp();
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("DELETE FROM users WHERE name = ?").bind(name).execute(&mut *tx).await?;
-        let deleted = r.rows_affected() == 1;
-        if deleted {
-            sqlx::query(
-                "INSERT INTO user_tombstones (name, deleted_at) VALUES (?, ?)
-                 ON CONFLICT (name) DO UPDATE SET deleted_at = excluded.deleted_at",
-            )
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM user_tombstones WHERE deleted_at < ?")
-                .bind(now - TOMBSTONE_DAYS * 86_400)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let deleted =
+                sqlx::query("DELETE FROM users WHERE name = $1").bind(name).execute(&mut *tx).await?.rows_affected() == 1;
+            if deleted {
+                sqlx::query(
+                    "INSERT INTO user_tombstones (name, deleted_at) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET deleted_at = excluded.deleted_at",
+                )
+                .bind(name)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(deleted)
+                sqlx::query("DELETE FROM user_tombstones WHERE deleted_at < $1")
+                    .bind(now - TOMBSTONE_DAYS * 86_400)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
     }
 
     /// Names of the users added, changed or removed at or after `since`
     /// (one-second resolution: the whole second of `since` counts), each
     /// once, sorted.
     pub async fn users_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name FROM users WHERE updated_at >= ?1
-             UNION SELECT name FROM user_tombstones WHERE deleted_at >= ?1
-             ORDER BY name",
-        )
-        .bind(since.timestamp())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| r.try_get::<String, _>("name").map_err(StoreError::from)).collect()
+        on_pool!(&self.pool, p => {
+            let rows = sqlx::query(
+                "SELECT name FROM users WHERE updated_at >= $1
+                 UNION SELECT name FROM user_tombstones WHERE deleted_at >= $1
+                 ORDER BY name",
+            )
+            .bind(since.timestamp())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(|r| r.text("name").map_err(StoreError::from)).collect()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
-        (dir, s)
-    }
+    use crate::testdb::on_both;
 
     fn user(name: &str, role: Role, groups: &[&str]) -> NewUser {
         NewUser { name: name.into(), role, groups: groups.iter().map(|g| g.to_string()).collect() }
@@ -212,68 +222,74 @@ mod tests {
 
     #[tokio::test]
     async fn users_crud() {
-        let (_d, s) = store().await;
-        assert!(s.get_user("alice").await.unwrap().is_none());
-        assert!(s.insert_user(&user("alice", Role::User, &["dev", "ops"])).await.unwrap());
-        assert!(!s.insert_user(&user("alice", Role::Admin, &[])).await.unwrap(), "the name is taken");
-        let a = s.get_user("alice").await.unwrap().unwrap();
-        assert_eq!((a.role, a.groups.clone()), (Role::User, vec!["dev".to_string(), "ops".to_string()]));
-        assert!(a.created_at <= a.updated_at);
+        on_both(async |s: Store| {
+            assert!(s.get_user("alice").await.unwrap().is_none());
+            assert!(s.insert_user(&user("alice", Role::User, &["dev", "ops"])).await.unwrap());
+            assert!(!s.insert_user(&user("alice", Role::Admin, &[])).await.unwrap(), "the name is taken");
+            let a = s.get_user("alice").await.unwrap().unwrap();
+            assert_eq!((a.role, a.groups.clone()), (Role::User, vec!["dev".to_string(), "ops".to_string()]));
+            assert!(a.created_at <= a.updated_at);
 
-        let a = s.update_user("alice", Some(Role::Viewer), None).await.unwrap().unwrap();
-        assert_eq!((a.role, a.groups.len()), (Role::Viewer, 2), "groups kept");
-        let a = s.update_user("alice", None, Some(vec![])).await.unwrap().unwrap();
-        assert_eq!((a.role, a.groups.len()), (Role::Viewer, 0), "role kept");
-        assert!(s.update_user("nobody", Some(Role::Admin), None).await.unwrap().is_none());
+            let a = s.update_user("alice", Some(Role::Viewer), None).await.unwrap().unwrap();
+            assert_eq!((a.role, a.groups.len()), (Role::Viewer, 2), "groups kept");
+            let a = s.update_user("alice", None, Some(vec![])).await.unwrap().unwrap();
+            assert_eq!((a.role, a.groups.len()), (Role::Viewer, 0), "role kept");
+            assert!(s.update_user("nobody", Some(Role::Admin), None).await.unwrap().is_none());
 
-        s.upsert_user(&user("bob", Role::Manager, &["dev"])).await.unwrap();
-        s.upsert_user(&user("bob", Role::Admin, &[])).await.unwrap();
-        let b = s.get_user("bob").await.unwrap().unwrap();
-        assert_eq!((b.role, b.groups.len()), (Role::Admin, 0));
+            s.upsert_user(&user("bob", Role::Manager, &["dev"])).await.unwrap();
+            s.upsert_user(&user("bob", Role::Admin, &[])).await.unwrap();
+            let b = s.get_user("bob").await.unwrap().unwrap();
+            assert_eq!((b.role, b.groups.len()), (Role::Admin, 0));
 
-        let names: Vec<String> = s.list_users().await.unwrap().into_iter().map(|u| u.name).collect();
-        assert_eq!(names, ["alice", "bob"]);
+            let names: Vec<String> = s.list_users().await.unwrap().into_iter().map(|u| u.name).collect();
+            assert_eq!(names, ["alice", "bob"]);
 
-        assert!(s.delete_user("alice").await.unwrap());
-        assert!(!s.delete_user("alice").await.unwrap());
-        assert!(s.get_user("alice").await.unwrap().is_none());
-        assert_eq!(s.list_users().await.unwrap().len(), 1);
+            assert!(s.delete_user("alice").await.unwrap());
+            assert!(!s.delete_user("alice").await.unwrap());
+            assert!(s.get_user("alice").await.unwrap().is_none());
+            assert_eq!(s.list_users().await.unwrap().len(), 1);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn names_and_groups_are_checked_on_write() {
-        let (_d, s) = store().await;
-        for bad in ["", " alice", "al\nice"] {
-            assert!(matches!(s.insert_user(&user(bad, Role::User, &[])).await, Err(StoreError::Invalid(_))));
-        }
-        assert!(matches!(s.insert_user(&user("carol", Role::User, &[""])).await, Err(StoreError::Invalid(_))));
-        // Names are exact: no case folding.
-        assert!(s.insert_user(&user("Carol", Role::User, &[])).await.unwrap());
-        assert!(s.get_user("carol").await.unwrap().is_none());
+        on_both(async |s: Store| {
+            for bad in ["", " alice", "al\nice"] {
+                assert!(matches!(s.insert_user(&user(bad, Role::User, &[])).await, Err(StoreError::Invalid(_))));
+            }
+            assert!(matches!(s.insert_user(&user("carol", Role::User, &[""])).await, Err(StoreError::Invalid(_))));
+            // Names are exact: no case folding.
+            assert!(s.insert_user(&user("Carol", Role::User, &[])).await.unwrap());
+            assert!(s.get_user("carol").await.unwrap().is_none());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn changes_since_include_removals() {
-        let (_d, s) = store().await;
-        let t0 = Utc::now();
-        s.insert_user(&user("alice", Role::User, &[])).await.unwrap();
-        s.insert_user(&user("bob", Role::User, &[])).await.unwrap();
-        assert_eq!(s.users_changed_since(t0).await.unwrap(), ["alice", "bob"]);
-        let later = Utc::now() + chrono::Duration::seconds(5);
-        assert!(s.users_changed_since(later).await.unwrap().is_empty());
+        on_both(async |s: Store| {
+            let t0 = Utc::now();
+            s.insert_user(&user("alice", Role::User, &[])).await.unwrap();
+            s.insert_user(&user("bob", Role::User, &[])).await.unwrap();
+            assert_eq!(s.users_changed_since(t0).await.unwrap(), ["alice", "bob"]);
+            let later = Utc::now() + chrono::Duration::seconds(5);
+            assert!(s.users_changed_since(later).await.unwrap().is_empty());
 
-        // Removed and changed users are seen; an unchanged one is not.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        let t2 = Utc::now();
-        assert!(s.users_changed_since(t2).await.unwrap().is_empty());
-        assert!(s.delete_user("alice").await.unwrap());
-        s.update_user("bob", Some(Role::Viewer), None).await.unwrap();
-        s.insert_user(&user("carol", Role::User, &[])).await.unwrap();
-        assert_eq!(s.users_changed_since(t2).await.unwrap(), ["alice", "bob", "carol"]);
+            // Removed and changed users are seen; an unchanged one is not.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            let t2 = Utc::now();
+            assert!(s.users_changed_since(t2).await.unwrap().is_empty());
+            assert!(s.delete_user("alice").await.unwrap());
+            s.update_user("bob", Some(Role::Viewer), None).await.unwrap();
+            s.insert_user(&user("carol", Role::User, &[])).await.unwrap();
+            assert_eq!(s.users_changed_since(t2).await.unwrap(), ["alice", "bob", "carol"]);
 
-        // A name removed and added again is reported once.
-        s.delete_user("carol").await.unwrap();
-        s.insert_user(&user("carol", Role::Admin, &[])).await.unwrap();
-        assert_eq!(s.users_changed_since(t2).await.unwrap(), ["alice", "bob", "carol"]);
+            // A name removed and added again is reported once.
+            s.delete_user("carol").await.unwrap();
+            s.insert_user(&user("carol", Role::Admin, &[])).await.unwrap();
+            assert_eq!(s.users_changed_since(t2).await.unwrap(), ["alice", "bob", "carol"]);
+        })
+        .await;
     }
 }

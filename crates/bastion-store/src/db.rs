@@ -1,0 +1,468 @@
+//! The two backends: SQLite (embedded, the default) and PostgreSQL.
+//!
+//! # Design
+//!
+//! [`Pool`] is an enum of the two native sqlx pools, and every query runs
+//! through [`on_pool!`], which expands its body once per variant. Each
+//! body is therefore type-checked against the real driver of its backend:
+//! rows are `SqliteRow` or `PgRow`, transactions are native, and each
+//! backend keeps its own connection options (WAL, busy timeout and a
+//! private file for SQLite; TLS, `PGPASSWORD` and `.pgpass` for
+//! PostgreSQL).
+//!
+//! The query text is written once: sqlx's SQLite driver binds `$1, $2…`
+//! as PostgreSQL does, and the statements keep to SQL both understand
+//! (`ON CONFLICT … DO UPDATE`, `RETURNING`, `CASE` rather than the
+//! two-argument `MAX` or `GREATEST`). Where they must differ, [`Backend`]
+//! picks the text (only the catalogue query of [`Store::migration_status`]
+//! today). The schema differs in its types only (`BLOB`/`BYTEA`,
+//! `INTEGER`/`BIGINT`): `migrations/sqlite` and `migrations/postgres` hold
+//! one migration per version each, with the same tables, columns,
+//! constraints and indexes. Times are whole seconds since the epoch on
+//! both.
+//!
+//! sqlx's `Any` driver was the other way: one pool type, but it has no
+//! per-backend connection options beyond the URL, decodes through a
+//! narrower set of types and checks nothing per backend at compile time.
+//! The enum costs one macro and keeps each driver whole.
+//!
+//! # Outages
+//!
+//! A store call waits at most `acquire_timeout` for a connection; with the
+//! server down it fails with that bound (connection refused is retried
+//! within it), and the gateway refuses the request. Idle connections are
+//! checked before use, so connections broken by a restart are replaced:
+//! the pool recovers by itself when the server is back.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use bastion_core::config::{Config, PoolConfig, StoreLocation};
+use sqlx::Row;
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+
+use crate::store::{Store, StoreError};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The table sqlx records applied migrations in.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// A pool of one of the backends.
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the native pool of whichever backend
+/// `$pool` is; the body is compiled once per backend.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            $crate::db::Pool::Sqlite($p) => $body,
+            $crate::db::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Column reads shared by both backends' rows, so that row conversions are
+/// written once.
+pub(crate) trait Fields {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error>;
+}
+
+macro_rules! impl_fields {
+    ($($row:ty),*) => {$(
+        impl Fields for $row {
+            fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error> {
+                self.try_get(col)
+            }
+        }
+    )*};
+}
+impl_fields!(SqliteRow, PgRow);
+
+/// Which database a store is kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Sqlite(PathBuf),
+    Postgres(Box<PgConnectOptions>),
+}
+
+/// Where the store is and how its pool behaves: what [`Store::open`]
+/// needs. `Display` and `Debug` name the location without credentials.
+#[derive(Clone)]
+pub struct StoreSettings {
+    target: Target,
+    pool: PoolConfig,
+}
+
+impl StoreSettings {
+    /// An SQLite file, with the default pool.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreSettings {
+        StoreSettings { target: Target::Sqlite(path.into()), pool: PoolConfig::default() }
+    }
+
+    /// A PostgreSQL server by URL, with the default pool. A password not in
+    /// the URL is taken from `PGPASSWORD`, else from the `.pgpass` file
+    /// (`PGPASSFILE`, default `~/.pgpass`), as libpq does.
+    pub fn postgres(url: &str) -> Result<StoreSettings, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Invalid(format!("the PostgreSQL URL cannot be used: {}", describe_url_error(&e)))
+        })?;
+        Ok(StoreSettings::postgres_with(options))
+    }
+
+    /// A PostgreSQL server by connection options, with the default pool.
+    pub fn postgres_with(options: PgConnectOptions) -> StoreSettings {
+        StoreSettings {
+            target: Target::Postgres(Box::new(options.application_name("bastion"))),
+            pool: PoolConfig::default(),
+        }
+    }
+
+    /// The config's `store`: its location (relative SQLite paths against
+    /// the config file's directory; absent, `bastion.db` in the data
+    /// directory) and pool settings.
+    pub fn from_config(config: &Config, config_path: &Path) -> Result<StoreSettings, StoreError> {
+        let settings = match &config.store.location {
+            StoreLocation::Postgres(url) => StoreSettings::postgres(url.expose())?,
+            StoreLocation::DataDir | StoreLocation::Sqlite(_) => {
+                StoreSettings::sqlite(config.sqlite_path(config_path).expect("an SQLite location"))
+            }
+        };
+        Ok(settings.with_pool(config.store.pool.clone()))
+    }
+
+    /// These settings with another pool configuration.
+    pub fn with_pool(mut self, pool: PoolConfig) -> StoreSettings {
+        self.pool = pool;
+        self
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.target {
+            Target::Sqlite(_) => Backend::Sqlite,
+            Target::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    fn max_connections(&self) -> u32 {
+        self.pool.max_connections.unwrap_or(match self.target {
+            Target::Sqlite(_) => 4,
+            Target::Postgres(_) => 10,
+        })
+    }
+}
+
+/// `sqlite:PATH`, or `postgres://HOST:PORT/DATABASE` (no user, no
+/// password).
+impl fmt::Display for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Target::Postgres(o) => {
+                match o.get_socket() {
+                    Some(dir) => write!(f, "postgres://{}:{}", dir.display(), o.get_port())?,
+                    None => write!(f, "postgres://{}:{}", o.get_host(), o.get_port())?,
+                }
+                if let Some(db) = o.get_database() {
+                    write!(f, "/{db}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings").field("location", &self.to_string()).field("pool", &self.pool).finish()
+    }
+}
+
+/// sqlx's configuration errors, without anything of the URL.
+fn describe_url_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A migration, by version and description.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationInfo {
+    pub version: i64,
+    pub description: String,
+}
+
+/// Where a migration stands in a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    Applied,
+    Pending,
+    /// Applied, but from a text other than this build's.
+    Modified,
+    /// Started and not completed.
+    Failed,
+    /// Applied by a build that knows migrations this one does not.
+    Unknown,
+}
+
+/// One migration and its state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub state: MigrationState,
+}
+
+fn info(m: &sqlx::migrate::Migration) -> MigrationInfo {
+    MigrationInfo { version: m.version, description: m.description.to_string() }
+}
+
+impl Store {
+    /// Opens the store and applies pending migrations: what `serve` and the
+    /// administration commands do.
+    pub async fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let store = Store::connect(settings).await?;
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
+            tracing::info!(store = %settings, ?versions, "store migrations applied");
+        }
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path` and applies
+    /// migrations. The file is created with mode 0600.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Store::open(&StoreSettings::sqlite(path)).await
+    }
+
+    /// Opens the store without applying migrations. With PostgreSQL, waits
+    /// up to `connect_timeout` for the server to accept a connection.
+    pub async fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let p = &settings.pool;
+        match &settings.target {
+            Target::Sqlite(path) => {
+                create_private_file(path)?;
+                let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections())
+                    .min_connections(p.min_connections)
+                    .acquire_timeout(p.acquire_timeout)
+                    .idle_timeout(p.idle_timeout)
+                    .connect_with(opts)
+                    .await?;
+                Ok(Store { pool: Pool::Sqlite(pool) })
+            }
+            Target::Postgres(opts) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(settings.max_connections())
+                    .min_connections(p.min_connections)
+                    .acquire_timeout(p.acquire_timeout)
+                    .idle_timeout(p.idle_timeout)
+                    .test_before_acquire(true)
+                    .connect_lazy_with((**opts).clone());
+                wait_for_server(&pool, p.connect_timeout)
+                    .await
+                    .map_err(|e| StoreError::Unreachable { location: settings.to_string(), source: Box::new(e) })?;
+                Ok(Store { pool: Pool::Postgres(pool) })
+            }
+        }
+    }
+
+    /// Which database this store is kept in.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.pool {
+            Pool::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Pool::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies the migrations the database lacks, in order, holding the
+    /// backend's migration lock (concurrent starts apply each once).
+    /// Returns those applied, oldest first. A database changed by a newer
+    /// build, or whose applied migrations differ from this build's, is
+    /// refused.
+    pub async fn migrate(&self) -> Result<Vec<MigrationInfo>, StoreError> {
+        let migrator = self.migrator();
+        on_pool!(&self.pool, p => {
+            let mut conn = p.acquire().await?;
+            apply_pending(&mut *conn, migrator).await
+        })
+    }
+
+    /// Every migration this build has or the database records, with its
+    /// state, by version. Changes nothing.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
+        let exists_sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()"
+            }
+        };
+        let recorded: Vec<(i64, Vec<u8>, bool)> = on_pool!(&self.pool, p => {
+            let exists = sqlx::query(exists_sql).fetch_one(p).await?.int("n")? > 0;
+            if exists {
+                let rows = sqlx::query(
+                    "SELECT version, checksum, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) AS ok \
+                     FROM _sqlx_migrations ORDER BY version",
+                )
+                .fetch_all(p)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.int("version")?, r.bytes("checksum")?, r.int("ok")? != 0)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            } else {
+                Vec::new()
+            }
+        });
+        let mut out = Vec::new();
+        for m in self.migrator().iter().filter(|m| m.migration_type.is_up_migration()) {
+            let state = match recorded.iter().find(|r| r.0 == m.version) {
+                None => MigrationState::Pending,
+                Some((_, _, false)) => MigrationState::Failed,
+                Some((_, checksum, true)) if checksum.as_slice() != &*m.checksum => MigrationState::Modified,
+                Some(_) => MigrationState::Applied,
+            };
+            out.push(MigrationStatus { version: m.version, description: m.description.to_string(), state });
+        }
+        for (version, _, ok) in &recorded {
+            if !self.migrator().iter().any(|m| m.version == *version) {
+                let state = if *ok { MigrationState::Unknown } else { MigrationState::Failed };
+                out.push(MigrationStatus { version: *version, description: String::new(), state });
+            }
+        }
+        out.sort_by_key(|s| s.version);
+        Ok(out)
+    }
+}
+
+/// Creates the SQLite file readable by its owner only, if it is missing.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Io(path.into(), e))?;
+    Ok(())
+}
+
+/// Waits until the server accepts a connection, for at most `limit`.
+/// Refused connections and pool timeouts are retried; anything else (a
+/// wrong password, a missing database) is returned at once.
+async fn wait_for_server(pool: &PgPool, limit: Duration) -> Result<(), sqlx::Error> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, pool.acquire()).await {
+            Ok(Ok(_conn)) => return Ok(()),
+            Ok(Err(e @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)))) => {
+                if Instant::now() + Duration::from_millis(200) >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+}
+
+/// Applies pending migrations under the migration lock; see
+/// [`Store::migrate`].
+async fn apply_pending<C: Migrate>(conn: &mut C, migrator: &Migrator) -> Result<Vec<MigrationInfo>, StoreError> {
+    conn.lock().await?;
+    let outcome = apply_locked(conn, migrator).await;
+    let unlocked = conn.unlock().await;
+    let applied = outcome?;
+    unlocked?;
+    Ok(applied)
+}
+
+async fn apply_locked<C: Migrate>(conn: &mut C, migrator: &Migrator) -> Result<Vec<MigrationInfo>, StoreError> {
+    conn.ensure_migrations_table(MIGRATIONS_TABLE).await?;
+    if let Some(version) = conn.dirty_version(MIGRATIONS_TABLE).await? {
+        return Err(MigrateError::Dirty(version).into());
+    }
+    let recorded = conn.list_applied_migrations(MIGRATIONS_TABLE).await?;
+    if let Some(unknown) = recorded.iter().find(|r| !migrator.iter().any(|m| m.version == r.version)) {
+        return Err(StoreError::NewerSchema(unknown.version));
+    }
+    let mut applied = Vec::new();
+    for m in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
+        match recorded.iter().find(|r| r.version == m.version) {
+            Some(r) if r.checksum != m.checksum => return Err(MigrateError::VersionMismatch(m.version).into()),
+            Some(_) => {}
+            None => {
+                conn.apply(MIGRATIONS_TABLE, m).await?;
+                applied.push(info(m));
+            }
+        }
+    }
+    Ok(applied)
+}
