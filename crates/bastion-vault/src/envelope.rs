@@ -206,6 +206,16 @@ impl Keyring {
         self
     }
 
+    /// The current key.
+    pub fn current(&self) -> &MasterKey {
+        &self.current
+    }
+
+    /// The older keys, still accepted for opening.
+    pub fn previous(&self) -> &[MasterKey] {
+        &self.previous
+    }
+
     /// The id of the current key.
     pub fn current_id(&self) -> &KeyId {
         self.current.id()

@@ -64,5 +64,5 @@ pub use error::{Error, KeyError};
 pub use key::{KEY_ID_LEN, KEY_LEN, KeyId, MasterKey};
 pub use source::{
     DEFAULT_COMMAND_TIMEOUT, KeySource, create_key_file, load_key_command, load_key_env, load_key_file,
-    load_or_create_key_file,
+    load_or_create_key_file, parse_keyring, write_keyring_file,
 };

@@ -20,6 +20,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, geteuid};
 use zeroize::Zeroizing;
 
+use crate::envelope::Keyring;
 use crate::error::KeyError;
 use crate::key::{MasterKey, fill_random, parse_text};
 
@@ -62,6 +63,82 @@ impl KeySource {
             KeySource::Command { program, args, timeout } => load_key_command(program, args, *timeout),
         }
     }
+
+    /// Reads a keyring: one key per line, the current one first, then
+    /// older ones still accepted for opening (what a source gives while a
+    /// rotation runs). A single key is a keyring of one.
+    pub fn load_keyring(&self) -> Result<Keyring, KeyError> {
+        let (text, origin) = match self {
+            KeySource::File(path) => (read_key_file(path)?, format!("file {}", path.display())),
+            KeySource::Env(name) => (read_key_env(name)?, format!("environment variable {name}")),
+            KeySource::Command { program, args, timeout } => (
+                run_command(program, args, *timeout)
+                    .map_err(|problem| KeyError::Command { program: program.clone(), problem })?,
+                format!("command {program}"),
+            ),
+        };
+        parse_keyring_bytes(&text).map_err(|reason| KeyError::Invalid { origin, reason })
+    }
+}
+
+/// Parses keyring text: keys one per line, blank lines ignored, the first
+/// the current key.
+pub fn parse_keyring(text: &str) -> Result<Keyring, &'static str> {
+    let mut keys = text.lines().filter(|l| !l.trim().is_empty()).map(parse_text);
+    let current = keys.next().ok_or("it is empty")??;
+    let mut ring = Keyring::new(current);
+    for key in keys {
+        ring = ring.with_previous(key?);
+    }
+    Ok(ring)
+}
+
+fn parse_keyring_bytes(bytes: &[u8]) -> Result<Keyring, &'static str> {
+    parse_keyring(std::str::from_utf8(bytes).map_err(|_| "it is not text")?)
+}
+
+/// Replaces the key file at `path` with `keys` (the current one first),
+/// atomically: a reader sees the old file or the new one, never a part.
+/// The file keeps mode 0600; the path must not be a symbolic link.
+pub fn write_keyring_file(path: &Path, keys: &[&MasterKey]) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io { path: path.into(), source };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(KeyError::Symlink(path.into())),
+        _ => {}
+    }
+    let temp = temp_path(path).map_err(io)?;
+    let mut text = Zeroizing::new(String::new());
+    for key in keys {
+        text.push_str(&key.to_base64());
+        text.push('\n');
+    }
+    let written = write_new_text(&temp, text.as_bytes()).and_then(|()| fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written.map_err(io)?;
+    sync_dir(path).map_err(io)
+}
+
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let file_name = path.file_name().ok_or_else(|| io::Error::other("the path names no file"))?;
+    let mut suffix = [0u8; 8];
+    fill_random(&mut suffix);
+    let mut temp_name = OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".{}.tmp", hex::encode(suffix)));
+    Ok(parent_dir(path).join(temp_name))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    fs::File::open(parent_dir(path)).and_then(|d| d.sync_all())
 }
 
 /// Names the source for messages, e.g. `file /etc/bastion/master.key`.
@@ -80,6 +157,12 @@ impl fmt::Display for KeySource {
 /// grants its group or other users any access, and a file owned by another
 /// user than the effective uid.
 pub fn load_key_file(path: &Path) -> Result<MasterKey, KeyError> {
+    let text = read_key_file(path)?;
+    parse_bytes(&text).map_err(|reason| KeyError::Invalid { origin: format!("file {}", path.display()), reason })
+}
+
+/// The checked contents of a key file (see [`load_key_file`]).
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let io = |source| KeyError::Io { path: path.into(), source };
     if fs::symlink_metadata(path).map_err(io)?.file_type().is_symlink() {
         return Err(KeyError::Symlink(path.into()));
@@ -108,21 +191,24 @@ pub fn load_key_file(path: &Path) -> Result<MasterKey, KeyError> {
         return Err(KeyError::NotOwned { path: path.into(), owner: meta.uid(), euid });
     }
     let (text, complete) = read_capped(&mut file, MAX_KEY_TEXT).map_err(io)?;
-    let origin = || format!("file {}", path.display());
     if !complete {
-        return Err(KeyError::Invalid { origin: origin(), reason: "the file is too large" });
+        return Err(KeyError::Invalid { origin: format!("file {}", path.display()), reason: "the file is too large" });
     }
-    parse_bytes(&text).map_err(|reason| KeyError::Invalid { origin: origin(), reason })
+    Ok(text)
 }
 
 /// Reads the master key from an environment variable.
 pub fn load_key_env(name: &str) -> Result<MasterKey, KeyError> {
+    let text = read_key_env(name)?;
+    parse_bytes(&text).map_err(|reason| KeyError::Invalid { origin: format!("environment variable {name}"), reason })
+}
+
+fn read_key_env(name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     if name.is_empty() || name.contains(['=', '\0']) {
         return Err(KeyError::EnvMissing(name.into()));
     }
     let value: OsString = std::env::var_os(name).ok_or_else(|| KeyError::EnvMissing(name.into()))?;
-    let text = Zeroizing::new(value.into_vec());
-    parse_bytes(&text).map_err(|reason| KeyError::Invalid { origin: format!("environment variable {name}"), reason })
+    Ok(Zeroizing::new(value.into_vec()))
 }
 
 /// Runs a program (no shell, stdin closed, in its own process group) and
@@ -141,17 +227,7 @@ pub fn load_key_command(program: &str, args: &[String], timeout: Duration) -> Re
 /// in the same directory, then linked into place.
 pub fn create_key_file(path: &Path) -> Result<MasterKey, KeyError> {
     let io = |source| KeyError::Io { path: path.into(), source };
-    let file_name = path.file_name().ok_or_else(|| io(io::Error::other("the path names no file")))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut suffix = [0u8; 8];
-    fill_random(&mut suffix);
-    let mut temp_name = OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".{}.tmp", hex::encode(suffix)));
-    let temp = dir.join(temp_name);
+    let temp = temp_path(path).map_err(io)?;
 
     let key = MasterKey::generate();
     let written = write_new(&temp, &key).and_then(|()| fs::hard_link(&temp, path));
@@ -163,7 +239,7 @@ pub fn create_key_file(path: &Path) -> Result<MasterKey, KeyError> {
     }
     removed.map_err(io)?;
     // Make the new directory entry durable.
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    sync_dir(path).map_err(io)?;
     Ok(key)
 }
 
@@ -185,6 +261,13 @@ pub fn load_or_create_key_file(path: &Path) -> Result<(MasterKey, bool), KeyErro
 
 /// Writes `key` to a new file with mode 0600 and syncs it.
 fn write_new(path: &Path, key: &MasterKey) -> io::Result<()> {
+    let mut text = key.to_base64();
+    text.push('\n');
+    write_new_text(path, text.as_bytes())
+}
+
+/// Writes `text` to a new file with mode 0600 and syncs it.
+fn write_new_text(path: &Path, text: &[u8]) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -193,9 +276,7 @@ fn write_new(path: &Path, key: &MasterKey) -> io::Result<()> {
         .open(path)?;
     // The umask may have taken bits away; the mode must be exactly 0600.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    let mut text = key.to_base64();
-    text.push('\n');
-    file.write_all(text.as_bytes())?;
+    file.write_all(text)?;
     file.sync_all()
 }
 
@@ -484,6 +565,41 @@ mod tests {
         assert_eq!(first.id(), second.id());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(load_or_create_key_file(&path), Err(KeyError::LoosePermissions { .. })));
+    }
+
+    #[test]
+    fn keyrings_are_keys_one_per_line() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let text = format!("\n{}\n  \n{}\n", a.to_base64().as_str(), hex::encode([7u8; 32]));
+        let ring = parse_keyring(&text).unwrap();
+        assert_eq!(ring.current_id(), a.id());
+        assert_eq!(ring.ids().count(), 2);
+        assert_eq!(parse_keyring("").unwrap_err(), "it is empty");
+        assert!(parse_keyring(&format!("{}\nnot a key\n", a.to_base64().as_str())).is_err());
+        // one key, as every source gives it
+        assert_eq!(parse_keyring(&format!("{}\n", b.to_base64().as_str())).unwrap().ids().count(), 1);
+    }
+
+    #[test]
+    fn a_key_file_is_replaced_whole_by_a_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let (old, _) = load_or_create_key_file(&path).unwrap();
+        let new = MasterKey::generate();
+        write_keyring_file(&path, &[&new, &old]).unwrap();
+        let ring = KeySource::File(path.clone()).load_keyring().unwrap();
+        assert_eq!(ring.current_id(), new.id());
+        assert_eq!(ring.ids().nth(1), Some(old.id()));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // the single-key reader refuses a keyring: it is not one key
+        assert!(load_key_file(&path).is_err());
+        write_keyring_file(&path, &[&new]).unwrap();
+        assert_eq!(load_key_file(&path).unwrap().id(), new.id());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(write_keyring_file(&link, &[&new]), Err(KeyError::Symlink(_))));
     }
 
     const ENV_B64: &str = "BASTION_VAULT_TEST_KEY_B64";
