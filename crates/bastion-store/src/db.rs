@@ -466,3 +466,194 @@ async fn apply_locked<C: Migrate>(conn: &mut C, migrator: &Migrator) -> Result<V
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+    use sqlx::postgres::PgConnection;
+
+    use super::*;
+    use crate::testdb::{PgTestDb, on_both, test_pool};
+
+    /// Every migration of this build, by version.
+    fn versions(migrator: &Migrator) -> Vec<i64> {
+        migrator.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect()
+    }
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        assert_eq!(versions(&SQLITE_MIGRATIONS), versions(&POSTGRES_MIGRATIONS));
+        let described = |m: &Migrator| m.iter().map(|m| m.description.to_string()).collect::<Vec<_>>();
+        assert_eq!(described(&SQLITE_MIGRATIONS), described(&POSTGRES_MIGRATIONS));
+        assert!(versions(&SQLITE_MIGRATIONS).len() >= 3);
+    }
+
+    #[tokio::test]
+    async fn an_opened_store_is_fully_migrated() {
+        on_both(async |s: Store| {
+            let status = s.migration_status().await.unwrap();
+            assert_eq!(status.len(), versions(s.migrator()).len());
+            assert!(status.iter().all(|m| m.state == MigrationState::Applied), "{status:?}");
+            assert!(s.migrate().await.unwrap().is_empty(), "nothing left to apply");
+            s.ping().await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn migrations_are_reported_then_applied_once() {
+        // SQLite: a new file, connected without migrating.
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings::sqlite(dir.path().join("b.db"));
+        let s = Store::connect(&settings).await.unwrap();
+        check_fresh_database(&s).await;
+        s.close().await;
+
+        // PostgreSQL: a new database.
+        if let Some(db) = PgTestDb::create_empty().await {
+            check_fresh_database(&db.store).await;
+            // Two stores migrating at once: each migration applied once.
+            let fresh = PgTestDb::create_empty().await.unwrap();
+            let a = Store::connect(&StoreSettings::postgres_with(fresh.options.clone()).with_pool(test_pool()))
+                .await
+                .unwrap();
+            let (x, y) = tokio::join!(a.migrate(), fresh.store.migrate());
+            let (x, y) = (x.unwrap(), y.unwrap());
+            assert_eq!(x.len() + y.len(), versions(&POSTGRES_MIGRATIONS).len(), "{x:?} {y:?}");
+            a.close().await;
+            fresh.drop().await;
+            db.drop().await;
+        }
+    }
+
+    async fn check_fresh_database(s: &Store) {
+        let all = versions(s.migrator());
+        let status = s.migration_status().await.unwrap();
+        assert!(status.iter().all(|m| m.state == MigrationState::Pending), "{status:?}");
+        assert_eq!(status.iter().map(|m| m.version).collect::<Vec<_>>(), all);
+        assert!(s.ping().await.is_err(), "no tables yet");
+        let applied = s.migrate().await.unwrap();
+        assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), all);
+        assert_eq!(applied[0].description, "api keys");
+        assert!(s.migrate().await.unwrap().is_empty());
+        assert!(s.migration_status().await.unwrap().iter().all(|m| m.state == MigrationState::Applied));
+        s.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_build_is_refused() {
+        on_both(async |s: Store| {
+            on_pool!(&s.pool, p => {
+                sqlx::query(
+                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                     VALUES (9999, 'from the future', TRUE, $1, 0)",
+                )
+                .bind(vec![0u8; 48])
+                .execute(p)
+                .await
+                .unwrap();
+            });
+            let status = s.migration_status().await.unwrap();
+            assert_eq!(status.last().map(|m| (m.version, m.state)), Some((9999, MigrationState::Unknown)));
+            let e = s.migrate().await.unwrap_err();
+            assert!(matches!(e, StoreError::NewerSchema(9999)), "{e}");
+            assert!(e.to_string().contains("newer version of bastion"), "{e}");
+        })
+        .await;
+    }
+
+    #[test]
+    fn the_location_is_shown_without_credentials() {
+        let s = StoreSettings::postgres("postgres://bastion:hunter2pw@db.internal:6432/gw?sslmode=prefer").unwrap();
+        assert_eq!(s.backend(), Backend::Postgres);
+        assert_eq!(s.to_string(), "postgres://db.internal:6432/gw");
+        assert!(!format!("{s:?}").contains("hunter2pw"));
+        let s = StoreSettings::sqlite("/var/lib/bastion/bastion.db");
+        assert_eq!(s.to_string(), "sqlite:/var/lib/bastion/bastion.db");
+        let e = StoreSettings::postgres("postgres://u:hunter2pw@h:notaport/d").map(|_| ()).unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+        assert!(!e.to_string().contains("hunter2pw"), "{e}");
+    }
+
+    #[test]
+    fn settings_follow_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bastion.yaml");
+        let parse = |text: &str| Config::parse(&path, text).unwrap();
+        let s = StoreSettings::from_config(&parse("listen: 127.0.0.1:1\n"), &path).unwrap();
+        assert_eq!(s.to_string(), format!("sqlite:{}", dir.path().join("data/bastion.db").display()));
+        assert_eq!(s.max_connections(), 4);
+        let s = StoreSettings::from_config(&parse("store: sqlite:state/b.db\n"), &path).unwrap();
+        assert_eq!(s.to_string(), format!("sqlite:{}", dir.path().join("state/b.db").display()));
+        let c = parse("store:\n  url: postgres://u@h:5433/d\n  max_connections: 7\n  acquire_timeout: 2s\n");
+        let s = StoreSettings::from_config(&c, &path).unwrap();
+        assert_eq!(
+            (s.backend(), s.to_string(), s.max_connections()),
+            (Backend::Postgres, "postgres://h:5433/d".into(), 7)
+        );
+        assert_eq!(s.pool.acquire_timeout, Duration::from_secs(2));
+    }
+
+    /// A free loopback port nobody listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_fails_within_the_connect_timeout() {
+        let url = format!("postgres://bastion:hunter2pw@127.0.0.1:{}/bastion", closed_port());
+        let pool = PoolConfig {
+            acquire_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(800),
+            ..PoolConfig::default()
+        };
+        let settings = StoreSettings::postgres(&url).unwrap().with_pool(pool);
+        let started = Instant::now();
+        let e = Store::connect(&settings).await.map(|_| ()).unwrap_err();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(3), "{took:?}");
+        assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("127.0.0.1") && !msg.contains("hunter2pw"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn calls_fail_fast_while_the_server_is_away_and_recover_after() {
+        let Some(db) = PgTestDb::create().await else { return };
+        let pool = PoolConfig { acquire_timeout: Duration::from_millis(500), ..test_pool() };
+        let s = Store::open(&StoreSettings::postgres_with(db.options.clone()).with_pool(pool)).await.unwrap();
+        s.ping().await.unwrap();
+        // Every connection of the database is ended under the pool, as a
+        // server restart would: the next calls reconnect by themselves.
+        let mut admin = PgConnection::connect_with(&db.options).await.unwrap();
+        let killed = sqlx::query(
+            "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        .int("n")
+        .unwrap();
+        assert!(killed >= 1, "the pool had connections");
+        for _ in 0..3 {
+            s.ping().await.unwrap();
+            assert!(s.list_keys(None).await.unwrap().is_empty());
+        }
+        let _ = admin.close().await;
+
+        // A pool to a port nobody listens on: each call fails within the
+        // acquire timeout, never hangs.
+        let away = PoolConfig { acquire_timeout: Duration::from_millis(400), ..test_pool() };
+        let options = db.options.clone().port(closed_port());
+        let pool = PgPoolOptions::new().acquire_timeout(away.acquire_timeout).connect_lazy_with(options);
+        let gone = Store { pool: Pool::Postgres(pool) };
+        for _ in 0..2 {
+            let started = Instant::now();
+            assert!(gone.find_key_by_hash("h").await.is_err());
+            assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        }
+        s.close().await;
+        db.drop().await;
+    }
+}
