@@ -67,6 +67,9 @@ pub struct Config {
     /// SQLite, `bastion.db` in `data_dir`.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The secrets vault: where its master key comes from.
+    #[serde(default)]
+    pub vault: VaultConfig,
     /// The MCP servers, by name.
     #[serde(default, rename = "mcpServers")]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -717,6 +720,54 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Checks the references in `env` and `headers` (see
+    /// [`crate::template`]), and that nothing else holds one: a process's
+    /// command line is visible to every user of the machine, and a URL ends
+    /// up in logs.
+    fn check_templates(&self) -> Result<(), (String, String)> {
+        use crate::template::{Source, Template, mentions_reference};
+        let nowhere = |key: String| {
+            (
+                key,
+                "may not hold `${…}`: secrets and other references go in `env` (stdio) or `headers` (remote), \
+                 never where `ps` or a log would show them"
+                    .to_string(),
+            )
+        };
+        if self.command.as_deref().is_some_and(mentions_reference) {
+            return Err(nowhere("command".into()));
+        }
+        if let Some(i) = self.args.iter().position(|a| mentions_reference(a)) {
+            return Err(nowhere(format!("args[{i}]")));
+        }
+        if self.url.as_deref().is_some_and(mentions_reference) {
+            return Err(nowhere("url".into()));
+        }
+        if self.cwd.as_ref().is_some_and(|c| c.to_str().is_none_or(mentions_reference)) {
+            return Err(nowhere("cwd".into()));
+        }
+        for (field, map) in [("env", &self.env), ("headers", &self.headers)] {
+            for (k, v) in map {
+                if mentions_reference(k) {
+                    return Err(nowhere(format!("{field}.{k}")));
+                }
+                let t = Template::parse(v).map_err(|e| (format!("{field}.{k}"), e.to_string()))?;
+                if let Some(r) = t.refs().find(|r| r.source == Source::User) {
+                    return Err((
+                        format!("{field}.{k}"),
+                        format!(
+                            "{r}: per-user secrets are not supported by this version; use `${{server.{}}}`",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether a configured header cannot be sent: the name must be an HTTP
 /// token, the value free of control characters other than tab (the rules of
 /// the `http` crate the gateway sends it with, so no header that passes here
@@ -823,6 +874,7 @@ impl Config {
                 ));
             }
             server.transport().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
+            server.check_templates().map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
             for (i, root) in server.roots.iter().enumerate() {
                 if !root.uri.starts_with("file://") {
                     return Err(invalid(format!("mcpServers.{name}.roots[{i}].uri"), "must be a file:// URI".into()));
@@ -895,6 +947,9 @@ impl Config {
             return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
         }
         self.store.pool.check().map_err(|(key, m)| invalid(format!("store.{key}"), m))?;
+        if let Some(k) = &self.vault.master_key {
+            k.check().map_err(|(key, m)| invalid(format!("vault.{key}"), m))?;
+        }
         Ok(())
     }
 
@@ -1007,5 +1062,7 @@ mod store;
 mod syntax;
 #[cfg(test)]
 mod tests;
+mod vault;
 
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
+pub use vault::{MasterKeyConfig, VaultConfig};
