@@ -64,6 +64,17 @@ pub struct Gateway {
     notifications: mpsc::UnboundedSender<ServerNotification>,
     config_path: PathBuf,
     base_dir: PathBuf,
+    /// Secrets for servers' `env` and `headers`.
+    pub vault: Arc<crate::vault::Vault>,
+}
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] crate::access::PolicyLoadError),
+    #[error("the secrets vault: {0}")]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 impl Gateway {
@@ -75,13 +86,22 @@ impl Gateway {
         store: Store,
         authentication: Authentication,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Gateway>, crate::access::PolicyLoadError> {
+    ) -> Result<Arc<Gateway>, StartError> {
         let engine = crate::access::load_engine(&config, config_path)?;
+        let source = crate::vault::key_source(&config, config_path);
+        let (vault, created) = crate::vault::Vault::open(store.clone(), source, true)?;
+        if let Some(path) = created {
+            tracing::warn!(
+                path = %path.display(),
+                "created a new master key for the secrets vault (mode 0600); back it up: without it no secret can be read"
+            );
+        }
+        let vault = Arc::new(vault);
         let (tx, rx) = mpsc::unbounded_channel();
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
-        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &BTreeMap::new());
+        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &BTreeMap::new());
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
             drain: Default::default(),
@@ -99,6 +119,7 @@ impl Gateway {
             notifications: tx,
             config_path: config_path.to_path_buf(),
             base_dir,
+            vault,
         });
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
@@ -298,8 +319,14 @@ impl Gateway {
             }
         };
         let access_changed = engine.is_some() || config.users != old.config.users || config.groups != old.config.groups;
-        let upstreams =
-            build_upstreams(&config, &self.base_dir, &self.spawn_permits, &self.notifications, &old.upstreams);
+        let upstreams = build_upstreams(
+            &config,
+            &self.base_dir,
+            &self.spawn_permits,
+            &self.notifications,
+            &self.vault,
+            &old.upstreams,
+        );
         let mut stopped = Vec::new();
         for (name, handle) in &old.upstreams {
             if !upstreams.get(name).is_some_and(|h| Arc::ptr_eq(h, handle)) {
@@ -511,21 +538,24 @@ fn build_upstreams(
     base_dir: &Path,
     permits: &Arc<Semaphore>,
     tx: &mpsc::UnboundedSender<ServerNotification>,
+    vault: &Arc<crate::vault::Vault>,
     previous: &BTreeMap<String, Arc<UpstreamHandle>>,
 ) -> BTreeMap<String, Arc<UpstreamHandle>> {
+    let new =
+        |name: &str, spec| Arc::new(UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone())));
     specs_from_config(config, base_dir)
         .into_iter()
         .map(|(name, spec)| {
             let handle = match previous.get(&name) {
                 Some(h) if h.spec() == &spec => h.clone(),
                 Some(h) => {
-                    let new = Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone()));
+                    let replacement = new(&name, spec);
                     if h.is_connected() {
-                        new.inherit_lists(h);
+                        replacement.inherit_lists(h);
                     }
-                    new
+                    replacement
                 }
-                None => Arc::new(UpstreamHandle::new(&name, spec, permits.clone(), tx.clone())),
+                None => new(&name, spec),
             };
             (name, handle)
         })

@@ -17,6 +17,7 @@
 //! - [`tls`]: HTTPS on the listener, client certificates as credentials.
 //! - [`descriptors`]: the open-file limit and refusing connections before it.
 //! - [`drain`]: the request path's side of graceful shutdown.
+//! - [`vault`]: secrets sealed in the store, opened with the master keyring.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -34,3 +35,4 @@ pub mod session;
 pub mod subscriptions;
 pub mod tls;
 pub mod upstream;
+pub mod vault;

@@ -14,6 +14,7 @@
 
 pub mod guard;
 mod http;
+mod inject;
 mod lines;
 
 pub(crate) use http::{bounded_body, bounded_events};
@@ -222,6 +223,10 @@ pub enum CallError {
     /// The server sent something that is not MCP.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A secret its configuration refers to is not set (the message names
+    /// it and how to set it, nothing else).
+    #[error("{0}")]
+    MissingSecret(String),
 }
 
 impl CallError {
@@ -414,6 +419,8 @@ pub struct UpstreamHandle {
     /// Which sessions are subscribed to which of the server's resources;
     /// a restarted server is subscribed again.
     subscriptions: crate::subscriptions::Subscriptions,
+    /// Where `${server.NAME}` references are read from.
+    vault: Option<Arc<crate::vault::Vault>>,
 }
 
 /// Decrements the in-flight count when a call ends, however it ends.
@@ -432,6 +439,7 @@ impl UpstreamHandle {
         spec: UpstreamSpec,
         spawn_permits: Arc<Semaphore>,
         notifications: mpsc::UnboundedSender<ServerNotification>,
+        vault: Option<Arc<crate::vault::Vault>>,
     ) -> Self {
         UpstreamHandle {
             name: name.into(),
@@ -450,6 +458,7 @@ impl UpstreamHandle {
             log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
             wanted_log_level: AtomicU8::new(NO_LEVEL),
             subscriptions: Default::default(),
+            vault,
         }
     }
 
@@ -501,6 +510,12 @@ impl UpstreamHandle {
         let result = tokio::time::timeout(self.spec.start_timeout, self.connect()).await;
         let conn = match result {
             Ok(Ok(c)) => c,
+            Ok(Err(e @ CallError::MissingSecret(_))) => {
+                // Not a failure of the server: no backoff, so it starts as
+                // soon as the secret is set.
+                tracing::warn!(server = %self.name, error = %e, "upstream not started");
+                return Err(e);
+            }
             Ok(Err(e)) => {
                 self.note_failure();
                 tracing::warn!(server = %self.name, error = %e, "upstream failed to start");
@@ -563,9 +578,11 @@ impl UpstreamHandle {
                     Some(c) => self.spec.base_dir.join(c),
                     None => self.spec.base_dir.clone(),
                 };
-                stdio::StdioConn::spawn(ctx, command, args, env, &cwd).await.map(|c| Conn::Stdio(Box::new(c)))
+                let env = inject::render(&self.name, env, self.vault.as_deref()).await?;
+                stdio::StdioConn::spawn(ctx, command, args, &env.0, &cwd).await.map(|c| Conn::Stdio(Box::new(c)))
             }
             Transport::Http { url, headers, fallback_sse } => {
+                let headers = &inject::render(&self.name, headers, self.vault.as_deref()).await?.0;
                 match http::HttpConn::connect(ctx.clone(), url, headers).await {
                     Ok(c) => Ok(Conn::Http(c)),
                     Err(http::ConnectError::NotStreamable(reason)) if *fallback_sse => {
@@ -575,7 +592,10 @@ impl UpstreamHandle {
                     Err(e) => Err(e.into()),
                 }
             }
-            Transport::Sse { url, headers } => sse::SseConn::connect(ctx, url, headers).await.map(Conn::Sse),
+            Transport::Sse { url, headers } => {
+                let headers = inject::render(&self.name, headers, self.vault.as_deref()).await?;
+                sse::SseConn::connect(ctx, url, &headers.0).await.map(Conn::Sse)
+            }
         }
     }
 
