@@ -311,9 +311,7 @@ impl Store {
                     .idle_timeout(p.idle_timeout)
                     .test_before_acquire(true)
                     .connect_lazy_with((**opts).clone());
-                wait_for_server(&pool, p.connect_timeout)
-                    .await
-                    .map_err(|e| StoreError::Unreachable { location: settings.to_string(), source: Box::new(e) })?;
+                wait_for_server(opts, p.connect_timeout).await?;
                 Ok(Store { pool: Pool::Postgres(pool) })
             }
         }
@@ -413,23 +411,29 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Waits until the server accepts a connection, for at most `limit`.
-/// Refused connections and pool timeouts are retried; anything else (a
-/// wrong password, a missing database) is returned at once.
-async fn wait_for_server(pool: &PgPool, limit: Duration) -> Result<(), sqlx::Error> {
+/// Refused connections and a server still starting are retried; anything
+/// else (a wrong password, a missing database) is returned at once. The
+/// connection is a direct one, so the error is the server's own.
+async fn wait_for_server(options: &PgConnectOptions, limit: Duration) -> Result<(), StoreError> {
+    use sqlx::Connection;
     let deadline = Instant::now() + limit;
+    let mut last = sqlx::Error::PoolTimedOut;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, pool.acquire()).await {
-            Ok(Ok(_conn)) => return Ok(()),
-            Ok(Err(e @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)))) => {
-                if Instant::now() + Duration::from_millis(200) >= deadline {
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        if left.is_zero() {
+            return Err(StoreError::Unreachable { within: limit, cause: Box::new(last) });
         }
+        last = match tokio::time::timeout(left, sqlx::postgres::PgConnection::connect_with(options)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e @ sqlx::Error::Io(_))) => e,
+            Ok(Err(sqlx::Error::Database(e))) if e.is_transient_in_connect_phase() => sqlx::Error::Database(e),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        tokio::time::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200))).await;
     }
 }
 
@@ -614,7 +618,7 @@ mod tests {
         assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(3), "{took:?}");
         assert!(matches!(e, StoreError::Unreachable { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("127.0.0.1") && !msg.contains("hunter2pw"), "{msg}");
+        assert!(msg.contains("refused") && !msg.contains("hunter2pw"), "{msg}");
     }
 
     #[tokio::test]

@@ -15,13 +15,15 @@ macro_rules! key_columns {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // The driver's error is in the message, and not given as the source
+    // too: a chain of causes would repeat it.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// The database did not accept a connection when the store was opened.
-    #[error("cannot reach the store at {location}: {source}")]
-    Unreachable { location: String, source: Box<sqlx::Error> },
+    #[error("no connection to the database within {within:?}: {cause}")]
+    Unreachable { within: std::time::Duration, cause: Box<sqlx::Error> },
     /// The database records a migration this build does not have.
     #[error("the store was migrated by a newer version of bastion (migration {0} is unknown here): upgrade bastion")]
     NewerSchema(i64),
@@ -36,6 +38,18 @@ pub enum StoreError {
     /// A value refused on write (the message names it, never a secret).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(e)
+    }
 }
 
 /// A key to insert: everything but the plaintext.

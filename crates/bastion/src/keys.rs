@@ -49,9 +49,7 @@ pub async fn open_store(config_path: &Path) -> anyhow::Result<(Config, Store, ap
     let config = Config::load(config_path)?;
     let data_dir = config.data_dir(config_path);
     let pepper = pepper::load_or_create(&data_dir)?;
-    let store = Store::open_sqlite(&data_dir.join("bastion.db"))
-        .await
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let store = crate::migrate::open_store(&config, config_path).await?;
     Ok((config, store, pepper))
 }
 

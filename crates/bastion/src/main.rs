@@ -3,6 +3,7 @@
 
 mod admin;
 mod keys;
+mod migrate;
 mod policy;
 mod serve;
 mod users;
@@ -46,6 +47,9 @@ enum Command {
     /// Local administrator accounts (password and second factor).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Apply the store's pending schema migrations, or with --check only
+    /// report them (serve applies them at start too).
+    Migrate(migrate::MigrateArgs),
     /// Check the access policies and try decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -125,21 +129,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(&cli.config, cmd).await,
         Command::Users(cmd) => users::run(&cli.config, cmd).await,
         Command::Admin(cmd) => admin::run(&cli.config, cmd).await,
+        Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;
             // The policy files it names are part of it.
             bastion_gateway::access::load_engine(&config, &path)?;
+            // The store URL must be one the driver takes (nothing is opened).
+            let store = bastion_store::StoreSettings::from_config(&config, &path)?;
+            if let Some(w) = migrate::password_warning(&config) {
+                eprintln!("warning: {w}");
+            }
             let servers = config.enabled_servers().count();
             eprintln!(
-                "{}: valid ({} server{}, {} group{}, listen {})",
+                "{}: valid ({} server{}, {} group{}, listen {}, store {})",
                 path.display(),
                 servers,
                 if servers == 1 { "" } else { "s" },
                 config.groups.len(),
                 if config.groups.len() == 1 { "" } else { "s" },
-                config.listen
+                config.listen,
+                store
             );
             Ok(())
         }

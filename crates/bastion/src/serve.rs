@@ -66,9 +66,14 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
     }
     let data_dir = config.data_dir(config_path);
     let pepper = bastion_store::pepper::load_or_create(&data_dir)?;
-    let store = bastion_store::Store::open_sqlite(&data_dir.join("bastion.db"))
+    // Pending migrations are applied here, as `bastion migrate` would.
+    if let Some(w) = crate::migrate::password_warning(&config) {
+        tracing::warn!("{w}");
+    }
+    let store_settings = crate::migrate::settings(&config, config_path)?;
+    let store = bastion_store::Store::open(&store_settings)
         .await
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        .with_context(|| format!("opening the store at {store_settings}"))?;
     let authentication = if args.insecure_no_auth {
         tracing::warn!(
             "AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone who can reach {} can use every server",
@@ -91,6 +96,7 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         client_certificates = tls.as_ref().is_some_and(|t| t.asks_for_client_certificates()),
         servers = config.enabled_servers().count(),
         data_dir = %data_dir.display(),
+        store = %store_settings,
         "bastion ready"
     );
     print_connect_help(local, &config, args.insecure_no_auth, keys_exist, config_path);
