@@ -26,6 +26,7 @@ mod reload;
 mod shutdown;
 mod stateless_negative;
 mod stdio_faults;
+mod store_postgres;
 mod stream_bounds;
 mod upstream_transports;
 mod users_cli;
