@@ -156,10 +156,11 @@ impl StoreSettings {
 
     /// A PostgreSQL server by connection options, with the default pool.
     pub fn postgres_with(options: PgConnectOptions) -> StoreSettings {
-        StoreSettings {
-            target: Target::Postgres(Box::new(options.application_name("bastion"))),
-            pool: PoolConfig::default(),
-        }
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("bastion"),
+        };
+        StoreSettings { target: Target::Postgres(Box::new(options)), pool: PoolConfig::default() }
     }
 
     /// The config's `store`: its location (relative SQLite paths against
