@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bastion_core::config::Config;
 use bastion_store::{OwnerKind, SecretInfo, Store, StoreError};
-use bastion_vault::{Binding, KeyError, KeySource, Keyring, MasterKey, Sealed};
+use bastion_vault::{Binding, KeyError, KeyId, KeySource, Keyring, MasterKey, Sealed};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 /// How often a sealed value under an unknown key may make the keyring be
@@ -34,9 +34,9 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// never a value or a key.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("master key: {0}")]
+    #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("secret {name} of {kind} {owner} cannot be opened: {reason}")]
     Open { kind: OwnerKind, owner: String, name: String, reason: String },
@@ -76,7 +76,8 @@ pub struct Vault {
     store: Store,
     source: KeySource,
     keyring: ArcSwap<Keyring>,
-    reloaded: std::sync::Mutex<Instant>,
+    /// When the keyring was last read again.
+    reloaded: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// What a rotation did.
@@ -105,19 +106,18 @@ impl Vault {
         let mut created = None;
         if let KeySource::File(path) = &source
             && create
+            && std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         {
-            let (_, new) = bastion_vault::load_or_create_key_file(path)?;
-            if new {
-                created = Some(path.clone());
+            match bastion_vault::create_key_file(path) {
+                Ok(_) => created = Some(path.clone()),
+                // another process made it first
+                Err(KeyError::Exists(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         let keyring = source.load_keyring()?;
-        let vault = Vault {
-            store,
-            source,
-            keyring: ArcSwap::from_pointee(keyring),
-            reloaded: std::sync::Mutex::new(Instant::now()),
-        };
+        let vault =
+            Vault { store, source, keyring: ArcSwap::from_pointee(keyring), reloaded: tokio::sync::Mutex::new(None) };
         Ok((vault, created))
     }
 
@@ -131,25 +131,34 @@ impl Vault {
         self.keyring.load().current_id().to_string()
     }
 
-    /// Reads the keyring again if it was not read in the last second.
-    /// Returns whether it was.
-    fn reload(&self) -> bool {
-        {
-            let mut last = self.reloaded.lock().expect("poisoned");
-            if last.elapsed() < RELOAD_INTERVAL {
-                return false;
-            }
-            *last = Instant::now();
+    /// Reads the keyring again to find key `wanted` (another process
+    /// rotated the master key), at most once a second: a caller that comes
+    /// sooner waits for its turn, so a rotation does not fail calls. The
+    /// source is read off the runtime (a key command may take a while).
+    /// Returns whether the keyring now holds the key.
+    async fn reload_for(&self, wanted: &KeyId) -> bool {
+        let mut last = self.reloaded.lock().await;
+        if self.keyring.load().ids().any(|id| id == wanted) {
+            return true;
         }
-        match self.source.load_keyring() {
-            Ok(ring) => {
-                self.keyring.store(Arc::new(ring));
-                true
+        if let Some(t) = *last {
+            let wait = RELOAD_INTERVAL.saturating_sub(t.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-            Err(e) => {
+        }
+        *last = Some(Instant::now());
+        let source = self.source.clone();
+        match tokio::task::spawn_blocking(move || source.load_keyring()).await {
+            Ok(Ok(ring)) => {
+                self.keyring.store(Arc::new(ring));
+                self.keyring.load().ids().any(|id| id == wanted)
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(source = %self.source, error = %e, "the master key could not be read again");
                 false
             }
+            Err(_) => false,
         }
     }
 
@@ -176,7 +185,9 @@ impl Vault {
         let sealed = Sealed::from_bytes(&record.sealed).map_err(|e| failed(e.to_string()))?;
         let b = binding(kind, owner, name);
         let opened = match self.keyring.load().open(&sealed, &b) {
-            Err(bastion_vault::Error::UnknownKey(_)) if self.reload() => self.keyring.load().open(&sealed, &b),
+            Err(bastion_vault::Error::UnknownKey(id)) if self.reload_for(&id).await => {
+                self.keyring.load().open(&sealed, &b)
+            }
             other => other,
         };
         let bytes: SecretSlice<u8> = opened.map_err(|e| failed(e.to_string()))?;
@@ -314,11 +325,15 @@ mod tests {
             assert_eq!(info.key_id, done.key_id);
         }
         // the reader reads the new key from the file when it meets it
-        std::thread::sleep(RELOAD_INTERVAL);
         for i in 0..20 {
             let got = reader.get(OwnerKind::User, &format!("u{i}"), "TOKEN").await.unwrap().unwrap();
             assert_eq!(got.expose_secret(), format!("value-{i}"));
         }
+        // a process started after the rotation opens the two-key file
+        let store = Store::open_sqlite(&dir.path().join("b.db")).await.unwrap();
+        let (late, created) = Vault::open(store, KeySource::File(dir.path().join("master.key")), true).unwrap();
+        assert!(created.is_none());
+        assert_eq!(late.current_key_id(), done.key_id);
         // a second rotation drops the first key: the file holds two
         v.rotate().await.unwrap();
         let ring = KeySource::File(dir.path().join("master.key")).load_keyring().unwrap();

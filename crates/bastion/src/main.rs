@@ -5,6 +5,7 @@ mod admin;
 mod keys;
 mod migrate;
 mod policy;
+mod secrets;
 mod serve;
 mod users;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Local administrator accounts (password and second factor).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Secrets for servers' `env` and `headers`, sealed in the vault.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Apply the store's pending schema migrations, or with --check only
     /// report them (serve applies them at start too).
     Migrate(migrate::MigrateArgs),
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(&cli.config, cmd).await,
         Command::Users(cmd) => users::run(&cli.config, cmd).await,
         Command::Admin(cmd) => admin::run(&cli.config, cmd).await,
+        Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file }) => {

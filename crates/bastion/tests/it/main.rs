@@ -23,6 +23,7 @@ mod mtls;
 mod oidc;
 mod real_clients;
 mod reload;
+mod secrets;
 mod shutdown;
 mod stateless_negative;
 mod stdio_faults;
