@@ -2,8 +2,8 @@
 //!
 //! # Design
 //!
-//! [`Pool`] is an enum of the two native sqlx pools, and every query runs
-//! through [`on_pool!`], which expands its body once per variant. Each
+//! `Pool` is an enum of the two native sqlx pools, and every query runs
+//! through `on_pool!`, which expands its body once per variant. Each
 //! body is therefore type-checked against the real driver of its backend:
 //! rows are `SqliteRow` or `PgRow`, transactions are native, and each
 //! backend keeps its own connection options (WAL, busy timeout and a
