@@ -3,12 +3,10 @@
 //! environment, a missing secret named to the caller, rotation of the
 //! master key while calls run, and no value in any log, listing or file.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mcp, Options, WAIT, bastion_bin, tool_text, tools};
+use crate::harness::{Gateway, Mcp, Options, tool_text, tools};
+use crate::users_cli::cli_with_input;
 
 const CANARY: &str = "canary-ghp-7Qm2xV9kLp4Rt8Ws";
 const GATEWAY_ONLY: (&str, &str) = ("BASTION_TEST_PROXY", "http://proxy.internal:3128");
@@ -34,27 +32,6 @@ fn start() -> Gateway {
         config,
         Options { env: vec![(GATEWAY_ONLY.0.into(), GATEWAY_ONLY.1.into())], ..Options::default() },
     )
-}
-
-fn cli_with_input(gw: &Gateway, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bastion_bin())
-        .arg("--config")
-        .arg(&gw.config_path)
-        .args(args)
-        .current_dir(gw.dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bastion");
-    let mut stdin = child.stdin.take().expect("piped");
-    let input = input.to_string();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let out = crate::harness::wait_bounded(child, &format!("{args:?}"), WAIT);
-    let _ = writer.join();
-    out
 }
 
 fn text(b: &[u8]) -> String {

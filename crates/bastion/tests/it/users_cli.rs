@@ -58,7 +58,7 @@ fn store_entry(gw: &Gateway, name: &str) -> Option<Value> {
 
 /// Runs `bastion --config … ARGS` with `input` as its standard input (a
 /// pipe), within [`WAIT`].
-fn cli_with_input(gw: &Gateway, args: &[&str], input: &str) -> Output {
+pub(crate) fn cli_with_input(gw: &Gateway, args: &[&str], input: &str) -> Output {
     let mut child = Command::new(bastion_bin())
         .arg("--config")
         .arg(&gw.config_path)
