@@ -11,7 +11,10 @@ use serde_json::Value as Json;
 
 use crate::args::{self, Shape};
 use crate::load::{self, LoadError, Problem, Source};
-use crate::runtime::{Outcome, Prepared, Principal, Runtime};
+use crate::plan::Plans;
+use crate::runtime::{Outcome, Runtime};
+#[cfg(test)]
+use crate::runtime::{Prepared, Principal};
 use crate::schema;
 use crate::topology::Topology;
 use crate::{Action, Decision, Denial, Kind, Subject, Target};
@@ -122,6 +125,8 @@ pub struct Engine {
     /// The policies as Cedar's public API has them (validation, tests).
     pub(crate) policies: PolicySet,
     runtime: Arc<Runtime>,
+    /// What decisions worked out for a principal and a target, kept.
+    plans: Arc<Plans>,
     ids: Vec<String>,
     /// The declared attributes of `context.arguments`.
     pub(crate) fields: BTreeMap<String, Shape>,
@@ -163,6 +168,7 @@ impl Engine {
     fn from_loaded(l: load::Loaded) -> Engine {
         Engine {
             runtime: Arc::new(Runtime::new(&l.policies)),
+            plans: Arc::default(),
             policies: l.policies,
             ids: l.ids,
             fields: l.fields,
@@ -175,11 +181,25 @@ impl Engine {
         Engine {
             policies: PolicySet::new(),
             runtime: Arc::new(Runtime::empty()),
+            plans: Arc::default(),
             ids: Vec::new(),
             fields: BTreeMap::new(),
             schema_text: schema::render(&BTreeMap::new()),
             warnings: Vec::new(),
         }
+    }
+
+    /// The same policies with no plan kept: every decision works out
+    /// everything afresh (to compare with decisions made from kept plans).
+    #[cfg(test)]
+    pub(crate) fn without_plans(&self) -> Engine {
+        Engine { plans: Arc::default(), ..self.clone() }
+    }
+
+    /// How many plans are kept.
+    #[cfg(test)]
+    pub(crate) fn plans_kept(&self) -> usize {
+        self.plans.len()
     }
 
     /// The Cedar schema the policies were validated against, with
@@ -240,8 +260,7 @@ impl Engine {
             omitted: Vec::new(),
             denial: Some(Denial::NotPermitted(action)),
         };
-        let prepared = Prepared::new(topo, what);
-        let principal = Principal::new(who, who.role);
+        let plan = self.plans.get(&self.runtime, topo, who, who.role, what);
         let context = match action {
             Action::Call | Action::Get => {
                 let converted = args::convert(&self.fields, arguments);
@@ -250,12 +269,14 @@ impl Engine {
             }
             Action::List | Action::Read => empty_context(now),
         };
-        let used = self.runtime.run(action, who, &principal, &prepared, context, true);
-        if !self.record(&mut d, action, used) {
+        let run = |action, context| {
+            self.runtime.run_plan(action, plan.steps(action), &plan.principal, &plan.target, context, true)
+        };
+        if !self.record(&mut d, action, run(action, context)) {
             return d;
         }
         if action != Action::List {
-            let listed = self.runtime.run(Action::List, who, &principal, &prepared, empty_context(now), true);
+            let listed = run(Action::List, empty_context(now));
             if !self.record(&mut d, Action::List, listed) {
                 return d;
             }
@@ -277,22 +298,21 @@ impl Engine {
     /// treat viewers and users apart in `list`, a viewer's `visible(x)` is
     /// exactly the user's `decide(use of x).allowed`.
     pub fn visible(&self, topo: &Topology, who: &Subject, what: &Target, now: i64) -> bool {
-        let prepared = Prepared::new(topo, what);
-        let principal = Principal::new(who, who.role);
-        let allows = |action, principal: &Principal| {
-            self.runtime.run(action, who, principal, &prepared, empty_context(now), false).allowed()
+        let allows = |action, role| {
+            let plan = self.plans.get(&self.runtime, topo, who, role, what);
+            let steps = plan.steps(action);
+            self.runtime.run_plan(action, steps, &plan.principal, &plan.target, empty_context(now), false).allowed()
         };
-        if !allows(Action::List, &principal) {
+        if !allows(Action::List, who.role) {
             return false;
         }
         let use_action = what.kind.use_action();
         if who.role == Some(Role::Viewer) {
             // what a user of the same name and groups could use: its use and
             // its list allowed
-            let user = Principal::new(who, Some(Role::User));
-            allows(use_action, &user) && allows(Action::List, &user)
+            allows(use_action, Some(Role::User)) && allows(Action::List, Some(Role::User))
         } else {
-            allows(use_action, &principal)
+            allows(use_action, who.role)
         }
     }
 

@@ -25,12 +25,17 @@ use cedar_policy_core::ast::{
 /// What a condition reads: the request's entities (the principal, the
 /// target, the target's server: the whole entity store of a decision),
 /// action and context.
+///
+/// Without a context, a condition that reads it has no value here (`None`),
+/// and one that has a value has it whatever the context: that is how a
+/// plan tells the conditions it can decide before the request's arguments
+/// and time are known.
 pub(crate) struct Env<'a> {
     pub principal: &'a Entity,
     pub action: &'a EntityUID,
     pub resource: &'a Entity,
     pub server: &'a Entity,
-    pub context: &'a Context,
+    pub context: Option<&'a Context>,
 }
 
 /// A value during evaluation, borrowed from the policy or the request.
@@ -127,7 +132,7 @@ fn eval_at<'a>(expr: &'a Expr, env: &Env<'a>, depth: u32) -> Option<V<'a>> {
         ExprKind::Var(Var::Principal) => Some(V::Uid(env.principal.uid())),
         ExprKind::Var(Var::Resource) => Some(V::Uid(env.resource.uid())),
         ExprKind::Var(Var::Action) => Some(V::Uid(env.action)),
-        ExprKind::Var(Var::Context) => Some(V::Context(env.context)),
+        ExprKind::Var(Var::Context) => Some(V::Context(env.context?)),
         ExprKind::If { test_expr, then_expr, else_expr } => {
             if sub(test_expr)?.bool()? {
                 sub(then_expr)

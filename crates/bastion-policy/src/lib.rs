@@ -82,6 +82,7 @@ mod engine;
 mod fast;
 mod infer;
 mod load;
+mod plan;
 mod runtime;
 mod schema;
 mod topology;

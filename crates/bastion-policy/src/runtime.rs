@@ -13,11 +13,13 @@
 //!   are evaluated;
 //! - the built-in policies are evaluated natively, with the same result as
 //!   their Cedar text (the tests compare both with Cedar's own authorizer on
-//!   random requests and policy sets).
+//!   random requests and policy sets);
+//! - all of that, and every condition that reads no context, is worked out
+//!   once per principal and target ([`Runtime::plan`], kept by
+//!   [`crate::plan`]); a request evaluates what the plan left open.
 
-use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bastion_core::access::Role;
 use bastion_core::naming::{prefix_name, prefix_uri};
@@ -264,20 +266,68 @@ impl Runtime {
         self.compiled.get(i).map_or("", |p| p.id.as_str())
     }
 
+    /// The policies that can apply to `principal` doing `action` on
+    /// `target`, in load order: those whose scopes admit both, each with
+    /// the value of its condition when that does not depend on the
+    /// request's context (arguments, time). Policies whose condition is
+    /// false whatever the context are left out.
+    pub fn plan(&self, action: Action, who: &Subject, principal: &Principal, target: &Prepared) -> Vec<Step> {
+        let Some(index) = self.by_action.get(action as usize) else { return Vec::new() };
+        let env = fast::Env {
+            principal: &principal.entity,
+            action: names().action(action),
+            resource: &target.target,
+            server: &target.server.entity,
+            context: None,
+        };
+        let mut steps = Vec::new();
+        for i in index.candidates(who) {
+            let Some(p) = self.compiled.get(i) else { continue };
+            if !p.principal.admits(&principal.entity) || !p.resource.admits(&target.target) {
+                continue;
+            }
+            let known = match &p.condition {
+                Condition::Always => Some(true),
+                Condition::Builtin(b) => Some(b.holds(principal, target)),
+                Condition::Cedar(expr) if self.fast => fast::eval(expr, &env),
+                Condition::Cedar(_) => None,
+            };
+            if known != Some(false) {
+                steps.push(Step { policy: i, known });
+            }
+        }
+        steps
+    }
+
     /// Evaluates the policies that can apply to the request. With
     /// `complete` false, stops at the first `forbid` that applies and does
     /// not word errors (only whether it allows is wanted).
-    pub fn run<'a>(
+    #[cfg(test)]
+    pub fn run(
         &self,
         action: Action,
         who: &Subject,
+        principal: &Principal,
+        target: &Prepared,
+        context: Context,
+        complete: bool,
+    ) -> Outcome {
+        let steps = self.plan(action, who, principal, target);
+        self.run_plan(action, &steps, principal, target, context, complete)
+    }
+
+    /// Evaluates a plan of [`Runtime::plan`] for the request's context:
+    /// the conditions it left open, and those it found true.
+    pub fn run_plan<'a>(
+        &self,
+        action: Action,
+        steps: &[Step],
         principal: &'a Principal,
         target: &Prepared,
         context: Context,
         complete: bool,
     ) -> Outcome {
         let mut out = Outcome::default();
-        let Some(index) = self.by_action.get(action as usize) else { return out };
         // Cedar's evaluator and the entities it reads, made when a condition
         // first needs them
         let mut evaluator: Option<Evaluator<'a>> = None;
@@ -286,19 +336,18 @@ impl Runtime {
             action: names().action(action),
             resource: &target.target,
             server: &target.server.entity,
-            context: &context,
+            context: Some(&context),
         };
         let mut context = Some(context.clone());
         let slots = SlotEnv::new();
-        for i in index.candidates(who) {
+        for step in steps {
+            let i = step.policy;
             let Some(p) = self.compiled.get(i) else { continue };
-            if !p.principal.admits(&principal.entity) || !p.resource.admits(&target.target) {
-                continue;
-            }
-            let holds = match &p.condition {
-                Condition::Always => Ok(true),
-                Condition::Builtin(b) => Ok(b.holds(principal, target)),
-                Condition::Cedar(expr) => match self.fast.then(|| fast::eval(expr, &env)).flatten() {
+            let holds = match (step.known, &p.condition) {
+                (Some(b), _) => Ok(b),
+                (None, Condition::Always) => Ok(true),
+                (None, Condition::Builtin(b)) => Ok(b.holds(principal, target)),
+                (None, Condition::Cedar(expr)) => match self.fast.then(|| fast::eval(expr, &env)).flatten() {
                     Some(b) => Ok(b),
                     None => {
                         out.by_cedar += 1;
@@ -350,6 +399,14 @@ impl Runtime {
     }
 }
 
+/// One policy of a plan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    policy: usize,
+    /// Its condition's value whatever the context, when known.
+    known: Option<bool>,
+}
+
 /// The principal's side of a decision.
 pub(crate) struct Principal {
     pub uid: EntityUID,
@@ -361,7 +418,7 @@ pub(crate) struct Principal {
     /// The entities of the decision (the principal's, the target's, its
     /// server's), made when a condition first needs them. A principal is
     /// made for one target.
-    pub entities: OnceCell<Result<Entities, String>>,
+    pub entities: OnceLock<Result<Entities, String>>,
 }
 
 impl Principal {
@@ -372,7 +429,7 @@ impl Principal {
         let role = role.map_or("none", Role::as_str);
         let attrs = [("role".into(), PartialValue::from(Value::from(role)))];
         let entity = Entity::new_with_attr_partial_value(uid.clone(), attrs, HashSet::new(), groups.clone(), []);
-        Principal { uid, groups, role, entity: Arc::new(entity), entities: OnceCell::new() }
+        Principal { uid, groups, role, entity: Arc::new(entity), entities: OnceLock::new() }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cedar_policy_core::ast::{Entity, EntityUID, PartialValue, Value};
 
@@ -15,7 +16,13 @@ use crate::engine::names;
 #[derive(Clone, Default)]
 pub struct Topology {
     inner: Arc<HashMap<String, Arc<Server>>>,
+    /// Unique to each [`Topology::new`] (0: the empty default), so that
+    /// what was worked out under one topology is never used under another.
+    id: u64,
 }
+
+/// The id of the next topology.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A server, as every decision about its tools, prompts and resources needs
 /// it.
@@ -65,7 +72,7 @@ impl Topology {
                 (name, Arc::new(server))
             })
             .collect();
-        Topology { inner: Arc::new(inner) }
+        Topology { inner: Arc::new(inner), id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// The groups holding `server`, sorted; empty for a server in no group.
@@ -76,6 +83,11 @@ impl Topology {
     /// The servers in at least one group, in no particular order.
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.inner.keys().map(String::as_str)
+    }
+
+    /// This topology's identity (its clones share it).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn server(&self, name: &str) -> Option<&Arc<Server>> {

@@ -5,6 +5,7 @@ mod docs;
 mod fast;
 mod files;
 mod names;
+mod plans;
 mod props;
 pub(crate) mod timing;
 
