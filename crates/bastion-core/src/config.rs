@@ -726,7 +726,7 @@ impl ServerConfig {
     /// command line is visible to every user of the machine, and a URL ends
     /// up in logs.
     fn check_templates(&self) -> Result<(), (String, String)> {
-        use crate::template::{Source, Template, mentions_reference};
+        use crate::template::{Template, mentions_reference};
         let nowhere = |key: String| {
             (
                 key,
@@ -752,16 +752,7 @@ impl ServerConfig {
                 if mentions_reference(k) {
                     return Err(nowhere(format!("{field}.{k}")));
                 }
-                let t = Template::parse(v).map_err(|e| (format!("{field}.{k}"), e.to_string()))?;
-                if let Some(r) = t.refs().find(|r| r.source == Source::User) {
-                    return Err((
-                        format!("{field}.{k}"),
-                        format!(
-                            "{r}: per-user secrets are not supported by this version; use `${{server.{}}}`",
-                            r.name
-                        ),
-                    ));
-                }
+                Template::parse(v).map_err(|e| (format!("{field}.{k}"), e.to_string()))?;
             }
         }
         Ok(())

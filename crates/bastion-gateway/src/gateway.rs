@@ -198,6 +198,7 @@ impl Gateway {
                 },
             };
             let Some(server) = self.runtime().upstreams.get(name).cloned() else { continue };
+            let server = server.for_user(&session.principal.user);
             let (inner, id) = (inner.to_string(), session.id.clone());
             tokio::spawn(async move {
                 let subs = server.subscriptions();
@@ -382,6 +383,7 @@ impl Gateway {
                         for method in LIST_CHANGED {
                             let _ = tx.send(ServerNotification {
                                 server: h.name().into(),
+                                user: None,
                                 method: method.into(),
                                 params: None,
                             });
@@ -403,6 +405,7 @@ impl Gateway {
         }
         let visible = self.authorizer.list_filter(access);
         self.servers_in(scope).iter().any(|s| {
+            let s = s.for_user(&access.user);
             self.authorizer.in_groups(access, s.name())
                 || crate::proxy::LIST_METHODS.iter().any(|(method, field, kind)| {
                     s.cached_list(method).is_some_and(|items| {
@@ -428,7 +431,7 @@ impl Gateway {
         }
         for s in self.servers_in(scope) {
             if !self.authorizer.in_groups(access, s.name()) {
-                crate::proxy::fetch_lists(&s).await;
+                crate::proxy::fetch_lists(&s.for_user(&access.user)).await;
             }
         }
         self.can_reach(access, scope)
@@ -600,7 +603,8 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
                 "server notifications dropped: upstream servers send them faster than they can be delivered"
             );
         }
-        let mut changed: std::collections::HashSet<(Arc<str>, &'static str)> = Default::default();
+        // (server, the user of a per-user instance, list method)
+        let mut changed: std::collections::HashSet<ListChange> = Default::default();
         let mut notifications = Vec::with_capacity(batch.len());
         for n in batch.drain(..) {
             // Only what concerns every session is fanned out; anything else
@@ -609,10 +613,15 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
                 continue;
             }
             if let Some(method) = list_method(&n.method) {
-                if !changed.insert((n.server.clone(), method)) {
+                if !changed.insert((n.server.clone(), n.user.clone(), method)) {
                     continue;
                 }
                 if let Some(h) = gw.runtime().upstreams.get(&*n.server) {
+                    // a user's own instance changed its list: that user's
+                    let h = match &n.user {
+                        Some(user) => h.for_user(user),
+                        None => h.clone(),
+                    };
                     h.invalidate_list(method);
                     if method == "resources/list" {
                         h.invalidate_list("resources/templates/list");
@@ -633,13 +642,19 @@ async fn fan_out(gw: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<ServerNotific
                 if work % FAN_OUT_SLICE == 0 {
                     tokio::task::yield_now().await;
                 }
-                if gw.scope_includes(&session.scope, &n.server) {
+                // what one user's instance says is for that user's sessions alone
+                let for_session = n.user.as_deref().is_none_or(|u| *session.principal.user == *u);
+                if for_session && gw.scope_includes(&session.scope, &n.server) {
                     deliver_shared(&session, &n.server, &n.method, n.params.as_ref(), frames);
                 }
             }
         }
     }
 }
+
+/// A list that changed: its server, the user whose instance it is (for a
+/// server run once per user), and its method.
+type ListChange = (Arc<str>, Option<Arc<str>>, &'static str);
 
 /// The list a `list_changed` notification is about.
 fn list_method(method: &str) -> Option<&'static str> {

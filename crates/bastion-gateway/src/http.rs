@@ -376,7 +376,7 @@ async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Requ
             let Some(server) = gw.servers_in(&scope).into_iter().next() else {
                 return rpc_error(StatusCode::NOT_FOUND, Some(&req.id), jsonrpc::INVALID_REQUEST, "no such server");
             };
-            match server.info().await {
+            match server.for_user(&principal.user).info().await {
                 Ok(info) => {
                     let mut r = json!({
                         "protocolVersion": version,

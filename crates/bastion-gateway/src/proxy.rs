@@ -250,8 +250,9 @@ pub(crate) fn resolve_uri<'a>(
 /// A tool's definition as its server lists it (name unprefixed); `None`
 /// for a name no server in scope has. When the server cannot list its
 /// tools, the error a call would get.
-pub async fn tool_definition(gw: &Gateway, scope: &Scope, name: &str) -> Result<Option<Value>, Value> {
+pub async fn tool_definition(gw: &Gateway, scope: &Scope, user: &str, name: &str) -> Result<Option<Value>, Value> {
     let Ok((server, inner)) = resolve_name(gw, scope, name) else { return Ok(None) };
+    let server = server.for_user(user);
     let tools =
         server.list_all("tools/list", "tools").await.map_err(|e| log_call_error(server.name(), "tools/list", e))?;
     Ok(tools.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(inner)).cloned())
@@ -268,12 +269,14 @@ async fn route_by_name(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Out
     let mut params = params_object(req)?;
     let name = params.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"name\""))?;
     let (server, inner) = resolve_name(gw, ctx.scope, name)?;
+    let server = server.for_user(&ctx.principal.user);
     let inner = inner.to_string();
     params.insert("name".into(), Value::from(inner));
     call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await
 }
 
-/// A URI-addressed request resolved: its server, the server's own URI, and
+/// A URI-addressed request resolved: its server (the caller's own
+/// instance, for a server run once per user), the server's own URI, and
 /// the params carrying it.
 struct UriTarget {
     server: Arc<UpstreamHandle>,
@@ -281,17 +284,18 @@ struct UriTarget {
     params: Map<String, Value>,
 }
 
-fn uri_params(gw: &Gateway, scope: &Scope, req: &Request) -> Result<UriTarget, Value> {
+fn uri_params(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Result<UriTarget, Value> {
     let mut params = params_object(req)?;
     let uri = params.get("uri").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"uri\""))?;
-    let (server, inner) = resolve_uri(gw, scope, uri)?;
+    let (server, inner) = resolve_uri(gw, ctx.scope, uri)?;
+    let server = server.for_user(&ctx.principal.user);
     let uri = inner.to_string();
     params.insert("uri".into(), Value::from(uri.clone()));
     Ok(UriTarget { server, uri, params })
 }
 
 async fn route_by_uri(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let UriTarget { server, params, .. } = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, params, .. } = uri_params(gw, ctx, req)?;
     let result = call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await?;
     Ok(if ctx.scope.prefixed() { prefix_contents(server.name(), result) } else { result })
 }
@@ -305,7 +309,7 @@ fn client_uri(req: &Request) -> Option<String> {
 /// Subscription changes of one server are made one at a time, so a second
 /// subscriber learns whether the first one's subscription really holds.
 async fn subscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx, req)?;
     let Some(session) = ctx.session else {
         return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
     };
@@ -325,7 +329,7 @@ async fn subscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome
 
 /// `resources/unsubscribe`: the server hears it when the last subscriber leaves.
 async fn unsubscribe(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx.scope, req)?;
+    let UriTarget { server, uri: inner, params } = uri_params(gw, ctx, req)?;
     let Some(session) = ctx.session else {
         return call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await;
     };
@@ -377,6 +381,7 @@ async fn complete(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome 
         _ => return Err(invalid_params("ref.type must be ref/prompt or ref/resource")),
     };
     params.insert("ref".into(), Value::Object(reference));
+    let server = server.for_user(&ctx.principal.user);
     call(&server, "completion/complete", Some(Value::Object(params)), ctx.caller.clone()).await
 }
 
@@ -388,8 +393,9 @@ async fn set_level(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome
     if let Some(session) = ctx.session {
         session.set_log_level(rank);
     }
+    let user = &ctx.principal.user;
     if let Scope::Server(_) = ctx.scope {
-        let server = single(gw, ctx.scope)?;
+        let server = single(gw, ctx.scope)?.for_user(user);
         let info = server.info().await.map_err(|e| log_call_error(server.name(), "logging/setLevel", e))?;
         if !info.has("logging") {
             return Err(error_object(jsonrpc::METHOD_NOT_FOUND, "Method not found: logging/setLevel"));
@@ -400,6 +406,7 @@ async fn set_level(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome
         };
     }
     for s in gw.servers_in(ctx.scope) {
+        let s = s.for_user(user);
         if !s.is_connected() {
             s.want_log_level(rank);
         } else if s.info().await.is_ok_and(|i| i.has("logging")) {
@@ -419,7 +426,7 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
         }
         Some(_) => return Err(invalid_params("invalid cursor")),
     };
-    let servers = gw.servers_in(scope);
+    let servers: Vec<_> = gw.servers_in(scope).iter().map(|s| s.for_user(&access.user)).collect();
     let fetches = servers.iter().map(|s| async move {
         // Across servers, one that is restarting after a reload does not
         // hold the others up: its previous list stands in.

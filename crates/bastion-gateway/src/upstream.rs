@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bastion_core::config::{Config, Transport};
 use bastion_core::jsonrpc::{self, error_object};
 use bastion_core::protocol::LATEST_SESSION_VERSION;
+use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
@@ -202,6 +203,9 @@ pub const EVENT_BUFFER: usize = 256;
 #[derive(Debug, Clone)]
 pub struct ServerNotification {
     pub server: Arc<str>,
+    /// For a server run once per user: the user whose process sent it, and
+    /// the only one whose sessions hear it.
+    pub user: Option<Arc<str>>,
     pub method: String,
     pub params: Option<Value>,
 }
@@ -302,6 +306,8 @@ pub(crate) struct ConnContext {
     pub roots: Arc<Value>,
     /// The log level Bastion set on this connection ([`NO_LEVEL`] if none).
     pub log_level: Arc<AtomicU8>,
+    /// The user this connection serves alone (a server run once per user).
+    pub user: Option<Arc<str>>,
 }
 
 impl ConnContext {
@@ -390,6 +396,18 @@ pub struct UpstreamSpec {
     pub roots: Value,
 }
 
+impl UpstreamSpec {
+    /// Whether the server's `env` (stdio) or `headers` (remote) name a
+    /// user's secret (`${user.NAME}`): it then runs once per user.
+    pub fn per_user(&self) -> bool {
+        let map = match &self.transport {
+            Transport::Stdio { env, .. } => env,
+            Transport::Http { headers, .. } | Transport::Sse { headers, .. } => headers,
+        };
+        map.values().any(|v| bastion_core::template::Template::parse(v).is_ok_and(|t| t.per_user()))
+    }
+}
+
 /// A server's lists by method (`tools/list`…), each with every page.
 type Lists = BTreeMap<&'static str, Arc<Vec<Value>>>;
 
@@ -419,8 +437,14 @@ pub struct UpstreamHandle {
     /// Which sessions are subscribed to which of the server's resources;
     /// a restarted server is subscribed again.
     subscriptions: crate::subscriptions::Subscriptions,
-    /// Where `${server.NAME}` references are read from.
+    /// Where `${server.NAME}` and `${user.NAME}` references are read from.
     vault: Option<Arc<crate::vault::Vault>>,
+    /// For one user's own instance of a server run once per user: the user.
+    user: Option<Arc<str>>,
+    /// For a server whose `env` or `headers` name a user's secret: each
+    /// user's own instance, made on first use. Such a handle never connects
+    /// itself; every use goes through [`UpstreamHandle::for_user`].
+    tenants: Option<DashMap<Arc<str>, Arc<UpstreamHandle>>>,
 }
 
 /// Decrements the in-flight count when a call ends, however it ends.
@@ -441,6 +465,19 @@ impl UpstreamHandle {
         notifications: mpsc::UnboundedSender<ServerNotification>,
         vault: Option<Arc<crate::vault::Vault>>,
     ) -> Self {
+        let tenants = spec.per_user().then(DashMap::new);
+        Self::with_user(name, spec, spawn_permits, notifications, vault, None, tenants)
+    }
+
+    fn with_user(
+        name: &str,
+        spec: UpstreamSpec,
+        spawn_permits: Arc<Semaphore>,
+        notifications: mpsc::UnboundedSender<ServerNotification>,
+        vault: Option<Arc<crate::vault::Vault>>,
+        user: Option<Arc<str>>,
+        tenants: Option<DashMap<Arc<str>, Arc<UpstreamHandle>>>,
+    ) -> Self {
         UpstreamHandle {
             name: name.into(),
             spec,
@@ -459,11 +496,50 @@ impl UpstreamHandle {
             wanted_log_level: AtomicU8::new(NO_LEVEL),
             subscriptions: Default::default(),
             vault,
+            user,
+            tenants,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the server runs once per user (its `env` or `headers` name a
+    /// user's secret).
+    pub fn is_per_user(&self) -> bool {
+        self.tenants.is_some()
+    }
+
+    /// The handle that serves `user`: this one for a shared server; for a
+    /// server run once per user, that user's own instance (made, not
+    /// started, on first use), with its own process or connection, lists,
+    /// subscriptions and restart backoff.
+    pub fn for_user(self: &Arc<Self>, user: &str) -> Arc<UpstreamHandle> {
+        let Some(tenants) = &self.tenants else { return self.clone() };
+        if let Some(t) = tenants.get(user) {
+            return t.clone();
+        }
+        tenants
+            .entry(Arc::from(user))
+            .or_insert_with(|| {
+                Arc::new(UpstreamHandle::with_user(
+                    &self.name,
+                    self.spec.clone(),
+                    self.spawn_permits.clone(),
+                    self.notifications.clone(),
+                    self.vault.clone(),
+                    Some(Arc::from(user)),
+                    None,
+                ))
+            })
+            .clone()
+    }
+
+    /// The users' instances of a server run once per user (none for a
+    /// shared server).
+    fn instances(&self) -> Vec<Arc<UpstreamHandle>> {
+        self.tenants.as_ref().map(|t| t.iter().map(|e| e.value().clone()).collect()).unwrap_or_default()
     }
 
     pub fn spec(&self) -> &UpstreamSpec {
@@ -477,7 +553,7 @@ impl UpstreamHandle {
     /// Whether a connection is up right now (for status pages; never
     /// connects).
     pub fn is_connected(&self) -> bool {
-        self.current.load().as_ref().is_some_and(|c| c.is_alive())
+        self.current.load().as_ref().is_some_and(|c| c.is_alive()) || self.instances().iter().any(|t| t.is_connected())
     }
 
     /// The live connection, connecting (or restarting, after the backoff
@@ -513,7 +589,7 @@ impl UpstreamHandle {
             Ok(Err(e @ CallError::MissingSecret(_))) => {
                 // Not a failure of the server: no backoff, so it starts as
                 // soon as the secret is set.
-                tracing::warn!(server = %self.name, error = %e, "upstream not started");
+                tracing::warn!(server = %self.name, user = self.user.as_deref(), error = %e, "upstream not started");
                 return Err(e);
             }
             Ok(Err(e)) => {
@@ -529,6 +605,7 @@ impl UpstreamHandle {
         };
         tracing::info!(
             server = %self.name,
+            user = self.user.as_deref(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             protocol = %conn.info().protocol_version,
             "upstream connected"
@@ -562,6 +639,11 @@ impl UpstreamHandle {
     }
 
     async fn connect(&self) -> Result<Conn, CallError> {
+        if self.tenants.is_some() {
+            // Each user's instance connects; this one serves nobody.
+            return Err(CallError::Unavailable("this server runs once per user and no user was named".into()));
+        }
+        let user = self.user.as_deref();
         let ctx = ConnContext {
             server: self.name.clone(),
             notifications: self.notifications.clone(),
@@ -570,6 +652,7 @@ impl UpstreamHandle {
             max_message_bytes: self.spec.max_message_bytes,
             roots: Arc::new(self.spec.roots.clone()),
             log_level: self.log_level.clone(),
+            user: self.user.clone(),
         };
         match &self.spec.transport {
             Transport::Stdio { command, args, env, cwd } => {
@@ -578,11 +661,11 @@ impl UpstreamHandle {
                     Some(c) => self.spec.base_dir.join(c),
                     None => self.spec.base_dir.clone(),
                 };
-                let env = inject::render(&self.name, env, self.vault.as_deref()).await?;
+                let env = inject::render(&self.name, user, env, self.vault.as_deref()).await?;
                 stdio::StdioConn::spawn(ctx, command, args, &env.0, &cwd).await.map(|c| Conn::Stdio(Box::new(c)))
             }
             Transport::Http { url, headers, fallback_sse } => {
-                let headers = &inject::render(&self.name, headers, self.vault.as_deref()).await?.0;
+                let headers = &inject::render(&self.name, user, headers, self.vault.as_deref()).await?.0;
                 match http::HttpConn::connect(ctx.clone(), url, headers).await {
                     Ok(c) => Ok(Conn::Http(c)),
                     Err(http::ConnectError::NotStreamable(reason)) if *fallback_sse => {
@@ -593,7 +676,7 @@ impl UpstreamHandle {
                 }
             }
             Transport::Sse { url, headers } => {
-                let headers = inject::render(&self.name, headers, self.vault.as_deref()).await?;
+                let headers = inject::render(&self.name, user, headers, self.vault.as_deref()).await?;
                 sse::SseConn::connect(ctx, url, &headers.0).await.map(Conn::Sse)
             }
         }
@@ -733,6 +816,11 @@ impl UpstreamHandle {
     /// Starts the server and fills its list cache, then stops serving the
     /// previous definition's lists. Returns whether it started.
     pub async fn warm_up(&self) -> bool {
+        if self.tenants.is_some() {
+            // Each user's instance starts at that user's first use.
+            self.stale_lists.lock().expect("poisoned").take();
+            return true;
+        }
         let started = match self.info().await {
             Ok(info) => {
                 for (method, field, capability) in [
@@ -755,8 +843,16 @@ impl UpstreamHandle {
         started
     }
 
-    /// Stops an idle stdio server. Returns true if one was stopped.
+    /// Stops an idle stdio server (each idle user's process, for a server
+    /// run once per user). Returns true if one was stopped.
     pub async fn stop_if_idle(&self) -> bool {
+        if self.tenants.is_some() {
+            let mut stopped = false;
+            for t in self.instances() {
+                stopped |= Box::pin(t.stop_if_idle()).await;
+            }
+            return stopped;
+        }
         let Some(conn) = self.current.load_full() else { return false };
         if !conn.is_stdio() || self.in_flight.load(Ordering::Relaxed) > 0 {
             return false;
@@ -771,7 +867,7 @@ impl UpstreamHandle {
             return false;
         }
         if let Some(conn) = self.current.swap(None) {
-            tracing::info!(server = %self.name, idle_s = idle_ms / 1000, "stopping idle upstream");
+            tracing::info!(server = %self.name, user = self.user.as_deref(), idle_s = idle_ms / 1000, "stopping idle upstream");
             conn.shutdown().await;
             return true;
         }
@@ -780,6 +876,9 @@ impl UpstreamHandle {
 
     /// Stops the connection (shutdown, reload).
     pub async fn shutdown(&self) {
+        for t in self.instances() {
+            Box::pin(t.shutdown()).await;
+        }
         if let Some(conn) = self.current.swap(None) {
             conn.shutdown().await;
         }
@@ -817,4 +916,82 @@ pub fn specs_from_config(config: &Config, base_dir: &std::path::Path) -> BTreeMa
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(env: &[(&str, &str)]) -> UpstreamSpec {
+        UpstreamSpec {
+            transport: Transport::Stdio {
+                command: "sh".into(),
+                args: vec!["-c".into(), "cat".into()],
+                env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                cwd: None,
+            },
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(1),
+            max_message_bytes: 1 << 20,
+            base_dir: std::env::temp_dir(),
+            roots: json!([]),
+        }
+    }
+
+    fn handle(spec: UpstreamSpec) -> Arc<UpstreamHandle> {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Arc::new(UpstreamHandle::new("s", spec, Arc::new(Semaphore::new(4)), tx, None))
+    }
+
+    #[test]
+    fn a_user_secret_makes_a_server_run_once_per_user() {
+        assert!(!spec(&[]).per_user());
+        assert!(!spec(&[("A", "${server.T}"), ("B", "${env.HOME}"), ("C", "$${user.T}")]).per_user());
+        assert!(spec(&[("A", "x-${user.T}")]).per_user());
+        let remote = |headers: &[(&str, &str)]| UpstreamSpec {
+            transport: Transport::Http {
+                url: "http://127.0.0.1:1/mcp".into(),
+                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                fallback_sse: false,
+            },
+            ..spec(&[])
+        };
+        assert!(remote(&[("Authorization", "Bearer ${user.TOKEN}")]).per_user());
+        assert!(!remote(&[("Authorization", "Bearer ${server.TOKEN}")]).per_user());
+    }
+
+    #[test]
+    fn each_user_has_an_instance_of_their_own() {
+        let shared = handle(spec(&[("A", "${server.T}")]));
+        assert!(!shared.is_per_user());
+        assert!(Arc::ptr_eq(&shared.for_user("alice"), &shared));
+
+        let per_user = handle(spec(&[("T", "${user.T}")]));
+        assert!(per_user.is_per_user());
+        let alice = per_user.for_user("alice");
+        let bob = per_user.for_user("bob");
+        assert!(!Arc::ptr_eq(&alice, &bob) && !Arc::ptr_eq(&alice, &per_user));
+        assert!(Arc::ptr_eq(&alice, &per_user.for_user("alice")));
+        // names are exact: no folding of case or space
+        assert!(!Arc::ptr_eq(&alice, &per_user.for_user("Alice")));
+        assert_eq!(alice.user.as_deref(), Some("alice"));
+        assert!(!alice.is_per_user());
+        assert_eq!(per_user.instances().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_per_user_server_never_starts_without_a_user() {
+        let per_user = handle(spec(&[("T", "${user.T}")]));
+        let err = per_user.call("tools/list", None, Caller::Gateway).await.unwrap_err();
+        assert!(matches!(err, CallError::Unavailable(_)), "{err:?}");
+        assert!(!per_user.is_connected());
+        // an instance without a vault cannot read the user's secret either
+        let err = per_user.for_user("alice").info().await.unwrap_err();
+        assert!(matches!(err, CallError::Unavailable(_)), "{err:?}");
+        assert!(!per_user.is_connected());
+    }
 }

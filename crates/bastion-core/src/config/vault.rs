@@ -140,7 +140,11 @@ mod tests {
         }
         let (_, message) = refused("mcpServers:\n  a: {command: x, args: ['${server.T}']}\n");
         assert!(message.contains("env"), "{message}");
-        let (_, message) = refused("mcpServers:\n  a: {command: x, env: {T: '${user.T}'}}\n");
-        assert!(message.contains("per-user"), "{message}");
+        let c = yaml(
+            "mcpServers:\n  a: {command: x, env: {T: '${user.T}'}}\n  b: {url: 'https://h/mcp', headers: {Authorization: 'Bearer ${user.T}'}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers["a"].env["T"], "${user.T}");
+        assert_eq!(refused("mcpServers:\n  a: {command: x, args: ['${user.T}']}\n").0, "mcpServers.a.args[0]");
     }
 }

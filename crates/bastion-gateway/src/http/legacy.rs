@@ -215,7 +215,7 @@ async fn legacy_initialize(gw: &Gateway, session: &Session, params: Option<&Valu
             let Some(server) = server else {
                 return Err(jsonrpc::error_object(jsonrpc::INVALID_REQUEST, "no such server"));
             };
-            let info = server.info().await.map_err(|e| e.to_error_object(name))?;
+            let info = server.for_user(&session.principal.user).info().await.map_err(|e| e.to_error_object(name))?;
             let mut r =
                 json!({"protocolVersion": version, "capabilities": info.capabilities, "serverInfo": info.server_info});
             if let Some(i) = info.instructions {

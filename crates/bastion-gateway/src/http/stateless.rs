@@ -110,7 +110,7 @@ pub(crate) async fn handle(
             None => return mismatch(id, "the Mcp-Name header is required"),
         }
     }
-    if let Err(resp) = check_param_headers(&gw, &scope, &req, headers).await {
+    if let Err(resp) = check_param_headers(&gw, &scope, &principal.user, &req, headers).await {
         return resp;
     }
     // The request holds one of its principal's in-flight slots until its
@@ -142,6 +142,7 @@ pub(crate) async fn handle(
         && classify(&req.method) != Some(MethodClass::List)
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
+        let server = server.for_user(&principal.user);
         // In flight until the server's answer has been relayed to the end.
         let call = gw.drain.call();
         let answer = tokio::select! {
@@ -163,7 +164,7 @@ pub(crate) async fn handle(
     if req.method == "server/discover" {
         return json_response(
             StatusCode::OK,
-            &json!({"jsonrpc": "2.0", "id": req.id, "result": discover(&gw, &scope).await}),
+            &json!({"jsonrpc": "2.0", "id": req.id, "result": discover(&gw, &scope, &principal.user).await}),
         );
     }
     if req.method == "initialize" || REMOVED.contains(&req.method.as_str()) {
@@ -580,7 +581,13 @@ fn unreachable_version() -> String {
 /// `Mcp-Param-*` headers mirror tool arguments the tool's schema marks with
 /// `x-mcp-header`; whatever routes or limits by header must see the same
 /// values the server executes, so they are checked against the body.
-async fn check_param_headers(gw: &Gateway, scope: &Scope, req: &Request, headers: &HeaderMap) -> Result<(), Response> {
+async fn check_param_headers(
+    gw: &Gateway,
+    scope: &Scope,
+    user: &str,
+    req: &Request,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
     let id = Some(&req.id);
     for (name, value) in headers {
         if name.as_str().starts_with("mcp-param-") && value.to_str().is_err() {
@@ -594,7 +601,7 @@ async fn check_param_headers(gw: &Gateway, scope: &Scope, req: &Request, headers
     // Unknown tools fail in the call itself. When the tool list cannot be
     // had, the headers cannot be checked: the request is refused (fail
     // closed) with the error the call would have met.
-    let tool = match crate::proxy::tool_definition(gw, scope, name).await {
+    let tool = match crate::proxy::tool_definition(gw, scope, user, name).await {
         Ok(Some(tool)) => tool,
         Ok(None) => return Ok(()),
         Err(error) => {
@@ -672,10 +679,10 @@ fn strip_stateless_meta(mut req: Request) -> Request {
     req
 }
 
-async fn discover(gw: &Gateway, scope: &Scope) -> Value {
+async fn discover(gw: &Gateway, scope: &Scope, user: &str) -> Value {
     let (capabilities, server_info, instructions) = match scope {
         Scope::Server(_) => match gw.servers_in(scope).into_iter().next() {
-            Some(s) => match s.info().await {
+            Some(s) => match s.for_user(user).info().await {
                 Ok(info) => (info.capabilities, info.server_info, info.instructions),
                 Err(_) => (json!({}), bastion_info(), None),
             },

@@ -404,7 +404,12 @@ async fn read_response(
 /// call's client only (at the log level its session chose).
 fn on_call_notification(inner: &Inner, method: String, params: Option<Value>, sink: Option<&EventSink>) {
     if is_broadcast(&method) {
-        let _ = inner.ctx.notifications.send(ServerNotification { server: inner.ctx.server.clone(), method, params });
+        let _ = inner.ctx.notifications.send(ServerNotification {
+            server: inner.ctx.server.clone(),
+            user: inner.ctx.user.clone(),
+            method,
+            params,
+        });
         return;
     }
     let Some(sink) = sink else { return };
@@ -417,7 +422,12 @@ fn on_call_notification(inner: &Inner, method: String, params: Option<Value>, si
 /// A notification on the GET stream, which names no call.
 fn on_unbound_notification(inner: &Inner, method: String, params: Option<Value>) {
     if is_broadcast(&method) {
-        let _ = inner.ctx.notifications.send(ServerNotification { server: inner.ctx.server.clone(), method, params });
+        let _ = inner.ctx.notifications.send(ServerNotification {
+            server: inner.ctx.server.clone(),
+            user: inner.ctx.user.clone(),
+            method,
+            params,
+        });
         return;
     }
     let sink = match method.as_str() {

@@ -1,5 +1,6 @@
 //! References in a server's `env` and `headers` resolved when its process
-//! starts or its connection is made: `${server.NAME}` from the vault,
+//! starts or its connection is made: `${server.NAME}` and, for one user's
+//! instance of a server run once per user, `${user.NAME}` from the vault;
 //! `${env.NAME}` from the gateway's own environment (see
 //! [`bastion_core::template`]). The values live only in the map handed to
 //! the process or the client, which is zeroized when dropped.
@@ -25,9 +26,11 @@ impl Drop for Rendered {
     }
 }
 
-/// Resolves every reference of `map` for server `server`.
+/// Resolves every reference of `map` for server `server` (and the `user`
+/// whose instance it is).
 pub(crate) async fn render(
     server: &str,
+    user: Option<&str>,
     map: &BTreeMap<String, String>,
     vault: Option<&Vault>,
 ) -> Result<Rendered, CallError> {
@@ -37,7 +40,7 @@ pub(crate) async fn render(
         let template = Template::parse(value).map_err(|e| CallError::Unavailable(format!("{key}: {e}")))?;
         let mut values = Vec::new();
         for r in template.refs() {
-            values.push(lookup(server, r.source, &r.name, vault).await?);
+            values.push(lookup(server, user, r.source, &r.name, vault).await?);
         }
         let mut values = values.into_iter();
         let rendered = template
@@ -50,6 +53,7 @@ pub(crate) async fn render(
 
 async fn lookup(
     server: &str,
+    user: Option<&str>,
     source: Source,
     name: &str,
     vault: Option<&Vault>,
@@ -74,6 +78,21 @@ async fn lookup(
                 }
             }
         }
-        Source::User => Err(CallError::Unavailable("per-user secrets are not supported by this version".into())),
+        Source::User => {
+            // A server naming a user's secret only ever starts for a user.
+            let user = user.ok_or_else(|| CallError::Unavailable("this server runs once per user".into()))?;
+            let vault = vault.ok_or_else(|| CallError::Unavailable("the secrets vault is not open".into()))?;
+            match vault.get(OwnerKind::User, user, name).await {
+                Ok(Some(v)) => Ok(Zeroizing::new(v.expose_secret().to_string())),
+                Ok(None) => Err(CallError::MissingSecret(format!(
+                    "your secret {name} is not set; this server needs it to act for you. An administrator sets \
+                     it with `bastion secrets set --user {user} {name}`"
+                ))),
+                Err(e) => {
+                    tracing::error!(server, user, secret = name, error = %e, "a user's secret could not be read; the server is not started for them");
+                    Err(CallError::Unavailable("your secrets cannot be read right now".into()))
+                }
+            }
+        }
     }
 }

@@ -205,7 +205,12 @@ impl Mux {
             return;
         }
         if is_broadcast(&method) {
-            let _ = self.ctx.notifications.send(ServerNotification { server: self.ctx.server.clone(), method, params });
+            let _ = self.ctx.notifications.send(ServerNotification {
+                server: self.ctx.server.clone(),
+                user: self.ctx.user.clone(),
+                method,
+                params,
+            });
         }
     }
 
@@ -299,6 +304,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             roots: Arc::new(json!([{"uri": "file:///srv/data"}])),
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
+            user: None,
         };
         (Arc::new(Mux::new(ctx, Outbound::Channel(out_tx))), out_rx, n_rx)
     }

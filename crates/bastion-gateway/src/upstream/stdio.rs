@@ -352,6 +352,7 @@ pub(super) mod tests {
             max_message_bytes,
             roots: Arc::new(serde_json::json!([])),
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
+            user: None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! The secrets vault through the real binary: `bastion secrets`, a
 //! server's `${server.NAME}` and `${env.NAME}` reaching server-everything's
-//! environment, a missing secret named to the caller, rotation of the
-//! master key while calls run, and no value in any log, listing or file.
+//! environment, each user's `${user.NAME}` reaching that user's own process
+//! (or a remote server's headers for that user's calls), a missing secret
+//! named to the caller, rotation of the master key while calls run, and no
+//! value in any log, listing or file.
 
 use serde_json::{Value, json};
 
@@ -165,4 +167,176 @@ async fn references_outside_env_and_headers_are_refused() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("mcpServers.a.args[0]") && err.contains("env"), "{err}");
+}
+
+/// The processes of server-everything (not the guards Bastion starts them
+/// under) whose environment holds `mark`, with the value of `var` in each
+/// (`None` where it is not set).
+fn processes_marked(mark: &str, var: &str) -> Vec<(u32, Option<String>)> {
+    let mut found = Vec::new();
+    let everything = tools().everything_js.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.len() < 2 || args[1] != everything.as_bytes() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if !vars.iter().any(|v| *v == format!("MARK={mark}").as_bytes()) {
+            continue;
+        }
+        let prefix = format!("{var}=");
+        let value = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        found.push((pid, value));
+    }
+    found.sort();
+    found
+}
+
+/// Polls until `f` holds, for at most 20 seconds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn each_user_has_their_own_process_with_their_own_secret() {
+    const ALICE: &str = "canary-alice-ghp-Q8sV2mT6xR1w";
+    const BOB: &str = "canary-bob-ghp-L3kP9nZ5cY7d";
+    let mark = format!("per-user-{}", std::process::id());
+    let config = json!({
+        "mcpServers": {
+            "gh": everything(json!({
+                "GITHUB_TOKEN": "${user.GITHUB_TOKEN}",
+                "PROXY": "${env.BASTION_TEST_PROXY}",
+                "MARK": mark
+            })),
+            "shared": everything(json!({"MARK": format!("{mark}-shared")}))
+        },
+        "upstream": {"restart_backoff": "100ms", "idle_timeout": "2s"}
+    });
+    let gw = Gateway::start_with(
+        config,
+        Options { env: vec![(GATEWAY_ONLY.0.into(), GATEWAY_ONLY.1.into())], ..Options::default() },
+    );
+    let mut keys = std::collections::BTreeMap::new();
+    for user in ["alice", "bob", "carol"] {
+        keys.insert(user, gw.create_key(user, &[]));
+    }
+    for (user, value) in [("alice", ALICE), ("bob", BOB)] {
+        let out = cli_with_input(&gw, &["secrets", "set", "--user", user, "GITHUB_TOKEN"], &format!("{value}\n"));
+        assert!(out.status.success(), "secrets set: {}", text(&out.stderr));
+    }
+
+    // Each sees their own token, in a session and statelessly, and never
+    // the other's or anything of the gateway's own environment.
+    let alice = Mcp::session(gw.url("/mcp"), &keys["alice"], "2025-11-25").await;
+    let bob = Mcp::stateless(gw.url("/mcp"), &keys["bob"]);
+    for _ in 0..3 {
+        let (a, b) = tokio::join!(alice.call_tool("gh__get-env", json!({})), bob.call_tool("gh__get-env", json!({})));
+        let (a_env, b_env) = (env_of(&a), env_of(&b));
+        assert_eq!(a_env["GITHUB_TOKEN"], ALICE, "{a_env}");
+        assert_eq!(b_env["GITHUB_TOKEN"], BOB, "{b_env}");
+        assert!(!a.to_string().contains(BOB) && !b.to_string().contains(ALICE));
+        for env in [&a_env, &b_env] {
+            assert_eq!(env["PROXY"], GATEWAY_ONLY.1, "granted explicitly: {env}");
+            assert!(env.get(GATEWAY_ONLY.0).is_none(), "the gateway's own variable is not inherited: {env}");
+        }
+    }
+    assert!(alice.tool_names().await.iter().any(|t| t == "gh__get-env"));
+
+    // One process per user for `gh`, one shared process for `shared`.
+    let shared = Mcp::stateless(gw.url("/mcp"), &keys["carol"]);
+    let rpc = shared.call_tool("shared__echo", json!({"message": "x"})).await;
+    assert!(rpc.get("result").is_some(), "{rpc}");
+    let rpc = alice.call_tool("shared__echo", json!({"message": "y"})).await;
+    assert!(rpc.get("result").is_some(), "{rpc}");
+    let gh = processes_marked(&mark, "GITHUB_TOKEN");
+    let tokens: Vec<Option<String>> = gh.iter().map(|(_, t)| t.clone()).collect();
+    assert_eq!(gh.len(), 2, "one process per user: {gh:?}");
+    assert!(tokens.contains(&Some(ALICE.into())) && tokens.contains(&Some(BOB.into())), "{gh:?}");
+    assert_eq!(processes_marked(&format!("{mark}-shared"), "GITHUB_TOKEN").len(), 1, "one shared process");
+
+    // A user without the secret learns its name and nothing else, and no
+    // process is started for them.
+    let rpc = shared.call_tool("gh__get-env", json!({})).await;
+    let message = rpc["error"]["message"].as_str().unwrap_or_else(|| panic!("an error: {rpc}")).to_string();
+    assert!(message.contains("GITHUB_TOKEN") && message.contains("--user carol"), "{message}");
+    for leak in [ALICE, BOB, GATEWAY_ONLY.1, "alice", "bob"] {
+        assert!(!message.contains(leak), "{leak} in {message}");
+    }
+    assert_eq!(processes_marked(&mark, "GITHUB_TOKEN").len(), 2);
+    // Set now, it works at once (no restart backoff for a missing secret).
+    let out = cli_with_input(&gw, &["secrets", "set", "--user", "carol", "GITHUB_TOKEN"], "carol-token\n");
+    assert!(out.status.success());
+    assert_eq!(env_of(&shared.call_tool("gh__get-env", json!({})).await)["GITHUB_TOKEN"], "carol-token");
+
+    // Idle processes are stopped, each on its own; the next call starts
+    // the user's process again.
+    eventually("the per-user processes stop when idle", || processes_marked(&mark, "GITHUB_TOKEN").is_empty()).await;
+    assert_eq!(env_of(&bob.call_tool("gh__get-env", json!({})).await)["GITHUB_TOKEN"], BOB);
+    assert_eq!(
+        processes_marked(&mark, "GITHUB_TOKEN").iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
+        vec![Some(BOB.to_string())]
+    );
+
+    // The values are nowhere in clear: not on disk, not in the log.
+    let data = gw.dir().join("data");
+    for canary in [ALICE, BOB] {
+        assert_eq!(files_containing(&data, canary), Vec::<std::path::PathBuf>::new());
+        assert!(!gw.log().contains(canary), "{canary} is in the gateway's log");
+    }
+}
+
+#[tokio::test]
+async fn a_users_secret_in_headers_reaches_a_remote_server_for_that_user_only() {
+    const ALICE: &str = "canary-alice-api-5Tz8Kq2Vw";
+    const BOB: &str = "canary-bob-api-9Hd4Lm7Px";
+    let server = crate::upstream_transports::SseServer::start_with(&["--transport", "streamable-http"]);
+    let gw = Gateway::start(json!({
+        "mcpServers": {
+            "api": {"url": server.url, "headers": {"X-Api-Key": "${user.API_KEY}", "X-Team": "platform"}}
+        }
+    }));
+    let alice_key = gw.create_key("alice", &[]);
+    let bob_key = gw.create_key("bob", &[]);
+    for (user, value) in [("alice", ALICE), ("bob", BOB)] {
+        let out = cli_with_input(&gw, &["secrets", "set", "--user", user, "API_KEY"], value);
+        assert!(out.status.success(), "secrets set: {}", text(&out.stderr));
+    }
+    let alice = Mcp::stateless(gw.url("/mcp"), &alice_key);
+    let bob = Mcp::session(gw.url("/mcp"), &bob_key, "2025-11-25").await;
+    for _ in 0..3 {
+        let (a, b) = tokio::join!(
+            alice.call_tool("api__request_headers", json!({})),
+            bob.call_tool("api__request_headers", json!({}))
+        );
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&tool_text(&a)).unwrap_or_else(|_| panic!("{a}")),
+            serde_json::from_str(&tool_text(&b)).unwrap_or_else(|_| panic!("{b}")),
+        );
+        assert_eq!((a["x-api-key"].as_str(), a["x-team"].as_str()), (Some(ALICE), Some("platform")), "{a}");
+        assert_eq!(b["x-api-key"], BOB, "{b}");
+        // the client's own credential never goes upstream
+        for h in [&a, &b] {
+            assert!(!h.to_string().contains(&alice_key) && !h.to_string().contains(&bob_key), "{h}");
+        }
+    }
+    // A user with no value is refused with the name to set.
+    let carol = Mcp::stateless(gw.url("/mcp"), &gw.create_key("carol", &[]));
+    let rpc = carol.call_tool("api__request_headers", json!({})).await;
+    let message = rpc["error"]["message"].as_str().unwrap_or_else(|| panic!("an error: {rpc}")).to_string();
+    assert!(message.contains("API_KEY") && message.contains("--user carol"), "{message}");
+    assert!(!gw.log().contains(ALICE) && !gw.log().contains(BOB));
 }

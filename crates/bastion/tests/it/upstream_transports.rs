@@ -10,9 +10,11 @@ use serde_json::{Value, json};
 
 use crate::harness::{Gateway, Mcp, clients_dir, run_client, tool_text, tools};
 
-/// The SDK's test server in legacy SSE mode on a free loopback port.
-struct SseServer {
-    url: String,
+/// The SDK's test server on a free loopback port: in legacy SSE mode, or
+/// as `start_with` says.
+pub(crate) struct SseServer {
+    /// Where the server listens (`/mcp`, or `/sse` for legacy SSE).
+    pub(crate) url: String,
     child: Child,
 }
 
@@ -22,7 +24,7 @@ impl SseServer {
     }
 
     /// The test server with these arguments (a transport and its options).
-    fn start_with(args: &[&str]) -> SseServer {
+    pub(crate) fn start_with(args: &[&str]) -> SseServer {
         let t = tools();
         let mut child = Command::new(&t.python)
             .arg(clients_dir().join("testserver.py"))
