@@ -61,6 +61,10 @@ pub enum Kind {
     /// Bastion with access tokens (JWTs checked against a key set) and 50
     /// Cedar rules: authorization on.
     BastionAuthz,
+    /// Bastion with the echo server run once per user: its environment
+    /// names the user's own secret (`${user.TOKEN}`), so each user's calls
+    /// go to a process of their own.
+    BastionPerUser,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -73,6 +77,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Bastion => "bastion",
             Kind::BastionAuthz => "bastion-authz",
+            Kind::BastionPerUser => "bastion-per-user",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -89,7 +94,7 @@ impl Kind {
     /// Whether the peer's software is installed.
     pub fn available(self, peers: &Peers) -> bool {
         match self {
-            Kind::Direct | Kind::Bastion | Kind::BastionAuthz => true,
+            Kind::Direct | Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser => true,
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
@@ -268,6 +273,28 @@ pub async fn bastion_config(bins: &Bins, dir: &Path, config: &serde_json::Value)
     Ok((path, key))
 }
 
+/// `bastion secrets set --user USER NAME`, the value on standard input.
+async fn set_user_secret(bins: &Bins, config: &Path, user: &str, name: &str, value: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(&bins.bastion)
+        .arg("--config")
+        .arg(config)
+        .args(["secrets", "set", "--user", user, name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running bastion secrets set")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(value.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("bastion secrets set failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// Starts a contestant and waits until it answers `initialize`.
 pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -> anyhow::Result<Running> {
     let dir = tempfile::Builder::new().prefix("bastion-bench-").tempdir()?;
@@ -305,12 +332,15 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 log: log_path,
             });
         }
-        Kind::Bastion | Kind::BastionAuthz => {
+        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser => {
             let mut servers = serde_json::Map::new();
-            let entry = match &http_upstream {
+            let mut entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
                 Some(u) => serde_json::json!({"url": u, "type": "streamable-http"}),
             };
+            if kind == Kind::BastionPerUser {
+                entry["env"] = serde_json::json!({"TOKEN": "${user.TOKEN}"});
+            }
             servers.insert("echo".into(), entry);
             let mut config = base_config(dir.path(), port, &servers, "warn");
             let resource = format!("http://127.0.0.1:{port}/mcp");
@@ -326,6 +356,9 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 issuer = Some(idp);
             }
             let (config, key) = bastion_config(bins, dir.path(), &config).await?;
+            if kind == Kind::BastionPerUser {
+                set_user_secret(bins, &config, "bench", "TOKEN", "bench-per-user-token").await?;
+            }
             // Clients of the authz contestant present the token; its API key
             // goes unused.
             bearer = Some(match &issuer {

@@ -232,8 +232,28 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
         measured,
         met: diff.map(|d| d <= 10.0),
     });
+    // 7. A call through the user's own process (a server run once per
+    // user) costs no more gateway CPU than through a shared one, once the
+    // process runs (max rate, stdio upstream; 2 µs is the run-to-run noise
+    // of single runs).
+    let per_user = find(r, PER_USER, "stdio", Scenario::Call, false)
+        .and_then(|x| x.gateway_cpu_us_per_call)
+        .zip(find(r, "bastion", "stdio", Scenario::Call, false).and_then(|x| x.gateway_cpu_us_per_call));
+    v.push(TargetCheck {
+        target: "gateway CPU per call through the user's own process ≤ through a shared one (± 2 µs noise)".into(),
+        measured: per_user.map_or("not measured".into(), |(p, b)| {
+            format!("{} µs: {p:.1} vs {b:.1} µs (stdio upstream, max rate)", signed(p - b, 1))
+        }),
+        met: per_user.map(|(p, b)| p - b <= PER_USER_NOISE_US),
+    });
     v
 }
+
+/// The contestant whose server runs once per user.
+pub const PER_USER: &str = "bastion-per-user";
+
+/// The run-to-run noise of a single max-rate run's CPU per call, in µs.
+const PER_USER_NOISE_US: f64 = 2.0;
 
 /// The contestant with authorization on.
 pub const AUTHZ: &str = "bastion-authz";

@@ -460,6 +460,9 @@ fn plans(s: &Settings) -> Vec<Plan> {
         // Right after the API key runs it is compared with, on a machine in
         // the same state.
         p(Kind::BastionAuthz, Upstream::Stdio, true, true, true, None),
+        // Each user's own process: the calls of scenario a against those of
+        // `bastion` above.
+        p(Kind::BastionPerUser, Upstream::Stdio, true, false, false, None),
         p(Kind::Bastion, Upstream::Http, true, false, false, None),
     ];
     if s.smoke {
