@@ -318,8 +318,10 @@ def call(mid, args):
     event("started-" + tag).set()
     event(args["wait_for"]).wait(30)
     answer = sample("prompt-for-" + tag)
-    event("done-" + tag).set()
+    # The result goes out before the other call may go on, so the gateway
+    # reads this call's end before the other call's request.
     send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": json.dumps(answer)}]}})
+    event("done-" + tag).set()
 
 for line in sys.stdin:
     if not line.strip():
@@ -358,19 +360,38 @@ async fn sampling_requests_never_reach_another_users_client() {
     let bob = gw.create_key("bob", &[]);
     let url = gw.url("/mcp");
     // Alice's request is sent while Bob's later call is in flight; Bob's
-    // after Alice's call has finished.
+    // after Alice's call has finished. Neither client lists the tools after
+    // its call (the SDK does so to check output schemas): Bastion's own
+    // fetch of the list, in flight beside Bob's call, would make Bob's
+    // request ambiguous too, and be refused.
     let (a, b) = tokio::join!(
         run_client(
             SESSION,
             &url,
             &alice,
-            &["--action", "sampling-tool", "--tool", "x__ask", "--args", r#"{"tag":"alice","wait_for":"started-bob"}"#],
+            &[
+                "--action",
+                "sampling-tool",
+                "--tool",
+                "x__ask",
+                "--args",
+                r#"{"tag":"alice","wait_for":"started-bob"}"#,
+                "--no-output-validation",
+            ],
         ),
         run_client(
             SESSION,
             &url,
             &bob,
-            &["--action", "sampling-tool", "--tool", "x__ask", "--args", r#"{"tag":"bob","wait_for":"done-alice"}"#],
+            &[
+                "--action",
+                "sampling-tool",
+                "--tool",
+                "x__ask",
+                "--args",
+                r#"{"tag":"bob","wait_for":"done-alice"}"#,
+                "--no-output-validation",
+            ],
         ),
     );
     let (a, b) = (a.ok(), b.ok());
