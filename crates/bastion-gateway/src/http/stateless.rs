@@ -110,9 +110,6 @@ pub(crate) async fn handle(
             None => return mismatch(id, "the Mcp-Name header is required"),
         }
     }
-    if let Err(resp) = check_param_headers(&gw, &scope, &principal.user, &req, headers).await {
-        return resp;
-    }
     // The request holds one of its principal's in-flight slots until its
     // answer has been sent (or it is parked, which holds a slot of its own).
     let slot = match gw.acquire(&principal, Kind::InFlight) {
@@ -134,6 +131,11 @@ pub(crate) async fn handle(
     }
     if let Err(error) = proxy::authorize(&gw, &principal, &scope, &req).await {
         return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}));
+    }
+    // After the decision: checking the headers reads the tool's definition,
+    // which may start the caller's own instance of the server.
+    if let Err(resp) = check_param_headers(&gw, &scope, &principal.user, &req, headers).await {
+        return resp;
     }
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is; lists
