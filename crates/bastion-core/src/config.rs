@@ -587,6 +587,13 @@ pub struct UpstreamDefaults {
     /// Longest line a stdio server may write. Default 16 MiB.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// A server run once per user (its `env` or `headers` name a user's
+    /// secret) runs at most this many users' instances at once — processes
+    /// for stdio, connections for remote servers. Past it, the least
+    /// recently used idle instance is stopped to make room; when every one
+    /// is busy, the call is refused until one is free. Default 50.
+    #[serde(default = "default_user_instances")]
+    pub max_user_instances: usize,
 }
 
 impl Default for UpstreamDefaults {
@@ -600,8 +607,13 @@ impl Default for UpstreamDefaults {
             restart_backoff: default_backoff_initial(),
             restart_backoff_max: default_backoff_max(),
             max_message_bytes: default_max_message(),
+            max_user_instances: default_user_instances(),
         }
     }
+}
+
+fn default_user_instances() -> usize {
+    50
 }
 
 fn default_spawns() -> usize {
@@ -930,6 +942,9 @@ impl Config {
         }
         if self.upstream.max_concurrent_spawns == 0 {
             return Err(invalid("upstream.max_concurrent_spawns".into(), "must be at least 1".into()));
+        }
+        if self.upstream.max_user_instances == 0 {
+            return Err(invalid("upstream.max_user_instances".into(), "must be at least 1".into()));
         }
         if let Some(f) = &self.log.format
             && f != "json"

@@ -390,6 +390,9 @@ pub struct UpstreamSpec {
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
     pub max_message_bytes: usize,
+    /// For a server run once per user: how many users' instances may run
+    /// at once.
+    pub max_user_instances: usize,
     /// The directory relative `cwd`s are resolved against.
     pub base_dir: std::path::PathBuf,
     /// The roots offered to the server (a JSON array of `Root`s).
@@ -444,7 +447,59 @@ pub struct UpstreamHandle {
     /// For a server whose `env` or `headers` name a user's secret: each
     /// user's own instance, made on first use. Such a handle never connects
     /// itself; every use goes through [`UpstreamHandle::for_user`].
-    tenants: Option<DashMap<Arc<str>, Arc<UpstreamHandle>>>,
+    tenants: Option<Arc<Tenants>>,
+    /// For one user's instance: the instances beside it, which share the
+    /// server's `max_user_instances`. Weak: the server's handle owns them.
+    siblings: Option<std::sync::Weak<Tenants>>,
+}
+
+/// The users' instances of a server run once per user.
+#[derive(Default)]
+struct Tenants {
+    by_user: DashMap<Arc<str>, Arc<UpstreamHandle>>,
+    /// Instances starting now: counted against the cap until connected.
+    /// The lock also makes each admission one decision.
+    starting: std::sync::Mutex<usize>,
+}
+
+impl Tenants {
+    /// Lets `me` start when fewer than its spec's `max_user_instances` run
+    /// or start; otherwise stops the least recently used idle instance to
+    /// make room, or refuses when every one is busy.
+    fn admit(self: &Arc<Self>, me: &UpstreamHandle) -> Result<Admission, CallError> {
+        let max = me.spec.max_user_instances;
+        let mut starting = self.starting.lock().expect("poisoned");
+        let running: Vec<Arc<UpstreamHandle>> = self
+            .by_user
+            .iter()
+            .filter(|e| !std::ptr::eq(Arc::as_ptr(e.value()), me))
+            .filter(|e| e.value().current.load().as_ref().is_some_and(|c| c.is_alive()))
+            .map(|e| e.value().clone())
+            .collect();
+        if running.len() + *starting >= max {
+            let mut idle: Vec<&Arc<UpstreamHandle>> =
+                running.iter().filter(|h| h.in_flight.load(Ordering::Relaxed) == 0).collect();
+            idle.sort_by_key(|h| h.last_used_ms.load(Ordering::Relaxed));
+            if !idle.into_iter().any(|h| h.evict()) {
+                tracing::warn!(server = %me.name, user = me.user.as_deref(), max, "every user's instance is busy; call refused");
+                return Err(CallError::Unavailable(format!(
+                    "this server already runs for {max} users at once (upstream.max_user_instances) and all are busy; \
+                     retry shortly"
+                )));
+            }
+        }
+        *starting += 1;
+        Ok(Admission(self.clone()))
+    }
+}
+
+/// A place among a server's running user instances, held while one starts.
+struct Admission(Arc<Tenants>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        *self.0.starting.lock().expect("poisoned") -= 1;
+    }
 }
 
 /// Decrements the in-flight count when a call ends, however it ends.
@@ -465,7 +520,7 @@ impl UpstreamHandle {
         notifications: mpsc::UnboundedSender<ServerNotification>,
         vault: Option<Arc<crate::vault::Vault>>,
     ) -> Self {
-        let tenants = spec.per_user().then(DashMap::new);
+        let tenants = spec.per_user().then(Arc::default);
         Self::with_user(name, spec, spawn_permits, notifications, vault, None, tenants)
     }
 
@@ -476,8 +531,9 @@ impl UpstreamHandle {
         notifications: mpsc::UnboundedSender<ServerNotification>,
         vault: Option<Arc<crate::vault::Vault>>,
         user: Option<Arc<str>>,
-        tenants: Option<DashMap<Arc<str>, Arc<UpstreamHandle>>>,
+        tenants: Option<Arc<Tenants>>,
     ) -> Self {
+        let siblings = None;
         UpstreamHandle {
             name: name.into(),
             spec,
@@ -498,6 +554,7 @@ impl UpstreamHandle {
             vault,
             user,
             tenants,
+            siblings,
         }
     }
 
@@ -517,13 +574,14 @@ impl UpstreamHandle {
     /// subscriptions and restart backoff.
     pub fn for_user(self: &Arc<Self>, user: &str) -> Arc<UpstreamHandle> {
         let Some(tenants) = &self.tenants else { return self.clone() };
-        if let Some(t) = tenants.get(user) {
+        if let Some(t) = tenants.by_user.get(user) {
             return t.clone();
         }
         tenants
+            .by_user
             .entry(Arc::from(user))
             .or_insert_with(|| {
-                Arc::new(UpstreamHandle::with_user(
+                let mut instance = UpstreamHandle::with_user(
                     &self.name,
                     self.spec.clone(),
                     self.spawn_permits.clone(),
@@ -531,7 +589,9 @@ impl UpstreamHandle {
                     self.vault.clone(),
                     Some(Arc::from(user)),
                     None,
-                ))
+                );
+                instance.siblings = Some(Arc::downgrade(tenants));
+                Arc::new(instance)
             })
             .clone()
     }
@@ -539,7 +599,7 @@ impl UpstreamHandle {
     /// The users' instances of a server run once per user (none for a
     /// shared server).
     fn instances(&self) -> Vec<Arc<UpstreamHandle>> {
-        self.tenants.as_ref().map(|t| t.iter().map(|e| e.value().clone()).collect()).unwrap_or_default()
+        self.tenants.as_ref().map(|t| t.by_user.iter().map(|e| e.value().clone()).collect()).unwrap_or_default()
     }
 
     pub fn spec(&self) -> &UpstreamSpec {
@@ -581,6 +641,11 @@ impl UpstreamHandle {
             }
             tokio::time::sleep(wait).await;
         }
+        // A user's instance starts only within the server's cap.
+        let _admission = match self.siblings.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(tenants) => Some(tenants.admit(self)?),
+            None => None,
+        };
         let _permit = self.spawn_permits.acquire().await.map_err(|_| CallError::Unavailable("shutting down".into()))?;
         let started = Instant::now();
         let result = tokio::time::timeout(self.spec.start_timeout, self.connect()).await;
@@ -690,9 +755,11 @@ impl UpstreamHandle {
     /// Sends one request and waits for its result, within the call timeout.
     /// Dropping the future cancels the call upstream.
     pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
-        let conn = self.conn().await?;
+        // Counted from before the connection is had, so that a connection
+        // made for this call is never taken as idle and stopped under it.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(self);
+        let conn = self.conn().await?;
         let result = match tokio::time::timeout(self.spec.call_timeout, conn.call(method, params, caller)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(self.spec.call_timeout)),
@@ -874,6 +941,19 @@ impl UpstreamHandle {
         false
     }
 
+    /// Stops an idle user's instance to make room for another, unless it is
+    /// starting or busy. Returns whether it was stopped.
+    fn evict(&self) -> bool {
+        let Ok(_guard) = self.connect_lock.try_lock() else { return false };
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let Some(conn) = self.current.swap(None) else { return false };
+        tracing::info!(server = %self.name, user = self.user.as_deref(), "stopping a user's idle instance to make room");
+        tokio::spawn(async move { conn.shutdown().await });
+        true
+    }
+
     /// Stops the connection (shutdown, reload).
     pub async fn shutdown(&self) {
         for t in self.instances() {
@@ -902,6 +982,7 @@ pub fn specs_from_config(config: &Config, base_dir: &std::path::Path) -> BTreeMa
                     restart_backoff: config.upstream.restart_backoff,
                     restart_backoff_max: config.upstream.restart_backoff_max,
                     max_message_bytes: config.upstream.max_message_bytes,
+                    max_user_instances: config.upstream.max_user_instances,
                     base_dir: base_dir.to_path_buf(),
                     roots: Value::Array(
                         s.roots
@@ -937,6 +1018,7 @@ mod tests {
             restart_backoff: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(1),
             max_message_bytes: 1 << 20,
+            max_user_instances: 50,
             base_dir: std::env::temp_dir(),
             roots: json!([]),
         }
@@ -993,5 +1075,77 @@ mod tests {
         let err = per_user.for_user("alice").info().await.unwrap_err();
         assert!(matches!(err, CallError::Unavailable(_)), "{err:?}");
         assert!(!per_user.is_connected());
+    }
+
+    /// A server run once per user whose instances answer every request,
+    /// `slow` after a second, and hold at most `max` at once.
+    fn capped(max: usize) -> Arc<UpstreamHandle> {
+        let script = r#"id() { printf '%s' "$1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'; }
+while read -r l; do
+  i=$(id "$l"); [ -z "$i" ] && continue
+  case "$l" in *'"slow"'*) sleep 1;; esac
+  printf '{"jsonrpc":"2.0","id":%s,"result":{"capabilities":{}}}\n' "$i"
+done"#;
+        let spec = UpstreamSpec {
+            transport: Transport::Stdio {
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+            max_user_instances: max,
+            ..spec(&[])
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Arc::new(UpstreamHandle::with_user(
+            "s",
+            spec,
+            Arc::new(Semaphore::new(4)),
+            tx,
+            None,
+            None,
+            Some(Arc::default()),
+        ))
+    }
+
+    fn running(server: &UpstreamHandle) -> Vec<String> {
+        let mut users: Vec<String> = server
+            .instances()
+            .iter()
+            .filter(|i| i.current.load().as_ref().is_some_and(|c| c.is_alive()))
+            .filter_map(|i| i.user.as_deref().map(str::to_string))
+            .collect();
+        users.sort();
+        users
+    }
+
+    #[tokio::test]
+    async fn users_instances_are_capped_and_idle_ones_make_room() {
+        let server = capped(2);
+        for user in ["alice", "bob"] {
+            server.for_user(user).call("x", None, Caller::Gateway).await.expect("starts");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(running(&server), ["alice", "bob"]);
+        // A third user: the least recently used idle instance makes room.
+        server.for_user("bob").call("x", None, Caller::Gateway).await.expect("bob again");
+        server.for_user("carol").call("x", None, Caller::Gateway).await.expect("carol starts");
+        assert_eq!(running(&server), ["bob", "carol"]);
+
+        // Both busy: a fourth user is refused, and nobody's call is cut.
+        let (bob, carol) = (server.for_user("bob"), server.for_user("carol"));
+        let busy = tokio::spawn(async move {
+            tokio::join!(bob.call("slow", None, Caller::Gateway), carol.call("slow", None, Caller::Gateway))
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let err = server.for_user("dave").call("x", None, Caller::Gateway).await.unwrap_err();
+        assert!(matches!(&err, CallError::Unavailable(m) if m.contains("max_user_instances")), "{err:?}");
+        let (b, c) = busy.await.expect("joined");
+        assert!(b.is_ok() && c.is_ok(), "{b:?} {c:?}");
+        // Free again: dave starts in the place of the older of the two.
+        server.for_user("dave").call("x", None, Caller::Gateway).await.expect("dave starts");
+        assert_eq!(running(&server).len(), 2, "{:?}", running(&server));
+        assert!(running(&server).contains(&"dave".to_string()));
+        server.shutdown().await;
     }
 }
