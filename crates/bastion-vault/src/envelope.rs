@@ -347,6 +347,13 @@ mod tests {
         Binding::user("alice", "GITHUB_TOKEN")
     }
 
+    #[test]
+    fn the_ciphers_key_schedule_is_wiped_on_drop() {
+        // Compiles only while the zeroize features stay switched on.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
+    }
+
     fn opened(keyring: &Keyring, sealed: &Sealed, binding: &Binding) -> Result<Vec<u8>, Error> {
         keyring.open(sealed, binding).map(|s| s.expose_secret().to_vec())
     }
