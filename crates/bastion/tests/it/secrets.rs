@@ -340,3 +340,60 @@ async fn a_users_secret_in_headers_reaches_a_remote_server_for_that_user_only() 
     assert!(message.contains("API_KEY") && message.contains("--user carol"), "{message}");
     assert!(!gw.log().contains(ALICE) && !gw.log().contains(BOB));
 }
+
+#[tokio::test]
+async fn a_user_refused_a_server_never_starts_an_instance_of_it() {
+    let mark = format!("refused-{}", std::process::id());
+    let gw = Gateway::start(json!({
+        "mcpServers": {
+            "gh": everything(json!({"GITHUB_TOKEN": "${user.GITHUB_TOKEN}", "MARK": mark})),
+            "time": everything(json!({}))
+        },
+        "groups": {"team": ["gh"], "others": ["time"]},
+        "users": {"dave": {"role": "user", "groups": ["others"]}, "erin": {"role": "viewer", "groups": ["team"]}}
+    }));
+    for user in ["dave", "erin"] {
+        let out = cli_with_input(&gw, &["secrets", "set", "--user", user, "GITHUB_TOKEN"], "a-token\n");
+        assert!(out.status.success(), "secrets set: {}", text(&out.stderr));
+    }
+    // Outside the server's group, and a viewer inside it: both refused
+    // before anything about the tool is looked up, in either era.
+    for user in ["dave", "erin"] {
+        let key = gw.create_key(user, &[]);
+        let stateless = Mcp::stateless(gw.url("/mcp"), &key);
+        let session = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+        for rpc in
+            [stateless.call_tool("gh__get-env", json!({})).await, session.call_tool("gh__get-env", json!({})).await]
+        {
+            assert!(rpc.get("error").is_some(), "{user} is refused: {rpc}");
+        }
+    }
+    assert_eq!(processes_marked(&mark, "GITHUB_TOKEN"), vec![], "no instance started for a refused user");
+}
+
+#[tokio::test]
+async fn users_instances_beyond_the_cap_take_the_place_of_idle_ones() {
+    let mark = format!("capped-{}", std::process::id());
+    let gw = Gateway::start(json!({
+        "mcpServers": {"gh": everything(json!({"GITHUB_TOKEN": "${user.GITHUB_TOKEN}", "MARK": mark}))},
+        "upstream": {"max_user_instances": 1}
+    }));
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let out = cli_with_input(&gw, &["secrets", "set", "--user", user, "GITHUB_TOKEN"], &format!("{user}-token\n"));
+        assert!(out.status.success(), "secrets set: {}", text(&out.stderr));
+        clients.push((user, Mcp::stateless(gw.url("/mcp"), &gw.create_key(user, &[]))));
+    }
+    for round in 0..2 {
+        for (user, client) in &clients {
+            let env = env_of(&client.call_tool("gh__get-env", json!({})).await);
+            assert_eq!(env["GITHUB_TOKEN"], format!("{user}-token"), "round {round}");
+            // Only the last user's process runs: the other one's was
+            // stopped to make room.
+            let running = processes_marked(&mark, "GITHUB_TOKEN");
+            eventually("one process at a time", || processes_marked(&mark, "GITHUB_TOKEN").len() == 1).await;
+            assert!(running.iter().any(|(_, t)| t.as_deref() == Some(&format!("{user}-token"))), "{running:?}");
+        }
+    }
+    assert!(gw.log().contains("stopping a user's idle instance to make room"));
+}

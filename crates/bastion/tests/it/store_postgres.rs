@@ -2,7 +2,7 @@
 //! keys and users created by the CLI, a gateway serving from it, and an
 //! outage — the server stopped under a running gateway: requests are
 //! refused (never let through), and served again once the server is back,
-//! without a restart.
+//! without a restart — and a dump of the database holding no secret.
 //!
 //! Each test runs its own throwaway server (`scripts/pg-throwaway`: a
 //! fresh cluster in a temporary directory on a free loopback port), never
@@ -120,6 +120,16 @@ fn psql() -> PathBuf {
         .unwrap_or_default();
     found.sort();
     found.pop().expect("psql not found: install PostgreSQL (scripts/provision does)")
+}
+
+/// `pg_dump` of the newest server installed (a dump must not be older
+/// than the server), else from PATH.
+fn pg_dump() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin/pg_dump")).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("pg_dump"))
 }
 
 fn bastion(config: &Path, args: &[&str]) -> std::process::Output {
@@ -279,4 +289,61 @@ async fn a_postgres_outage_fails_closed_and_recovers_by_itself() {
     assert_eq!(gw.pid(), pid);
     assert!(proc_stat(pid).is_some_and(|s| s.state != 'Z'), "the gateway kept running");
     assert!(gw.log().contains("key lookup failed; refusing the request"), "the refusals are logged");
+}
+
+/// Every way a value may show in a dump: as text, as `bytea` hex, and
+/// as base64.
+fn encodings(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![value.to_string(), hex, base64::engine::general_purpose::STANDARD.encode(value)]
+}
+
+#[tokio::test]
+async fn a_dump_of_the_database_holds_no_secret() {
+    const SERVER: &str = "canary-pg-server-Jx4Wq8Ty2Mv";
+    const ALICE: &str = "canary-pg-alice-Rb7Nc3Zh5Ke";
+    let pg = PgServer::start();
+    let t = crate::harness::tools();
+    let everything = |env: Value| json!({"command": t.node, "args": [t.everything_js, "stdio"], "env": env});
+    let gw = Gateway::start(json!({
+        "store": pg.url,
+        "mcpServers": {
+            "shared": everything(json!({"TOKEN": "${server.TOKEN}"})),
+            "own": everything(json!({"TOKEN": "${user.TOKEN}"}))
+        }
+    }));
+    let key = gw.create_key("alice", &[]);
+    for (args, value) in [(["--server", "shared"], SERVER), (["--user", "alice"], ALICE)] {
+        let out = crate::users_cli::cli_with_input(&gw, &["secrets", "set", args[0], args[1], "TOKEN"], value);
+        assert!(out.status.success(), "secrets set: {}", text(&out.stderr));
+    }
+    let alice = Mcp::stateless(gw.url("/mcp"), &key);
+    let token_of = |rpc: Value| -> String {
+        let env: Value = serde_json::from_str(&tool_text(&rpc)).unwrap_or_else(|_| panic!("get-env: {rpc}"));
+        env["TOKEN"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(token_of(alice.call_tool("shared__get-env", json!({})).await), SERVER);
+    assert_eq!(token_of(alice.call_tool("own__get-env", json!({})).await), ALICE);
+
+    // Rotated while served: the old ciphertexts are re-wrapped, and read.
+    let out = gw.cli(&["secrets", "rotate-master"]);
+    assert!(out.status.success(), "rotate-master: {}", text(&out.stderr));
+    let bob = Mcp::stateless(gw.url("/mcp"), &gw.create_key("bob", &[]));
+    assert_eq!(token_of(bob.call_tool("shared__get-env", json!({})).await), SERVER);
+
+    // Stored: one ciphertext each, and nowhere in clear, in any encoding.
+    assert_eq!(PgServer::query(&pg.url, "SELECT count(*) FROM secrets"), "2");
+    let dump = run_bounded(Command::new(pg_dump()).arg("--no-owner").arg(&pg.url), WAIT);
+    assert!(dump.status.success(), "pg_dump: {}", text(&dump.stderr));
+    let dump = text(&dump.stdout);
+    assert!(dump.contains("CREATE TABLE public.secrets"), "the dump holds the secrets table");
+    let listed = gw.cli(&["secrets", "list"]);
+    for canary in [SERVER, ALICE] {
+        for form in encodings(canary) {
+            assert!(!dump.contains(&form), "{form} is in the dump");
+        }
+        assert!(!gw.log().contains(canary), "{canary} is in the log");
+        assert!(!text(&listed.stdout).contains(canary) && !text(&listed.stderr).contains(canary));
+    }
 }
