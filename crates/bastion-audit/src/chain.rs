@@ -1,0 +1,517 @@
+//! The keyed hash chain: sealing records and verifying a stored chain.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, Mac as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::event::Event;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A record's MAC.
+pub type Mac = [u8; 32];
+
+/// What the first record of a chain is chained to.
+pub const GENESIS: Mac = [0; 32];
+
+const DOMAIN: &[u8] = b"bastion-audit-v1";
+
+/// The audit key: the chain's MAC key and the arguments' digest key, both
+/// derived from one 256-bit secret. Wiped on drop; `Debug` shows nothing.
+pub struct AuditKey {
+    chain: Zeroizing<[u8; 32]>,
+    args: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+impl AuditKey {
+    /// The key derived from a 256-bit secret.
+    pub fn from_bytes(root: &[u8; 32]) -> AuditKey {
+        AuditKey {
+            chain: Zeroizing::new(hmac(root, &[b"bastion audit chain"])),
+            args: Zeroizing::new(hmac(root, &[b"bastion audit arguments"])),
+        }
+    }
+
+    /// The MAC of record `seq` of `chain`, whose text is `body`, following
+    /// the record whose MAC is `prev`.
+    pub fn seal(&self, chain: &str, seq: u64, prev: &Mac, body: &str) -> Mac {
+        let chain_len = (chain.len() as u64).to_be_bytes();
+        hmac(&self.chain[..], &[DOMAIN, &chain_len, chain.as_bytes(), &seq.to_be_bytes(), prev, body.as_bytes()])
+    }
+
+    /// A keyed digest of a call's arguments: 128 bits, hex. Objects are
+    /// read with their keys sorted, so the same arguments sent in another
+    /// order give the same digest.
+    pub fn digest_arguments(&self, args: &Value) -> String {
+        let mut text = Zeroizing::new(String::new());
+        canonical(args, &mut text);
+        hex::encode(&hmac(&self.args[..], &[text.as_bytes()])[..16])
+    }
+}
+
+/// JSON text with object keys sorted, without spaces.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<&String, &Value> = m.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A record as read back from the store: its number, text and MAC, and
+/// the searchable columns kept beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub seq: u64,
+    pub body: String,
+    pub mac: Vec<u8>,
+    /// Microseconds since the epoch.
+    pub ts: i64,
+    pub kind: String,
+    pub user: Option<String>,
+    pub server: Option<String>,
+    pub tool: Option<String>,
+    pub outcome: String,
+}
+
+/// A chain's head as the store keeps it: its last record, and the last
+/// record pruned (`0` and [`GENESIS`] when none was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub mac: Mac,
+    pub anchor_seq: u64,
+    pub anchor_mac: Mac,
+}
+
+/// A record's number and MAC, kept apart from the store: the chain must
+/// still hold that record with that MAC (or have pruned past it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub chain: String,
+    pub seq: u64,
+    /// Hex.
+    pub mac: String,
+    /// When it was taken (RFC 3339).
+    pub ts: String,
+}
+
+/// Where a chain fails to verify, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The record at which it shows.
+    pub seq: u64,
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}: {}", self.seq, self.what)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// What a verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    /// The first record kept (after the last one pruned).
+    pub first: u64,
+    /// The last record (the head).
+    pub last: u64,
+    /// Checkpoints found in the chain with their MAC.
+    pub checkpoints: usize,
+    /// Checkpoints older than the records kept, which could not be checked.
+    pub pruned_checkpoints: usize,
+}
+
+/// Checks a chain record by record, in order of `seq`.
+pub struct Verifier<'k> {
+    key: &'k AuditKey,
+    chain: String,
+    anchor: u64,
+    next: u64,
+    prev: Mac,
+    records: u64,
+    checkpoints: BTreeMap<u64, Mac>,
+    matched: usize,
+    pruned: usize,
+}
+
+impl<'k> Verifier<'k> {
+    /// A verifier for `chain` whose records start after `head`'s anchor.
+    pub fn new(key: &'k AuditKey, chain: &str, head: &Head) -> Verifier<'k> {
+        Verifier {
+            key,
+            chain: chain.to_string(),
+            anchor: head.anchor_seq,
+            next: head.anchor_seq + 1,
+            prev: head.anchor_mac,
+            records: 0,
+            checkpoints: BTreeMap::new(),
+            matched: 0,
+            pruned: 0,
+        }
+    }
+
+    /// Adds a checkpoint the chain must agree with. An unreadable one, or
+    /// one of another chain, is an error.
+    pub fn expect(&mut self, cp: &Checkpoint) -> Result<(), String> {
+        if cp.chain != self.chain {
+            return Err(format!("the checkpoint is of chain {:?}, not {:?}", cp.chain, self.chain));
+        }
+        let mac: Mac = hex::decode(&cp.mac)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "the checkpoint's mac is not 64 hex characters".to_string())?;
+        if cp.seq < self.anchor {
+            self.pruned += 1;
+        } else if cp.seq == self.anchor && cp.seq > 0 {
+            if mac != self.prev {
+                return Err(format!("record {}: the last record pruned does not match the checkpoint", cp.seq));
+            }
+            self.matched += 1;
+        } else {
+            self.checkpoints.insert(cp.seq, mac);
+        }
+        Ok(())
+    }
+
+    /// Checks the next record.
+    pub fn feed(&mut self, r: &Stored) -> Result<(), Problem> {
+        let problem = |what: String| Problem { seq: r.seq, what };
+        if r.seq > self.next {
+            let missing = if r.seq - self.next == 1 {
+                format!("record {} is missing (deleted)", self.next)
+            } else {
+                format!("records {} to {} are missing (deleted)", self.next, r.seq - 1)
+            };
+            return Err(Problem { seq: self.next, what: missing });
+        }
+        if r.seq < self.next {
+            return Err(problem(format!("appears again after record {} (inserted or reordered)", self.next - 1)));
+        }
+        let mac = self.key.seal(&self.chain, r.seq, &self.prev, &r.body);
+        if r.mac.as_slice() != mac.as_slice() {
+            return Err(problem("does not match its MAC: changed, inserted, reordered or renumbered".into()));
+        }
+        let event = Event::from_body(&r.body).map_err(|e| problem(format!("its text is not a record ({e})")))?;
+        let columns: [(&str, bool); 6] = [
+            ("ts", event.ts_micros() == r.ts),
+            ("kind", event.kind == r.kind),
+            ("user", event.user == r.user),
+            ("server", event.server == r.server),
+            ("tool", event.tool == r.tool),
+            ("outcome", event.outcome.as_str() == r.outcome),
+        ];
+        if let Some((name, _)) = columns.iter().find(|(_, same)| !same) {
+            return Err(problem(format!("its `{name}` column was changed (it differs from the sealed text)")));
+        }
+        if let Some(expected) = self.checkpoints.remove(&r.seq) {
+            if expected != mac {
+                return Err(problem("differs from the checkpoint kept for it (the trail was rewritten)".into()));
+            }
+            self.matched += 1;
+        }
+        self.prev = mac;
+        self.next += 1;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Checks that the records fed end where the chain's head says, and
+    /// that no checkpoint was left unmet.
+    pub fn finish(self, head: &Head) -> Result<Verified, Problem> {
+        let last = self.next - 1;
+        if head.seq > last {
+            return Err(Problem {
+                seq: last + 1,
+                what: format!(
+                    "records {} to {} are missing (deleted): the head says the chain ends at {}",
+                    last + 1,
+                    head.seq,
+                    head.seq
+                ),
+            });
+        }
+        if head.seq < last {
+            return Err(Problem {
+                seq: head.seq + 1,
+                what: format!(
+                    "the head says the chain ends at {}, but records follow (inserted, or the head was set back)",
+                    head.seq
+                ),
+            });
+        }
+        if head.mac != self.prev {
+            return Err(Problem {
+                seq: last,
+                what: "the head's MAC is not this record's (the head was changed)".into(),
+            });
+        }
+        if let Some((&seq, _)) = self.checkpoints.iter().next() {
+            return Err(Problem {
+                seq,
+                what: format!("a checkpoint names this record, but the chain ends at {last} (its tail was cut)"),
+            });
+        }
+        Ok(Verified {
+            records: self.records,
+            first: self.anchor + 1,
+            last,
+            checkpoints: self.matched,
+            pruned_checkpoints: self.pruned,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Outcome;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn key() -> AuditKey {
+        AuditKey::from_bytes(&[7; 32])
+    }
+
+    /// A chain of `n` records, with its head.
+    fn chain(key: &AuditKey, n: u64) -> (Vec<Stored>, Head) {
+        let mut prev = GENESIS;
+        let mut out = Vec::new();
+        for seq in 1..=n {
+            let mut e = Event::new("mcp.request", if seq % 3 == 0 { Outcome::Denied } else { Outcome::Ok });
+            e.user = Some(format!("user{}", seq % 2));
+            e.server = Some("github".into());
+            e.tool = Some(format!("tool{seq}"));
+            let body = e.to_body();
+            let mac = key.seal("main", seq, &prev, &body);
+            out.push(Stored {
+                seq,
+                body,
+                mac: mac.to_vec(),
+                ts: e.ts_micros(),
+                kind: e.kind.clone(),
+                user: e.user.clone(),
+                server: e.server.clone(),
+                tool: e.tool.clone(),
+                outcome: e.outcome.as_str().into(),
+            });
+            prev = mac;
+        }
+        (out, Head { seq: n, mac: prev, anchor_seq: 0, anchor_mac: GENESIS })
+    }
+
+    fn verify(key: &AuditKey, records: &[Stored], head: &Head, cps: &[Checkpoint]) -> Result<Verified, Problem> {
+        let mut v = Verifier::new(key, "main", head);
+        for cp in cps {
+            v.expect(cp).map_err(|what| Problem { seq: cp.seq, what })?;
+        }
+        for r in records {
+            v.feed(r)?;
+        }
+        v.finish(head)
+    }
+
+    fn checkpoint(records: &[Stored], seq: u64) -> Checkpoint {
+        let r = &records[seq as usize - 1];
+        Checkpoint { chain: "main".into(), seq, mac: hex::encode(&r.mac), ts: String::new() }
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let k = key();
+        let (records, head) = chain(&k, 10);
+        let v = verify(&k, &records, &head, &[checkpoint(&records, 4)]).unwrap();
+        assert_eq!((v.records, v.first, v.last, v.checkpoints), (10, 1, 10, 1));
+        let empty = Head { seq: 0, mac: GENESIS, anchor_seq: 0, anchor_mac: GENESIS };
+        assert_eq!(verify(&k, &[], &empty, &[]).unwrap().records, 0);
+    }
+
+    #[test]
+    fn another_key_does_not_verify() {
+        let (records, head) = chain(&key(), 3);
+        let err = verify(&AuditKey::from_bytes(&[8; 32]), &records, &head, &[]).unwrap_err();
+        assert_eq!(err.seq, 1);
+    }
+
+    #[test]
+    fn a_changed_body_is_found_where_it_is() {
+        let k = key();
+        let (mut records, head) = chain(&k, 10);
+        records[5].body = records[5].body.replace("\"tool6\"", "\"tool7\"");
+        let err = verify(&k, &records, &head, &[]).unwrap_err();
+        assert_eq!(err.seq, 6, "{err}");
+        assert!(err.what.contains("MAC"), "{err}");
+    }
+
+    #[test]
+    fn a_changed_column_is_found() {
+        let k = key();
+        let (mut records, head) = chain(&k, 10);
+        records[2].outcome = "ok".into();
+        let err = verify(&k, &records, &head, &[]).unwrap_err();
+        assert_eq!((err.seq, err.what.contains("`outcome`")), (3, true), "{err}");
+        let (mut records, head) = chain(&k, 10);
+        records[7].user = Some("mallory".into());
+        assert_eq!(verify(&k, &records, &head, &[]).unwrap_err().seq, 8);
+    }
+
+    #[test]
+    fn a_deleted_record_is_found() {
+        let k = key();
+        let (mut records, head) = chain(&k, 10);
+        records.remove(4);
+        let err = verify(&k, &records, &head, &[]).unwrap_err();
+        assert_eq!(err.seq, 5, "{err}");
+        assert!(err.what.contains("missing"), "{err}");
+        // renumbered to close the gap: the MAC breaks instead
+        let (mut records, head) = chain(&k, 10);
+        records.remove(4);
+        for r in records.iter_mut().skip(4) {
+            r.seq -= 1;
+        }
+        assert_eq!(verify(&k, &records, &head, &[]).unwrap_err().seq, 5);
+    }
+
+    #[test]
+    fn an_inserted_record_is_found() {
+        let k = key();
+        let (mut records, head) = chain(&k, 10);
+        let mut forged = records[3].clone();
+        forged.body = forged.body.replace("tool4", "tool4b");
+        records.insert(4, forged);
+        let err = verify(&k, &records, &head, &[]).unwrap_err();
+        assert_eq!(err.seq, 4, "{err}");
+    }
+
+    #[test]
+    fn reordered_records_are_found() {
+        let k = key();
+        let (mut records, head) = chain(&k, 10);
+        records.swap(6, 7);
+        assert_eq!(verify(&k, &records, &head, &[]).unwrap_err().seq, 7);
+        // with their numbers swapped too
+        let (mut records, head) = chain(&k, 10);
+        records.swap(6, 7);
+        records[6].seq = 7;
+        records[7].seq = 8;
+        assert_eq!(verify(&k, &records, &head, &[]).unwrap_err().seq, 7);
+    }
+
+    #[test]
+    fn a_cut_tail_is_found_by_the_head_or_a_checkpoint() {
+        let k = key();
+        let (records, head) = chain(&k, 10);
+        let err = verify(&k, &records[..8], &head, &[]).unwrap_err();
+        assert_eq!(err.seq, 9, "{err}");
+        // the head set back too: only a checkpoint kept elsewhere finds it
+        let short_head = Head { seq: 8, mac: records[7].mac.clone().try_into().unwrap(), ..head };
+        let cp = checkpoint(&records, 9);
+        assert!(verify(&k, &records[..8], &short_head, &[]).is_ok());
+        let err = verify(&k, &records[..8], &short_head, &[cp]).unwrap_err();
+        assert_eq!(err.seq, 9, "{err}");
+    }
+
+    #[test]
+    fn a_chain_rewritten_with_the_key_differs_from_its_checkpoint() {
+        let k = key();
+        let (records, _) = chain(&k, 10);
+        let cp = checkpoint(&records, 5);
+        // the same number of records, made afresh (other times, other tools)
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (rewritten, head) = chain(&k, 10);
+        let err = verify(&k, &rewritten, &head, &[cp]).unwrap_err();
+        assert_eq!(err.seq, 5, "{err}");
+    }
+
+    #[test]
+    fn a_pruned_chain_verifies_from_its_anchor() {
+        let k = key();
+        let (records, head) = chain(&k, 10);
+        let anchor = Head { anchor_seq: 4, anchor_mac: records[3].mac.clone().try_into().unwrap(), ..head };
+        let v = verify(&k, &records[4..], &anchor, &[checkpoint(&records, 2), checkpoint(&records, 4)]).unwrap();
+        assert_eq!((v.records, v.first, v.checkpoints, v.pruned_checkpoints), (6, 5, 1, 1));
+        // one more record removed than the anchor says
+        assert_eq!(verify(&k, &records[5..], &anchor, &[]).unwrap_err().seq, 5);
+    }
+
+    #[test]
+    fn argument_digests_ignore_key_order_and_depend_on_the_key() {
+        let k = key();
+        let a = k.digest_arguments(&json!({"b": 1, "a": {"y": [1, "x"], "x": null}}));
+        let b = k.digest_arguments(&json!({"a": {"x": null, "y": [1, "x"]}, "b": 1}));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, k.digest_arguments(&json!({"b": 2, "a": {"y": [1, "x"], "x": null}})));
+        assert_ne!(
+            a,
+            AuditKey::from_bytes(&[9; 32]).digest_arguments(&json!({"b": 1, "a": {"y": [1, "x"], "x": null}}))
+        );
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    proptest! {
+        /// Whatever single record is changed, removed or moved, the
+        /// verification fails, and never later than where it happened.
+        #[test]
+        fn any_single_tampering_is_found(n in 2u64..20, at in 0usize..20, how in 0u8..3) {
+            let k = key();
+            let (mut records, head) = chain(&k, n);
+            let at = at % records.len();
+            let first_touched = match how {
+                0 => { records[at].body.push(' '); at as u64 + 1 }
+                1 => { records.remove(at); at as u64 + 1 }
+                _ => {
+                    let other = (at + 1) % records.len();
+                    records.swap(at, other);
+                    at.min(other) as u64 + 1
+                }
+            };
+            let err = verify(&k, &records, &head, &[]).unwrap_err();
+            prop_assert!(err.seq <= first_touched + 1 && err.seq >= first_touched.min(n), "{} for {} at {}", err, how, first_touched);
+        }
+    }
+}

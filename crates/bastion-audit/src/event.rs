@@ -1,0 +1,176 @@
+//! What one audit record says.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How what was asked ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Tried, and failed (the server's error, a timeout, a missing secret).
+    Error,
+    /// Refused by Bastion: authentication, access, a limit.
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        match s {
+            "ok" => Ok(Outcome::Ok),
+            "error" => Ok(Outcome::Error),
+            "denied" => Ok(Outcome::Denied),
+            _ => Err(format!("unknown outcome {s:?}: ok, error or denied")),
+        }
+    }
+}
+
+/// One audit record. Absent fields are left out of the JSON.
+///
+/// `kind` says what happened: `mcp.request` for every MCP request (its
+/// `method`, and for a call its `server` and `tool`), `auth.failure` for a
+/// refused credential, `key.create`, `secret.set`… for operations on the
+/// store. Values a caller sent are never kept, only `args_digest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened (RFC 3339, microseconds, UTC).
+    #[serde(with = "micros")]
+    pub ts: DateTime<Utc>,
+    pub kind: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// How the user was authenticated: `api_key`, `oidc`, `mtls`, `cli`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The tool, prompt or resource asked for, as the server names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// A keyed digest of the arguments ([`crate::AuditKey::digest_arguments`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_digest: Option<String>,
+    /// What decided a denial (a built-in rule or a policy's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The JSON-RPC error code of an error or a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// Why, in words Bastion chose (never a value the caller sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Anything else the kind of event carries (the target of an admin
+    /// change, data-guard hits…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+impl Event {
+    /// An event of `kind` now, with nothing else said.
+    pub fn new(kind: impl Into<String>, outcome: Outcome) -> Event {
+        Event::at(Utc::now(), kind, outcome)
+    }
+
+    /// An event of `kind` at `ts`.
+    pub fn at(ts: DateTime<Utc>, kind: impl Into<String>, outcome: Outcome) -> Event {
+        Event {
+            ts,
+            kind: kind.into(),
+            outcome,
+            user: None,
+            auth: None,
+            client_ip: None,
+            session: None,
+            request_id: None,
+            trace_id: None,
+            method: None,
+            server: None,
+            tool: None,
+            args_digest: None,
+            policy: None,
+            error_code: None,
+            reason: None,
+            bytes_in: None,
+            bytes_out: None,
+            duration_us: None,
+            detail: None,
+        }
+    }
+
+    /// The record's stored text.
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("an event always serializes")
+    }
+
+    /// Reads a stored text.
+    pub fn from_body(body: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    /// The time as stored in the searchable column: microseconds since the
+    /// epoch.
+    pub fn ts_micros(&self) -> i64 {
+        self.ts.timestamp_micros()
+    }
+}
+
+mod micros {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_leave_absent_fields_out() {
+        let mut e = Event::new("mcp.request", Outcome::Denied);
+        e.user = Some("alice".into());
+        e.duration_us = Some(42);
+        let body = e.to_body();
+        assert!(!body.contains("server") && body.contains("\"outcome\":\"denied\""), "{body}");
+        let back = Event::from_body(&body).unwrap();
+        assert_eq!(back.ts_micros(), e.ts_micros());
+        assert_eq!(back.to_body(), body);
+    }
+}
