@@ -1,6 +1,6 @@
 //! Bastion's dynamic state: what changes at run time, as opposed to the
 //! configuration file. That is API keys, users, administrator accounts and
-//! the vault's sealed secrets, kept in SQLite in the data directory (the
+//! the vault's sealed secrets and the audit trail, kept in SQLite in the data directory (the
 //! default: zero set-up) or in PostgreSQL (`store: postgres://…`), with
 //! the same behaviour on both.
 //!
@@ -11,9 +11,11 @@
 //! - [`users`]: users kept in the store (role and groups).
 //! - [`admins`]: local administrator accounts (Argon2id password, TOTP).
 //! - [`secrets`]: the vault's rows, opaque sealed blobs.
+//! - [`audit`]: the audit trail's hash-chained records.
 #![forbid(unsafe_code)]
 
 pub mod admins;
+pub mod audit;
 pub mod db;
 pub mod pepper;
 pub mod secrets;
@@ -23,6 +25,7 @@ mod testdb;
 pub mod users;
 
 pub use admins::{AdminRecord, LoginError};
+pub use audit::{AuditFilter, AuditRow};
 pub use db::{Backend, MigrationInfo, MigrationState, MigrationStatus, StoreSettings};
 pub use secrets::{OwnerKind, SecretInfo, SecretRecord};
 pub use store::{ApiKeyRecord, KeyState, NewApiKey, Store, StoreError};
