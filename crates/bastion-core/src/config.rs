@@ -70,6 +70,9 @@ pub struct Config {
     /// The secrets vault: where its master key comes from.
     #[serde(default)]
     pub vault: VaultConfig,
+    /// The audit trail: its key, queue, stream and retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The MCP servers, by name.
     #[serde(default, rename = "mcpServers")]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -956,6 +959,7 @@ impl Config {
         if let Some(k) = &self.vault.master_key {
             k.check().map_err(|(key, m)| invalid(format!("vault.{key}"), m))?;
         }
+        self.audit.check().map_err(|(key, m)| invalid(format!("audit.{key}"), m))?;
         Ok(())
     }
 
@@ -1064,11 +1068,13 @@ impl Config {
     }
 }
 
+mod audit;
 mod store;
 mod syntax;
 #[cfg(test)]
 mod tests;
 mod vault;
 
+pub use audit::{AuditConfig, OnFull};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
 pub use vault::{MasterKeyConfig, VaultConfig};

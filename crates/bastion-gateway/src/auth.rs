@@ -56,6 +56,34 @@ pub struct Principal {
     /// Unix seconds at which the credential stops being valid, if it does
     /// on its own (token `exp`, certificate `notAfter`, key expiry).
     pub expires_at: Option<i64>,
+    /// Where the request this principal was authenticated for came from.
+    pub origin: Origin,
+}
+
+/// Where a request came from, as the edge saw it: what the audit trail
+/// records beside the principal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The request's `X-Request-Id` (the client's, or one Bastion made).
+    pub request_id: Option<Arc<str>>,
+    /// The W3C trace id of the request's `traceparent`, if it sent one.
+    pub trace_id: Option<Arc<str>>,
+}
+
+impl Origin {
+    /// Reads the request id and trace context from a request's headers.
+    pub fn from_request(client_ip: Option<std::net::IpAddr>, headers: &http::HeaderMap) -> Origin {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request_id = text("x-request-id").filter(|v| !v.is_empty() && v.len() <= 128).map(Arc::from);
+        // traceparent: version-traceid-parentid-flags, the trace id 32 hex digits, not all zero.
+        let trace_id = text("traceparent").and_then(|tp| {
+            let id = tp.split('-').nth(1)?;
+            (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+                .then(|| Arc::from(id.to_ascii_lowercase()))
+        });
+        Origin { client_ip, request_id, trace_id }
+    }
 }
 
 impl Principal {
@@ -68,6 +96,7 @@ impl Principal {
             claimed_role: None,
             claimed_groups: None,
             expires_at: None,
+            origin: Origin::default(),
         }
     }
 
@@ -80,6 +109,7 @@ impl Principal {
             claimed_role: None,
             claimed_groups: None,
             expires_at: expires_at.map(|t| t.timestamp()),
+            origin: Origin::default(),
         }
     }
 }
@@ -105,6 +135,7 @@ impl ClientCert {
             claimed_role: None,
             claimed_groups: None,
             expires_at: Some(self.not_after),
+            origin: Origin::default(),
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Gateway {
     base_dir: PathBuf,
     /// Secrets for servers' `env` and `headers`.
     pub vault: Arc<crate::vault::Vault>,
+    /// The audit trail (`None` with `audit.enabled: false`).
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// Why the gateway did not start.
@@ -75,6 +77,8 @@ pub enum StartError {
     Policy(#[from] crate::access::PolicyLoadError),
     #[error("the secrets vault: {0}")]
     Vault(#[from] crate::vault::VaultError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl Gateway {
@@ -97,6 +101,19 @@ impl Gateway {
             );
         }
         let vault = Arc::new(vault);
+        let audit = if config.audit.enabled {
+            let (key, created) = crate::audit::load_key(&config, config_path, true)?;
+            if let Some(path) = created {
+                tracing::warn!(
+                    path = %path.display(),
+                    "created a new audit key (mode 0600); back it up: without it the audit trail cannot be verified"
+                );
+            }
+            let data_dir = config.data_dir(config_path);
+            Some(crate::audit::Auditor::start(&config.audit, &data_dir, store.clone(), key, shutdown.clone())?)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
@@ -120,6 +137,7 @@ impl Gateway {
             config_path: config_path.to_path_buf(),
             base_dir,
             vault,
+            audit,
         });
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));

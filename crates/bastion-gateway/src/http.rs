@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{AuthError, ClientCert, Principal};
+use crate::auth::{AuthError, ClientCert, Origin, Principal};
 use crate::gateway::Gateway;
 use crate::load::{Kind, LimitReached, Slot};
 use crate::proxy;
@@ -124,12 +124,30 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     let cert = req.extensions().get::<ClientCert>().cloned();
+    let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let origin = Origin::from_request(client_ip, req.headers());
     match gw.authenticate(req.headers(), cert.as_ref()).await {
-        Ok(principal) => {
+        Ok(mut principal) => {
+            principal.origin = origin;
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Err(e) => auth_failure(&gw, &e),
+        Err(e) => {
+            // A refused credential is audited; a request that carried none
+            // (how every OAuth client begins) is not.
+            if e != AuthError::Missing
+                && let Some(audit) = &gw.audit
+            {
+                let mut event = bastion_audit::Event::new("auth.failure", bastion_audit::Outcome::Denied);
+                event.reason = Some(e.to_string());
+                event.client_ip = origin.client_ip.map(|ip| ip.to_string());
+                event.request_id = origin.request_id.as_deref().map(str::to_string);
+                event.trace_id = origin.trace_id.as_deref().map(str::to_string);
+                event.detail = Some(json!({"path": req.uri().path()}));
+                audit.record(event).await;
+            }
+            auth_failure(&gw, &e)
+        }
     }
 }
 

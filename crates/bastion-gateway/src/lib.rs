@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod descriptors;
 pub mod drain;

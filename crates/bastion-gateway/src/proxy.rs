@@ -11,7 +11,13 @@
 //!    sampling and elicitation to the caller through the event sink, and
 //!    return the result, or the server's error, unchanged. List methods fan
 //!    out to every server in scope, keep what the caller may use, prefix,
-//!    and page the merged list with Bastion's own cursors.
+//!    and page the merged list with Bastion's own cursors;
+//! 4. **audit**, on every outcome (result, error or denial): one record
+//!    of who asked what, how it ended, what decided a denial, a keyed
+//!    digest of the arguments (never their values), sizes and duration,
+//!    handed to the audit writer (`crate::audit`). With `audit.on_full:
+//!    refuse`, a request is refused before the first phase while the
+//!    audit queue is full.
 //!
 //! Per-caller limits are taken at the edge (`crate::load`) before a request
 //! reaches this path.
@@ -96,15 +102,50 @@ fn invalid_params(msg: impl Into<String>) -> Value {
 
 /// Handles one request.
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let Some(audit) = &gw.audit else {
+        return gw.drain.run(phases(gw, ctx, req, &mut None)).await;
+    };
+    if !audit.admits() {
+        tracing::warn!(user = %ctx.principal.user, method = %req.method, "refused: the audit queue is full");
+        return Err(audit_full());
+    }
+    let started = std::time::Instant::now();
+    let mut policy = None;
     // In flight until its outcome is known; failed if shutdown's grace
     // period runs out first.
-    gw.drain.run(phases(gw, ctx, req)).await
+    let outcome = gw.drain.run(phases(gw, ctx, req, &mut policy)).await;
+    let event =
+        crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, policy, started);
+    audit.record(event).await;
+    outcome
 }
 
-/// The phases of one request, in order.
-async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
-    let access = authorize(gw, ctx.principal, ctx.scope, req).await?;
+/// The error of a request refused because the audit queue is full.
+pub(crate) fn audit_full() -> Value {
+    error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "the audit trail cannot take more records right now; try again shortly")
+}
+
+/// The phases of one request, in order; `policy` is set to what decided a
+/// denial.
+async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, policy: &mut Option<String>) -> Outcome {
+    let access = authorize(gw, ctx.principal, ctx.scope, req).await.map_err(|r| {
+        *policy = r.policy;
+        r.error
+    })?;
     dispatch(gw, ctx, req, &access).await
+}
+
+/// A request the authorize phase refused: the error for the caller, and
+/// what decided (for the audit trail, never for the caller).
+pub(crate) struct Refusal {
+    pub error: Value,
+    pub policy: Option<String>,
+}
+
+impl From<Value> for Refusal {
+    fn from(error: Value) -> Refusal {
+        Refusal { error, policy: None }
+    }
 }
 
 /// Classifies the request and decides whether the caller may make it; for
@@ -115,7 +156,7 @@ pub(crate) async fn authorize(
     principal: &Principal,
     scope: &Scope,
     req: &Request,
-) -> Result<Access, Value> {
+) -> Result<Access, Refusal> {
     let method = req.method.as_str();
     let class = protocol::classify(method).ok_or_else(|| not_offered(method))?;
     let access = gw
@@ -125,7 +166,10 @@ pub(crate) async fn authorize(
         .map_err(|_| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "authorization is temporarily unavailable"))?;
     if access.role.is_none() {
         tracing::info!(user = %access.user, method, "denied: the user has no role");
-        return Err(error_object(jsonrpc::FORBIDDEN, "access denied: this user has no role on this gateway"));
+        return Err(Refusal {
+            error: error_object(jsonrpc::FORBIDDEN, "access denied: this user has no role on this gateway"),
+            policy: Some("no role".into()),
+        });
     }
     let params = req.params.as_ref();
     let str_param =
@@ -162,7 +206,10 @@ pub(crate) async fn authorize(
     let decision = gw.authorizer.decide(&access, action, &target, arguments);
     if !decision.allowed {
         tracing::info!(user = %access.user, method, server = server.name(), item = inner, decision = %decision, "denied");
-        return Err(error_object(jsonrpc::FORBIDDEN, format!("access denied: you may not {} {shown}", verb(action))));
+        return Err(Refusal {
+            error: error_object(jsonrpc::FORBIDDEN, format!("access denied: you may not {} {shown}", verb(action))),
+            policy: Some(decision.to_string()),
+        });
     }
     Ok(access)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bastion_core::config::Config;
+use bastion_core::config::{Config, MasterKeyConfig};
 use bastion_store::{OwnerKind, SecretInfo, Store, StoreError};
 use bastion_vault::{Binding, KeyError, KeyId, KeySource, Keyring, MasterKey, Sealed};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -47,22 +47,22 @@ pub enum VaultError {
 /// The master key's source for a configuration.
 pub fn key_source(config: &Config, config_path: &Path) -> KeySource {
     match &config.vault.master_key {
-        Some(k) => {
-            if let Some(file) = &k.file {
-                KeySource::File(config.resolve_path(config_path, file))
-            } else if let Some(env) = &k.env {
-                KeySource::Env(env.clone())
-            } else {
-                let cmd = k.command.clone().unwrap_or_default();
-                let (program, args) = cmd.split_first().map(|(p, a)| (p.clone(), a.to_vec())).unwrap_or_default();
-                KeySource::Command {
-                    program,
-                    args,
-                    timeout: k.timeout.unwrap_or(bastion_vault::DEFAULT_COMMAND_TIMEOUT),
-                }
-            }
-        }
+        Some(k) => source_of(k, config, config_path),
         None => KeySource::File(default_key_file(config, config_path)),
+    }
+}
+
+/// The source a key entry (`file`, `env` or `command`) names; a relative
+/// file is taken from the config file's directory.
+pub fn source_of(k: &MasterKeyConfig, config: &Config, config_path: &Path) -> KeySource {
+    if let Some(file) = &k.file {
+        KeySource::File(config.resolve_path(config_path, file))
+    } else if let Some(env) = &k.env {
+        KeySource::Env(env.clone())
+    } else {
+        let cmd = k.command.clone().unwrap_or_default();
+        let (program, args) = cmd.split_first().map(|(p, a)| (p.clone(), a.to_vec())).unwrap_or_default();
+        KeySource::Command { program, args, timeout: k.timeout.unwrap_or(bastion_vault::DEFAULT_COMMAND_TIMEOUT) }
     }
 }
 

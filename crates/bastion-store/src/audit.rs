@@ -26,6 +26,9 @@ pub struct AuditFilter {
     pub since: Option<i64>,
     /// Before this time, exclusive.
     pub until: Option<i64>,
+    /// Only records after this one in the order searched (time, chain,
+    /// number): how a long search is read page by page.
+    pub after: Option<(i64, String, u64)>,
 }
 
 /// A stored record with its chain.
@@ -84,6 +87,7 @@ macro_rules! search_query {
              WHERE ($1 IS NULL OR chain = $1) AND ($2 IS NULL OR user_name = $2) AND ($3 IS NULL OR server = $3)
                AND ($4 IS NULL OR tool = $4) AND ($5 IS NULL OR outcome = $5) AND ($6 IS NULL OR kind = $6)
                AND ($7 IS NULL OR ts >= $7) AND ($8 IS NULL OR ts < $8)
+               AND ($10 IS NULL OR ts > $10 OR (ts = $10 AND (chain > $11 OR (chain = $11 AND seq > $12))))
              ORDER BY ts ",
             $order,
             ", chain ",
@@ -210,6 +214,9 @@ impl Store {
             .bind(filter.since)
             .bind(filter.until)
             .bind(i64::from(limit))
+            .bind(filter.after.as_ref().map(|a| a.0))
+            .bind(filter.after.as_ref().map(|a| a.1.as_str()))
+            .bind(filter.after.as_ref().map(|a| a.2 as i64))
             .fetch_all(p)
             .await?;
             rows.iter().map(row_to_stored).collect::<Result<Vec<_>, StoreError>>()
@@ -337,6 +344,16 @@ mod tests {
             assert_eq!(all.iter().map(|r| r.record.tool.clone().unwrap()).collect::<Vec<_>>(), ["b", "c"]);
             let window = AuditFilter { since: Some(1_500), until: Some(3_000), ..Default::default() };
             assert_eq!(s.search_audit(&window, 10, false).await.unwrap().len(), 2);
+            // page by page, in order, nothing twice
+            let mut seen = Vec::new();
+            let mut f = AuditFilter::default();
+            loop {
+                let page = s.search_audit(&f, 1, false).await.unwrap();
+                let Some(last) = page.last() else { break };
+                f.after = Some((last.record.ts, last.chain.clone(), last.record.seq));
+                seen.push(last.record.tool.clone().unwrap());
+            }
+            assert_eq!(seen, ["a", "d", "b", "c"]);
         })
         .await;
     }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod keys;
 mod migrate;
 mod policy;
@@ -54,6 +55,9 @@ enum Command {
     /// Apply the store's pending schema migrations, or with --check only
     /// report them (serve applies them at start too).
     Migrate(migrate::MigrateArgs),
+    /// The audit trail: verify its hash chains, export, search and tail it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Check the access policies and try decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -119,7 +123,7 @@ fn main() -> std::process::ExitCode {
     guard::kill_all_children();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.is::<policy::Denied>() => std::process::ExitCode::from(1),
+        Err(e) if e.is::<policy::Denied>() || e.is::<audit::Broken>() => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.is::<policy::Usage>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
@@ -135,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(cmd) => admin::run(&cli.config, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.config, cmd).await,
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
+        Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.unwrap_or(cli.config);

@@ -114,7 +114,14 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         stopping.drain.expire();
     });
     let stop = shutdown.clone();
+    let audit = gw.audit.clone();
     bastion_gateway::server::run(listener, gw, tls, async move { stop.cancelled().await }).await?;
+    // What was audited reaches the store (or the spool) before the exit.
+    if let Some(audit) = audit
+        && tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush()).await.is_err()
+    {
+        tracing::error!(waiting = audit.depth(), "audit records still waiting at exit; they were not written");
+    }
     Ok(())
 }
 

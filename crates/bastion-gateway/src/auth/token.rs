@@ -254,6 +254,7 @@ impl TokenAuthenticator {
             claimed_role,
             claimed_groups,
             expires_at: Some(exp),
+            origin: Default::default(),
         };
         Ok((principal, index, generation))
     }

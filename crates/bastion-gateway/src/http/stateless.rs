@@ -129,8 +129,24 @@ pub(crate) async fn handle(
             format!("Method not found: {}", req.method),
         );
     }
-    if let Err(error) = proxy::authorize(&gw, &principal, &scope, &req).await {
-        return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}));
+    let started = std::time::Instant::now();
+    if let Some(audit) = &gw.audit
+        && !audit.admits()
+    {
+        tracing::warn!(user = %principal.user, method = %req.method, "refused: the audit queue is full");
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"jsonrpc": "2.0", "id": req.id, "error": proxy::audit_full()}),
+        );
+    }
+    if let Err(refusal) = proxy::authorize(&gw, &principal, &scope, &req).await {
+        if let Some(audit) = &gw.audit {
+            let outcome = Err(refusal.error.clone());
+            let event =
+                crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, refusal.policy, started);
+            audit.record(event).await;
+        }
+        return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": refusal.error}));
     }
     // After the decision: checking the headers reads the tool's definition,
     // which may start the caller's own instance of the server.
@@ -151,13 +167,37 @@ pub(crate) async fn handle(
             a = server.stateless_passthrough(raw, headers) => a,
             () = gw.drain.expired() => return super::shutting_down(id),
         };
+        // Audited as the server answered: the outcome by its status (a
+        // streamed answer's own errors are the server's to report), the
+        // size by its length when it says it.
+        let audit_answer = |outcome: Result<Value, Value>, size: Option<u64>| {
+            let gw = gw.clone();
+            let (principal, scope, req) = (principal.clone(), scope.clone(), req.clone());
+            async move {
+                if let Some(audit) = &gw.audit {
+                    let mut event =
+                        crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, None, started);
+                    if size.is_some() {
+                        event.bytes_out = size;
+                    }
+                    audit.record(event).await;
+                }
+            }
+        };
         match answer {
             Some(Ok(resp)) => {
+                let outcome = if resp.status().is_success() {
+                    Ok(Value::Null)
+                } else {
+                    Err(json!({"code": jsonrpc::INTERNAL_ERROR, "message": format!("HTTP {}", resp.status().as_u16())}))
+                };
+                audit_answer(outcome, resp.content_length()).await;
                 let held = Held { _slot: slot, watch, _call: call };
                 return relay(&gw, &req.id, resp, held, server.spec().max_message_bytes);
             }
             Some(Err(e)) => {
                 let err = crate::proxy::log_call_error(server.name(), &req.method, e);
+                audit_answer(Err(err.clone()), None).await;
                 return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": err}));
             }
             None => {}

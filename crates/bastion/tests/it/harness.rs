@@ -859,7 +859,15 @@ impl Mcp {
 
     /// POSTs one message (or batch) as is.
     pub async fn post(&self, body: &Value) -> Reply {
+        self.post_with(body, &[]).await
+    }
+
+    /// [`Mcp::post`] with extra headers.
+    pub async fn post_with(&self, body: &Value, extra: &[(&str, &str)]) -> Reply {
         let mut b = self.builder();
+        for (name, value) in extra {
+            b = b.header(*name, *value);
+        }
         if self.stateless {
             b = b.header("mcp-protocol-version", STATELESS);
             if let Some(m) = body.get("method").and_then(Value::as_str) {

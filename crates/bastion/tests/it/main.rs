@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod audit;
 mod auth;
 mod bad_input;
 mod caps;

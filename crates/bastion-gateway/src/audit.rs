@@ -1,0 +1,545 @@
+//! The audit phase's machinery: the request path hands finished events to
+//! an [`Auditor`], which only enqueues (a bounded queue); one writer task
+//! appends them to the store's chain in batches (one transaction each).
+//!
+//! Nothing is dropped. When the queue is full, `audit.on_full` applies:
+//! new requests are refused (the default: nothing happens unaudited) or
+//! wait for room. When the store cannot be written, batches go to a spool
+//! file in the data directory (JSON lines, mode 0600) and are replayed, in
+//! order and before anything newer, once the store answers again. A batch
+//! whose commit was lost in transit may be written twice; never not at all.
+//!
+//! Beside the store, every record can be streamed as a JSON line to
+//! standard output or a file (`audit.stream`). A periodic task logs the
+//! chain's head as a checkpoint (and appends it to `audit.checkpoint_file`)
+//! and prunes records older than `audit.retention`, recording the prune in
+//! the chain itself.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bastion_audit::{AuditKey, Checkpoint, Event, Outcome};
+use bastion_core::config::{AuditConfig, Config, OnFull};
+use bastion_store::Store;
+use bastion_vault::KeySource;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How long the writer waits before trying the store again while records
+/// are spooled.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What derives the audit key from the key file's key.
+const KEY_LABEL: &[u8] = b"bastion audit key v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit key: {0}")]
+    Key(#[from] bastion_vault::KeyError),
+    #[error("the audit spool {path}: {source}")]
+    Spool { path: PathBuf, source: std::io::Error },
+    #[error("the audit stream {path}: {source}")]
+    Stream { path: String, source: std::io::Error },
+}
+
+/// The audit key's source for a configuration: `audit.key`, or the file
+/// `audit.key` in the data directory.
+pub fn key_source(config: &Config, config_path: &Path) -> KeySource {
+    match &config.audit.key {
+        Some(k) => crate::vault::source_of(k, config, config_path),
+        None => KeySource::File(config.data_dir(config_path).join("audit.key")),
+    }
+}
+
+/// Loads the audit key; with `create`, the default key file is made when
+/// missing (its path is returned then).
+pub fn load_key(config: &Config, config_path: &Path, create: bool) -> Result<(AuditKey, Option<PathBuf>), AuditError> {
+    let source = key_source(config, config_path);
+    let (key, created) = match (&source, create, config.audit.key.is_none()) {
+        (KeySource::File(path), true, true) => {
+            let (key, created) = bastion_vault::load_or_create_key_file(path)?;
+            (key, created.then(|| path.clone()))
+        }
+        _ => (source.load()?, None),
+    };
+    Ok((AuditKey::from_bytes(&key.derive(KEY_LABEL)), created))
+}
+
+enum Msg {
+    Record(Box<Event>),
+    /// Answered once everything sent before it is written or spooled.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The request path's side of the audit trail.
+pub struct Auditor {
+    tx: mpsc::Sender<Msg>,
+    key: Arc<AuditKey>,
+    on_full: OnFull,
+    capacity: usize,
+}
+
+impl Auditor {
+    /// Starts the writer (and the checkpoint and retention task, stopped by
+    /// `shutdown`).
+    pub fn start(
+        config: &AuditConfig,
+        data_dir: &Path,
+        store: Store,
+        key: AuditKey,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Auditor>, AuditError> {
+        let key = Arc::new(key);
+        let spool = Spool::open(data_dir.join("audit-spool.jsonl"))?;
+        let stream = match config.stream.as_deref() {
+            None => None,
+            Some("stdout") => Some(Stream::Stdout),
+            Some(path) => Some(Stream::File(
+                open_private_append(Path::new(path))
+                    .map_err(|source| AuditError::Stream { path: path.to_string(), source })?,
+            )),
+        };
+        let (tx, rx) = mpsc::channel(config.queue);
+        let writer = Writer {
+            store: store.clone(),
+            key: key.clone(),
+            chain: config.chain.clone(),
+            batch: config.batch,
+            spool,
+            stream,
+            warned: false,
+        };
+        tokio::spawn(writer.run(rx));
+        let auditor = Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue });
+        tokio::spawn(housekeeping(auditor.clone(), store, config.clone(), shutdown));
+        Ok(auditor)
+    }
+
+    /// Whether a new request may start: with `on_full: refuse`, not while
+    /// the queue is full.
+    pub fn admits(&self) -> bool {
+        self.on_full == OnFull::Wait || self.tx.capacity() > 0
+    }
+
+    /// Records waiting to be written.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// The keyed digest of a call's arguments.
+    pub fn digest(&self, args: &Value) -> String {
+        self.key.digest_arguments(args)
+    }
+
+    /// Enqueues an event, waiting for room when the queue is full (a
+    /// request admitted while there was room is always recorded).
+    pub async fn record(&self, event: Event) {
+        match self.tx.try_send(Msg::Record(Box::new(event))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                if self.tx.send(msg).await.is_err() {
+                    tracing::error!("the audit writer has stopped; a record was not written");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the audit writer has stopped; a record was not written");
+            }
+        }
+    }
+
+    /// Waits until everything enqueued before is written to the store or
+    /// spooled.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// How a principal was authenticated, as the audit trail names it.
+pub fn auth_name(method: crate::auth::Method) -> &'static str {
+    match method {
+        crate::auth::Method::ApiKey => "api_key",
+        crate::auth::Method::Token => "oidc",
+        crate::auth::Method::Certificate => "mtls",
+        crate::auth::Method::None => "none",
+    }
+}
+
+/// An event about `principal`, with where its request came from.
+pub fn principal_event(kind: &str, outcome: Outcome, principal: &crate::auth::Principal) -> Event {
+    let mut e = Event::new(kind, outcome);
+    e.user = Some(principal.user.to_string());
+    e.auth = Some(auth_name(principal.method).into());
+    e.client_ip = principal.origin.client_ip.map(|ip| ip.to_string());
+    e.request_id = principal.origin.request_id.as_deref().map(str::to_string);
+    e.trace_id = principal.origin.trace_id.as_deref().map(str::to_string);
+    e
+}
+
+/// Bytes of a value's JSON text, counted without making it.
+fn json_len(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// The audit record of one MCP request and its outcome.
+#[allow(clippy::too_many_arguments)]
+pub fn request_event(
+    auditor: &Auditor,
+    principal: &crate::auth::Principal,
+    scope: &crate::session::Scope,
+    session: Option<&crate::session::Session>,
+    req: &bastion_core::jsonrpc::Request,
+    outcome: &Result<Value, Value>,
+    policy: Option<String>,
+    started: std::time::Instant,
+) -> Event {
+    let (result, code) = match outcome {
+        Ok(_) => (Outcome::Ok, None),
+        Err(e) => {
+            let code = e.get("code").and_then(Value::as_i64);
+            let denied =
+                matches!(code, Some(bastion_core::jsonrpc::FORBIDDEN) | Some(bastion_core::jsonrpc::LIMIT_REACHED));
+            (if denied { Outcome::Denied } else { Outcome::Error }, code)
+        }
+    };
+    let mut e = principal_event("mcp.request", result, principal);
+    e.method = Some(req.method.clone());
+    e.session = session.filter(|s| s.is_client_session()).map(|s| crate::http::short(&s.id).to_string());
+    let params = req.params.as_ref();
+    let named = match req.method.as_str() {
+        "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")).and_then(Value::as_str).map(|n| (n, false)),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            params.and_then(|p| p.get("uri")).and_then(Value::as_str).map(|u| (u, true))
+        }
+        _ => None,
+    };
+    match (scope, named) {
+        (crate::session::Scope::Server(server), named) => {
+            e.server = Some(server.clone());
+            e.tool = named.map(|(n, _)| n.to_string());
+        }
+        (_, Some((name, is_uri))) => {
+            let split =
+                if is_uri { bastion_core::naming::split_uri(name) } else { bastion_core::naming::split_name(name) };
+            match split {
+                Some((server, inner)) => {
+                    e.server = Some(server.to_string());
+                    e.tool = Some(inner.to_string());
+                }
+                None => e.tool = Some(name.to_string()),
+            }
+        }
+        _ => {}
+    }
+    if let Some(args) = params.and_then(|p| p.get("arguments")) {
+        e.args_digest = Some(auditor.digest(args));
+    }
+    e.policy = policy;
+    e.error_code = code;
+    e.bytes_in = Some(params.map_or(0, json_len));
+    e.bytes_out = Some(match outcome {
+        Ok(v) | Err(v) => json_len(v),
+    });
+    e.duration_us = Some(started.elapsed().as_micros() as u64);
+    e
+}
+
+/// The periodic work: a checkpoint of the chain's head, and pruning.
+async fn housekeeping(auditor: Arc<Auditor>, store: Store, config: AuditConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(config.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let retention = chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
+        let before = (chrono::Utc::now() - retention).timestamp_micros();
+        match store.prune_audit(&config.chain, before).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                let through = store.audit_head(&config.chain).await.ok().flatten().map(|h| h.anchor_seq);
+                tracing::info!(chain = %config.chain, removed, ?through, "audit records past their retention pruned");
+                let mut e = Event::new("audit.prune", Outcome::Ok);
+                e.detail = Some(json!({"removed": removed, "through": through, "chain": config.chain}));
+                auditor.record(e).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not prune the audit trail"),
+        }
+        match store.audit_head(&config.chain).await {
+            Ok(Some(head)) if head.seq > 0 => {
+                let cp = Checkpoint {
+                    chain: config.chain.clone(),
+                    seq: head.seq,
+                    mac: hex::encode(head.mac),
+                    ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                };
+                tracing::info!(chain = %cp.chain, seq = cp.seq, mac = %cp.mac, "audit checkpoint");
+                if let Some(path) = &config.checkpoint_file {
+                    let line = serde_json::to_string(&cp).expect("serializes");
+                    if let Err(e) = open_private_append(path).and_then(|mut f| writeln!(f, "{line}")) {
+                        tracing::warn!(path = %path.display(), error = %e, "could not write the audit checkpoint");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the audit chain's head"),
+        }
+    }
+}
+
+/// Opens a file for appending, created with mode 0600.
+fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
+enum Stream {
+    Stdout,
+    File(std::fs::File),
+}
+
+impl Stream {
+    fn write(&mut self, events: &[Event]) {
+        let mut text = String::new();
+        for e in events {
+            text.push_str(&e.to_body());
+            text.push('\n');
+        }
+        let result = match self {
+            Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            Stream::File(f) => f.write_all(text.as_bytes()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not write to the audit stream");
+        }
+    }
+}
+
+/// Records kept on local disk while the store cannot be written.
+struct Spool {
+    path: PathBuf,
+    /// How many records it holds (0: the file is empty or absent).
+    len: usize,
+}
+
+impl Spool {
+    fn open(path: PathBuf) -> Result<Spool, AuditError> {
+        let len = match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().filter(|l| !l.trim().is_empty()).count(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(AuditError::Spool { path, source }),
+        };
+        if len > 0 {
+            tracing::warn!(path = %path.display(), records = len, "audit records spooled earlier will be written to the store");
+        }
+        Ok(Spool { path, len })
+    }
+
+    fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for e in events {
+            text.push_str(&e.to_body());
+            text.push('\n');
+        }
+        let mut f = open_private_append(&self.path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_data()?;
+        self.len += events.len();
+        Ok(())
+    }
+
+    fn read(&self) -> std::io::Result<Vec<Event>> {
+        let text = std::fs::read_to_string(&self.path)?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| match Event::from_body(l) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "an unreadable line in the audit spool was skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Keeps only `rest` (replaces the file whole).
+    fn keep(&mut self, rest: &[Event]) -> std::io::Result<()> {
+        if rest.is_empty() {
+            std::fs::remove_file(&self.path)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+            self.len = 0;
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut spool = Spool { path: tmp.clone(), len: 0 };
+        spool.append(rest)?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.len = rest.len();
+        Ok(())
+    }
+}
+
+struct Writer {
+    store: Store,
+    key: Arc<AuditKey>,
+    chain: String,
+    batch: usize,
+    spool: Spool,
+    stream: Option<Stream>,
+    /// Whether the store's failure was logged (once per outage).
+    warned: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut events: Vec<Event> = Vec::with_capacity(self.batch);
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let first = if self.spool.len == 0 {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(RETRY, rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.replay().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Record(e) => events.push(*e),
+                    Msg::Flush(done) => flushes.push(done),
+                }
+                if events.len() < self.batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Some(s) = &mut self.stream {
+                s.write(&events);
+            }
+            self.write(&events).await;
+            events.clear();
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Writes a batch after whatever is spooled, or spools it.
+    async fn write(&mut self, events: &[Event]) {
+        if self.spool.len > 0 {
+            self.replay().await;
+        }
+        if events.is_empty() {
+            return;
+        }
+        if self.spool.len == 0 {
+            match self.store.append_audit(&self.key, &self.chain, events).await {
+                Ok(_) => {
+                    if self.warned {
+                        tracing::info!("the audit trail is written to the store again");
+                        self.warned = false;
+                    }
+                    return;
+                }
+                Err(e) => self.note_failure(&e),
+            }
+        }
+        if let Err(e) = self.spool.append(events) {
+            // Neither the store nor the disk: say so loudly, every time.
+            tracing::error!(error = %e, records = events.len(), path = %self.spool.path.display(),
+                "audit records could be written neither to the store nor to the spool");
+        }
+    }
+
+    fn note_failure(&mut self, e: &bastion_store::StoreError) {
+        if !self.warned {
+            tracing::warn!(error = %e, path = %self.spool.path.display(),
+                "the audit trail cannot be written to the store; records are spooled until it can");
+            self.warned = true;
+        }
+    }
+
+    /// Writes the spooled records to the store, in order, batch by batch;
+    /// what could not be written stays spooled.
+    async fn replay(&mut self) {
+        let spooled = match self.spool.read() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit spool");
+                return;
+            }
+        };
+        let mut done = 0;
+        for chunk in spooled.chunks(self.batch) {
+            match self.store.append_audit(&self.key, &self.chain, chunk).await {
+                Ok(_) => done += chunk.len(),
+                Err(e) => {
+                    self.note_failure(&e);
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            tracing::info!(records = done, "spooled audit records written to the store");
+            if let Err(e) = self.spool.keep(&spooled[done..]) {
+                tracing::error!(error = %e, "cannot rewrite the audit spool");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spool_keeps_order_and_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path().join("s.jsonl")).unwrap();
+        let events: Vec<Event> = (0..5)
+            .map(|i| {
+                let mut e = Event::new("mcp.request", Outcome::Ok);
+                e.tool = Some(i.to_string());
+                e
+            })
+            .collect();
+        spool.append(&events[..3]).unwrap();
+        spool.append(&events[3..]).unwrap();
+        assert_eq!(Spool::open(dir.path().join("s.jsonl")).unwrap().len, 5, "found again after a restart");
+        let read = spool.read().unwrap();
+        assert_eq!(read, events);
+        spool.keep(&read[2..]).unwrap();
+        assert_eq!(spool.read().unwrap(), events[2..]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("s.jsonl")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        spool.keep(&[]).unwrap();
+        assert_eq!(spool.len, 0);
+        assert!(!dir.path().join("s.jsonl").exists());
+    }
+}

@@ -1,0 +1,228 @@
+//! The audit trail through the real binary: every request recorded (calls,
+//! errors, denials, refused credentials) with a digest of its arguments
+//! and never their values; `bastion audit export`'s contract; and
+//! `bastion audit verify` failing at the right record for each way of
+//! tampering with the stored chain.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Gateway, Mcp, WAIT, eventually, fixture_echo, run_bounded, tools};
+
+const CANARY: &str = "canary-argument-Vq83Lp2Zx";
+
+fn config(stream: &Path) -> Value {
+    json!({
+        "mcpServers": {"echo": fixture_echo("audit")},
+        "groups": {"team": ["echo"]},
+        "users": {
+            "alice": {"role": "user", "groups": ["team"]},
+            "carol": {"role": "viewer", "groups": ["team"]}
+        },
+        "audit": {"stream": stream}
+    })
+}
+
+/// `bastion audit export` with `args`: one JSON object per line.
+fn export(gw: &Gateway, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["audit", "export"];
+    all.extend_from_slice(args);
+    let out = gw.cli(&all);
+    assert!(out.status.success(), "audit export: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits until `export` (of `args`) has at least `n` records.
+async fn records(gw: &Gateway, args: &[&str], n: usize) -> Vec<Value> {
+    eventually(WAIT, "the records are written", || async {
+        let got = export(gw, args);
+        (got.len() >= n).then_some(got)
+    })
+    .await
+}
+
+/// `bastion audit verify [args]`: its exit code and what it printed.
+fn verify(gw: &Gateway, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["audit", "verify"];
+    all.extend_from_slice(args);
+    let out = gw.cli(&all);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs SQL on the gateway's SQLite store (Python's sqlite3: no extra tool).
+fn sql(db: &Path, statements: &str) {
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\n";
+    let out = run_bounded(Command::new(&tools().python).arg("-c").arg(script).arg(db).arg(statements), WAIT);
+    assert!(out.status.success(), "{statements}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn db(gw: &Gateway) -> PathBuf {
+    gw.dir().join("data").join("bastion.db")
+}
+
+#[tokio::test]
+async fn every_request_is_recorded_without_its_arguments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream = dir.path().join("audit.jsonl");
+    let gw = Gateway::start(config(&stream));
+    let alice_key = gw.create_key("alice", &[]);
+    let alice = Mcp::stateless(gw.url("/mcp"), &alice_key);
+    let session = Mcp::session(gw.url("/mcp"), &alice_key, "2025-11-25").await;
+    let carol = Mcp::stateless(gw.url("/mcp"), &gw.create_key("carol", &[]));
+
+    let args = json!({"text": CANARY});
+    assert!(alice.call_tool("echo__echo", args.clone()).await.get("result").is_some());
+    assert!(session.call_tool("echo__echo", args.clone()).await.get("result").is_some());
+    assert!(alice.call_tool("echo__nothing", json!({})).await.get("error").is_some());
+    let denied = carol.call_tool("echo__echo", args.clone()).await;
+    assert_eq!(denied["error"]["code"], -32003, "{denied}");
+    let bad = Mcp::stateless(gw.url("/mcp"), "bst_notakeyatall0000000000000000000000");
+    assert_eq!(bad.request("tools/list", json!({})).await.status, 401);
+
+    let calls = records(&gw, &["--kind", "mcp.request", "--tool", "echo"], 3).await;
+    for r in &calls {
+        for field in ["ts", "user", "server", "tool", "outcome", "method", "args_digest", "duration_us", "request_id"] {
+            assert!(r.get(field).is_some(), "{field} in {r}");
+        }
+        assert_eq!((r["server"].as_str(), r["method"].as_str()), (Some("echo"), Some("tools/call")), "{r}");
+    }
+    let by = |user: &str| calls.iter().filter(|r| r["user"] == user).collect::<Vec<_>>();
+    let (alice_calls, carol_calls) = (by("alice"), by("carol"));
+    assert_eq!(alice_calls.len(), 2, "{calls:?}");
+    assert!(alice_calls.iter().all(|r| r["outcome"] == "ok" && r["auth"] == "api_key"));
+    assert_eq!(alice_calls[0]["args_digest"], alice_calls[1]["args_digest"], "equal arguments, equal digests");
+    assert_eq!(alice_calls[0]["args_digest"].as_str().map(str::len), Some(32));
+    assert!(alice_calls.iter().any(|r| r.get("session").is_some()), "the session's call names its session");
+    assert_eq!(carol_calls.len(), 1);
+    assert_eq!(
+        (carol_calls[0]["outcome"].as_str(), carol_calls[0]["error_code"].as_i64()),
+        (Some("denied"), Some(-32003))
+    );
+    assert!(carol_calls[0]["policy"].as_str().is_some_and(|p| p.starts_with("deny")), "{}", carol_calls[0]);
+
+    let errors = records(&gw, &["--outcome", "error", "--user", "alice"], 1).await;
+    assert!(errors.iter().any(|r| r["tool"] == "nothing" && r["error_code"] == -32602), "{errors:?}");
+    let failures = records(&gw, &["--kind", "auth.failure"], 1).await;
+    assert_eq!(failures[0]["outcome"], "denied");
+    assert!(failures[0]["client_ip"].as_str().is_some_and(|ip| ip == "127.0.0.1"), "{}", failures[0]);
+    assert!(failures[0].get("user").is_none());
+
+    // The argument's value is nowhere: not in the records, the stream, the
+    // database file or the log.
+    let everything = export(&gw, &[]);
+    assert!(!serde_json::to_string(&everything).unwrap().contains(CANARY));
+    let streamed = std::fs::read_to_string(&stream).expect("the stream file");
+    assert!(streamed.lines().count() >= everything.len(), "every record is streamed too");
+    assert!(streamed.contains("\"kind\":\"auth.failure\"") && !streamed.contains(CANARY));
+    for f in std::fs::read_dir(gw.dir().join("data")).expect("data dir").flatten() {
+        let bytes = std::fs::read(f.path()).unwrap_or_default();
+        assert!(
+            !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+            "{} holds the argument",
+            f.path().display()
+        );
+    }
+    assert!(!gw.log().contains(CANARY));
+
+    // Filters: by user and by time.
+    assert!(export(&gw, &["--user", "carol"]).iter().all(|r| r["user"] == "carol"));
+    assert!(export(&gw, &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let (code, text) = verify(&gw, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact"), "{text}");
+}
+
+#[tokio::test]
+async fn verify_finds_each_kind_of_tampering_where_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start(config(&dir.path().join("audit.jsonl")));
+    let alice = Mcp::stateless(gw.url("/mcp"), &gw.create_key("alice", &[]));
+    for i in 0..6 {
+        assert!(alice.call_tool("echo__echo", json!({"text": format!("call {i}")})).await.get("result").is_some());
+    }
+    let all = records(&gw, &[], 6).await;
+    let last = all.iter().filter_map(|r| r["seq"].as_u64()).max().expect("numbered");
+    assert_eq!(verify(&gw, &[]).0, 0);
+    let checkpoint = gw.cli(&["audit", "checkpoint"]);
+    assert!(checkpoint.status.success(), "{}", String::from_utf8_lossy(&checkpoint.stderr));
+    let kept = dir.path().join("checkpoints.jsonl");
+    std::fs::write(&kept, &checkpoint.stdout).expect("write the checkpoint");
+    let db = db(&gw);
+    // Each case changes the store, is found at its record, and is undone.
+    sql(
+        &db,
+        "CREATE TABLE saved AS SELECT * FROM audit_records; CREATE TABLE saved_heads AS SELECT * FROM audit_heads;",
+    );
+    let restore = "DELETE FROM audit_records; INSERT INTO audit_records SELECT * FROM saved;
+                   DELETE FROM audit_heads; INSERT INTO audit_heads SELECT * FROM saved_heads;";
+    let cases: [(&str, String, u64, &str); 6] = [
+        (
+            "a changed record",
+            "UPDATE audit_records SET body = replace(body, '\"outcome\":\"ok\"', '\"outcome\":\"error\"'),
+                 outcome = 'error' WHERE seq = 3"
+                .into(),
+            3,
+            "MAC",
+        ),
+        ("a changed column", "UPDATE audit_records SET user_name = 'mallory' WHERE seq = 4".into(), 4, "`user`"),
+        ("a deleted record", "DELETE FROM audit_records WHERE seq = 2".into(), 2, "missing"),
+        (
+            "an inserted record",
+            "CREATE TABLE moved AS SELECT * FROM audit_records WHERE seq >= 3;
+             DELETE FROM audit_records WHERE seq >= 3;
+             INSERT INTO audit_records SELECT chain, seq + 1, ts, kind, user_name, server, tool, outcome, body, mac FROM moved;
+             INSERT INTO audit_records SELECT chain, 3, ts, kind, user_name, server, tool, outcome, body, mac FROM saved WHERE seq = 2;
+             UPDATE audit_heads SET seq = seq + 1;
+             DROP TABLE moved;"
+                .into(),
+            3,
+            "MAC",
+        ),
+        (
+            "reordered records",
+            "UPDATE audit_records SET seq = -1 WHERE seq = 2; UPDATE audit_records SET seq = 2 WHERE seq = 5;
+             UPDATE audit_records SET seq = 5 WHERE seq = -1;"
+                .into(),
+            2,
+            "MAC",
+        ),
+        (
+            "a cut tail",
+            format!(
+                "DELETE FROM audit_records WHERE seq = {last};
+                 UPDATE audit_heads SET seq = {prev}, mac = (SELECT mac FROM audit_records WHERE seq = {prev});",
+                prev = last - 1
+            ),
+            last,
+            "checkpoint",
+        ),
+    ];
+    let with_checkpoints = ["--checkpoints", kept.to_str().expect("utf-8 path")];
+    for (what, change, at, says) in cases {
+        sql(&db, &change);
+        let (code, text) = verify(&gw, &with_checkpoints);
+        assert_eq!(code, 1, "{what}: {text}");
+        assert!(text.contains(&format!("record {at}:")) && text.contains(says), "{what} found at record {at}: {text}");
+        sql(&db, restore);
+        let (code, text) = verify(&gw, &with_checkpoints);
+        assert_eq!(code, 0, "{what} undone: {text}");
+    }
+    // Without the checkpoint, a cut tail with its head set back is not
+    // visible: that is what checkpoints kept elsewhere are for.
+    sql(
+        &db,
+        &format!(
+            "DELETE FROM audit_records WHERE seq = {last}; UPDATE audit_heads SET seq = {p}, mac = (SELECT mac FROM audit_records WHERE seq = {p});",
+            p = last - 1
+        ),
+    );
+    assert_eq!(verify(&gw, &[]).0, 0);
+    assert_eq!(verify(&gw, &with_checkpoints).0, 1);
+}
