@@ -171,7 +171,10 @@ fn migrate_applies_and_checks_on_postgres() {
     // Applied once, reported by version.
     let out = bastion(&config, &["migrate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "applied 0001 api keys\napplied 0002 users admins\napplied 0003 secrets\napplied 0004 audit\n");
+    assert_eq!(
+        text(&out.stdout),
+        "applied 0001 api keys\napplied 0002 users admins\napplied 0003 secrets\napplied 0004 audit\n"
+    );
     let out = bastion(&config, &["migrate"]);
     assert!(out.status.success() && out.stdout.is_empty(), "nothing left: {}", text(&out.stdout));
     assert!(text(&out.stderr).contains("up to date"), "{}", text(&out.stderr));
@@ -346,4 +349,68 @@ async fn a_dump_of_the_database_holds_no_secret() {
         assert!(!gw.log().contains(canary), "{canary} is in the log");
         assert!(!text(&listed.stdout).contains(canary) && !text(&listed.stderr).contains(canary));
     }
+}
+
+#[tokio::test]
+async fn audit_records_made_during_an_outage_are_written_afterwards_in_order() {
+    let pg = PgServer::start();
+    let gw = Gateway::start(json!({
+        "store": {"url": pg.url, "acquire_timeout": "1s", "connect_timeout": "5s"},
+        "mcpServers": {"echo": fixture_echo("audit-outage")},
+        "users": {"alice": {"role": "admin"}},
+        "auth": {"key_cache_ttl": "60s"}
+    }));
+    let alice = Mcp::stateless(gw.url("/mcp"), &gw.create_key("alice", &[]));
+    let call = async |i: usize| {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+            "name": "echo__echo", "arguments": {"text": format!("call {i}")},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+        }});
+        alice.post_with(&body, &[("x-request-id", &format!("call-{i:02}"))]).await
+    };
+    for i in 0..5 {
+        assert_eq!(call(i).await.status, 200);
+    }
+    pg.pause();
+    // Served or refused, every request is recorded: to the spool for now.
+    for i in 5..10 {
+        let _ = call(i).await;
+    }
+    let spool = gw.dir().join("data").join("audit-spool.jsonl");
+    eventually(WAIT, "records are spooled while the store is away", || async {
+        std::fs::read_to_string(&spool).is_ok_and(|s| s.lines().count() >= 5).then_some(())
+    })
+    .await;
+    assert!(gw.log().contains("records are spooled until it can"), "the outage is logged");
+    pg.resume();
+    for i in 10..15 {
+        let r = eventually(WAIT, "served again", || async {
+            let r = call(i).await;
+            (r.status == 200).then_some(r)
+        })
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let ids = eventually(WAIT, "every request audited", || async {
+        let out = gw.cli(&["audit", "export", "--kind", "mcp.request"]);
+        let ids: Vec<String> = text(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+            .collect();
+        (ids.iter().filter(|id| id.starts_with("call-")).count() >= 15).then_some(ids)
+    })
+    .await;
+    let ours: Vec<&String> = ids.iter().filter(|id| id.starts_with("call-")).collect();
+    let expected: Vec<String> = (0..15).map(|i| format!("call-{i:02}")).collect();
+    let mut distinct = ours.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        expected.iter().map(String::as_str).collect::<Vec<_>>(),
+        "in order: {ours:?}"
+    );
+    assert!(!spool.exists(), "the spool is emptied once replayed");
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
