@@ -107,13 +107,21 @@ async fn existing(store: &Store, name: &str) -> anyhow::Result<bastion_store::Ad
 }
 
 pub async fn run(config_path: &Path, cmd: AdminCommand) -> anyhow::Result<()> {
-    let (_config, store, _pepper) = crate::keys::open_store(config_path).await?;
-    let outcome = run_with(&store, cmd).await;
+    let (config, store, _pepper) = crate::keys::open_store(config_path).await?;
+    let outcome = run_with(&config, config_path, &store, cmd).await;
     store.close().await;
     outcome
 }
 
-async fn run_with(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
+async fn run_with(
+    config: &bastion_core::config::Config,
+    config_path: &Path,
+    store: &Store,
+    cmd: AdminCommand,
+) -> anyhow::Result<()> {
+    let record = async |kind: &str, name: &str| {
+        crate::audit::record_change(config, config_path, store, kind, serde_json::json!({"name": name})).await
+    };
     match cmd {
         AdminCommand::Add { name } => {
             check_name(&name)?;
@@ -125,6 +133,7 @@ async fn run_with(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
             if !store.create_admin(&name, &hash).await? {
                 bail!("administrator {name:?} already exists");
             }
+            record("admin.add", &name).await?;
             eprintln!(
                 "added administrator {name:?}; enrol its second factor with `bastion admin totp {name}` (logins are refused until then)"
             );
@@ -153,6 +162,7 @@ async fn run_with(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
                         if !store.set_admin_totp(&name, Some(&secret), Some(step)).await? {
                             bail!("no administrator {name:?}");
                         }
+                        record("admin.totp", &name).await?;
                         eprintln!("second factor confirmed for {name:?}");
                         return Ok(());
                     }
@@ -168,6 +178,7 @@ async fn run_with(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
             if !store.set_admin_password(&name, &hash).await? {
                 bail!("no administrator {name:?}");
             }
+            record("admin.passwd", &name).await?;
             eprintln!("password changed for {name:?}");
         }
         AdminCommand::Rm { name } => {
@@ -175,6 +186,7 @@ async fn run_with(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
             if !store.delete_admin(&name).await? {
                 bail!("no administrator {name:?}");
             }
+            record("admin.rm", &name).await?;
             eprintln!("removed administrator {name:?}");
         }
         AdminCommand::List { json } => {

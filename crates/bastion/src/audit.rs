@@ -339,3 +339,43 @@ async fn verify_chain(
     }
     Ok(Ok(summary))
 }
+
+/// Who runs this command: the operating-system user.
+fn operator() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// Records a change made by an administration command (`key.create`,
+/// `secret.set`, `user.rm`…) in the audit trail, after it was made: the
+/// operator, the command's target in `detail`, never a secret value. A
+/// change that cannot be recorded is reported as an error (the command then
+/// exits non-zero), though it was made.
+pub async fn record_change(
+    config: &Config,
+    config_path: &Path,
+    store: &Store,
+    kind: &str,
+    detail: Value,
+) -> anyhow::Result<()> {
+    if !config.audit.enabled {
+        return Ok(());
+    }
+    let (key, created) = bastion_gateway::audit::load_key(config, config_path, true)
+        .context("the change was made, but the audit key cannot be read to record it")?;
+    if let Some(path) = created {
+        eprintln!("created a new audit key in {} (mode 0600); back it up", path.display());
+    }
+    let mut event = bastion_audit::Event::new(kind, bastion_audit::Outcome::Ok);
+    event.user = Some(operator());
+    event.auth = Some("cli".into());
+    event.detail = Some(detail);
+    store
+        .append_audit(&key, &config.audit.chain, &[event])
+        .await
+        .context("the change was made, but could not be recorded in the audit trail")?;
+    Ok(())
+}

@@ -89,6 +89,14 @@ pub async fn run(config_path: &Path, cmd: KeysCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("{}", &*key.plaintext);
+            crate::audit::record_change(
+                &config,
+                config_path,
+                &store,
+                "key.create",
+                serde_json::json!({"key_id": id, "for_user": user, "expires_at": expires_at, "max_uses": max_uses}),
+            )
+            .await?;
             eprintln!(
                 "created key {id} for {user}{}; it is shown only once",
                 expires_at.map(|e| format!(", expires {}", e.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default()
@@ -120,6 +128,14 @@ pub async fn run(config_path: &Path, cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id } => {
             if store.revoke_key(&id).await? {
+                crate::audit::record_change(
+                    &config,
+                    config_path,
+                    &store,
+                    "key.revoke",
+                    serde_json::json!({"key_id": id}),
+                )
+                .await?;
                 eprintln!("revoked key {id}");
             } else {
                 bail!("no active key with id {id:?}");

@@ -123,12 +123,23 @@ pub async fn run(config_path: &Path, cmd: SecretsCommand) -> anyhow::Result<()> 
             path.display()
         );
     }
-    let outcome = run_with(&config, &vault, cmd).await;
+    let outcome = run_with(&config, config_path, &store, &vault, cmd).await;
     store.close().await;
     outcome
 }
 
-async fn run_with(config: &Config, vault: &Vault, cmd: SecretsCommand) -> anyhow::Result<()> {
+async fn run_with(
+    config: &Config,
+    config_path: &Path,
+    store: &bastion_store::Store,
+    vault: &Vault,
+    cmd: SecretsCommand,
+) -> anyhow::Result<()> {
+    // What an administration change says of a secret: whose and which, never its value.
+    let record = async |kind: &str, owner_kind: OwnerKind, owner: &str, name: &str| {
+        let detail = serde_json::json!({"owner_kind": owner_kind.as_str(), "owner": owner, "name": name});
+        crate::audit::record_change(config, config_path, store, kind, detail).await
+    };
     match cmd {
         SecretsCommand::Set { owner, name } => {
             let (kind, owner) = owner.resolve(config)?;
@@ -137,6 +148,7 @@ async fn run_with(config: &Config, vault: &Vault, cmd: SecretsCommand) -> anyhow
             }
             let value = read_value(&name)?;
             vault.set(kind, &owner, &name, &value).await?;
+            record("secret.set", kind, &owner, &name).await?;
             eprintln!("set {name} for {kind} {owner}");
         }
         SecretsCommand::List { user, server, json } => {
@@ -173,10 +185,13 @@ async fn run_with(config: &Config, vault: &Vault, cmd: SecretsCommand) -> anyhow
             if !vault.remove(kind, &owner, &name).await? {
                 bail!("{kind} {owner} has no secret {name:?}");
             }
+            record("secret.rm", kind, &owner, &name).await?;
             eprintln!("removed {name} of {kind} {owner}");
         }
         SecretsCommand::RotateMaster => {
             let done = vault.rotate().await?;
+            let detail = serde_json::json!({"key_id": done.key_id.to_string(), "rewrapped": done.rewrapped});
+            crate::audit::record_change(config, config_path, store, "secret.rotate_master", detail).await?;
             eprintln!(
                 "every secret is now wrapped by master key {} ({} re-wrapped{})",
                 done.key_id,

@@ -101,12 +101,12 @@ fn groups_text(groups: &[String]) -> String {
 
 pub async fn run(config_path: &Path, cmd: UsersCommand) -> anyhow::Result<()> {
     let (config, store, _pepper) = crate::keys::open_store(config_path).await?;
-    let outcome = run_with(&config, &store, cmd).await;
+    let outcome = run_with(&config, config_path, &store, cmd).await;
     store.close().await;
     outcome
 }
 
-async fn run_with(config: &Config, store: &Store, cmd: UsersCommand) -> anyhow::Result<()> {
+async fn run_with(config: &Config, config_path: &Path, store: &Store, cmd: UsersCommand) -> anyhow::Result<()> {
     match cmd {
         UsersCommand::Add { name, role, groups } => {
             check_name(&name)?;
@@ -116,6 +116,8 @@ async fn run_with(config: &Config, store: &Store, cmd: UsersCommand) -> anyhow::
                 bail!("user {name:?} already exists in the store (change it with `bastion users set`)");
             }
             warn_if_in_config(config, &name);
+            let detail = serde_json::json!({"name": name, "role": role.to_string(), "groups": groups});
+            crate::audit::record_change(config, config_path, store, "user.add", detail).await?;
             eprintln!("added user {name:?}: role {role}, groups {}", groups_text(&groups));
         }
         UsersCommand::Set { name, role, groups, add_group, remove_group } => {
@@ -153,6 +155,8 @@ async fn run_with(config: &Config, store: &Store, cmd: UsersCommand) -> anyhow::
                 bail!("no user {name:?} in the store");
             };
             warn_if_in_config(config, &name);
+            let detail = serde_json::json!({"name": name, "role": updated.role.to_string(), "groups": updated.groups});
+            crate::audit::record_change(config, config_path, store, "user.set", detail).await?;
             eprintln!("user {name:?}: role {}, groups {}", updated.role, groups_text(&updated.groups));
         }
         UsersCommand::Rm { name } => {
@@ -163,6 +167,8 @@ async fn run_with(config: &Config, store: &Store, cmd: UsersCommand) -> anyhow::
                 }
                 bail!("no user {name:?} in the store");
             }
+            crate::audit::record_change(config, config_path, store, "user.rm", serde_json::json!({"name": name}))
+                .await?;
             eprintln!("removed user {name:?}");
             let now = Utc::now();
             let active =
