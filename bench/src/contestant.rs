@@ -65,6 +65,8 @@ pub enum Kind {
     /// names the user's own secret (`${user.TOKEN}`), so each user's calls
     /// go to a process of their own.
     BastionPerUser,
+    /// Bastion as `Bastion`, with the audit trail off: what auditing costs.
+    BastionNoAudit,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -78,6 +80,7 @@ impl Kind {
             Kind::Bastion => "bastion",
             Kind::BastionAuthz => "bastion-authz",
             Kind::BastionPerUser => "bastion-per-user",
+            Kind::BastionNoAudit => "bastion-noaudit",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -94,7 +97,7 @@ impl Kind {
     /// Whether the peer's software is installed.
     pub fn available(self, peers: &Peers) -> bool {
         match self {
-            Kind::Direct | Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser => true,
+            Kind::Direct | Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit => true,
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
@@ -332,7 +335,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 log: log_path,
             });
         }
-        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser => {
+        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit => {
             let mut servers = serde_json::Map::new();
             let mut entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
@@ -343,6 +346,9 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
             }
             servers.insert("echo".into(), entry);
             let mut config = base_config(dir.path(), port, &servers, "warn");
+            if kind == Kind::BastionNoAudit {
+                config["audit"] = serde_json::json!({"enabled": false});
+            }
             let resource = format!("http://127.0.0.1:{port}/mcp");
             if kind == Kind::BastionAuthz {
                 // The same gateway and limits, with tokens and policies on.

@@ -246,8 +246,30 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
         }),
         met: per_user.map(|(p, b)| p - b <= PER_USER_NOISE_US),
     });
+    // 8. Auditing every call costs at most 5 µs of gateway CPU per call,
+    // and the max rate holds with it (stdio upstream; the same ± 2 µs and
+    // 5 % run-to-run noise of single runs).
+    let on = find(r, "bastion", "stdio", Scenario::Call, false);
+    let off = find(r, NO_AUDIT, "stdio", Scenario::Call, false);
+    let cpu = on.and_then(|x| x.gateway_cpu_us_per_call).zip(off.and_then(|x| x.gateway_cpu_us_per_call));
+    v.push(TargetCheck {
+        target: "gateway CPU per call with every call audited ≤ audit off + 5 µs".into(),
+        measured: cpu.map_or("not measured".into(), |(a, b)| {
+            format!("{} µs: {a:.1} vs {b:.1} µs (stdio upstream, max rate)", signed(a - b, 1))
+        }),
+        met: cpu.map(|(a, b)| a - b <= 5.0),
+    });
+    let rate = on.map(|x| x.load.calls_per_s).zip(off.map(|x| x.load.calls_per_s));
+    v.push(TargetCheck {
+        target: "max-rate calls/s with audit on ≥ audit off (5 % noise)".into(),
+        measured: rate.map_or("not measured".into(), |(a, b)| format!("{a:.0} vs {b:.0} calls/s (stdio upstream)")),
+        met: rate.map(|(a, b)| a >= b * 0.95),
+    });
     v
 }
+
+/// The contestant with the audit trail off.
+pub const NO_AUDIT: &str = "bastion-noaudit";
 
 /// The contestant whose server runs once per user.
 pub const PER_USER: &str = "bastion-per-user";

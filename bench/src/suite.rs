@@ -457,6 +457,8 @@ fn plans(s: &Settings) -> Vec<Plan> {
     let mut v = vec![
         p(Kind::Direct, Upstream::Http, true, true, true, Some(s.idle_sessions)),
         p(Kind::Bastion, Upstream::Stdio, true, true, true, Some(s.idle_sessions)),
+        // The same with the audit trail off: what auditing every call costs.
+        p(Kind::BastionNoAudit, Upstream::Stdio, true, false, false, None),
         // Right after the API key runs it is compared with, on a machine in
         // the same state.
         p(Kind::BastionAuthz, Upstream::Stdio, true, true, true, None),
