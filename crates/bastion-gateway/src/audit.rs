@@ -32,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 /// are spooled.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long the writer waits for more records before writing a batch.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// What derives the audit key from the key file's key.
 const KEY_LABEL: &[u8] = b"bastion audit key v1";
 
@@ -428,15 +431,27 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
+            // Gather a batch: what is queued, then what arrives within the
+            // linger, until the batch is full or a flush is asked for. One
+            // transaction per batch is what keeps a busy gateway's writes
+            // cheap; an idle one writes each record within the linger.
+            let deadline = tokio::time::Instant::now() + LINGER;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Record(e) => events.push(*e),
                     Msg::Flush(done) => flushes.push(done),
                 }
-                if events.len() < self.batch {
-                    next = rx.try_recv().ok();
+                if events.len() >= self.batch || !flushes.is_empty() {
+                    break;
                 }
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                    }
+                };
             }
             if let Some(s) = &mut self.stream {
                 s.write(&events);

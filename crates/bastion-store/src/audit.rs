@@ -72,6 +72,10 @@ fn row_to_head(row: &impl Fields) -> Result<Head, StoreError> {
     })
 }
 
+/// Records per INSERT statement: 10 parameters each, well inside both
+/// backends' limits on a statement's parameters.
+const INSERT_ROWS: usize = 64;
+
 macro_rules! audit_columns {
     () => {
         "chain, seq, ts, kind, user_name, server, tool, outcome, body, mac"
@@ -107,43 +111,45 @@ impl Store {
         let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(
-                "INSERT INTO audit_heads (chain, seq, mac, anchor_seq, anchor_mac) VALUES ($1, 0, $2, 0, $2)
-                 ON CONFLICT (chain) DO NOTHING",
+            // One statement creates the head or moves it, taking the
+            // chain's write lock for the rest of the transaction.
+            let row = sqlx::query(
+                "INSERT INTO audit_heads (chain, seq, mac, anchor_seq, anchor_mac) VALUES ($1, $2, $3, 0, $3)
+                 ON CONFLICT (chain) DO UPDATE SET seq = audit_heads.seq + $2 RETURNING seq, mac",
             )
             .bind(chain)
+            .bind(n)
             .bind(&GENESIS[..])
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            let row = sqlx::query("UPDATE audit_heads SET seq = seq + $2 WHERE chain = $1 RETURNING seq, mac")
-                .bind(chain)
-                .bind(n)
-                .fetch_one(&mut *tx)
-                .await?;
             let last = seq_of(row.int("seq")?, "head")?;
             let mut prev = mac_of(row.bytes("mac")?, "head")?;
             let first = last + 1 - events.len() as u64;
+            let mut sealed = Vec::with_capacity(events.len());
             for (i, e) in events.iter().enumerate() {
                 let seq = first + i as u64;
                 let body = e.to_body();
                 let mac = key.seal(chain, seq, &prev, &body);
-                sqlx::query(
-                    "INSERT INTO audit_records (chain, seq, ts, kind, user_name, server, tool, outcome, body, mac)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(chain)
-                .bind(seq as i64)
-                .bind(e.ts_micros())
-                .bind(&e.kind)
-                .bind(e.user.as_deref())
-                .bind(e.server.as_deref())
-                .bind(e.tool.as_deref())
-                .bind(e.outcome.as_str())
-                .bind(&body)
-                .bind(&mac[..])
-                .execute(&mut *tx)
-                .await?;
+                sealed.push((seq as i64, e, body, mac));
                 prev = mac;
+            }
+            for rows in sealed.chunks(INSERT_ROWS) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO audit_records (chain, seq, ts, kind, user_name, server, tool, outcome, body, mac) ",
+                );
+                q.push_values(rows, |mut b, (seq, e, body, mac)| {
+                    b.push_bind(chain)
+                        .push_bind(*seq)
+                        .push_bind(e.ts_micros())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.user.as_deref())
+                        .push_bind(e.server.as_deref())
+                        .push_bind(e.tool.as_deref())
+                        .push_bind(e.outcome.as_str())
+                        .push_bind(body.as_str())
+                        .push_bind(&mac[..]);
+                });
+                q.build().execute(&mut *tx).await?;
             }
             if !events.is_empty() {
                 sqlx::query("UPDATE audit_heads SET mac = $2 WHERE chain = $1")
