@@ -1078,12 +1078,12 @@ mod tests {
     }
 
     /// A server run once per user whose instances answer every request,
-    /// `slow` after a second, and hold at most `max` at once.
+    /// `slow` after two seconds, and hold at most `max` at once.
     fn capped(max: usize) -> Arc<UpstreamHandle> {
         let script = r#"id() { printf '%s' "$1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'; }
 while read -r l; do
   i=$(id "$l"); [ -z "$i" ] && continue
-  case "$l" in *'"slow"'*) sleep 1;; esac
+  case "$l" in *'"slow"'*) sleep 2;; esac
   printf '{"jsonrpc":"2.0","id":%s,"result":{"capabilities":{}}}\n' "$i"
 done"#;
         let spec = UpstreamSpec {
@@ -1137,7 +1137,13 @@ done"#;
         let busy = tokio::spawn(async move {
             tokio::join!(bob.call("slow", None, Caller::Gateway), carol.call("slow", None, Caller::Gateway))
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Wait (bounded) until both calls are in flight.
+        for _ in 0..500 {
+            if server.instances().iter().filter(|i| i.in_flight.load(Ordering::Relaxed) > 0).count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let err = server.for_user("dave").call("x", None, Caller::Gateway).await.unwrap_err();
         assert!(matches!(&err, CallError::Unavailable(m) if m.contains("max_user_instances")), "{err:?}");
         let (b, c) = busy.await.expect("joined");
