@@ -1075,6 +1075,6 @@ mod syntax;
 mod tests;
 mod vault;
 
-pub use audit::{AuditConfig, OnFull};
+pub use audit::{AnomalyConfig, AuditConfig, DenialThreshold, OnFull, Threshold};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
 pub use vault::{MasterKeyConfig, VaultConfig};

@@ -83,6 +83,8 @@ pub struct Auditor {
     key: Arc<AuditKey>,
     on_full: OnFull,
     capacity: usize,
+    /// Anomaly signals, raised from the records as they pass.
+    watch: Option<crate::anomaly::Watch>,
 }
 
 impl Auditor {
@@ -116,7 +118,9 @@ impl Auditor {
             warned: false,
         };
         tokio::spawn(writer.run(rx));
-        let auditor = Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue });
+        let watch = config.anomaly.enabled.then(|| crate::anomaly::Watch::new(config.anomaly.clone()));
+        let auditor =
+            Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue, watch });
         tokio::spawn(housekeeping(auditor.clone(), store, config.clone(), shutdown));
         Ok(auditor)
     }
@@ -140,6 +144,22 @@ impl Auditor {
     /// Enqueues an event, waiting for room when the queue is full (a
     /// request admitted while there was room is always recorded).
     pub async fn record(&self, event: Event) {
+        let signals = match &self.watch {
+            Some(w) => w.observe(&event, std::time::Instant::now()),
+            None => Vec::new(),
+        };
+        self.enqueue(event).await;
+        for signal in signals {
+            self.enqueue(signal).await;
+        }
+    }
+
+    /// Anomaly signals raised so far, by kind.
+    pub fn anomalies(&self) -> Option<[(crate::anomaly::Signal, u64); 3]> {
+        self.watch.as_ref().map(|w| w.raised())
+    }
+
+    async fn enqueue(&self, event: Event) {
         match self.tx.try_send(Msg::Record(Box::new(event))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {

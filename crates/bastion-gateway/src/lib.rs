@@ -18,9 +18,12 @@
 //! - [`descriptors`]: the open-file limit and refusing connections before it.
 //! - [`drain`]: the request path's side of graceful shutdown.
 //! - [`vault`]: secrets sealed in the store, opened with the master keyring.
+//! - [`audit`]: the audit trail's queue, writer, spool and housekeeping.
+//! - [`anomaly`]: anomaly signals read off the audit trail.
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod anomaly;
 pub mod audit;
 pub mod auth;
 pub mod descriptors;
