@@ -149,7 +149,18 @@ impl Gateway {
 
     /// Takes one of the caller's slots of `kind`, under the live caps.
     pub fn acquire(&self, principal: &Principal, kind: Kind) -> Result<Slot, LimitReached> {
-        self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal)
+        let result = self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal);
+        if let (Err(e), Some(audit)) = (&result, &self.audit) {
+            // A refusal by a limit is a denial like any other: recorded
+            // (off the caller's path, never dropped).
+            let mut event = crate::audit::principal_event("limit.reached", bastion_audit::Outcome::Denied, principal);
+            event.policy = Some(format!("limit:{}", kind.config_key()));
+            event.reason = Some(e.to_string());
+            event.error_code = Some(bastion_core::jsonrpc::LIMIT_REACHED);
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.record(event).await });
+        }
+        result
     }
 
     /// A token cancelled when the caller's credential is revoked or

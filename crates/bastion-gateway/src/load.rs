@@ -40,6 +40,17 @@ impl Kind {
         }
     }
 
+    /// The key of its cap under `limits.per_principal`.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Kind::Session => "sessions",
+            Kind::Stream => "streams",
+            Kind::ListenStream => "listen_streams",
+            Kind::Parked => "parked_calls",
+            Kind::InFlight => "calls_in_flight",
+        }
+    }
+
     /// What the caller is told.
     pub fn describe(self) -> &'static str {
         match self {

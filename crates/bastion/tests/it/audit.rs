@@ -263,3 +263,69 @@ async fn administration_changes_are_recorded_without_values() {
     assert!(!text.contains(SECRET) && !text.contains(&key), "no secret and no key in the trail");
     assert_eq!(verify(&gw, &[]).0, 0, "the gateway's and the commands' records form one chain");
 }
+
+#[tokio::test]
+async fn anomalies_and_limit_refusals_are_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&dir.path().join("audit.jsonl"));
+    cfg["audit"]["anomaly"] = json!({
+        "call_rate": {"calls": 5, "window": "1m"},
+        "denials": {"count": 3, "window": "1m"},
+        "response_bytes": 2000
+    });
+    cfg["limits"] = json!({"per_principal": {"sessions": 1}});
+    let gw = Gateway::start(cfg);
+    let alice_key = gw.create_key("alice", &[]);
+    let alice = Mcp::stateless(gw.url("/mcp"), &alice_key);
+
+    // A burst of calls over the rate: one signal, not one per call.
+    for i in 0..8 {
+        let r = alice.call_tool("echo__echo", json!({"text": format!("{CANARY}-{i}")})).await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    // One response far larger than usual.
+    let big = alice.call_tool("echo__echo", json!({"text": "x".repeat(5000)})).await;
+    assert!(big.get("result").is_some());
+    // Someone trying keys from one address.
+    for _ in 0..5 {
+        let bad = Mcp::stateless(gw.url("/mcp"), "bst_notakeyatall0000000000000000000000");
+        assert_eq!(bad.request("tools/list", json!({})).await.status, 401);
+    }
+    // A cap reached: refused with 429, and recorded.
+    let _first = Mcp::session(gw.url("/mcp"), &alice_key, "2025-11-25").await;
+    let second = crate::harness::http()
+        .post(gw.url("/mcp"))
+        .bearer_auth(&alice_key)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bastion-it", "version": "0"}
+        }}))
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(second.status(), 429);
+
+    let rate = records(&gw, &["--kind", "anomaly.call_rate"], 1).await;
+    assert_eq!(rate.len(), 1, "one signal within the cooldown: {rate:?}");
+    assert_eq!((rate[0]["user"].as_str(), rate[0]["detail"]["threshold"].as_u64()), (Some("alice"), Some(5)));
+    let large = records(&gw, &["--kind", "anomaly.large_response"], 1).await;
+    assert_eq!((large[0]["server"].as_str(), large[0]["tool"].as_str()), (Some("echo"), Some("echo")), "{large:?}");
+    assert!(large[0]["bytes_out"].as_u64().is_some_and(|b| b > 2000));
+    let probing = records(&gw, &["--kind", "anomaly.denials"], 1).await;
+    assert_eq!(probing[0]["client_ip"], "127.0.0.1", "{probing:?}");
+    assert!(probing[0].get("user").is_none());
+    let limited = records(&gw, &["--kind", "limit.reached"], 1).await;
+    assert_eq!(
+        (limited[0]["user"].as_str(), limited[0]["outcome"].as_str(), limited[0]["policy"].as_str()),
+        (Some("alice"), Some("denied"), Some("limit:sessions")),
+        "{limited:?}"
+    );
+    let log = gw.log();
+    for signal in ["call_rate", "large_response", "denials"] {
+        assert!(log.contains("anomaly") && log.contains(signal), "a warning for {signal}");
+    }
+    assert!(!log.contains(CANARY));
+    let (code, text) = verify(&gw, &[]);
+    assert_eq!(code, 0, "{text}");
+}
