@@ -18,6 +18,7 @@
 //! - [`descriptors`]: the open-file limit and refusing connections before it.
 //! - [`drain`]: the request path's side of graceful shutdown.
 //! - [`vault`]: secrets sealed in the store, opened with the master keyring.
+//! - [`metrics`]: the Prometheus metrics and their exposition.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -28,6 +29,7 @@ pub mod drain;
 pub mod gateway;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod mrtr;
 pub mod outbox;
 pub mod proxy;
