@@ -113,7 +113,7 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         servers = config.enabled_servers().count(),
         data_dir = %data_dir.display(),
         store = %store_settings,
-        metrics = metrics_at.as_deref().unwrap_or("off"),
+        metrics = %metrics_at.as_deref().unwrap_or("off"),
         "bastion ready"
     );
     print_connect_help(local, &config, args.insecure_no_auth, keys_exist, config_path);
