@@ -25,6 +25,9 @@
 //! counts against the first request's head. The identity of a verified
 //! client certificate goes on every request of its connection as a
 //! [`ClientCert`] extension; nothing a client sends can put it there.
+//!
+//! With `metrics.listen`, [`run_metrics`] serves `/metrics` alone on a
+//! listener of its own, with the same connection handling (plain HTTP).
 
 use std::convert::Infallible;
 use std::future::Future;
