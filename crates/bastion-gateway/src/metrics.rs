@@ -294,7 +294,7 @@ const BOUNDS_US: [u64; 16] = [
     300_000_000,
 ];
 
-/// A histogram of durations in seconds with fixed buckets ([`BOUNDS_US`]),
+/// A histogram of durations in seconds with fixed buckets (`BOUNDS_US`),
 /// observed with two relaxed atomic additions and no lock.
 #[derive(Debug, Clone, Default)]
 pub struct Timing(Arc<TimingCells>);

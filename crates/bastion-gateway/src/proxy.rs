@@ -18,7 +18,7 @@
 //!    handed to the audit writer (`crate::audit`). With `audit.on_full:
 //!    refuse`, a request is refused before the first phase while the
 //!    audit queue is full. The same outcome is counted in the metrics
-//!    ([`count_request`]), once.
+//!    (`count_request`), once.
 //!
 //! Per-caller limits are taken at the edge (`crate::load`) before a request
 //! reaches this path.
