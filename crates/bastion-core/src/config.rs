@@ -73,6 +73,9 @@ pub struct Config {
     /// The audit trail: its key, queue, stream and retention.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The Prometheus endpoint: whether it is served, to whom, and where.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The MCP servers, by name.
     #[serde(default, rename = "mcpServers")]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -960,6 +963,7 @@ impl Config {
             k.check().map_err(|(key, m)| invalid(format!("vault.{key}"), m))?;
         }
         self.audit.check().map_err(|(key, m)| invalid(format!("audit.{key}"), m))?;
+        self.metrics.check(self.listen).map_err(|(key, m)| invalid(format!("metrics.{key}"), m))?;
         Ok(())
     }
 
@@ -1069,6 +1073,7 @@ impl Config {
 }
 
 mod audit;
+mod metrics;
 mod store;
 mod syntax;
 #[cfg(test)]
@@ -1076,5 +1081,6 @@ mod tests;
 mod vault;
 
 pub use audit::{AnomalyConfig, AuditConfig, DenialThreshold, OnFull, Threshold};
+pub use metrics::{IpNet, MetricsConfig};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
 pub use vault::{MasterKeyConfig, VaultConfig};

@@ -18,6 +18,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bastion_audit::{AuditKey, Checkpoint, Event, Outcome};
@@ -85,6 +86,14 @@ pub struct Auditor {
     capacity: usize,
     /// Anomaly signals, raised from the records as they pass.
     watch: Option<crate::anomaly::Watch>,
+    counts: Arc<Counts>,
+}
+
+/// What the writer has done, for the metrics.
+#[derive(Debug, Default)]
+struct Counts {
+    written: AtomicU64,
+    spooled: AtomicU64,
 }
 
 impl Auditor {
@@ -108,7 +117,9 @@ impl Auditor {
             )),
         };
         let (tx, rx) = mpsc::channel(config.queue);
+        let counts = Arc::new(Counts::default());
         let writer = Writer {
+            counts: counts.clone(),
             store: store.clone(),
             key: key.clone(),
             chain: config.chain.clone(),
@@ -120,7 +131,7 @@ impl Auditor {
         tokio::spawn(writer.run(rx));
         let watch = config.anomaly.enabled.then(|| crate::anomaly::Watch::new(config.anomaly.clone()));
         let auditor =
-            Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue, watch });
+            Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue, watch, counts });
         tokio::spawn(housekeeping(auditor.clone(), store, config.clone(), shutdown));
         Ok(auditor)
     }
@@ -152,6 +163,16 @@ impl Auditor {
         for signal in signals {
             self.enqueue(signal).await;
         }
+    }
+
+    /// Records written to the store so far.
+    pub fn written(&self) -> u64 {
+        self.counts.written.load(Ordering::Relaxed)
+    }
+
+    /// Records written to the spool so far.
+    pub fn spooled(&self) -> u64 {
+        self.counts.spooled.load(Ordering::Relaxed)
     }
 
     /// Anomaly signals raised so far, by kind.
@@ -424,6 +445,7 @@ impl Spool {
 }
 
 struct Writer {
+    counts: Arc<Counts>,
     store: Store,
     key: Arc<AuditKey>,
     chain: String,
@@ -495,6 +517,7 @@ impl Writer {
         if self.spool.len == 0 {
             match self.store.append_audit(&self.key, &self.chain, events).await {
                 Ok(_) => {
+                    self.counts.written.fetch_add(events.len() as u64, Ordering::Relaxed);
                     if self.warned {
                         tracing::info!("the audit trail is written to the store again");
                         self.warned = false;
@@ -504,10 +527,15 @@ impl Writer {
                 Err(e) => self.note_failure(&e),
             }
         }
-        if let Err(e) = self.spool.append(events) {
-            // Neither the store nor the disk: say so loudly, every time.
-            tracing::error!(error = %e, records = events.len(), path = %self.spool.path.display(),
+        match self.spool.append(events) {
+            Ok(()) => {
+                self.counts.spooled.fetch_add(events.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Neither the store nor the disk: say so loudly, every time.
+                tracing::error!(error = %e, records = events.len(), path = %self.spool.path.display(),
                 "audit records could be written neither to the store nor to the spool");
+            }
         }
     }
 
@@ -532,7 +560,10 @@ impl Writer {
         let mut done = 0;
         for chunk in spooled.chunks(self.batch) {
             match self.store.append_audit(&self.key, &self.chain, chunk).await {
-                Ok(_) => done += chunk.len(),
+                Ok(_) => {
+                    done += chunk.len();
+                    self.counts.written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
                 Err(e) => {
                     self.note_failure(&e);
                     break;

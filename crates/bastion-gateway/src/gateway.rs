@@ -68,6 +68,8 @@ pub struct Gateway {
     pub vault: Arc<crate::vault::Vault>,
     /// The audit trail (`None` with `audit.enabled: false`).
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the gateway did not start.
@@ -118,7 +120,8 @@ impl Gateway {
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
-        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &BTreeMap::new());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &metrics, &BTreeMap::new());
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
             drain: Default::default(),
@@ -138,6 +141,7 @@ impl Gateway {
             base_dir,
             vault,
             audit,
+            metrics,
         });
         tokio::spawn(fan_out(gw.clone(), rx, shutdown.clone()));
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
@@ -150,15 +154,19 @@ impl Gateway {
     /// Takes one of the caller's slots of `kind`, under the live caps.
     pub fn acquire(&self, principal: &Principal, kind: Kind) -> Result<Slot, LimitReached> {
         let result = self.load.acquire(&principal.user, kind, &self.runtime().config.limits.per_principal);
-        if let (Err(e), Some(audit)) = (&result, &self.audit) {
+        if let Err(e) = &result {
+            self.metrics.denied(crate::metrics::Denial::Limit);
             // A refusal by a limit is a denial like any other: recorded
             // (off the caller's path, never dropped).
-            let mut event = crate::audit::principal_event("limit.reached", bastion_audit::Outcome::Denied, principal);
-            event.policy = Some(format!("limit:{}", kind.config_key()));
-            event.reason = Some(e.to_string());
-            event.error_code = Some(bastion_core::jsonrpc::LIMIT_REACHED);
-            let audit = audit.clone();
-            tokio::spawn(async move { audit.record(event).await });
+            if let Some(audit) = &self.audit {
+                let mut event =
+                    crate::audit::principal_event("limit.reached", bastion_audit::Outcome::Denied, principal);
+                event.policy = Some(format!("limit:{}", kind.config_key()));
+                event.reason = Some(e.to_string());
+                event.error_code = Some(bastion_core::jsonrpc::LIMIT_REACHED);
+                let audit = audit.clone();
+                tokio::spawn(async move { audit.record(event).await });
+            }
         }
         result
     }
@@ -355,6 +363,7 @@ impl Gateway {
             &self.spawn_permits,
             &self.notifications,
             &self.vault,
+            &self.metrics,
             &old.upstreams,
         );
         let mut stopped = Vec::new();
@@ -556,6 +565,24 @@ impl Gateway {
         }
     }
 
+    /// What the gateway holds now, for a scrape of `/metrics`.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let budget = &self.sessions.budget;
+        crate::metrics::Snapshot {
+            sessions: self.sessions.len() as u64,
+            calls_in_flight: self.drain.in_flight() as u64,
+            stream_queue_bytes: budget.queued() as u64,
+            audit_queue_depth: self.audit.as_ref().map(|a| a.depth() as u64),
+            audit_written: self.audit.as_ref().map(|a| a.written()),
+            audit_spooled: self.audit.as_ref().map(|a| a.spooled()),
+            anomalies: self.audit.as_ref().and_then(|a| a.anomalies()),
+            notifications_dropped: budget.dropped.load(Relaxed),
+            streams_disconnected: budget.disconnected.load(Relaxed),
+            connections_refused: self.descriptors.refused(),
+        }
+    }
+
     /// Whether the gateway can serve: config loaded and store reachable.
     pub async fn ready(&self) -> Result<(), String> {
         tokio::time::timeout(Duration::from_secs(2), self.store.ping())
@@ -571,10 +598,14 @@ fn build_upstreams(
     permits: &Arc<Semaphore>,
     tx: &mpsc::UnboundedSender<ServerNotification>,
     vault: &Arc<crate::vault::Vault>,
+    metrics: &crate::metrics::Metrics,
     previous: &BTreeMap<String, Arc<UpstreamHandle>>,
 ) -> BTreeMap<String, Arc<UpstreamHandle>> {
-    let new =
-        |name: &str, spec| Arc::new(UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone())));
+    let new = |name: &str, spec| {
+        // A replaced server keeps counting in the same series.
+        let m = previous.get(name).map_or_else(|| metrics.server(name), |h| h.metrics().clone());
+        Arc::new(UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone()), m))
+    };
     specs_from_config(config, base_dir)
         .into_iter()
         .map(|(name, spec)| {
@@ -932,6 +963,12 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.log != new.log {
         changed.push("log");
+    }
+    if old.metrics.enabled != new.metrics.enabled {
+        changed.push("metrics.enabled");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        changed.push("metrics.listen");
     }
     changed
 }

@@ -9,6 +9,10 @@
 //! - `DELETE /mcp[/{name}]`: ends a session.
 //! - `GET /sse[/{name}]` + `POST /messages?sessionId=…`: legacy HTTP+SSE.
 //! - `GET /healthz`, `GET /readyz`.
+//! - `GET /metrics`: Prometheus metrics, to the addresses `metrics.allow`
+//!   admits only (everyone else gets the 404 of a path that does not
+//!   exist), unless `metrics.listen` serves them on a listener of their own
+//!   ([`metrics_router`]).
 //!
 //! A request is answered with plain JSON when the server's answer comes
 //! alone, and switches to an SSE stream as soon as the server sends
@@ -50,8 +54,14 @@ pub(crate) const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Interval of SSE keep-alive comments on long-lived streams.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The gateway's HTTP application.
+/// The gateway's HTTP application. `/metrics` is among its routes when
+/// metrics are on and have no listener of their own (as the configuration
+/// said at start).
 pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
+    let metrics = {
+        let m = &gw.runtime().config.metrics;
+        m.enabled && m.listen.is_none()
+    };
     // Every MCP endpoint is behind authentication; health checks and the
     // OAuth metadata are not.
     let mcp = Router::new()
@@ -61,14 +71,43 @@ pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
         .route("/sse/{name}", get(legacy::sse_named))
         .route("/messages", axum::routing::post(legacy::message))
         .route_layer(axum::middleware::from_fn_with_state(gw.clone(), authenticate));
+    let mut app =
+        Router::new().merge(mcp).merge(oauth::routes()).route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    if metrics {
+        app = app.route("/metrics", axum::routing::any(metrics_endpoint));
+    }
+    app.fallback(not_found).layer(axum::middleware::from_fn_with_state(Arc::new(hosts), edge::guard)).with_state(gw)
+}
+
+/// The application of the listener `metrics.listen`: `/metrics` alone.
+pub fn metrics_router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
     Router::new()
-        .merge(mcp)
-        .merge(oauth::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/metrics", axum::routing::any(metrics_endpoint))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), edge::guard))
         .with_state(gw)
+}
+
+/// `/metrics`: no credential is asked for, so only a client whose address
+/// (the connection's peer, as for the audit trail; never a forwarded
+/// header) is in `metrics.allow` is answered. Anyone else gets the 404 of
+/// a path that does not exist, whatever the method. The list is read live.
+async fn metrics_endpoint(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if !peer.is_some_and(|ip| gw.runtime().config.metrics.allows(ip)) {
+        return not_found().await;
+    }
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let body = gw.metrics.render(&gw.metrics_snapshot(), format);
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    resp
 }
 
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
@@ -133,6 +172,9 @@ async fn authenticate(
             next.run(req).await
         }
         Err(e) => {
+            if e != AuthError::Unavailable {
+                gw.metrics.denied(crate::metrics::Denial::Auth);
+            }
             // A refused credential is audited; a request that carried none
             // (how every OAuth client begins) is not.
             if e != AuthError::Missing
@@ -373,6 +415,7 @@ async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Requ
         Err(e) => return auth_failure(gw, &e),
         Ok(access) if !gw.may_enter(&access, &scope).await => {
             tracing::info!(user = %principal.user, "session refused: the user may use nothing behind this endpoint");
+            gw.metrics.denied(crate::metrics::Denial::Policy);
             return rpc_error(
                 StatusCode::FORBIDDEN,
                 Some(&req.id),

@@ -20,6 +20,7 @@
 //! - [`vault`]: secrets sealed in the store, opened with the master keyring.
 //! - [`audit`]: the audit trail's queue, writer, spool and housekeeping.
 //! - [`anomaly`]: anomaly signals read off the audit trail.
+//! - [`metrics`]: the Prometheus metrics and their exposition.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -31,6 +32,7 @@ pub mod drain;
 pub mod gateway;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod mrtr;
 pub mod outbox;
 pub mod proxy;

@@ -17,7 +17,8 @@
 //!    digest of the arguments (never their values), sizes and duration,
 //!    handed to the audit writer (`crate::audit`). With `audit.on_full:
 //!    refuse`, a request is refused before the first phase while the
-//!    audit queue is full.
+//!    audit queue is full. The same outcome is counted in the metrics
+//!    (`count_request`), once.
 //!
 //! Per-caller limits are taken at the edge (`crate::load`) before a request
 //! reaches this path.
@@ -42,6 +43,7 @@ use bastion_policy::{Action, Kind, Target};
 use crate::access::{Access, list_kind};
 use crate::auth::Principal;
 use crate::gateway::Gateway;
+use crate::metrics;
 use crate::session::{Scope, Session};
 use crate::upstream::{CallError, Caller, UpstreamHandle, log_rank};
 
@@ -102,22 +104,63 @@ fn invalid_params(msg: impl Into<String>) -> Value {
 
 /// Handles one request.
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
+    let started = std::time::Instant::now();
     let Some(audit) = &gw.audit else {
-        return gw.drain.run(phases(gw, ctx, req, &mut None)).await;
+        let outcome = gw.drain.run(phases(gw, ctx, req, &mut None)).await;
+        count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
+        return outcome;
     };
     if !audit.admits() {
         tracing::warn!(user = %ctx.principal.user, method = %req.method, "refused: the audit queue is full");
+        count_audit_full(gw, req, started);
         return Err(audit_full());
     }
-    let started = std::time::Instant::now();
     let mut policy = None;
     // In flight until its outcome is known; failed if shutdown's grace
     // period runs out first.
     let outcome = gw.drain.run(phases(gw, ctx, req, &mut policy)).await;
+    count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
     let event =
         crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, policy, started);
     audit.record(event).await;
     outcome
+}
+
+/// Counts one request's outcome in the metrics, where the audit trail
+/// records it: by method class and outcome, and a `tools/call` by its
+/// server and tool. A call naming no configured server is counted by class
+/// only, so that no label comes from the client alone.
+pub(crate) fn count_request(
+    gw: &Gateway,
+    principal: &Principal,
+    scope: &Scope,
+    req: &Request,
+    outcome: &Outcome,
+    started: std::time::Instant,
+) {
+    let result = metrics::Outcome::of(outcome);
+    gw.metrics.mcp_request(protocol::classify(&req.method), result, started.elapsed());
+    if req.method != "tools/call" {
+        return;
+    }
+    let Some(name) = req.params.as_ref().and_then(|p| p.get("name")).and_then(Value::as_str) else { return };
+    let (server, tool) = match scope {
+        Scope::Server(server) => (server.as_str(), name),
+        _ => match naming::split_name(name) {
+            Some(parts) => parts,
+            None => return,
+        },
+    };
+    let rt = gw.runtime();
+    if let Some(handle) = rt.upstreams.get(server) {
+        handle.metrics().tool_call(tool, result, || handle.lists_tool(&principal.user, tool));
+    }
+}
+
+/// Counts a request refused because the audit queue is full.
+pub(crate) fn count_audit_full(gw: &Gateway, req: &Request, started: std::time::Instant) {
+    gw.metrics.denied(metrics::Denial::AuditFull);
+    gw.metrics.mcp_request(protocol::classify(&req.method), metrics::Outcome::Denied, started.elapsed());
 }
 
 /// The error of a request refused because the audit queue is full.
@@ -166,6 +209,7 @@ pub(crate) async fn authorize(
         .map_err(|_| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "authorization is temporarily unavailable"))?;
     if access.role.is_none() {
         tracing::info!(user = %access.user, method, "denied: the user has no role");
+        gw.metrics.denied(metrics::Denial::Policy);
         return Err(Refusal {
             error: error_object(jsonrpc::FORBIDDEN, "access denied: this user has no role on this gateway"),
             policy: Some("no role".into()),
@@ -206,6 +250,7 @@ pub(crate) async fn authorize(
     let decision = gw.authorizer.decide(&access, action, &target, arguments);
     if !decision.allowed {
         tracing::info!(user = %access.user, method, server = server.name(), item = inner, decision = %decision, "denied");
+        gw.metrics.denied(metrics::Denial::Policy);
         return Err(Refusal {
             error: error_object(jsonrpc::FORBIDDEN, format!("access denied: you may not {} {shown}", verb(action))),
             policy: Some(decision.to_string()),

@@ -25,6 +25,9 @@
 //! counts against the first request's head. The identity of a verified
 //! client certificate goes on every request of its connection as a
 //! [`ClientCert`] extension; nothing a client sends can put it there.
+//!
+//! With `metrics.listen`, [`run_metrics`] serves `/metrics` alone on a
+//! listener of its own, with the same connection handling (plain HTTP).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -138,6 +141,59 @@ pub async fn run(
     }
     drop(listener);
     drain(&gw, connections, draining).await;
+    Ok(())
+}
+
+/// Connections the metrics listener serves at once; more wait to be
+/// accepted.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves `/metrics` alone on the listener of `metrics.listen` (plain
+/// HTTP), under the same connection timers and head limit as the main
+/// listener, until `shutdown` resolves; then its connections are closed
+/// (a scrape in progress is answered first).
+pub async fn run_metrics(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    let app = crate::http::metrics_router(gw.clone(), HostPolicy::for_metrics(local, gw.clone()));
+    let permits = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    let connections = TaskTracker::new();
+    let draining = CancellationToken::new();
+    let descriptors = gw.descriptors.clone();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (tcp, remote) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        // Near the open-file limit a scrape is simply not served.
+        if !descriptors.admit(gw.runtime().config.http.descriptor_headroom) {
+            continue;
+        }
+        let settings = Settings::new(&gw.runtime().config.http);
+        let held = (permit, Admitted(descriptors.clone()));
+        connections.spawn(serve_connection(tcp, remote, None, app.clone(), settings, draining.clone(), held));
+    }
+    drop(listener);
+    connections.close();
+    draining.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     Ok(())
 }
 

@@ -451,6 +451,8 @@ pub struct UpstreamHandle {
     /// For one user's instance: the instances beside it, which share the
     /// server's `max_user_instances`. Weak: the server's handle owns them.
     siblings: Option<std::sync::Weak<Tenants>>,
+    /// The server's metrics, shared with its users' instances.
+    metrics: crate::metrics::ServerMetrics,
 }
 
 /// The users' instances of a server run once per user.
@@ -519,11 +521,13 @@ impl UpstreamHandle {
         spawn_permits: Arc<Semaphore>,
         notifications: mpsc::UnboundedSender<ServerNotification>,
         vault: Option<Arc<crate::vault::Vault>>,
+        metrics: crate::metrics::ServerMetrics,
     ) -> Self {
         let tenants = spec.per_user().then(Arc::default);
-        Self::with_user(name, spec, spawn_permits, notifications, vault, None, tenants)
+        Self::with_user(name, spec, spawn_permits, notifications, vault, None, tenants, metrics)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn with_user(
         name: &str,
         spec: UpstreamSpec,
@@ -532,6 +536,7 @@ impl UpstreamHandle {
         vault: Option<Arc<crate::vault::Vault>>,
         user: Option<Arc<str>>,
         tenants: Option<Arc<Tenants>>,
+        metrics: crate::metrics::ServerMetrics,
     ) -> Self {
         let siblings = None;
         UpstreamHandle {
@@ -555,11 +560,31 @@ impl UpstreamHandle {
             user,
             tenants,
             siblings,
+            metrics,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &crate::metrics::ServerMetrics {
+        &self.metrics
+    }
+
+    /// Whether the tools list cached for `user` (this server's, or that
+    /// user's own instance's) names `tool`. Never connects, and never
+    /// makes an instance.
+    pub fn lists_tool(&self, user: &str, tool: &str) -> bool {
+        let named = |h: &UpstreamHandle| {
+            h.cached_list("tools/list")
+                .is_some_and(|tools| tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)))
+        };
+        match &self.tenants {
+            Some(t) => t.by_user.get(user).is_some_and(|h| named(&h)),
+            None => named(self),
+        }
     }
 
     /// Whether the server runs once per user (its `env` or `headers` name a
@@ -589,6 +614,7 @@ impl UpstreamHandle {
                     self.vault.clone(),
                     Some(Arc::from(user)),
                     None,
+                    self.metrics.clone(),
                 );
                 instance.siblings = Some(Arc::downgrade(tenants));
                 Arc::new(instance)
@@ -647,6 +673,9 @@ impl UpstreamHandle {
             None => None,
         };
         let _permit = self.spawn_permits.acquire().await.map_err(|_| CallError::Unavailable("shutting down".into()))?;
+        if self.failures.load(Ordering::Relaxed) > 0 {
+            self.metrics.restarted();
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(self.spec.start_timeout, self.connect()).await;
         let conn = match result {
@@ -760,10 +789,12 @@ impl UpstreamHandle {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(self);
         let conn = self.conn().await?;
+        let sent = Instant::now();
         let result = match tokio::time::timeout(self.spec.call_timeout, conn.call(method, params, caller)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(self.spec.call_timeout)),
         };
+        self.metrics.upstream_call(sent.elapsed());
         // After failures, a success resets the backoff (the lock only then).
         if result.is_ok() && self.failures.swap(0, Ordering::Relaxed) > 0 {
             *self.retry_at.lock().expect("poisoned") = None;
@@ -1026,7 +1057,7 @@ mod tests {
 
     fn handle(spec: UpstreamSpec) -> Arc<UpstreamHandle> {
         let (tx, _rx) = mpsc::unbounded_channel();
-        Arc::new(UpstreamHandle::new("s", spec, Arc::new(Semaphore::new(4)), tx, None))
+        Arc::new(UpstreamHandle::new("s", spec, Arc::new(Semaphore::new(4)), tx, None, Default::default()))
     }
 
     #[test]
@@ -1105,6 +1136,7 @@ done"#;
             None,
             None,
             Some(Arc::default()),
+            Default::default(),
         ))
     }
 
@@ -1153,5 +1185,46 @@ done"#;
         assert_eq!(running(&server).len(), 2, "{:?}", running(&server));
         assert!(running(&server).contains(&"dave".to_string()));
         server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn restarts_and_answer_times_are_counted_per_server() {
+        use crate::metrics::{Format, Metrics, Snapshot};
+        let metrics = Metrics::new();
+        let stdio = |script: &str| UpstreamSpec {
+            transport: Transport::Stdio {
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+            ..spec(&[])
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(4));
+        let failing =
+            UpstreamHandle::new("broken", stdio("exit 1"), permits.clone(), tx.clone(), None, metrics.server("broken"));
+        // The first start is no restart; each start after a failure is one.
+        assert!(failing.call("tools/list", None, Caller::Gateway).await.is_err());
+        assert!(failing.call("tools/list", None, Caller::Gateway).await.is_err());
+        assert!(failing.call("tools/list", None, Caller::Gateway).await.is_err());
+
+        let answering = r#"while read -r l; do
+  i=$(printf '%s' "$l" | sed -n 's/.*"id":\([0-9]*\).*/\1/p'); [ -z "$i" ] && continue
+  printf '{"jsonrpc":"2.0","id":%s,"result":{"capabilities":{}}}\n' "$i"
+done"#;
+        let ok = UpstreamHandle::new("fine", stdio(answering), permits, tx, None, metrics.server("fine"));
+        ok.call("x", None, Caller::Gateway).await.expect("answered");
+        ok.call("x", None, Caller::Gateway).await.expect("answered");
+        ok.shutdown().await;
+
+        let text = metrics.render(&Snapshot::default(), Format::Text);
+        let value =
+            |series: &str| text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok());
+        assert_eq!(value("bastion_upstream_restarts_total{server=\"broken\"}"), Some(2.0), "{text}");
+        assert_eq!(value("bastion_upstream_restarts_total{server=\"fine\"}"), Some(0.0), "{text}");
+        // The handshake is the gateway's own: only the two calls are timed.
+        assert_eq!(value("bastion_upstream_call_duration_seconds_count{server=\"fine\"}"), Some(2.0), "{text}");
+        assert_eq!(value("bastion_upstream_call_duration_seconds_count{server=\"broken\"}"), Some(0.0), "{text}");
     }
 }

@@ -87,6 +87,22 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    // `/metrics` on a listener of its own, when configured (and on).
+    let metrics_listener = match config.metrics.listen.filter(|_| config.metrics.enabled) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?,
+        ),
+        None => None,
+    };
+    let metrics_at = match &metrics_listener {
+        Some(l) => Some(format!("http://{}/metrics", l.local_addr()?)),
+        None if config.metrics.enabled => {
+            Some(format!("{}://{local}/metrics", if tls.is_some() { "https" } else { "http" }))
+        }
+        None => None,
+    };
     let keys_exist = !store.list_keys(None).await?.is_empty();
     let shutdown = CancellationToken::new();
     let gw = Gateway::start(config.clone(), config_path, store, authentication, shutdown.clone())?;
@@ -97,6 +113,7 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         servers = config.enabled_servers().count(),
         data_dir = %data_dir.display(),
         store = %store_settings,
+        metrics = %metrics_at.as_deref().unwrap_or("off"),
         "bastion ready"
     );
     print_connect_help(local, &config, args.insecure_no_auth, keys_exist, config_path);
@@ -113,6 +130,14 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         tracing::warn!("second stop signal: calls in flight are ended now");
         stopping.drain.expire();
     });
+    if let Some(l) = metrics_listener {
+        let (gw, stop) = (gw.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = bastion_gateway::server::run_metrics(l, gw, async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let stop = shutdown.clone();
     let audit = gw.audit.clone();
     bastion_gateway::server::run(listener, gw, tls, async move { stop.cancelled().await }).await?;

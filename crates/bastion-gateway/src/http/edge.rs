@@ -24,11 +24,21 @@ const REQUEST_ID: &str = "x-request-id";
 pub struct HostPolicy {
     gw: Arc<Gateway>,
     loopback_only: bool,
+    /// Whether `http.allowed_hosts` and `http.allowed_origins` apply (not
+    /// on the metrics listener, which only the loopback rule guards).
+    lists: bool,
 }
 
 impl HostPolicy {
     pub fn new(listen: SocketAddr, gw: Arc<Gateway>) -> Self {
-        HostPolicy { gw, loopback_only: listen.ip().is_loopback() }
+        HostPolicy { gw, loopback_only: listen.ip().is_loopback(), lists: true }
+    }
+
+    /// For the listener of `metrics.listen`: on a loopback address, only
+    /// loopback host names and origins (against DNS rebinding); elsewhere
+    /// any host. The main listener's lists are about the main listener.
+    pub fn for_metrics(listen: SocketAddr, gw: Arc<Gateway>) -> Self {
+        HostPolicy { gw, loopback_only: listen.ip().is_loopback(), lists: false }
     }
 }
 
@@ -114,8 +124,9 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
     let verdict = {
         let rt = policy.gw.runtime();
         let http = &rt.config.http;
-        let rules =
-            Rules { hosts: &http.allowed_hosts, loopback_only: policy.loopback_only, origins: &http.allowed_origins };
+        let (hosts, origins): (&[String], &[String]) =
+            if policy.lists { (&http.allowed_hosts, &http.allowed_origins) } else { (&[], &[]) };
+        let rules = Rules { hosts, loopback_only: policy.loopback_only, origins };
         let host = req
             .headers()
             .get(header::HOST)
@@ -147,6 +158,7 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
         Err(refused) => refused,
     };
     let status = resp.status();
+    policy.gw.metrics.http_request(crate::metrics::Endpoint::of_path(&path), status.as_u16());
     let headers = resp.headers_mut();
     headers.insert(REQUEST_ID, id.clone());
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
@@ -154,7 +166,7 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
         .insert("cache-control", headers.get("cache-control").cloned().unwrap_or(HeaderValue::from_static("no-store")));
     let request_id = id.to_str().unwrap_or("");
     let elapsed_us = started.elapsed().as_micros() as u64;
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || path == "/metrics" {
         tracing::debug!(request_id, %method, path, status = status.as_u16(), elapsed_us, "request");
     } else {
         tracing::info!(request_id, %method, path, status = status.as_u16(), elapsed_us, "request");

@@ -134,14 +134,16 @@ pub(crate) async fn handle(
         && !audit.admits()
     {
         tracing::warn!(user = %principal.user, method = %req.method, "refused: the audit queue is full");
+        proxy::count_audit_full(&gw, &req, started);
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"jsonrpc": "2.0", "id": req.id, "error": proxy::audit_full()}),
         );
     }
     if let Err(refusal) = proxy::authorize(&gw, &principal, &scope, &req).await {
+        let outcome = Err(refusal.error.clone());
+        proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
         if let Some(audit) = &gw.audit {
-            let outcome = Err(refusal.error.clone());
             let event =
                 crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, refusal.policy, started);
             audit.record(event).await;
@@ -174,6 +176,7 @@ pub(crate) async fn handle(
             let gw = gw.clone();
             let (principal, scope, req) = (principal.clone(), scope.clone(), req.clone());
             async move {
+                proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
                 if let Some(audit) = &gw.audit {
                     let mut event =
                         crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, None, started);

@@ -321,6 +321,13 @@ async fn anomalies_and_limit_refusals_are_recorded() {
         (Some("alice"), Some("denied"), Some("limit:sessions")),
         "{limited:?}"
     );
+    let metrics = crate::harness::http().get(gw.url("/metrics")).send().await.expect("/metrics");
+    let metrics = metrics.text().await.expect("text");
+    for signal in ["call_rate", "large_response", "denials"] {
+        let line = format!("bastion_anomalies_total{{kind=\"{signal}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("bastion_audit_records_written_total ")), "{metrics}");
     let log = gw.log();
     for signal in ["call_rate", "large_response", "denials"] {
         assert!(log.contains("anomaly") && log.contains(signal), "a warning for {signal}");

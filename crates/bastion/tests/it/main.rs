@@ -19,6 +19,7 @@ mod idp;
 mod isolation;
 mod keys_cli;
 mod lifecycle;
+mod metrics;
 mod mock_upstream;
 mod mtls;
 mod oidc;
