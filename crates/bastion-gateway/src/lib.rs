@@ -18,6 +18,8 @@
 //! - [`descriptors`]: the open-file limit and refusing connections before it.
 //! - [`drain`]: the request path's side of graceful shutdown.
 //! - [`vault`]: secrets sealed in the store, opened with the master keyring.
+//! - [`telemetry`]: OpenTelemetry spans, trace context in and out, trace
+//!   ids in the log.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -34,6 +36,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod vault;
