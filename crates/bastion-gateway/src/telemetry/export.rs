@@ -133,6 +133,8 @@ struct Counts {
 struct Enqueue {
     tx: mpsc::Sender<SpanData>,
     counts: Arc<Counts>,
+    /// Wakes the task when a whole batch is waiting.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl SpanProcessor for Enqueue {
@@ -145,6 +147,9 @@ impl SpanProcessor for Enqueue {
         match self.tx.try_send(span) {
             Ok(()) => {
                 self.counts.queued.fetch_add(1, Ordering::Relaxed);
+                if self.tx.max_capacity() - self.tx.capacity() >= BATCH {
+                    self.wake.notify_one();
+                }
             }
             Err(_) => {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -197,23 +202,26 @@ fn start_queue<E: SpanExporter + 'static>(
     let (tx, rx) = mpsc::channel(capacity);
     let (flush_tx, flush_rx) = mpsc::channel(4);
     let counts = Arc::new(Counts::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
     let task = ExportTask {
         exporter,
         spans: rx,
         flushes: flush_rx,
+        wake: wake.clone(),
         counts: counts.clone(),
         timeout,
         endpoint,
         reports: Reports::default(),
     };
     tokio::spawn(task.run());
-    (Enqueue { tx, counts: counts.clone() }, QueueHandle { flush: flush_tx, counts })
+    (Enqueue { tx, counts: counts.clone(), wake }, QueueHandle { flush: flush_tx, counts })
 }
 
 struct ExportTask<E> {
     exporter: E,
     spans: mpsc::Receiver<SpanData>,
     flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    wake: Arc<tokio::sync::Notify>,
     counts: Arc<Counts>,
     timeout: Duration,
     endpoint: String,
@@ -221,43 +229,51 @@ struct ExportTask<E> {
 }
 
 impl<E: SpanExporter> ExportTask<E> {
+    /// Spans stay in the bounded queue until they are sent: taken out a
+    /// batch at a time every [`INTERVAL`], as soon as a whole batch waits,
+    /// and on a flush.
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(BATCH);
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.wake.clone();
         loop {
             tokio::select! {
                 biased;
                 flush = self.flushes.recv() => {
-                    while let Ok(span) = self.spans.try_recv() {
-                        batch.push(span);
-                        if batch.len() >= BATCH {
-                            self.export(&mut batch).await;
-                        }
-                    }
-                    self.export(&mut batch).await;
+                    self.send_waiting(usize::MAX).await;
                     match flush {
                         Some(done) => { let _ = done.send(()); }
                         None => return,
                     }
                 }
-                span = self.spans.recv() => match span {
-                    Some(span) => {
-                        batch.push(span);
-                        if batch.len() >= BATCH {
-                            self.export(&mut batch).await;
-                        }
-                    }
-                    None => {
-                        self.export(&mut batch).await;
+                () = wake.notified() => self.send_waiting(1).await,
+                _ = tick.tick() => {
+                    // What waits now, not what keeps coming in meanwhile.
+                    let batches = self.spans.len().div_ceil(BATCH);
+                    self.send_waiting(batches).await;
+                    self.report_drops();
+                    if self.spans.is_closed() && self.spans.is_empty() {
                         return;
                     }
-                },
-                _ = tick.tick() => {
-                    self.export(&mut batch).await;
-                    self.report_drops();
                 }
             }
+        }
+    }
+
+    /// Sends up to `batches` batches of what is queued.
+    async fn send_waiting(&mut self, batches: usize) {
+        let mut batch = Vec::with_capacity(BATCH);
+        for _ in 0..batches {
+            while batch.len() < BATCH {
+                match self.spans.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            self.export(&mut batch).await;
         }
     }
 
@@ -435,7 +451,7 @@ mod tests {
         // No task empties this queue: the third span on finds it full.
         let (tx, _rx) = mpsc::channel(2);
         let counts = Arc::new(Counts::default());
-        let provider = provider(Enqueue { tx, counts: counts.clone() }, 1.0);
+        let provider = provider(Enqueue { tx, counts: counts.clone(), wake: Default::default() }, 1.0);
         spans(&provider, 5);
         assert_eq!(counts.queued.load(Ordering::Relaxed), 2);
         assert_eq!(counts.dropped.load(Ordering::Relaxed), 3);
