@@ -515,3 +515,40 @@ async fn a_collector_that_is_down_or_hangs_fails_no_request() {
     }
     holder.abort();
 }
+
+#[tokio::test]
+async fn the_last_spans_are_sent_at_shutdown() {
+    let collector = Collector::start().await;
+    let streamable = MockUpstream::start(false, Behaviour::Normal);
+    let mut gw = Gateway::start(json!({
+        "mcpServers": {"http": {"url": streamable.url, "type": "streamable-http"}},
+        "tracing": {"otlp": collector.base}
+    }));
+    let key = gw.create_key("alice", &[]);
+    let session = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let (t, c) = ("9f8e7d6c5b4a39281706f5e4d3c2b1a0", "0123456789abcdef");
+    let reply = session.post_with(&echo_call("http__echo", "last"), &[("traceparent", &traceparent(t, c))]).await;
+    assert_eq!(tool_text(&reply.rpc()), "last");
+    gw.terminate();
+    let status = gw.wait_exit(WAIT).await.expect("the gateway exits");
+    assert!(status.success(), "{status:?}");
+    let spans = collector.trace(t, &["POST /mcp", "authenticate", "authorize", "tools/call"]).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+}
+
+#[tokio::test]
+async fn without_a_tracing_section_nothing_is_added() {
+    let streamable = MockUpstream::start(false, Behaviour::Normal);
+    let gw = Gateway::start(json!({
+        "mcpServers": {"http": {"url": streamable.url, "type": "streamable-http"}},
+        "log": {"format": "json"}
+    }));
+    let key = gw.create_key("alice", &[]);
+    let session = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let (t, c) = ("aaaabbbbccccddddeeeeffff00001111", "2222333344445555");
+    let reply = session.post_with(&echo_call("http__echo", "untraced"), &[("traceparent", &traceparent(t, c))]).await;
+    assert_eq!(tool_text(&reply.rpc()), "untraced");
+    assert_eq!(mock_header(&streamable, "untraced", "traceparent"), None, "no trace context is made up");
+    gw.wait_for_log("\"message\":\"request\"").await;
+    assert!(!gw.log().contains("trace_id"), "{}", gw.log());
+}
