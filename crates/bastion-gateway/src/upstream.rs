@@ -440,6 +440,8 @@ pub struct UpstreamHandle {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` of the last call.
     last_used_ms: AtomicU64,
+    /// The same instant for every handle, so that users' instances compare
+    /// by when they were last used.
     epoch: Instant,
     lists: std::sync::Mutex<Lists>,
     /// While a server replaced by a reload starts, the lists of the
@@ -515,6 +517,12 @@ impl Drop for Admission {
     }
 }
 
+/// The instant last-use times are counted from, shared by every handle.
+fn process_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Decrements the in-flight count when a call ends, however it ends.
 struct InFlight<'a>(&'a UpstreamHandle);
 
@@ -558,7 +566,7 @@ impl UpstreamHandle {
             retry_at: std::sync::Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch: process_epoch(),
             lists: std::sync::Mutex::new(BTreeMap::new()),
             stale_lists: std::sync::Mutex::new(None),
             log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
