@@ -90,6 +90,9 @@ pub struct Config {
     pub upstream: UpstreamDefaults,
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces. Default: none (no spans, nothing exported).
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// Users by name: their role and the groups whose servers they may use.
@@ -656,6 +659,13 @@ pub struct LogConfig {
     /// A tracing filter such as `info` or `bastion=debug`. Default `info`.
     #[serde(default)]
     pub level: Option<String>,
+    /// Headers whose values are masked in every log line and span
+    /// attribute, beside the built-in ones (`Authorization`,
+    /// `Proxy-Authorization`, `Cookie`, `Set-Cookie`, `X-API-Key`,
+    /// `Api-Key`, `X-Auth-Token`, `X-Access-Token`). Names, any case.
+    /// Default none.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
 }
 
 /// Durations written as `30s`, `10m`, `500ms`, `30d`.
@@ -958,6 +968,14 @@ impl Config {
         {
             return Err(invalid("log.format".into(), "must be `json` or `text`".into()));
         }
+        for (i, name) in self.log.redact_headers.iter().enumerate() {
+            if http_header_invalid(name, "") {
+                return Err(invalid(format!("log.redact_headers[{i}]"), "must be the name of an HTTP header".into()));
+            }
+        }
+        if let Some(t) = &self.tracing {
+            t.check().map_err(|(key, m)| invalid(format!("tracing.{key}"), m))?;
+        }
         self.store.pool.check().map_err(|(key, m)| invalid(format!("store.{key}"), m))?;
         if let Some(k) = &self.vault.master_key {
             k.check().map_err(|(key, m)| invalid(format!("vault.{key}"), m))?;
@@ -1076,6 +1094,7 @@ mod audit;
 mod metrics;
 mod store;
 mod syntax;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod vault;
@@ -1083,4 +1102,5 @@ mod vault;
 pub use audit::{AnomalyConfig, AuditConfig, DenialThreshold, OnFull, Threshold};
 pub use metrics::{IpNet, MetricsConfig};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
+pub use telemetry::{OTLP_TRACES_PATH, TracingConfig};
 pub use vault::{MasterKeyConfig, VaultConfig};

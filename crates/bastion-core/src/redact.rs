@@ -50,6 +50,37 @@ pub fn url(text: &str) -> String {
     out
 }
 
+/// What a masked value is shown as.
+pub const MASK: &str = "[redacted]";
+
+/// Request and response headers whose values are credentials, by name
+/// (lowercase): never shown in a log line or a span attribute, whatever
+/// the configuration says. `log.redact_headers` adds to them.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+];
+
+/// Whether a header's value must be masked: one of the
+/// [`CREDENTIAL_HEADERS`] or of `extra` (the operator's list), compared
+/// without regard to case.
+pub fn is_masked_header(name: &str, extra: &[String]) -> bool {
+    CREDENTIAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A header's value as it may be shown: [`MASK`] for a masked header (see
+/// [`is_masked_header`]), the value itself otherwise.
+pub fn header_value<'a>(name: &str, value: &'a str, extra: &[String]) -> &'a str {
+    if is_masked_header(name, extra) { MASK } else { value }
+}
+
 /// A host name, IPv4 or bracketed IPv6 address, with an optional numeric
 /// port; or nothing (`file:///…`).
 fn is_host_port(s: &str) -> bool {
@@ -125,6 +156,20 @@ mod tests {
         assert_eq!(url("://s3cret@h"), "…");
         assert_eq!(url("1http://s3cret@h"), "…");
         assert_eq!(url(""), "…");
+    }
+
+    #[test]
+    fn credential_headers_are_masked_whatever_their_case() {
+        let extra = vec!["X-Internal-Token".to_string()];
+        for name in ["Authorization", "PROXY-AUTHORIZATION", "cookie", "Set-Cookie", "x-api-key", "Api-Key"] {
+            assert!(is_masked_header(name, &[]), "{name}");
+            assert_eq!(header_value(name, "s3cret", &[]), MASK);
+        }
+        assert!(is_masked_header("x-internal-token", &extra));
+        assert_eq!(header_value("X-INTERNAL-TOKEN", "s3cret", &extra), MASK);
+        assert!(!is_masked_header("x-internal-token", &[]));
+        assert_eq!(header_value("user-agent", "curl/8", &extra), "curl/8");
+        assert!(!is_masked_header("authorization-hint", &[]));
     }
 
     proptest! {

@@ -67,7 +67,9 @@ pub struct Origin {
     pub client_ip: Option<std::net::IpAddr>,
     /// The request's `X-Request-Id` (the client's, or one Bastion made).
     pub request_id: Option<Arc<str>>,
-    /// The W3C trace id of the request's `traceparent`, if it sent one.
+    /// The W3C trace id of the request's `traceparent`, if it sent one;
+    /// with tracing on, the trace id of the request's spans (the client's
+    /// when its `traceparent` was valid, else a new one).
     pub trace_id: Option<Arc<str>>,
 }
 

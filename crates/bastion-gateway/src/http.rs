@@ -76,7 +76,14 @@ pub fn router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
     if metrics {
         app = app.route("/metrics", axum::routing::any(metrics_endpoint));
     }
-    app.fallback(not_found).layer(axum::middleware::from_fn_with_state(Arc::new(hosts), edge::guard)).with_state(gw)
+    let app = app.fallback(not_found).layer(axum::middleware::from_fn_with_state(Arc::new(hosts), edge::guard));
+    // Outermost, so that the edge's own line is within the request's span.
+    let app = if crate::telemetry::enabled() {
+        app.layer(axum::middleware::from_fn_with_state(gw.clone(), crate::telemetry::trace))
+    } else {
+        app
+    };
+    app.with_state(gw)
 }
 
 /// The application of the listener `metrics.listen`: `/metrics` alone.
@@ -164,8 +171,12 @@ async fn authenticate(
 ) -> Response {
     let cert = req.extensions().get::<ClientCert>().cloned();
     let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let origin = Origin::from_request(client_ip, req.headers());
-    match gw.authenticate(req.headers(), cert.as_ref()).await {
+    let mut origin = Origin::from_request(client_ip, req.headers());
+    // With tracing on, the audit trail names the trace the request's spans are in.
+    if let Some(t) = req.extensions().get::<crate::telemetry::RequestTraceId>() {
+        origin.trace_id = Some(t.0.clone());
+    }
+    match crate::telemetry::authenticating(gw.authenticate(req.headers(), cert.as_ref())).await {
         Ok(mut principal) => {
             principal.origin = origin;
             req.extensions_mut().insert(principal);
@@ -615,7 +626,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, principal: Principal, session: Arc
 
     // Switch to a stream scoped to this request.
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _slot = slot;
         let mut pending = first_event;
         loop {
@@ -645,7 +656,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, principal: Principal, session: Arc
         }
         session.finish_request(&key);
         linger(session, events);
-    });
+    }));
     sse_response(Body::from_stream(ReceiverStream::new(rx)))
 }
 

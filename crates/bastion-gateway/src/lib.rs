@@ -21,6 +21,8 @@
 //! - [`audit`]: the audit trail's queue, writer, spool and housekeeping.
 //! - [`anomaly`]: anomaly signals read off the audit trail.
 //! - [`metrics`]: the Prometheus metrics and their exposition.
+//! - [`telemetry`]: OpenTelemetry spans, trace context in and out, trace
+//!   ids in the log.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -39,6 +41,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod subscriptions;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod vault;

@@ -171,7 +171,8 @@ pub(crate) fn audit_full() -> Value {
 /// The phases of one request, in order; `policy` is set to what decided a
 /// denial.
 async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, policy: &mut Option<String>) -> Outcome {
-    let access = authorize(gw, ctx.principal, ctx.scope, req).await.map_err(|r| {
+    let decision = authorize(gw, ctx.principal, ctx.scope, req);
+    let access = crate::telemetry::authorizing(&req.method, decision).await.map_err(|r| {
         *policy = r.policy;
         r.error
     })?;

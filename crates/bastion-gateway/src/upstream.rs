@@ -233,6 +233,19 @@ pub enum CallError {
     MissingSecret(String),
 }
 
+impl crate::telemetry::CallFailure for CallError {
+    fn kind(&self) -> &'static str {
+        match self {
+            CallError::Rpc(_) => "jsonrpc_error",
+            CallError::Unavailable(_) => "unavailable",
+            CallError::Closed => "closed",
+            CallError::Timeout(_) => "timeout",
+            CallError::Protocol(_) => "protocol",
+            CallError::MissingSecret(_) => "missing_secret",
+        }
+    }
+}
+
 impl CallError {
     /// The JSON-RPC error object a client receives. Upstream errors pass
     /// through; Bastion's own never carry internal details beyond a short
@@ -427,6 +440,8 @@ pub struct UpstreamHandle {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` of the last call.
     last_used_ms: AtomicU64,
+    /// The same instant for every handle, so that users' instances compare
+    /// by when they were last used.
     epoch: Instant,
     lists: std::sync::Mutex<Lists>,
     /// While a server replaced by a reload starts, the lists of the
@@ -504,6 +519,12 @@ impl Drop for Admission {
     }
 }
 
+/// The instant last-use times are counted from, shared by every handle.
+fn process_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Decrements the in-flight count when a call ends, however it ends.
 struct InFlight<'a>(&'a UpstreamHandle);
 
@@ -550,7 +571,7 @@ impl UpstreamHandle {
             retry_at: std::sync::Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch: process_epoch(),
             lists: std::sync::Mutex::new(BTreeMap::new()),
             stale_lists: std::sync::Mutex::new(None),
             log_level: Arc::new(AtomicU8::new(NO_LEVEL)),
@@ -782,8 +803,14 @@ impl UpstreamHandle {
     }
 
     /// Sends one request and waits for its result, within the call timeout.
-    /// Dropping the future cancels the call upstream.
+    /// Dropping the future cancels the call upstream. Made for a request,
+    /// the call is in an `upstream` span when tracing is on.
     pub async fn call(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
+        let span = crate::telemetry::upstream_span(&self.name, method);
+        crate::telemetry::calling(span, self.call_now(method, params, caller)).await
+    }
+
+    async fn call_now(&self, method: &str, params: Option<Value>, caller: Caller) -> Result<Value, CallError> {
         // Counted from before the connection is had, so that a connection
         // made for this call is never taken as idle and stopped under it.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -818,7 +845,10 @@ impl UpstreamHandle {
             Conn::Http(h) if h.speaks_stateless() => {
                 self.in_flight.fetch_add(1, Ordering::Relaxed);
                 let _in_flight = InFlight(self);
-                Some(h.passthrough(body, headers).await)
+                // The method is the body's: the edge checked the header against it.
+                let method = headers.get("mcp-method").and_then(|m| m.to_str().ok()).unwrap_or("request");
+                let span = crate::telemetry::upstream_span(&self.name, method);
+                Some(crate::telemetry::calling(span, h.passthrough(body, headers)).await)
             }
             _ => None,
         }

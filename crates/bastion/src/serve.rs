@@ -1,6 +1,6 @@
-//! `bastion serve`: start-up posture checks, logging, reload on change and
-//! on SIGHUP (TLS certificates included), graceful shutdown on
-//! SIGINT/SIGTERM.
+//! `bastion serve`: start-up posture checks, logging and traces, reload on
+//! change and on SIGHUP (TLS certificates included), graceful shutdown on
+//! SIGINT/SIGTERM (the spans still queued sent to the collector last).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bastion_core::config::Config;
+use bastion_core::config::{Config, TracingConfig};
 use bastion_gateway::auth::ApiKeyAuthenticator;
 use bastion_gateway::gateway::{Authentication, Gateway};
+use bastion_gateway::telemetry::Pipeline;
 use bastion_gateway::tls::Tls;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,32 @@ pub struct ServeArgs {
     insecure_no_auth: bool,
 }
 
-fn init_logging(format: Option<&str>, level: Option<&str>) {
+/// The log, and with a `tracing` section the traces beside it (the
+/// pipeline returned is flushed at exit). Without one, the log alone: no
+/// layer is added to what every request passes through.
+fn init_logging(
+    format: Option<&str>,
+    level: Option<&str>,
+    tracing: Option<&TracingConfig>,
+) -> anyhow::Result<Option<Pipeline>> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BASTION_LOG").unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     use std::io::IsTerminal;
+    if let Some(config) = tracing {
+        let pipeline = bastion_gateway::telemetry::logs::install(
+            config,
+            filter,
+            format == Some("json"),
+            std::io::stderr().is_terminal(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            collector = config.otlp.as_deref().map(bastion_core::redact::url).as_deref().unwrap_or("none"),
+            sample_ratio = config.sample_ratio,
+            "tracing on"
+        );
+        return Ok(Some(pipeline));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -38,11 +61,16 @@ fn init_logging(format: Option<&str>, level: Option<&str>) {
     } else {
         builder.init();
     }
+    Ok(None)
 }
 
 pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
-    init_logging(log_format.or(config.log.format.as_deref()), config.log.level.as_deref());
+    let traces = init_logging(
+        log_format.or(config.log.format.as_deref()),
+        config.log.level.as_deref(),
+        config.tracing.as_ref(),
+    )?;
     if let Some(l) = args.listen {
         config.listen = l;
     }
@@ -147,6 +175,10 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
     {
         tracing::error!(waiting = audit.depth(), "audit records still waiting at exit; they were not written");
     }
+    // Last: the spans of everything above.
+    if let Some(traces) = traces {
+        traces.shutdown(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 
@@ -230,6 +262,9 @@ async fn watch_config(gw: Arc<Gateway>, tls: Option<Arc<Tls>>, path: PathBuf, sh
             Ok(new) => {
                 if new.listen != gw.runtime().config.listen {
                     tracing::warn!("`listen` changed: it takes effect on restart");
+                }
+                if new.tracing != gw.runtime().config.tracing {
+                    tracing::warn!("`tracing` changed: it takes effect on restart");
                 }
                 reload_tls(tls.as_deref(), &new, &path);
                 follow(&new);

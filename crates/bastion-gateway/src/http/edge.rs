@@ -1,6 +1,7 @@
 //! What every request passes first: a request id, the size of its head,
-//! the Host and Origin checks against DNS rebinding, and one log line when
-//! it ends. The Host and Origin lists and the head limit are read from the
+//! the Host and Origin checks against DNS rebinding, credentials marked so
+//! that no rendering of the request shows them, and one log line when it
+//! ends. The Host and Origin lists and the head limit are read from the
 //! live configuration on every request, so a reload applies them at once.
 
 use std::net::{IpAddr, SocketAddr};
@@ -109,6 +110,17 @@ fn head_bytes(req: &Request) -> usize {
     line + req.headers().iter().map(|(n, v)| n.as_str().len() + 2 + v.len() + 2).sum::<usize>()
 }
 
+/// Marks the values of credential headers (and of those the operator
+/// listed) sensitive: a debug rendering of the headers, or of the request,
+/// then shows `Sensitive` instead of the value, whoever logs it.
+fn mark_credentials(headers: &mut http::HeaderMap, extra: &[String]) {
+    for (name, value) in headers.iter_mut() {
+        if bastion_core::redact::is_masked_header(name.as_str(), extra) {
+            value.set_sensitive(true);
+        }
+    }
+}
+
 /// The middleware.
 pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -123,6 +135,7 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
 
     let verdict = {
         let rt = policy.gw.runtime();
+        mark_credentials(req.headers_mut(), &rt.config.log.redact_headers);
         let http = &rt.config.http;
         let (hosts, origins): (&[String], &[String]) =
             if policy.lists { (&http.allowed_hosts, &http.allowed_origins) } else { (&[], &[]) };
@@ -184,6 +197,27 @@ mod tests {
 
     fn rules<'a>(hosts: &'a [String], loopback_only: bool, origins: &'a [String]) -> Rules<'a> {
         Rules { hosts, loopback_only, origins }
+    }
+
+    #[test]
+    fn credentials_are_never_rendered() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer canary-1"),
+            ("cookie", "sid=canary-2"),
+            ("x-internal-token", "canary-3"),
+            ("proxy-authorization", "Basic canary-4"),
+            ("x-api-key", "canary-5"),
+            ("user-agent", "client/1.0"),
+        ] {
+            h.insert(http::HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        mark_credentials(&mut h, &strings(&["X-Internal-Token"]));
+        let shown = format!("{h:?}");
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(shown.contains("client/1.0"), "{shown}");
+        // The values themselves are unchanged for the gateway's own use.
+        assert_eq!(h["authorization"], "Bearer canary-1");
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub(crate) async fn message(
             let session = session.clone();
             // In flight until its answer is queued, so shutdown waits for it.
             let call = gw.drain.call();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let _slot = slot;
                 let _call = call;
                 let (sink, mut events) = EventSink::new(session.principal.user.clone());
@@ -157,7 +157,7 @@ pub(crate) async fn message(
                     tracing::info!(session = %super::short(&session.id), "answer not delivered: the legacy stream has ended");
                 }
                 super::linger(session.clone(), events);
-            });
+            }));
         }
         Message::Notification(n) => on_client_notification(&session, &n.method, n.params.as_ref()),
         Message::Response(r) => {

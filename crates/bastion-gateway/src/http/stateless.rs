@@ -140,7 +140,8 @@ pub(crate) async fn handle(
             &json!({"jsonrpc": "2.0", "id": req.id, "error": proxy::audit_full()}),
         );
     }
-    if let Err(refusal) = proxy::authorize(&gw, &principal, &scope, &req).await {
+    let decision = proxy::authorize(&gw, &principal, &scope, &req);
+    if let Err(refusal) = crate::telemetry::authorizing(&req.method, decision).await {
         let outcome = Err(refusal.error.clone());
         proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
         if let Some(audit) = &gw.audit {
@@ -335,7 +336,7 @@ async fn bridge(
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let id = req.id.clone();
     let call = Call { principal, fingerprint, req, caps, log_level };
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _slot = slot;
         let ended = tx.clone();
         tokio::select! {
@@ -346,7 +347,7 @@ async fn bridge(
                 let _ = ended.send(Frame::Final(response_value(&id, Err(err)))).await;
             }
         }
-    });
+    }));
     frames_response(rx).await
 }
 
@@ -354,7 +355,7 @@ fn start(gw: Arc<Gateway>, scope: Scope, req: Request, principal: Principal) -> 
     let (sink, events) = EventSink::new(principal.user.clone());
     let own_sink = sink.clone();
     let (otx, orx) = oneshot::channel();
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let ctx =
             proxy::RequestCtx { principal: &principal, scope: &scope, caller: Caller::Client(sink), session: None };
         let mut outcome = proxy::handle_request(&gw, &ctx, &req).await;
@@ -362,7 +363,7 @@ fn start(gw: Arc<Gateway>, scope: Scope, req: Request, principal: Principal) -> 
             decorate_result(&req.method, result);
         }
         let _ = otx.send(outcome);
-    });
+    }));
     mrtr::Running { sink: own_sink, events, outcome: orx, task: mrtr::AbortOnDrop(task.abort_handle()) }
 }
 

@@ -14,6 +14,8 @@
 //! one principal), else they are dropped or refused (`ping` and
 //! `roots/list` are answered by Bastion).
 //! Every answer and every SSE event obeys `upstream.max_message_bytes`.
+//! With tracing on, each request made for a call carries the call's span
+//! as W3C trace context (`traceparent`, `tracestate`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -134,6 +136,15 @@ pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap
     Ok(map)
 }
 
+/// A request with the W3C trace context of the span being run, when
+/// tracing is on and the request is made for one.
+pub(crate) fn traced(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match crate::telemetry::outgoing() {
+        Some(trace) => trace.apply(req),
+        None => req,
+    }
+}
+
 /// A short, secret-free description of an HTTP failure.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -160,8 +171,7 @@ impl HttpConn {
         let client = build_client(ctx.connect_timeout)?;
         let headers = header_map(headers)?;
         let init_body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": initialize_params()});
-        let resp = client
-            .post(url.clone())
+        let resp = traced(client.post(url.clone()))
             .headers(headers.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
@@ -216,7 +226,8 @@ impl HttpConn {
 
     /// Sends a stateless client's request to the server as it is, with its
     /// protocol headers, and returns the server's answer unread so it can be
-    /// streamed back.
+    /// streamed back. With tracing on, the client's trace context is
+    /// replaced by the gateway's (its span a child of the client's).
     pub async fn passthrough(&self, body: bytes::Bytes, headers: &HeaderMap) -> Result<reqwest::Response, CallError> {
         let inner = &self.inner;
         let mut req = inner
@@ -225,10 +236,15 @@ impl HttpConn {
             .headers(inner.headers.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json");
+        let trace = crate::telemetry::outgoing();
         for (name, value) in headers {
-            if is_forwarded_header(name.as_str()) {
+            let replaced = trace.is_some() && crate::telemetry::is_trace_context(name.as_str());
+            if is_forwarded_header(name.as_str()) && !replaced {
                 req = req.header(name, value);
             }
+        }
+        if let Some(trace) = &trace {
+            req = trace.apply(req);
         }
         tokio::time::timeout(inner.ctx.call_timeout, req.body(body).send())
             .await
@@ -304,9 +320,7 @@ async fn probe_stateless(inner: &Inner) -> bool {
             meta::CLIENT_INFO: {"name": "bastion", "version": env!("CARGO_PKG_VERSION")}
         }}
     });
-    let send = inner
-        .client
-        .post(inner.url.clone())
+    let send = traced(inner.client.post(inner.url.clone()))
         .headers(inner.headers.clone())
         .header(ACCEPT, "application/json, text/event-stream")
         .header(CONTENT_TYPE, "application/json")
@@ -348,9 +362,7 @@ impl Drop for CancelOnDrop {
 }
 
 async fn post(inner: &Inner, body: String) -> Result<reqwest::Response, CallError> {
-    let mut req = inner
-        .client
-        .post(inner.url.clone())
+    let mut req = traced(inner.client.post(inner.url.clone()))
         .headers(inner.headers.clone())
         .header(ACCEPT, "application/json, text/event-stream")
         .header(CONTENT_TYPE, "application/json")

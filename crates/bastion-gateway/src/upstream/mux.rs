@@ -39,15 +39,24 @@ use super::{CallError, Caller, ConnContext, EventSink, ServerNotification, Upstr
 #[derive(Clone)]
 pub(crate) enum Outbound {
     /// A task that delivers each message in order (legacy SSE: one POST each).
-    Channel(mpsc::Sender<String>),
+    Channel(mpsc::Sender<Outgoing>),
     /// A child's stdin, written by the caller itself.
     Pipe(Arc<LineWriter>),
+}
+
+/// A message for the delivering task, with the trace context of the span
+/// that sent it (when tracing is on): its POST carries it.
+pub(crate) struct Outgoing {
+    pub line: String,
+    pub trace: Option<crate::telemetry::TraceHeaders>,
 }
 
 impl Outbound {
     async fn send(&self, msg: String) -> Result<(), ()> {
         match self {
-            Outbound::Channel(tx) => tx.send(msg).await.map_err(|_| ()),
+            Outbound::Channel(tx) => {
+                tx.send(Outgoing { line: msg, trace: crate::telemetry::outgoing() }).await.map_err(|_| ())
+            }
             Outbound::Pipe(w) => w.send(&msg).await.map_err(|_| ()),
         }
     }
@@ -55,7 +64,7 @@ impl Outbound {
     /// Sends without waiting for room; for small control messages.
     fn try_send(&self, msg: String) {
         let _ = match self {
-            Outbound::Channel(tx) => tx.try_send(msg).map_err(|_| ()),
+            Outbound::Channel(tx) => tx.try_send(Outgoing { line: msg, trace: None }).map_err(|_| ()),
             Outbound::Pipe(w) => w.try_send(&msg).map_err(|_| ()),
         };
     }
@@ -294,7 +303,15 @@ mod tests {
     use std::time::Duration;
 
     fn mux() -> (Arc<Mux>, mpsc::Receiver<String>, mpsc::UnboundedReceiver<ServerNotification>) {
-        let (out_tx, out_rx) = mpsc::channel(16);
+        let (out_tx, mut outgoing) = mpsc::channel::<Outgoing>(16);
+        let (lines_tx, out_rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(o) = outgoing.recv().await {
+                if lines_tx.send(o.line).await.is_err() {
+                    break;
+                }
+            }
+        });
         let (n_tx, n_rx) = mpsc::unbounded_channel();
         let ctx = ConnContext {
             server: "s".into(),

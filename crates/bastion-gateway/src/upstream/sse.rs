@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{bounded_events, build_client, describe, header_map};
-use super::mux::{Mux, Outbound};
+use super::mux::{Mux, Outbound, Outgoing};
 use super::{CallError, Caller, ConnContext, ServerInfo, initialize_params};
 
 /// The message endpoint an `endpoint` event names, resolved against the
@@ -68,27 +68,27 @@ impl SseConn {
             }
         };
 
-        let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
         let mux = Arc::new(Mux::new(ctx.clone(), Outbound::Channel(out_tx)));
         let stop = CancellationToken::new();
 
-        // Writer: POST each message in order.
+        // Writer: POST each message in order, with the trace context of
+        // the call that sent it.
         let writer_stop = stop.clone();
         let server = ctx.server.clone();
         let writer_mux = mux.clone();
         tokio::spawn(async move {
             loop {
-                let line = tokio::select! {
+                let Outgoing { line, trace } = tokio::select! {
                     _ = writer_stop.cancelled() => break,
                     l = out_rx.recv() => match l { Some(l) => l, None => break },
                 };
-                let sent = client
-                    .post(endpoint.clone())
-                    .headers(headers.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(line)
-                    .send()
-                    .await;
+                let mut post = client.post(endpoint.clone());
+                if let Some(trace) = &trace {
+                    post = trace.apply(post);
+                }
+                let sent =
+                    post.headers(headers.clone()).header(CONTENT_TYPE, "application/json").body(line).send().await;
                 match sent {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {

@@ -31,5 +31,6 @@ mod stateless_negative;
 mod stdio_faults;
 mod store_postgres;
 mod stream_bounds;
+mod traces;
 mod upstream_transports;
 mod users_cli;
