@@ -111,20 +111,7 @@ pub async fn run(
             () = &mut shutdown => break,
             permit = limit.acquire(|| gw.runtime().config.http.max_connections) => permit,
         };
-        let (tcp, remote) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
-        };
-        // Streams are written frame by frame: without TCP_NODELAY, Nagle's
-        // algorithm and delayed ACKs would hold each one back ~40 ms.
-        let _ = tcp.set_nodelay(true);
+        let Some((tcp, remote)) = accept(&listener, shutdown.as_mut()).await else { break };
         if !descriptors.admit(gw.runtime().config.http.descriptor_headroom) {
             drop(permit);
             if let Ok(slot) = refusals.clone().try_acquire_owned() {
@@ -170,18 +157,7 @@ pub async fn run_metrics(
             () = &mut shutdown => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (tcp, remote) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+        let Some((tcp, remote)) = accept(&listener, shutdown.as_mut()).await else { break };
         // Near the open-file limit a scrape is simply not served.
         if !descriptors.admit(gw.runtime().config.http.descriptor_headroom) {
             continue;
@@ -264,6 +240,29 @@ impl Drop for Admitted {
 /// A failed `accept`: a connection that went away before it was accepted is
 /// nothing; anything else (out of file descriptors…) is logged and waited
 /// out, so the loop does not spin.
+/// The next connection, with TCP_NODELAY set (streams are written frame
+/// by frame: without it, Nagle's algorithm and delayed ACKs would hold
+/// each one back ~40 ms); `None` once `shutdown` resolves. Failed accepts
+/// are waited out.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, remote));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+}
+
 async fn accept_failed(e: io::Error) {
     use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
