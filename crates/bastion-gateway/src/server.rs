@@ -16,7 +16,10 @@
 //!   is closed gracefully. A request is in progress until its response body
 //!   has been sent to the end, so open event streams keep their connection;
 //! - request heads larger than `max_header_bytes` are refused (431), HTTP/2
-//!   connections carry at most `http2_max_concurrent_streams` streams.
+//!   connections carry at most `http2_max_concurrent_streams` streams;
+//! - an HTTP/1.1 answer given before the request body was read (a refusal)
+//!   says `Connection: close`: the rest of the body is not read, so the
+//!   connection ends after the answer.
 //!
 //! With `tls` configured, every connection is TLS first ([`crate::tls`]):
 //! the handshake runs in the connection's own task, within
@@ -43,7 +46,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use bastion_core::config::HttpConfig;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -358,10 +361,12 @@ async fn serve_http<S>(
     let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
             // Until the response body has been sent (or the request given
             // up), the connection is busy.
             let busy = activity.begin(req.version());
+            let http1 = req.version() < http::Version::HTTP_2;
+            let (mut req, body_read) = ReadToEnd::wrap(req);
             // What `into_make_service_with_connect_info::<SocketAddr>` adds.
             req.extensions_mut().insert(ConnectInfo(remote));
             // Whatever the client sent, only this puts a certificate on a
@@ -376,7 +381,14 @@ async fn serve_http<S>(
             }
             let app = app.clone();
             async move {
-                let resp = tower::ServiceExt::oneshot(app, req).await.unwrap_or_else(|e| match e {});
+                let mut resp = tower::ServiceExt::oneshot(app, req).await.unwrap_or_else(|e| match e {});
+                // An answer given before the request body was read (a
+                // refusal): hyper drops what is left of the body by closing
+                // the connection, so the client is told, rather than sending
+                // its next request into a connection about to close.
+                if http1 && !body_read.load(Ordering::Acquire) {
+                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(resp.map(move |body| {
                     body.map_frame(move |frame| {
                         let _ = &busy;
@@ -413,6 +425,46 @@ async fn serve_http<S>(
                 }
             },
         }
+    }
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: Incoming,
+    ended: Arc<AtomicBool>,
+}
+
+impl ReadToEnd {
+    /// The request with its body wrapped, and the flag raised once the body
+    /// has been read to its end (at once for a request without a body).
+    fn wrap(req: http::Request<Incoming>) -> (http::Request<ReadToEnd>, Arc<AtomicBool>) {
+        let ended = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let flag = ended.clone();
+        (req.map(|inner| ReadToEnd { inner, ended }), flag)
+    }
+}
+
+impl hyper::body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -465,6 +465,47 @@ async fn oversized_bodies_get_413_on_every_post_route_with_or_without_a_length()
     reader.abort();
 }
 
+/// A refusal sent before the request body arrived says the connection
+/// closes, so a client does not send its next request (the same one, with
+/// a token) into a connection the gateway is closing. A request answered
+/// after its body was read, even with a refusal, keeps the connection.
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let g = Gateway::start(config(json!({})));
+    let key = g.create_key("keeper", &[]);
+    let body = ping("kept");
+
+    // The head alone; the body is still on its way when the refusal goes out.
+    let mut s = connect(&g).await;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let answer =
+        tokio::time::timeout(WAIT, read_response(&mut s)).await.expect("an answer in time").expect("an answer");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 401"), "{answer}");
+    assert!(lower.contains("connection: close"), "the refusal does not say the connection closes: {answer}");
+    assert!(closed_within(&mut s, WAIT).await, "the connection stayed open");
+
+    // The whole request, with a key, refused for want of a session once its
+    // body was read: the connection is kept.
+    let mut s = connect(&g).await;
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write request");
+    let answer =
+        tokio::time::timeout(WAIT, read_response(&mut s)).await.expect("an answer in time").expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("Mcp-Session-Id"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"), "the connection was not kept");
+}
+
 // ---------------------------------------------------------------------------
 // Host and Origin lists
 // ---------------------------------------------------------------------------
