@@ -113,6 +113,19 @@ pub struct Config {
     /// killed, and the gateway exits. Default 10s.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// The data guard: sensitive values looked for in messages, and what is
+    /// done with them. Default: the built-in detectors with their default
+    /// actions (see [`guard`](GuardConfig)).
+    #[serde(default)]
+    pub guard: GuardConfig,
+    /// How the tools servers list are checked: pinning and the poisoning
+    /// scan. Default `{pinning: auto, poisoning: warn}`.
+    #[serde(default)]
+    pub tools: ToolsConfig,
+    /// When a server's executable does not match its `sha256`: `warn` or
+    /// `strict` (not started). Default `warn`.
+    #[serde(default)]
+    pub supply_chain: SupplyChain,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -162,6 +175,25 @@ pub struct ServerConfig {
     /// Default none.
     #[serde(default)]
     pub roots: Vec<RootConfig>,
+    /// The data guard for this server, over the global `guard`. Default:
+    /// the global settings.
+    #[serde(default)]
+    pub guard: GuardOverride,
+    /// Settings of single tools, by the name the server gives them.
+    /// Default none.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolConfig>,
+    /// Tool pinning for this server. Default: `tools.pinning`.
+    #[serde(default)]
+    pub pinning: Option<Pinning>,
+    /// What a poisoned description of this server leads to. Default:
+    /// `tools.poisoning`.
+    #[serde(default)]
+    pub poisoning: Option<Poisoning>,
+    /// stdio: the SHA-256 digest (hex) the command's executable must have.
+    /// Default: not checked.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Keys other tools keep in the same map; accepted, not used.
     #[serde(flatten)]
     pub ignored: BTreeMap<String, serde_json::Value>,
@@ -749,6 +781,27 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
+    /// Checks the data guard settings of the server and its tools against
+    /// the known detectors, and the executable's pin.
+    fn check_guard(&self, detectors: &std::collections::BTreeSet<&str>) -> Result<(), (String, String)> {
+        guard::check_detectors(&self.guard.detectors, detectors)
+            .map_err(|(key, m)| (format!("guard.detectors.{key}"), m))?;
+        for (tool, t) in &self.tools {
+            if tool.is_empty() {
+                return Err(("tools".into(), "a tool name must not be empty".into()));
+            }
+            guard::check_detectors(&t.guard.detectors, detectors)
+                .map_err(|(key, m)| (format!("tools.{}.guard.detectors.{key}", syntax::printable(tool)), m))?;
+        }
+        if let Some(digest) = &self.sha256 {
+            if self.command.is_none() {
+                return Err(("sha256".into(), "pins the executable of a stdio server: needs `command`".into()));
+            }
+            guard::check_sha256(digest).map_err(|m| ("sha256".to_string(), m))?;
+        }
+        Ok(())
+    }
+
     /// Checks the references in `env` and `headers` (see
     /// [`crate::template`]), and that nothing else holds one: a process's
     /// command line is visible to every user of the machine, and a URL ends
@@ -885,6 +938,8 @@ impl Config {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.into(), key, message };
+        self.guard.check().map_err(|(key, m)| invalid(format!("guard.{key}"), m))?;
+        let detector_names = self.guard.detector_names();
         for (name, server) in &self.servers {
             if !is_valid_server_name(name) {
                 return Err(invalid(
@@ -899,6 +954,9 @@ impl Config {
                     return Err(invalid(format!("mcpServers.{name}.roots[{i}].uri"), "must be a file:// URI".into()));
                 }
             }
+            server
+                .check_guard(&detector_names)
+                .map_err(|(key, msg)| invalid(format!("mcpServers.{name}.{key}"), msg))?;
         }
         for (group, members) in &self.groups {
             if !is_valid_server_name(group) {
@@ -1091,6 +1149,7 @@ impl Config {
 }
 
 mod audit;
+mod guard;
 mod metrics;
 mod store;
 mod syntax;
@@ -1100,6 +1159,10 @@ mod tests;
 mod vault;
 
 pub use audit::{AnomalyConfig, AuditConfig, DenialThreshold, OnFull, Threshold};
+pub use guard::{
+    BUILTIN_DETECTORS, CustomDetector, DetectorConfig, GuardAction, GuardConfig, GuardDirection, GuardOverride,
+    MAX_CUSTOM_DETECTORS, MaskStyle, Pinning, Poisoning, SupplyChain, ToolConfig, ToolsConfig, Validator,
+};
 pub use metrics::{IpNet, MetricsConfig};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
 pub use telemetry::{OTLP_TRACES_PATH, TracingConfig};
