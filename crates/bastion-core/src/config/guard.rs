@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The built-in detectors, by the names the configuration uses.
 pub const BUILTIN_DETECTORS: &[&str] = &[
@@ -155,7 +155,7 @@ fn default_custom_action() -> GuardAction {
 }
 
 /// What a finding leads to.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardAction {
     /// Not looked for.
@@ -332,6 +332,9 @@ pub(super) fn check_detectors(
             ));
         }
         check_keep(d.keep_prefix, d.keep_suffix).map_err(|(k, m)| (format!("{name}.{k}"), m))?;
+        if d.direction.is_some() && d.action.is_none() {
+            return Err((format!("{name}.direction"), "says which messages `action` is for: give an action".into()));
+        }
     }
     Ok(())
 }

@@ -88,6 +88,7 @@ fn mistakes_are_refused_with_the_key() {
         ("guard: {detectors: {emial: {action: mask}}}\n", "guard.detectors.emial", "unknown detector"),
         ("guard: {detectors: {email: {action: hide}}}\n", "guard.detectors.email.action", "unknown variant"),
         ("guard: {detectors: {email: {direction: up}}}\n", "guard.detectors.email.direction", "unknown variant"),
+        ("guard: {detectors: {email: {direction: inbound}}}\n", "guard.detectors.email.direction", "give an action"),
         ("guard: {detectors: {email: {acton: mask}}}\n", "guard.detectors.email", "acton"),
         ("guard: {detectors: {kr_rrn: {keep_prefix: 99}}}\n", "guard.detectors.kr_rrn.keep_prefix", "at most 32"),
         ("guard: {custom: [{name: jwt, regex: 'x+'}]}\n", "guard.custom[0].name", "built-in"),
