@@ -332,7 +332,15 @@ impl Detectors {
         }
         self.find_custom(text, active, keyword_hits, out);
         out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.detector.cmp(&b.detector)));
-        out.dedup();
+        // A value inside a longer one of the same detector (`xoxp-…` in
+        // `xoxe.xoxp-…`) is the same value.
+        let mut reach = [0usize; 128];
+        out.retain(|m| {
+            let r = &mut reach[m.detector.index()];
+            let keep = m.end > *r;
+            *r = (*r).max(m.end);
+            keep
+        });
     }
 
     fn find_custom(&self, text: &str, active: DetectorSet, keyword_hits: u128, out: &mut Vec<Match>) {
@@ -404,7 +412,7 @@ impl Detectors {
                 }
             }
             Builtin::GitlabToken => {
-                let end = trim_end(t, e, run(t, e, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)), b".-");
+                let end = trim_end(t, e, run(t, e, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)), b".");
                 let body = &t[e..end];
                 (free_before(t, s) && (20..=255).contains(&body.len()) && validate::looks_random(body))
                     .then_some((s, end))
@@ -420,7 +428,7 @@ impl Detectors {
                 .then_some((s, end))
             }
             Builtin::OpenaiKey => {
-                let end = trim_end(t, e, run(t, e, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), b"-_");
+                let end = run(t, e, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                 let body = &t[e..end];
                 let has = |f: fn(&u8) -> bool| body.iter().any(f);
                 (free_before(t, s)
@@ -497,27 +505,23 @@ impl Detectors {
             }
             let plus = start >= 1 && t[start - 1] == b'+';
             let before = if plus { start - 1 } else { start };
-            // Not the tail of a word or of a decimal number, nor the head
-            // of one.
-            if before > 0 {
+            // A value neither continues a word or a decimal number before
+            // the run, nor goes on into one after it; a run that does may
+            // still hold one in its middle groups.
+            let open = before == 0 || {
                 let p = t[before - 1];
-                if p.is_ascii_alphanumeric()
+                !(p.is_ascii_alphanumeric()
                     || p == b'_'
-                    || matches!(p, b'.' | b',' | b'+' | b'/') && before >= 2 && t[before - 2].is_ascii_digit()
-                {
-                    continue;
-                }
-            }
-            if j < n {
+                    || matches!(p, b'.' | b',' | b'+' | b'/') && before >= 2 && t[before - 2].is_ascii_digit())
+            };
+            let closed = j == n || {
                 let q = t[j];
-                if q.is_ascii_alphanumeric()
+                !(q.is_ascii_alphanumeric()
                     || q == b'_'
-                    || matches!(q, b'.' | b',' | b'/') && t.get(j + 1).is_some_and(u8::is_ascii_digit)
-                {
-                    continue;
-                }
-            }
-            self.classify_run(&groups[..g], &seps[..g - 1], plus, t, active, out);
+                    || matches!(q, b'.' | b',' | b'/') && t.get(j + 1).is_some_and(u8::is_ascii_digit))
+            };
+            let ends = (open, closed);
+            self.classify_run(&groups[..g], &seps[..g - 1], plus && open, ends, t, active, out);
         }
     }
 
@@ -529,16 +533,20 @@ impl Detectors {
         groups: &[(usize, usize)],
         seps: &[Sep],
         plus: bool,
+        (open, closed): (bool, bool),
         t: &[u8],
         active: DetectorSet,
         out: &mut Vec<Match>,
     ) {
         let g = groups.len();
-        let mut a = 0;
+        let mut a = usize::from(!open);
+        while a < g && a > 0 && seps[a - 1] != Sep::Space {
+            a += 1;
+        }
         while a < g {
             let mut found = None;
             for b in (a + 1..=g).rev() {
-                if b < g && seps[b - 1] != Sep::Space {
+                if b < g && seps[b - 1] != Sep::Space || b == g && !closed {
                     continue;
                 }
                 let digits: usize = groups[a..b].iter().map(|(s, e)| e - s).sum();
@@ -552,7 +560,13 @@ impl Detectors {
             }
             match found {
                 Some((b, d)) => {
-                    let start = if plus && a == 0 && d == Builtin::Phone { groups[0].0 - 1 } else { groups[a].0 };
+                    let mut start = groups[a].0;
+                    if d == Builtin::Phone
+                        && (plus && a == 0 || start > 0 && t[start - 1] == b'(' && seps.get(a) == Some(&Sep::Paren))
+                    {
+                        // The `+` of a country code, the `(` of an area code.
+                        start -= 1;
+                    }
                     out.push(Match { detector: d.id(), start, end: groups[b - 1].1 });
                     a = b;
                 }
@@ -658,7 +672,8 @@ fn secret_after(t: &[u8], from: usize) -> Option<(usize, usize)> {
         }
         let end = run(t, i, is_secret_char);
         let body = &t[i..end];
-        let bounded = (i == 0 || t[i - 1] != b'=') && t.get(end) != Some(&b'=');
+        // Not the middle of a longer base64 text ending in padding.
+        let bounded = t.get(end) != Some(&b'=');
         if body.len() == 40
             && bounded
             && body.iter().any(u8::is_ascii_uppercase)
@@ -764,8 +779,14 @@ fn private_key(t: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
             return Some((s, end_at + c + 5));
         }
     }
-    let end = run(t, body, |b| b.is_ascii_alphanumeric() || b"+/=\r\n\t \\:,-".contains(&b));
-    let end = trim_end(t, body, end, b"\r\n\t \\");
+    // Cut short: the lines of base64 that follow the header line (also
+    // with its line breaks written as `\n`, as in JSON inside text).
+    let rest = &t[body..];
+    if !(rest.starts_with(b"\n") || rest.starts_with(b"\r\n") || rest.starts_with(b"\\n")) {
+        return None;
+    }
+    let end = run(t, body, |b| b.is_ascii_alphanumeric() || b"+/=\r\n\\".contains(&b));
+    let end = trim_end(t, body, end, b"\r\n\\");
     let base64 = t[body..end].iter().filter(|b| b.is_ascii_alphanumeric()).count();
     (base64 >= 32).then_some((s, end))
 }
