@@ -520,24 +520,16 @@ impl Detectors {
                     || q == b'_'
                     || matches!(q, b'.' | b',' | b'/') && t.get(j + 1).is_some_and(u8::is_ascii_digit))
             };
-            let ends = (open, closed);
-            self.classify_run(&groups[..g], &seps[..g - 1], plus && open, ends, t, active, out);
+            let run = Run { groups: &groups[..g], seps: &seps[..g - 1], plus: plus && open, open, closed };
+            self.classify_run(run, t, active, out);
         }
     }
 
     /// Finds values among the groups of one run: the whole run first; else
     /// parts of it split where a space separates groups, earliest first,
     /// longest first (`4111 1111 1111 1111 12/25` holds a card number).
-    fn classify_run(
-        &self,
-        groups: &[(usize, usize)],
-        seps: &[Sep],
-        plus: bool,
-        (open, closed): (bool, bool),
-        t: &[u8],
-        active: DetectorSet,
-        out: &mut Vec<Match>,
-    ) {
+    fn classify_run(&self, run: Run<'_>, t: &[u8], active: DetectorSet, out: &mut Vec<Match>) {
+        let Run { groups, seps, plus, open, closed } = run;
         let g = groups.len();
         let mut a = usize::from(!open);
         while a < g && a > 0 && seps[a - 1] != Sep::Space {
@@ -618,6 +610,18 @@ impl Detectors {
         }
         None
     }
+}
+
+/// A run of digit groups: where each group is, how they are separated,
+/// whether a `+` comes first, and whether the run's first and last groups
+/// may start and end a value (no word or decimal number goes on there).
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    groups: &'a [(usize, usize)],
+    seps: &'a [Sep],
+    plus: bool,
+    open: bool,
+    closed: bool,
 }
 
 /// Whether the byte before `s` lets a token start there.

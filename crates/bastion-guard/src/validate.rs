@@ -19,7 +19,7 @@ pub(crate) fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card numbers: an issuer prefix in use, a length that issuer gives, and

@@ -44,9 +44,12 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// The text without its marks, the spans marked `[[…]]`, and those marked
-/// `{{detector|…}}` (values of another detector, expected there).
-fn marked(line: &str) -> (String, Vec<(usize, usize)>, Vec<(String, usize, usize)>) {
+/// A line of the corpus: the text without its marks, the spans marked
+/// `[[…]]`, and those marked `{{detector|…}}` (values of another detector,
+/// expected there).
+type Marked = (String, Vec<(usize, usize)>, Vec<(String, usize, usize)>);
+
+fn marked(line: &str) -> Marked {
     let mut text = String::new();
     let (mut spans, mut others) = (Vec::new(), Vec::new());
     let mut rest = line;
