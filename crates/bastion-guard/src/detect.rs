@@ -34,16 +34,16 @@ impl DetectorId {
 
 /// A set of detectors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DetectorSet(pub(crate) u128);
+pub(crate) struct DetectorSet(pub(crate) u128);
 
 impl DetectorSet {
-    pub fn contains(self, id: DetectorId) -> bool {
+    pub(crate) fn contains(self, id: DetectorId) -> bool {
         self.0 & (1 << id.0) != 0
     }
-    pub fn insert(&mut self, id: DetectorId) {
+    pub(crate) fn insert(&mut self, id: DetectorId) {
         self.0 |= 1 << id.0;
     }
-    pub fn is_empty(self) -> bool {
+    pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
     fn intersects(self, other: DetectorSet) -> bool {
@@ -760,8 +760,9 @@ fn jwt(t: &[u8], s: usize) -> Option<(usize, usize)> {
     let payload = &t[ends[0] + 1..ends[1]];
     let alg_none = validate::jwt_header(header)?;
     let signature_empty = ends[2] == ends[1] + 1;
+    // An encrypted token's second part (its key) is empty with `alg: dir`.
     let ok =
-        payload.len() >= 2 && validate::base64url(payload).is_some() && (count == 5 || !signature_empty || alg_none);
+        count == 5 || payload.len() >= 2 && validate::base64url(payload).is_some() && (!signature_empty || alg_none);
     ok.then_some((s, ends[count - 1]))
 }
 

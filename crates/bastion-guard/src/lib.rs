@@ -57,7 +57,7 @@ mod settings;
 mod validate;
 
 pub use bastion_core::config::GuardAction;
-pub use detect::{DetectorId, DetectorSet, Detectors, Match};
+pub use detect::{DetectorId, Detectors, Match};
 pub use inspect::{Direction, Guard, Hit, Scope, Shape, Verdict};
 pub use poison::{Finding, FindingKind, scan_catalog, scan_prompt, scan_tool};
 
