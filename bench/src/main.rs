@@ -114,10 +114,10 @@ struct SuiteArgs {
     /// Only these contestants (comma-separated names); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Rounds of the paired comparison of authz on with API keys alone
-    /// (default 3, 1 with --smoke; 0 skips it).
-    #[arg(long)]
-    authz_rounds: Option<usize>,
+    /// Rounds of each paired comparison — authz on with API keys alone,
+    /// audit on with audit off — (default 3, 1 with --smoke; 0 skips them).
+    #[arg(long, alias = "authz-rounds")]
+    paired_rounds: Option<usize>,
 }
 
 #[derive(Args)]
@@ -221,15 +221,15 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     if let Some(n) = a.idle_sessions {
         settings.idle_sessions = n;
     }
-    if let Some(n) = a.authz_rounds {
-        settings.authz_rounds = n;
+    if let Some(n) = a.paired_rounds {
+        settings.paired_rounds = n;
     }
     let peers = contestant::Peers::from_env();
     let report = suite::run(settings, bins(&a.bin_dir)?, peers, &a.out, &a.only).await?;
     print!("{}", report::markdown(&report));
     // A smoke run checks that everything works, never how fast.
     if report.smoke {
-        let paired = report.authz.iter().flat_map(|c| c.rounds.iter().flat_map(|r| [&r.keys, &r.authz]));
+        let paired = report.paired.iter().flat_map(|c| c.rounds.iter().flat_map(|r| [&r.base, &r.variant]));
         let failed: Vec<String> = report
             .runs
             .iter()

@@ -51,9 +51,9 @@ pub struct Settings {
     /// Stdio servers of the start-to-ready measurement; 0 skips it.
     pub ready_servers: usize,
     pub ready_runs: usize,
-    /// Rounds of the paired comparison of authz on with API keys alone
-    /// (one max-rate run of each per round); 0 skips it.
-    pub authz_rounds: usize,
+    /// Rounds of each paired comparison ([`Pairing`]: one max-rate run of
+    /// each side per round); 0 skips them.
+    pub paired_rounds: usize,
     pub timeout: Duration,
 }
 
@@ -73,7 +73,7 @@ impl Settings {
             idle_sessions_per_process: 50,
             ready_servers: 100,
             ready_runs: 3,
-            authz_rounds: 3,
+            paired_rounds: 3,
             timeout: Duration::from_secs(10),
         }
     }
@@ -93,7 +93,7 @@ impl Settings {
             idle_sessions_per_process: 10,
             ready_servers: 10,
             ready_runs: 1,
-            authz_rounds: 1,
+            paired_rounds: 1,
             timeout: Duration::from_secs(10),
         }
     }
@@ -132,29 +132,67 @@ pub struct RunRecord {
     pub steal_percent: Option<f64>,
 }
 
-/// Authorization on against API keys alone, measured in pairs: both
-/// gateways started side by side, then in each round one max-rate
-/// `tools/call` run of each, their order alternating, so that both meet the
-/// same machine (other work on it, the host's steal) as nearly as possible.
+/// What a paired comparison sets against what: a contestant with one
+/// thing changed (`variant`) against the same gateway without it (`base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pairing {
+    /// Authorization on (access tokens, Cedar rules) against API keys alone.
+    Authz,
+    /// Every call audited against the audit trail off.
+    Audit,
+}
+
+impl Pairing {
+    pub const ALL: [Pairing; 2] = [Pairing::Authz, Pairing::Audit];
+
+    /// The contestants: (base, variant).
+    pub fn kinds(self) -> (Kind, Kind) {
+        match self {
+            Pairing::Authz => (Kind::Bastion, Kind::BastionAuthz),
+            Pairing::Audit => (Kind::BastionNoAudit, Kind::Bastion),
+        }
+    }
+
+    /// How the report names the two sides: (base, variant).
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Pairing::Authz => ("API keys", "authz on"),
+            Pairing::Audit => ("audit off", "audit on"),
+        }
+    }
+}
+
+/// A variant against its base, measured in pairs: both gateways started
+/// side by side, then in each round one max-rate `tools/call` run of each,
+/// their order alternating, so that both meet the same machine (other work
+/// on it, the host's steal) as nearly as possible.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuthzComparison {
-    pub rounds: Vec<AuthzRound>,
+pub struct PairedComparison {
+    pub pairing: Pairing,
+    pub rounds: Vec<PairedRound>,
     /// Medians over the rounds of the gateway's CPU per call (µs).
-    pub keys_gateway_cpu_us_per_call: Option<f64>,
-    pub authz_gateway_cpu_us_per_call: Option<f64>,
-    /// Median over the rounds of authz on minus API keys (µs per call).
+    pub base_gateway_cpu_us_per_call: Option<f64>,
+    pub variant_gateway_cpu_us_per_call: Option<f64>,
+    /// Median over the rounds of variant minus base (µs per call).
     pub difference_us_per_call: Option<f64>,
+    /// Median over the rounds of the variant's max rate over the base's.
+    pub rate_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AuthzRound {
-    pub keys: RunRecord,
-    pub authz: RunRecord,
+pub struct PairedRound {
+    pub base: RunRecord,
+    pub variant: RunRecord,
 }
 
-impl AuthzRound {
+impl PairedRound {
     pub fn difference(&self) -> Option<f64> {
-        Some(self.authz.gateway_cpu_us_per_call? - self.keys.gateway_cpu_us_per_call?)
+        Some(self.variant.gateway_cpu_us_per_call? - self.base.gateway_cpu_us_per_call?)
+    }
+
+    pub fn rate_ratio(&self) -> Option<f64> {
+        (self.base.load.calls_per_s > 0.0).then(|| self.variant.load.calls_per_s / self.base.load.calls_per_s)
     }
 }
 
@@ -224,7 +262,7 @@ pub struct Report {
     pub runs: Vec<RunRecord>,
     pub idle: Vec<IdleRecord>,
     pub start_to_ready: Option<ReadyRecord>,
-    pub authz: Option<AuthzComparison>,
+    pub paired: Vec<PairedComparison>,
     pub skipped: Vec<Skip>,
     pub targets: Vec<report::TargetCheck>,
 }
@@ -550,17 +588,17 @@ pub async fn run(
         r.stop().await;
     }
 
-    let authz = if settings.authz_rounds > 0 && wanted(Kind::Bastion) && wanted(Kind::BastionAuthz) {
-        match compare_authz(&ctx).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                ctx.skip(Kind::BastionAuthz, Upstream::Stdio, "paired comparison", format!("{e:#}"));
-                None
-            }
+    let mut paired = Vec::new();
+    for pairing in Pairing::ALL {
+        let (base, variant) = pairing.kinds();
+        if settings.paired_rounds == 0 || !wanted(base) || !wanted(variant) {
+            continue;
         }
-    } else {
-        None
-    };
+        match compare(&ctx, pairing).await {
+            Ok(c) => paired.push(c),
+            Err(e) => ctx.skip(variant, Upstream::Stdio, "paired comparison", format!("{e:#}")),
+        }
+    }
 
     let start_to_ready = if settings.ready_servers > 0 && wanted(Kind::Bastion) {
         match start_to_ready(&ctx.bins, settings.ready_servers, settings.ready_runs).await {
@@ -589,14 +627,14 @@ pub async fn run(
             "idle_sessions_peers": settings.idle_sessions_peers,
             "idle_sessions_per_process": settings.idle_sessions_per_process,
             "ready_servers": settings.ready_servers,
-            "authz_rounds": settings.authz_rounds,
+            "paired_rounds": settings.paired_rounds,
             "tool": "echo",
             "arguments": echo_args(),
         }),
         runs: ctx.runs,
         idle: ctx.idle,
         start_to_ready,
-        authz,
+        paired,
         skipped: ctx.skipped,
         targets: Vec::new(),
     };
@@ -609,50 +647,54 @@ pub async fn run(
     Ok(report)
 }
 
-/// Authz on against API keys alone, in pairs of max-rate runs (see
-/// [`AuthzComparison`]).
-async fn compare_authz(ctx: &Ctx) -> anyhow::Result<AuthzComparison> {
-    eprintln!("bench: paired comparison of authz on with API keys alone: {} round(s)", ctx.settings.authz_rounds);
-    let keys = contestant::start(Kind::Bastion, Upstream::Stdio, &ctx.bins, &ctx.peers).await?;
-    let authz = match contestant::start(Kind::BastionAuthz, Upstream::Stdio, &ctx.bins, &ctx.peers).await {
-        Ok(a) => a,
+/// One pairing, in pairs of max-rate runs (see [`PairedComparison`]).
+async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison> {
+    let (base_kind, variant_kind) = pairing.kinds();
+    let (base_label, variant_label) = pairing.labels();
+    let n = ctx.settings.paired_rounds;
+    eprintln!("bench: paired comparison of {variant_label} with {base_label}: {n} round(s)");
+    let base = contestant::start(base_kind, Upstream::Stdio, &ctx.bins, &ctx.peers).await?;
+    let variant = match contestant::start(variant_kind, Upstream::Stdio, &ctx.bins, &ctx.peers).await {
+        Ok(v) => v,
         Err(e) => {
-            keys.stop().await;
+            base.stop().await;
             return Err(e);
         }
     };
     let call = Workload::tool_call(false, "echo", echo_args());
-    ctx.warm_up(&keys, call.clone()).await;
-    ctx.warm_up(&authz, call.clone()).await;
+    ctx.warm_up(&base, call.clone()).await;
+    ctx.warm_up(&variant, call.clone()).await;
     let mut rounds = Vec::new();
     let mut failed = None;
-    for i in 0..ctx.settings.authz_rounds {
-        // Alternating order: keys first in even rounds, authz first in odd.
+    for i in 0..n {
+        // Alternating order: the base first in even rounds, the variant in odd.
         let mut pair = [None, None];
         for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
-            let r = if k == 0 { &keys } else { &authz };
+            let r = if k == 0 { &base } else { &variant };
             pair[k] = ctx.run_once(r, Scenario::Call, call.clone(), None).await;
         }
         match pair {
-            [Some(keys), Some(authz)] => rounds.push(AuthzRound { keys, authz }),
+            [Some(base), Some(variant)] => rounds.push(PairedRound { base, variant }),
             _ => {
                 failed = Some(format!("round {}: a run could not be made", i + 1));
                 break;
             }
         }
     }
-    keys.stop().await;
-    authz.stop().await;
+    base.stop().await;
+    variant.stop().await;
     if let Some(f) = failed {
         anyhow::bail!(f);
     }
-    let c = AuthzComparison {
-        keys_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.keys.gateway_cpu_us_per_call)),
-        authz_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.authz.gateway_cpu_us_per_call)),
-        difference_us_per_call: median(rounds.iter().map(AuthzRound::difference)),
+    let c = PairedComparison {
+        pairing,
+        base_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.base.gateway_cpu_us_per_call)),
+        variant_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.gateway_cpu_us_per_call)),
+        difference_us_per_call: median(rounds.iter().map(PairedRound::difference)),
+        rate_ratio: median(rounds.iter().map(PairedRound::rate_ratio)),
         rounds,
     };
-    eprintln!("bench: {}", report::authz_line(&c));
+    eprintln!("bench: {}", report::paired_line(&c));
     Ok(c)
 }
 
