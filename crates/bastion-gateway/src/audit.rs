@@ -251,7 +251,7 @@ pub fn request_event(
     session: Option<&crate::session::Session>,
     req: &bastion_core::jsonrpc::Request,
     outcome: &Result<Value, Value>,
-    policy: Option<String>,
+    notes: crate::proxy::Notes,
     started: std::time::Instant,
 ) -> Event {
     let (result, code) = match outcome {
@@ -295,7 +295,10 @@ pub fn request_event(
     if let Some(args) = params.and_then(|p| p.get("arguments")) {
         e.args_digest = Some(auditor.digest(args));
     }
-    e.policy = policy;
+    e.policy = notes.policy;
+    if !notes.guard.is_empty() {
+        e.detail = Some(serde_json::json!({ "guard": notes.guard }));
+    }
     e.error_code = code;
     e.bytes_in = Some(params.map_or(0, json_len));
     e.bytes_out = Some(match outcome {

@@ -28,6 +28,8 @@ use dashmap::DashMap;
 pub struct Runtime {
     pub config: Config,
     pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
+    /// The data guard of this configuration, its detectors compiled once.
+    pub guard: Arc<bastion_guard::Guard>,
 }
 
 /// How callers are authenticated.
@@ -81,6 +83,8 @@ pub enum StartError {
     Vault(#[from] crate::vault::VaultError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error("the data guard: {0}")]
+    Guard(#[from] bastion_guard::Error),
 }
 
 impl Gateway {
@@ -116,6 +120,7 @@ impl Gateway {
         } else {
             None
         };
+        let guard = Arc::new(bastion_guard::Guard::compile(&config.guard, &config.servers)?);
         let (tx, rx) = mpsc::unbounded_channel();
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
@@ -132,7 +137,7 @@ impl Gateway {
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
             authorizer: crate::access::Authorizer::new(&config, engine, store.clone()),
-            runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
+            runtime: ArcSwap::from_pointee(Runtime { config, upstreams, guard }),
             authentication,
             store,
             spawn_permits,
@@ -357,6 +362,16 @@ impl Gateway {
             }
         };
         let access_changed = engine.is_some() || config.users != old.config.users || config.groups != old.config.groups;
+        // A guard that cannot be built keeps the running one (the
+        // configuration's checks make this rare: detectors are validated
+        // when it is read).
+        let guard = match bastion_guard::Guard::compile(&config.guard, &config.servers) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                tracing::error!(error = %e, "the data guard was not rebuilt; the running one is kept");
+                old.guard.clone()
+            }
+        };
         let upstreams = build_upstreams(
             &config,
             &self.base_dir,
@@ -387,7 +402,7 @@ impl Gateway {
         let old_groups = old.config.groups.clone();
         let groups_changed = old_groups != config.groups;
         self.authorizer.apply(&config, engine);
-        self.runtime.store(Arc::new(Runtime { config, upstreams }));
+        self.runtime.store(Arc::new(Runtime { config, upstreams, guard }));
         tracing::info!(servers, replaced_or_removed, kept, "configuration applied");
         if access_changed {
             self.reauthorize_sessions(None).await;

@@ -33,6 +33,7 @@ pub mod descriptors;
 pub mod drain;
 pub mod gateway;
 pub mod http;
+mod inspect;
 pub mod load;
 pub mod metrics;
 pub mod mrtr;

@@ -7,14 +7,20 @@
 //! 2. **authorize**: the caller's current access (`crate::access`) and the
 //!    policy engine's decision on the exact item — the tool, prompt or
 //!    resource, resolved to its server and the server's own name;
-//! 3. **upstream**: call the server, relaying its progress, logging,
+//! 3. **inspect request**: the data guard reads a call's arguments, masking
+//!    what it is told to mask in the copy sent on, or refusing the call
+//!    (`crate::inspect`);
+//! 4. **upstream**: call the server, relaying its progress, logging,
 //!    sampling and elicitation to the caller through the event sink, and
 //!    return the result, or the server's error, unchanged. List methods fan
 //!    out to every server in scope, keep what the caller may use, prefix,
 //!    and page the merged list with Bastion's own cursors;
-//! 4. **audit**, on every outcome (result, error or denial): one record
+//! 5. **inspect response**: the data guard reads a call's result, a read
+//!    resource or a prompt, masking or refusing it;
+//! 6. **audit**, on every outcome (result, error or denial): one record
 //!    of who asked what, how it ended, what decided a denial, a keyed
-//!    digest of the arguments (never their values), sizes and duration,
+//!    digest of the arguments (never their values), what the data guard
+//!    found (kind and place, never the value), sizes and duration,
 //!    handed to the audit writer (`crate::audit`). With `audit.on_full:
 //!    refuse`, a request is refused before the first phase while the
 //!    audit queue is full. The same outcome is counted in the metrics
@@ -102,11 +108,20 @@ fn invalid_params(msg: impl Into<String>) -> Value {
     error_object(jsonrpc::INVALID_PARAMS, msg)
 }
 
+/// What the phases learned about a request, for its audit record.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// What decided a denial (a built-in rule, a policy, a guard detector).
+    pub policy: Option<String>,
+    /// The values the data guard found, in either direction.
+    pub guard: Vec<bastion_guard::Hit>,
+}
+
 /// Handles one request.
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     let started = std::time::Instant::now();
     let Some(audit) = &gw.audit else {
-        let outcome = gw.drain.run(phases(gw, ctx, req, &mut None)).await;
+        let outcome = gw.drain.run(phases(gw, ctx, req, &mut Notes::default())).await;
         count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
         return outcome;
     };
@@ -115,13 +130,13 @@ pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -
         count_audit_full(gw, req, started);
         return Err(audit_full());
     }
-    let mut policy = None;
+    let mut notes = Notes::default();
     // In flight until its outcome is known; failed if shutdown's grace
     // period runs out first.
-    let outcome = gw.drain.run(phases(gw, ctx, req, &mut policy)).await;
+    let outcome = gw.drain.run(phases(gw, ctx, req, &mut notes)).await;
     count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
     let event =
-        crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, policy, started);
+        crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, notes, started);
     audit.record(event).await;
     outcome
 }
@@ -168,15 +183,26 @@ pub(crate) fn audit_full() -> Value {
     error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "the audit trail cannot take more records right now; try again shortly")
 }
 
-/// The phases of one request, in order; `policy` is set to what decided a
-/// denial.
-async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, policy: &mut Option<String>) -> Outcome {
+/// The phases of one request, in order; `notes` gathers what the audit
+/// record says beyond the outcome.
+async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, notes: &mut Notes) -> Outcome {
     let decision = authorize(gw, ctx.principal, ctx.scope, req);
     let access = crate::telemetry::authorizing(&req.method, decision).await.map_err(|r| {
-        *policy = r.policy;
+        notes.policy = r.policy;
         r.error
     })?;
-    dispatch(gw, ctx, req, &access).await
+    let guard = gw.runtime().guard.clone();
+    let target = crate::inspect::target(gw, ctx.scope, req);
+    let masked = crate::inspect::request(&guard, target.as_ref(), req, &mut notes.guard).inspect_err(|_| {
+        notes.policy = crate::inspect::deciding(&notes.guard);
+    })?;
+    let req = masked.as_ref().unwrap_or(req);
+    let mut outcome = dispatch(gw, ctx, req, &access).await;
+    crate::inspect::response(&guard, target.as_ref(), &req.method, &mut outcome, &mut notes.guard);
+    if outcome.is_err() && notes.policy.is_none() {
+        notes.policy = crate::inspect::deciding(&notes.guard);
+    }
+    outcome
 }
 
 /// A request the authorize phase refused: the error for the caller, and

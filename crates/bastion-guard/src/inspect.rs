@@ -175,20 +175,36 @@ impl Guard {
     /// servers' settings. Only detectors some server or tool uses are
     /// compiled.
     pub fn compile(config: &GuardConfig, servers: &BTreeMap<String, ServerConfig>) -> Result<Guard, Error> {
-        let mut global = Table::defaults(config);
+        let defaults = Table::defaults(config);
+        let mut global = defaults.clone();
+        if !config.enabled {
+            global.disable();
+        }
         global.apply(config, &config.detectors)?;
         let mut used = global.used();
         let mut tables = HashMap::with_capacity(servers.len());
         for (name, server) in servers {
-            let mut table = global.clone();
+            let mut table = match server.guard.enabled {
+                Some(true) => defaults.clone(),
+                _ => global.clone(),
+            };
+            if server.guard.enabled == Some(false) {
+                table.disable();
+            }
             table.apply(config, &server.guard.detectors)?;
             used.0 |= table.used().0;
             let mut tools = HashMap::new();
             for (tool, t) in &server.tools {
-                if t.guard.detectors.is_empty() {
+                if t.guard.detectors.is_empty() && t.guard.enabled.is_none() {
                     continue;
                 }
-                let mut tool_table = table.clone();
+                let mut tool_table = match t.guard.enabled {
+                    Some(true) => defaults.clone(),
+                    _ => table.clone(),
+                };
+                if t.guard.enabled == Some(false) {
+                    tool_table.disable();
+                }
                 tool_table.apply(config, &t.guard.detectors)?;
                 used.0 |= tool_table.used().0;
                 tools.insert(tool.clone(), tool_table);
@@ -215,6 +231,12 @@ impl Guard {
     pub fn action(&self, scope: Scope<'_>, detector: &str, direction: Direction) -> Option<GuardAction> {
         let id = self.detectors.id(detector)?;
         Some(self.table(scope).action(id, direction))
+    }
+
+    /// Whether any detector acts (masks, blocks or logs) in a scope and
+    /// direction: when none does, there is nothing to inspect.
+    pub fn watches(&self, scope: Scope<'_>, direction: Direction) -> bool {
+        !self.table(scope).active(direction).is_empty()
     }
 
     /// Inspects every string of `value` (arguments, structured content, any

@@ -72,6 +72,14 @@ impl Table {
     /// These settings over the table's. Names were checked when the
     /// configuration was loaded; an unknown one here is an error all the
     /// same.
+    /// Every detector off.
+    pub(crate) fn disable(&mut self) {
+        for a in &mut self.actions {
+            *a = [GuardAction::Off, GuardAction::Off];
+        }
+        self.finish();
+    }
+
     pub(crate) fn apply(
         &mut self,
         config: &GuardConfig,

@@ -63,9 +63,14 @@ const MAX_REGEX_LEN: usize = 1024;
 
 /// The data guard: what is looked for in messages and what is done when it
 /// is found.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GuardConfig {
+    /// `false` turns every detector off (those named in `detectors` beside
+    /// it excepted), for every server that does not turn it back on.
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Settings of detectors, built-in or custom, by name. Default: none
     /// (the built-in defaults apply).
     #[serde(default)]
@@ -81,6 +86,12 @@ pub struct GuardConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GuardOverride {
+    /// `false` turns every detector off here (those named in `detectors`
+    /// beside it excepted): what a trusted server sends and receives is
+    /// not read. `true` starts again from the built-in defaults. Default:
+    /// inherited.
+    #[serde(default)]
+    pub enabled: Option<bool>,
     /// Settings of detectors, by name, over the global ones. Default none.
     #[serde(default)]
     pub detectors: BTreeMap<String, DetectorConfig>,
@@ -385,3 +396,13 @@ pub(super) fn check_sha256(s: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig { enabled: true, detectors: BTreeMap::new(), custom: Vec::new() }
+    }
+}

@@ -145,8 +145,16 @@ pub(crate) async fn handle(
         let outcome = Err(refusal.error.clone());
         proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
         if let Some(audit) = &gw.audit {
-            let event =
-                crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, refusal.policy, started);
+            let event = crate::audit::request_event(
+                audit,
+                &principal,
+                &scope,
+                None,
+                &req,
+                &outcome,
+                proxy::Notes { policy: refusal.policy, ..Default::default() },
+                started,
+            );
             audit.record(event).await;
         }
         return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": refusal.error}));
@@ -158,9 +166,11 @@ pub(crate) async fn handle(
     }
     // A single server that speaks this version itself gets the request as it
     // is, and its answer — status, body, stream — comes back as it is; lists
-    // excepted, which show each caller only what it may use.
+    // excepted, which show each caller only what it may use, and what the
+    // data guard reads.
     if let Scope::Server(_) = &scope
         && classify(&req.method) != Some(MethodClass::List)
+        && !crate::inspect::inspects(&gw, &scope, &req)
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         let server = server.for_user(&principal.user);
@@ -179,8 +189,16 @@ pub(crate) async fn handle(
             async move {
                 proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
                 if let Some(audit) = &gw.audit {
-                    let mut event =
-                        crate::audit::request_event(audit, &principal, &scope, None, &req, &outcome, None, started);
+                    let mut event = crate::audit::request_event(
+                        audit,
+                        &principal,
+                        &scope,
+                        None,
+                        &req,
+                        &outcome,
+                        Default::default(),
+                        started,
+                    );
                     if size.is_some() {
                         event.bytes_out = size;
                     }

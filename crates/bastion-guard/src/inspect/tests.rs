@@ -208,6 +208,40 @@ mcpServers:
 }
 
 #[test]
+fn enabled_false_turns_every_detector_off_at_its_level() {
+    let g = guard(
+        r#"
+guard:
+  detectors: { email: { action: mask } }
+mcpServers:
+  trusted: { command: x, guard: { enabled: false } }
+  only_keys: { command: x, guard: { enabled: false, detectors: { aws_access_key: { action: block } } } }
+  mixed:
+    command: x
+    guard: { enabled: false }
+    tools:
+      risky: { guard: { enabled: true } }
+"#,
+    );
+    for d in [Direction::Inbound, Direction::Outbound] {
+        assert!(!g.watches(Scope::server("trusted"), d), "nothing is read for a trusted server");
+        assert!(!g.watches(Scope::tool("mixed", "other"), d));
+        assert!(g.watches(Scope::server("elsewhere"), d));
+    }
+    let act = |s, d, dir| g.action(s, d, dir).unwrap();
+    assert_eq!(act(Scope::server("only_keys"), "aws_access_key", Direction::Outbound), GuardAction::Block);
+    assert_eq!(act(Scope::server("only_keys"), "kr_rrn", Direction::Outbound), GuardAction::Off);
+    // `enabled: true` starts again from the built-in defaults.
+    assert_eq!(act(Scope::tool("mixed", "risky"), "aws_access_key", Direction::Inbound), GuardAction::Block);
+    assert_eq!(act(Scope::tool("mixed", "risky"), "email", Direction::Outbound), GuardAction::Off);
+
+    let off = guard("guard: { enabled: false }\nmcpServers: { s: { command: x } }\n");
+    assert!(!off.watches(Scope::server("s"), Direction::Inbound));
+    let mut v = json!({"text": AWS});
+    assert!(pass(off.inspect(&mut v, Direction::Inbound, Scope::server("s"))).is_empty());
+}
+
+#[test]
 fn partial_masks() {
     let g = guard(
         r#"

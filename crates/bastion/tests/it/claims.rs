@@ -104,7 +104,8 @@ async fn the_clients_credentials_never_reach_an_upstream() {
     let pass = MockUpstream::start(true, Behaviour::Normal);
     let bridged = MockUpstream::start(false, Behaviour::Normal);
     let gw = Gateway::start(json!({"mcpServers": {
-        "pass": {"url": pass.url, "type": "streamable-http", "headers": upstream_headers("pass")},
+        // The data guard off: what it reads is never passed through unread.
+        "pass": {"url": pass.url, "type": "streamable-http", "headers": upstream_headers("pass"), "guard": {"enabled": false}},
         "bridged": {"url": bridged.url, "type": "streamable-http", "headers": upstream_headers("bridged")}
     }}));
     let key = gw.create_key("claims", &[]);

@@ -14,6 +14,7 @@ mod conformance_gate;
 mod descriptors;
 mod edge_limits;
 mod faults;
+mod guard;
 mod harness;
 mod idp;
 mod isolation;

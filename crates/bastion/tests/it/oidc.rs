@@ -569,7 +569,9 @@ async fn the_clients_token_never_reaches_an_upstream() {
     let idp = Idp::start();
     let mut cfg = config(issuer_entry(&idp, json!({})));
     cfg["mcpServers"] = json!({
-        "pass": {"url": pass.url, "type": "streamable-http", "headers": {"Authorization": "Bearer configured-for-pass"}},
+        // The data guard off: what it reads is never passed through unread.
+        "pass": {"url": pass.url, "type": "streamable-http", "headers": {"Authorization": "Bearer configured-for-pass"},
+                 "guard": {"enabled": false}},
         "bridged": {"url": bridged.url, "type": "streamable-http", "headers": {"Authorization": "Bearer configured-for-bridged"}}
     });
     cfg["groups"] = json!({});

@@ -40,7 +40,9 @@ fn negatives() -> &'static Negatives {
                 "mcpServers": {
                     "everything": {"command": fixture_bin(), "args": ["everything", "--stdio"]},
                     "typed": {"url": typed.url, "type": "streamable-http"},
-                    "direct": {"url": direct.url, "type": "streamable-http"}
+                    // The data guard off: what it reads is never passed
+                    // through unread.
+                    "direct": {"url": direct.url, "type": "streamable-http", "guard": {"enabled": false}}
                 },
                 "http": {"page_size": 2}
             }),

@@ -1,0 +1,139 @@
+//! The inspect phases of the request path: the data guard
+//! (`bastion-guard`) on what a request carries to a server, and on what the
+//! server answers.
+//!
+//! - **inspect request** reads a `tools/call`'s arguments before anything
+//!   reaches the server: values whose action is `mask` are masked in the
+//!   copy sent on, a value whose action is `block` refuses the call (the
+//!   server never hears of it);
+//! - **inspect response** reads a `tools/call` result, a `resources/read`
+//!   result and a `prompts/get` result: masked in place, or refused whole.
+//!
+//! What the guard reads, and what it does per detector, server and tool,
+//! is the guard's business; here it is only given the message and told
+//! where it belongs: the server and the tool as the server names them. A
+//! request naming no server in scope is not inspected — the route refuses
+//! it before any server is called.
+//!
+//! Every value found is a [`Hit`] (never the value itself) for the audit
+//! record of the request.
+
+use bastion_core::jsonrpc::{self, Request, error_object};
+use bastion_core::naming;
+use bastion_guard::{Direction, Guard, Hit, Scope as GuardScope, Shape, Verdict};
+use serde_json::Value;
+
+use crate::gateway::Gateway;
+use crate::proxy::Outcome;
+use crate::session::Scope;
+
+/// Where a request belongs, for the guard: the server and, for a tool
+/// call, the tool, both as the server names them.
+pub(crate) struct Target {
+    server: String,
+    tool: Option<String>,
+}
+
+impl Target {
+    fn scope(&self) -> GuardScope<'_> {
+        GuardScope { server: &self.server, tool: self.tool.as_deref() }
+    }
+}
+
+/// The target of a request whose params or result the guard reads.
+pub(crate) fn target(gw: &Gateway, scope: &Scope, req: &Request) -> Option<Target> {
+    let (key, is_uri) = match req.method.as_str() {
+        "tools/call" | "prompts/get" => ("name", false),
+        "resources/read" => ("uri", true),
+        _ => return None,
+    };
+    let named = req.params.as_ref()?.get(key)?.as_str()?;
+    let (server, inner) = if scope.prefixed() {
+        let (server, inner) = if is_uri { naming::split_uri(named)? } else { naming::split_name(named)? };
+        if !gw.scope_includes(scope, server) {
+            return None;
+        }
+        (server.to_string(), inner)
+    } else {
+        match scope {
+            Scope::Server(s) => (s.clone(), named),
+            _ => return None,
+        }
+    };
+    let tool = (req.method == "tools/call").then(|| inner.to_string());
+    Some(Target { server, tool })
+}
+
+/// Inspect request: `Ok(Some(request))` carries the arguments as masked,
+/// `Ok(None)` lets the request go on as it is, `Err` refuses it.
+pub(crate) fn request(
+    guard: &Guard,
+    target: Option<&Target>,
+    req: &Request,
+    hits: &mut Vec<Hit>,
+) -> Result<Option<Request>, Value> {
+    let (Some(target), Some(shape)) = (target, Shape::of(&req.method, false)) else { return Ok(None) };
+    let Some(params) = &req.params else { return Ok(None) };
+    if !guard.watches(target.scope(), Direction::Inbound) {
+        return Ok(None);
+    }
+    let mut params = params.clone();
+    match guard.inspect_message(shape, &mut params, target.scope()) {
+        Verdict::Block { hit } => Err(refuse(hit, hits)),
+        Verdict::Pass { hits: found } => {
+            let masked = found.iter().any(|h| h.action == bastion_guard::GuardAction::Mask);
+            hits.extend(found);
+            Ok(masked.then(|| Request { id: req.id.clone(), method: req.method.clone(), params: Some(params) }))
+        }
+    }
+}
+
+/// Inspect response: masks the result in place, or turns it into a
+/// refusal.
+pub(crate) fn response(
+    guard: &Guard,
+    target: Option<&Target>,
+    method: &str,
+    outcome: &mut Outcome,
+    hits: &mut Vec<Hit>,
+) {
+    let (Some(target), Some(shape), Ok(result)) = (target, Shape::of(method, true), outcome.as_mut()) else {
+        return;
+    };
+    if !guard.watches(target.scope(), Direction::Outbound) {
+        return;
+    }
+    match guard.inspect_message(shape, result, target.scope()) {
+        Verdict::Block { hit } => *outcome = Err(refuse(hit, hits)),
+        Verdict::Pass { hits: found } => hits.extend(found),
+    }
+}
+
+/// The refusal of a blocked message: the detector and where, never the
+/// value.
+fn refuse(hit: Hit, hits: &mut Vec<Hit>) -> Value {
+    tracing::info!(
+        server = %hit.server,
+        tool = hit.tool.as_deref().unwrap_or(""),
+        detector = %hit.detector,
+        direction = hit.direction.as_str(),
+        path = %hit.path,
+        "refused by the data guard"
+    );
+    let error = error_object(jsonrpc::FORBIDDEN, hit.refusal());
+    hits.push(hit);
+    error
+}
+
+/// What decided a refusal by the guard, for the audit record's `policy`.
+pub(crate) fn deciding(hits: &[Hit]) -> Option<String> {
+    hits.iter().find(|h| h.action == bastion_guard::GuardAction::Block).map(|h| format!("guard:{}", h.detector))
+}
+
+/// Whether the guard reads this request or its answer: such a request is
+/// never passed through to a server unread.
+pub(crate) fn inspects(gw: &Gateway, scope: &Scope, req: &Request) -> bool {
+    let Some(target) = target(gw, scope, req) else { return false };
+    let guard = gw.runtime().guard.clone();
+    [Direction::Inbound, Direction::Outbound].into_iter().any(|d| guard.watches(target.scope(), d))
+}
