@@ -67,6 +67,9 @@ pub enum Kind {
     BastionPerUser,
     /// Bastion as `Bastion`, with the audit trail off: what auditing costs.
     BastionNoAudit,
+    /// Bastion as `Bastion`, with the data guard off: what reading every
+    /// call's arguments and result costs.
+    BastionNoGuard,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -81,6 +84,7 @@ impl Kind {
             Kind::BastionAuthz => "bastion-authz",
             Kind::BastionPerUser => "bastion-per-user",
             Kind::BastionNoAudit => "bastion-noaudit",
+            Kind::BastionNoGuard => "bastion-noguard",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -97,7 +101,12 @@ impl Kind {
     /// Whether the peer's software is installed.
     pub fn available(self, peers: &Peers) -> bool {
         match self {
-            Kind::Direct | Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit => true,
+            Kind::Direct
+            | Kind::Bastion
+            | Kind::BastionAuthz
+            | Kind::BastionPerUser
+            | Kind::BastionNoAudit
+            | Kind::BastionNoGuard => true,
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
@@ -335,7 +344,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 log: log_path,
             });
         }
-        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit => {
+        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit | Kind::BastionNoGuard => {
             let mut servers = serde_json::Map::new();
             let mut entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
@@ -348,6 +357,9 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
             let mut config = base_config(dir.path(), port, &servers, "warn");
             if kind == Kind::BastionNoAudit {
                 config["audit"] = serde_json::json!({"enabled": false});
+            }
+            if kind == Kind::BastionNoGuard {
+                config["guard"] = serde_json::json!({"enabled": false});
             }
             let resource = format!("http://127.0.0.1:{port}/mcp");
             if kind == Kind::BastionAuthz {

@@ -243,6 +243,14 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
         measured,
         met: diff.map(|d| d <= 5.0),
     });
+    // 9. The data guard (its defaults) reading a 1 KiB argument and its
+    // 1 KiB echo costs at most 15 µs of gateway CPU per call.
+    let (measured, diff) = cpu_difference(paired_medians(r, Pairing::Guard), None);
+    v.push(TargetCheck {
+        target: "gateway CPU per call with the data guard reading 1 KiB in and 1 KiB out ≤ guard off + 15 µs".into(),
+        measured,
+        met: diff.map(|d| d <= 15.0),
+    });
     let ratio = paired_ratio(r, Pairing::Audit);
     let rate = on.map(|x| x.load.calls_per_s).zip(off.map(|x| x.load.calls_per_s));
     let (measured, ratio) = match (ratio, rate) {
@@ -396,6 +404,21 @@ fn paired_table(r: &Report, pairing: Pairing, s: &mut String) {
     );
 }
 
+/// The data guard on against off.
+fn guard_section(r: &Report, s: &mut String) {
+    if !r.paired.iter().any(|c| c.pairing == Pairing::Guard) {
+        return;
+    }
+    let _ = writeln!(s, "\n## Data guard on against off\n");
+    let _ = writeln!(
+        s,
+        "`bastion` runs the data guard with its defaults; `bastion-noguard` is the same gateway with \
+         `guard.enabled: false`. Each call sends 1 KiB of text to the echo server, which returns it: \
+         the guard reads 1 KiB on the way in and 1 KiB on the way out. Both over the stdio upstream."
+    );
+    paired_table(r, Pairing::Guard, s);
+}
+
 /// Audit on against audit off.
 fn audit_section(r: &Report, s: &mut String) {
     if !r.paired.iter().any(|c| c.pairing == Pairing::Audit) {
@@ -511,6 +534,7 @@ pub fn markdown(r: &Report) -> String {
     }
     authz_section(r, &mut s);
     audit_section(r, &mut s);
+    guard_section(r, &mut s);
     let _ = writeln!(s, "\n## e. idle sessions\n");
     let _ = writeln!(
         s,

@@ -141,16 +141,28 @@ pub enum Pairing {
     Authz,
     /// Every call audited against the audit trail off.
     Audit,
+    /// The data guard (the defaults) reading a 1 KiB argument and its 1 KiB
+    /// echo against the guard off.
+    Guard,
 }
 
 impl Pairing {
-    pub const ALL: [Pairing; 2] = [Pairing::Authz, Pairing::Audit];
+    pub const ALL: [Pairing; 3] = [Pairing::Authz, Pairing::Audit, Pairing::Guard];
 
     /// The contestants: (base, variant).
     pub fn kinds(self) -> (Kind, Kind) {
         match self {
             Pairing::Authz => (Kind::Bastion, Kind::BastionAuthz),
             Pairing::Audit => (Kind::BastionNoAudit, Kind::Bastion),
+            Pairing::Guard => (Kind::BastionNoGuard, Kind::Bastion),
+        }
+    }
+
+    /// The arguments of the calls compared.
+    pub fn arguments(self) -> Value {
+        match self {
+            Pairing::Guard => guard_args(),
+            _ => echo_args(),
         }
     }
 
@@ -159,6 +171,7 @@ impl Pairing {
         match self {
             Pairing::Authz => ("API keys", "authz on"),
             Pairing::Audit => ("audit off", "audit on"),
+            Pairing::Guard => ("guard off", "guard on"),
         }
     }
 }
@@ -286,6 +299,18 @@ pub fn machine() -> Machine {
 
 fn echo_args() -> Value {
     json!({"text": "hello from bastion-bench"})
+}
+
+/// 1 KiB of ordinary text (words, numbers, a URL, no value any detector
+/// takes): what the guard reads on the way in, and again in the echo.
+pub fn guard_args() -> Value {
+    let line = "Order 20481 shipped to warehouse 7 on 2026-11-30; see https://example.com/orders/20481 for details. ";
+    let mut text = String::new();
+    while text.len() < 1024 {
+        text.push_str(line);
+    }
+    text.truncate(1024);
+    json!({"text": text})
 }
 
 struct Ctx {
@@ -661,7 +686,7 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
             return Err(e);
         }
     };
-    let call = Workload::tool_call(false, "echo", echo_args());
+    let call = Workload::tool_call(false, "echo", pairing.arguments());
     ctx.warm_up(&base, call.clone()).await;
     ctx.warm_up(&variant, call.clone()).await;
     let mut rounds = Vec::new();

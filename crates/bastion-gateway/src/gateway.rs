@@ -28,9 +28,12 @@ use dashmap::DashMap;
 pub struct Runtime {
     pub config: Config,
     pub upstreams: BTreeMap<String, Arc<UpstreamHandle>>,
-    /// The data guard of this configuration, its detectors compiled once.
-    pub guard: Arc<bastion_guard::Guard>,
 }
+
+/// The data guard of the current configuration, its detectors compiled
+/// once; shared with the upstream connections, which relay servers'
+/// requests to clients.
+pub type GuardCell = Arc<ArcSwap<bastion_guard::Guard>>;
 
 /// How callers are authenticated.
 pub enum Authentication {
@@ -41,6 +44,8 @@ pub enum Authentication {
 
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    /// The data guard of the current configuration.
+    pub guard: GuardCell,
     pub sessions: Sessions,
     /// Graceful shutdown of the request path.
     pub drain: crate::drain::Drain,
@@ -120,13 +125,15 @@ impl Gateway {
         } else {
             None
         };
-        let guard = Arc::new(bastion_guard::Guard::compile(&config.guard, &config.servers)?);
+        let guard: GuardCell =
+            Arc::new(ArcSwap::from_pointee(bastion_guard::Guard::compile(&config.guard, &config.servers)?));
         let (tx, rx) = mpsc::unbounded_channel();
         let base_dir =
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let upstreams = build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &metrics, &BTreeMap::new());
+        let upstreams =
+            build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &metrics, &guard, &BTreeMap::new());
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
             drain: Default::default(),
@@ -137,7 +144,8 @@ impl Gateway {
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
             authorizer: crate::access::Authorizer::new(&config, engine, store.clone()),
-            runtime: ArcSwap::from_pointee(Runtime { config, upstreams, guard }),
+            runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
+            guard,
             authentication,
             store,
             spawn_permits,
@@ -365,13 +373,10 @@ impl Gateway {
         // A guard that cannot be built keeps the running one (the
         // configuration's checks make this rare: detectors are validated
         // when it is read).
-        let guard = match bastion_guard::Guard::compile(&config.guard, &config.servers) {
-            Ok(g) => Arc::new(g),
-            Err(e) => {
-                tracing::error!(error = %e, "the data guard was not rebuilt; the running one is kept");
-                old.guard.clone()
-            }
-        };
+        match bastion_guard::Guard::compile(&config.guard, &config.servers) {
+            Ok(g) => self.guard.store(Arc::new(g)),
+            Err(e) => tracing::error!(error = %e, "the data guard was not rebuilt; the running one is kept"),
+        }
         let upstreams = build_upstreams(
             &config,
             &self.base_dir,
@@ -379,6 +384,7 @@ impl Gateway {
             &self.notifications,
             &self.vault,
             &self.metrics,
+            &self.guard,
             &old.upstreams,
         );
         let mut stopped = Vec::new();
@@ -402,7 +408,7 @@ impl Gateway {
         let old_groups = old.config.groups.clone();
         let groups_changed = old_groups != config.groups;
         self.authorizer.apply(&config, engine);
-        self.runtime.store(Arc::new(Runtime { config, upstreams, guard }));
+        self.runtime.store(Arc::new(Runtime { config, upstreams }));
         tracing::info!(servers, replaced_or_removed, kept, "configuration applied");
         if access_changed {
             self.reauthorize_sessions(None).await;
@@ -607,6 +613,7 @@ impl Gateway {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_upstreams(
     config: &Config,
     base_dir: &Path,
@@ -614,12 +621,15 @@ fn build_upstreams(
     tx: &mpsc::UnboundedSender<ServerNotification>,
     vault: &Arc<crate::vault::Vault>,
     metrics: &crate::metrics::Metrics,
+    guard: &GuardCell,
     previous: &BTreeMap<String, Arc<UpstreamHandle>>,
 ) -> BTreeMap<String, Arc<UpstreamHandle>> {
     let new = |name: &str, spec| {
         // A replaced server keeps counting in the same series.
         let m = previous.get(name).map_or_else(|| metrics.server(name), |h| h.metrics().clone());
-        Arc::new(UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone()), m))
+        Arc::new(
+            UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone()), m).guarded(guard.clone()),
+        )
     };
     specs_from_config(config, base_dir)
         .into_iter()

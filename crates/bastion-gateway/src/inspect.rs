@@ -134,6 +134,68 @@ pub(crate) fn deciding(hits: &[Hit]) -> Option<String> {
 /// never passed through to a server unread.
 pub(crate) fn inspects(gw: &Gateway, scope: &Scope, req: &Request) -> bool {
     let Some(target) = target(gw, scope, req) else { return false };
-    let guard = gw.runtime().guard.clone();
+    let guard = gw.guard.load_full();
     [Direction::Inbound, Direction::Outbound].into_iter().any(|d| guard.watches(target.scope(), d))
+}
+
+/// A server's request on its way to a client (`sampling/createMessage`,
+/// `elicitation/create`): masked in place, or refused — the error goes
+/// back to the server and the client never sees the request. Found values
+/// are logged (the request belongs to a call whose audit record is made
+/// elsewhere).
+pub(crate) fn server_request(
+    guard: Option<&crate::gateway::GuardCell>,
+    server: &str,
+    method: &str,
+    params: &mut Option<Value>,
+) -> Result<(), Value> {
+    let (Some(guard), Some(shape), Some(value)) = (guard, Shape::of(method, false), params.as_mut()) else {
+        return Ok(());
+    };
+    let guard = guard.load();
+    let scope = GuardScope::server(server);
+    if !guard.watches(scope, shape.direction()) {
+        return Ok(());
+    }
+    let verdict = guard.inspect_message(shape, value, scope);
+    log_hits(method, verdict.hits());
+    match verdict {
+        Verdict::Block { hit } => Err(error_object(jsonrpc::FORBIDDEN, hit.refusal())),
+        Verdict::Pass { .. } => Ok(()),
+    }
+}
+
+/// A client's answer to a server's request, on its way back to the
+/// server: masked in place, or turned into a refusal.
+pub(crate) fn client_answer(
+    guard: Option<&crate::gateway::GuardCell>,
+    server: &str,
+    method: &str,
+    outcome: &mut Outcome,
+) {
+    let (Some(guard), Some(shape), Ok(value)) = (guard, Shape::of(method, true), outcome.as_mut()) else { return };
+    let guard = guard.load();
+    let scope = GuardScope::server(server);
+    if !guard.watches(scope, shape.direction()) {
+        return;
+    }
+    let verdict = guard.inspect_message(shape, value, scope);
+    log_hits(method, verdict.hits());
+    if let Verdict::Block { hit } = verdict {
+        *outcome = Err(error_object(jsonrpc::FORBIDDEN, hit.refusal()));
+    }
+}
+
+fn log_hits(method: &str, hits: &[Hit]) {
+    for h in hits {
+        tracing::info!(
+            server = %h.server,
+            method,
+            detector = %h.detector,
+            direction = h.direction.as_str(),
+            path = %h.path,
+            action = ?h.action,
+            "the data guard found a value in a relayed message"
+        );
+    }
 }

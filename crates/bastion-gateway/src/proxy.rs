@@ -191,7 +191,7 @@ async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, notes: &mut N
         notes.policy = r.policy;
         r.error
     })?;
-    let guard = gw.runtime().guard.clone();
+    let guard = gw.guard.load_full();
     let target = crate::inspect::target(gw, ctx.scope, req);
     let masked = crate::inspect::request(&guard, target.as_ref(), req, &mut notes.guard).inspect_err(|_| {
         notes.policy = crate::inspect::deciding(&notes.guard);

@@ -321,6 +321,9 @@ pub(crate) struct ConnContext {
     pub log_level: Arc<AtomicU8>,
     /// The user this connection serves alone (a server run once per user).
     pub user: Option<Arc<str>>,
+    /// The data guard, for the server's requests relayed to a client
+    /// (sampling, elicitation) and the client's answers.
+    pub guard: Option<crate::gateway::GuardCell>,
 }
 
 impl ConnContext {
@@ -468,6 +471,9 @@ pub struct UpstreamHandle {
     siblings: Option<std::sync::Weak<Tenants>>,
     /// The server's metrics, shared with its users' instances.
     metrics: crate::metrics::ServerMetrics,
+    /// The data guard its connections apply to what they relay between
+    /// server and client; `None` reads nothing.
+    guard: Option<crate::gateway::GuardCell>,
 }
 
 /// The users' instances of a server run once per user.
@@ -582,7 +588,15 @@ impl UpstreamHandle {
             tenants,
             siblings,
             metrics,
+            guard: None,
         }
+    }
+
+    /// The handle with the data guard its connections apply to what they
+    /// relay between server and client.
+    pub fn guarded(mut self, guard: crate::gateway::GuardCell) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -638,6 +652,7 @@ impl UpstreamHandle {
                     self.metrics.clone(),
                 );
                 instance.siblings = Some(Arc::downgrade(tenants));
+                instance.guard = self.guard.clone();
                 Arc::new(instance)
             })
             .clone()
@@ -768,6 +783,7 @@ impl UpstreamHandle {
             roots: Arc::new(self.spec.roots.clone()),
             log_level: self.log_level.clone(),
             user: self.user.clone(),
+            guard: self.guard.clone(),
         };
         match &self.spec.transport {
             Transport::Stdio { command, args, env, cwd } => {

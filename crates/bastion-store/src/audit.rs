@@ -10,7 +10,7 @@
 
 use bastion_audit::{AuditKey, Event, GENESIS, Head, Mac, Stored};
 
-use crate::db::{Fields, on_pool};
+use crate::db::{Backend, Fields, on_pool};
 use crate::store::{Store, StoreError};
 
 /// What to look for in the trail; every field given must match.
@@ -109,6 +109,13 @@ impl Store {
     /// `events` is empty).
     pub async fn append_audit(&self, key: &AuditKey, chain: &str, events: &[Event]) -> Result<u64, StoreError> {
         let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
+        // SQLite: a failing row rolls the whole transaction back (the batch
+        // is retried whole anyway), which spares the statement journal a
+        // multi-row insert would otherwise keep.
+        let insert = match self.backend() {
+            Backend::Sqlite => concat!("INSERT OR ROLLBACK INTO audit_records (", audit_columns!(), ") "),
+            Backend::Postgres => concat!("INSERT INTO audit_records (", audit_columns!(), ") "),
+        };
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
             // One statement creates the head or moves it, taking the
@@ -134,9 +141,7 @@ impl Store {
                 prev = mac;
             }
             for rows in sealed.chunks(INSERT_ROWS) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO audit_records (chain, seq, ts, kind, user_name, server, tool, outcome, body, mac) ",
-                );
+                let mut q = sqlx::QueryBuilder::new(insert);
                 q.push_values(rows, |mut b, (seq, e, body, mac)| {
                     b.push_bind(chain)
                         .push_bind(*seq)

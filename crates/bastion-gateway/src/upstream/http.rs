@@ -563,7 +563,9 @@ impl EventSizeCounter {
 }
 
 /// Hands a server request to the call's client and posts the answer back.
-fn relay_request(inner: &Inner, id: Value, method: String, params: Option<Value>, sink: Option<&EventSink>) {
+fn relay_request(inner: &Inner, id: Value, method: String, mut params: Option<Value>, sink: Option<&EventSink>) {
+    let guard = inner.ctx.guard.clone();
+    let server = inner.ctx.server.clone();
     let client = inner.client.clone();
     let url = inner.url.clone();
     let headers = inner.headers.clone();
@@ -572,21 +574,31 @@ fn relay_request(inner: &Inner, id: Value, method: String, params: Option<Value>
     let timeout = inner.ctx.call_timeout;
     let (tx, rx) = oneshot::channel();
     let local = inner.ctx.answer_locally(&method);
-    let delivered = match (&local, sink) {
-        (None, Some(s)) => s.try_send(UpstreamEvent::Request { method: method.clone(), params, reply: tx }).is_ok(),
+    let refused = match local {
+        None => crate::inspect::server_request(guard.as_ref(), &server, &method, &mut params).err(),
+        Some(_) => None,
+    };
+    let delivered = match (&local, &refused, sink) {
+        (None, None, Some(s)) => {
+            s.try_send(UpstreamEvent::Request { method: method.clone(), params, reply: tx }).is_ok()
+        }
         _ => false,
     };
     tokio::spawn(async move {
         let outcome = if let Some(answer) = local {
             answer
+        } else if let Some(refusal) = refused {
+            Err(refusal)
         } else if !delivered {
             Err(error_object(jsonrpc::METHOD_NOT_FOUND, format!("no client is waiting for {method}")))
         } else {
-            match tokio::time::timeout(timeout, rx).await {
+            let mut outcome = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(o)) => o,
                 Ok(Err(_)) => Err(error_object(jsonrpc::INTERNAL_ERROR, "the client went away")),
                 Err(_) => Err(error_object(jsonrpc::REQUEST_TIMEOUT, "the client did not answer in time")),
-            }
+            };
+            crate::inspect::client_answer(guard.as_ref(), &server, &method, &mut outcome);
+            outcome
         };
         let body = match outcome {
             Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),

@@ -223,7 +223,7 @@ impl Mux {
         }
     }
 
-    fn on_request(&self, id: Value, method: String, params: Option<Value>) {
+    fn on_request(&self, id: Value, method: String, mut params: Option<Value>) {
         let out = self.out.clone();
         let respond = move |outcome: Result<Value, Value>| {
             let msg = match outcome {
@@ -244,18 +244,25 @@ impl Mux {
             )));
             return;
         };
+        let guard = self.ctx.guard.clone();
+        let server = self.ctx.server.clone();
+        if let Err(refusal) = crate::inspect::server_request(guard.as_ref(), &server, &method, &mut params) {
+            respond(Err(refusal));
+            return;
+        }
         let (tx, rx) = oneshot::channel();
-        if sink.try_send(UpstreamEvent::Request { method, params, reply: tx }).is_err() {
+        if sink.try_send(UpstreamEvent::Request { method: method.clone(), params, reply: tx }).is_err() {
             respond(Err(error_object(jsonrpc::INTERNAL_ERROR, "the client is not reading")));
             return;
         }
         let timeout = self.ctx.call_timeout;
         tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(timeout, rx).await {
+            let mut outcome = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(o)) => o,
                 Ok(Err(_)) => Err(error_object(jsonrpc::INTERNAL_ERROR, "the client went away")),
                 Err(_) => Err(error_object(jsonrpc::REQUEST_TIMEOUT, "the client did not answer in time")),
             };
+            crate::inspect::client_answer(guard.as_ref(), &server, &method, &mut outcome);
             respond(outcome);
         });
     }
@@ -322,6 +329,7 @@ mod tests {
             roots: Arc::new(json!([{"uri": "file:///srv/data"}])),
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
             user: None,
+            guard: None,
         };
         (Arc::new(Mux::new(ctx, Outbound::Channel(out_tx))), out_rx, n_rx)
     }

@@ -353,6 +353,7 @@ pub(super) mod tests {
             roots: Arc::new(serde_json::json!([])),
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
             user: None,
+            guard: None,
         }
     }
 

@@ -194,3 +194,43 @@ async fn results_are_masked_or_refused_on_the_way_out() {
     assert!(!rpc.to_string().contains(CARD), "{rpc}");
     assert!(mock.requests().iter().any(|r| r.body.contains(" blocked")), "the server was called");
 }
+
+/// What a server asks of the client (sampling) is read on its way out, and
+/// what the client answers (elicitation) on its way back to the server.
+#[tokio::test]
+async fn sampling_requests_and_elicitation_answers_are_read_too() {
+    let t = tools();
+    let gw = Gateway::start(json!({
+        "mcpServers": {"sampler": {"command": t.node, "args": [t.everything_js, "stdio"]}},
+        // The call's own arguments are only logged, so that the server has
+        // the number to put in its request.
+        "guard": {"detectors": {"kr_rrn": {"action": "log", "direction": "inbound"}}}
+    }));
+    let key = gw.create_key("sampled", &[]);
+    let prompt = json!({"prompt": format!("summarise the file of {RRN}"), "maxTokens": 10}).to_string();
+    let run = run_client(
+        "session_client.py",
+        &gw.url("/mcp"),
+        &key,
+        &["--action", "sampling-tool", "--tool", "sampler__trigger-sampling-request", "--args", &prompt],
+    )
+    .await;
+    let out = run.ok();
+    let requests = out["samplingRequests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(requests.len(), 1, "{out}");
+    let seen = requests[0].to_string();
+    assert!(seen.contains("summarise the file of") && !seen.contains(RRN), "the client saw: {seen}");
+    assert!(seen.contains("900101-1") || seen.contains("REDACTED"), "masked, not dropped: {seen}");
+
+    let answer = json!({"name": format!("card {CARD}")}).to_string();
+    let run = run_client(
+        "session_client.py",
+        &gw.url("/mcp"),
+        &key,
+        &["--action", "sampling-tool", "--tool", "sampler__trigger-elicitation-request", "--elicit", &answer],
+    )
+    .await;
+    let out = run.ok();
+    let text = out["text"].as_str().unwrap_or_default();
+    assert!(text.contains("card ") && !text.contains(CARD), "the server got the card: {out}");
+}
