@@ -19,13 +19,14 @@ pub struct Findings {
 /// `supply_chain: strict`), an unpinned launcher and a pin that cannot be
 /// checked here are errors; a pin that does not match always is.
 pub fn check(config: &Config, config_path: &Path, strict: bool) -> Findings {
+    let why = if config.supply_chain == SupplyChain::Strict { "supply_chain: strict" } else { "--strict" };
     let strict = strict || config.supply_chain == SupplyChain::Strict;
     let mut found = Findings::default();
     for (name, server) in config.enabled_servers() {
         if let Some(problem) = server.unpinned() {
             let line = format!("mcpServers.{name}: {problem}");
             if strict {
-                found.errors.push(format!("{line} (refused by supply_chain: strict)"));
+                found.errors.push(format!("{line} (refused: {why})"));
             } else {
                 found.warnings.push(line);
             }

@@ -113,6 +113,7 @@ fn config_check_warns_about_unpinned_launchers_and_strict_refuses_them() {
     for name in ["loose", "ranged", "latest"] {
         assert!(err.contains(&format!("error: mcpServers.{name}: ")), "{name}: {err}");
     }
+    assert!(err.contains("(refused: --strict)"), "{err}");
     assert!(err.contains("3 supply-chain problems") && !err.contains("valid ("), "{err}");
 
     // `supply_chain: strict` in the file does the same without the flag.
