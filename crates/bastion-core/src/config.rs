@@ -122,8 +122,9 @@ pub struct Config {
     /// scan. Default `{pinning: auto, poisoning: warn}`.
     #[serde(default)]
     pub tools: ToolsConfig,
-    /// When a server's executable does not match its `sha256`: `warn` or
-    /// `strict` (not started). Default `warn`.
+    /// A stdio server launched through `npx`, `uvx`, `pipx run`, `docker
+    /// run`… without an exact version: `warn` (logged, reported by `config
+    /// check`) or `strict` (not started). Default `warn`.
     #[serde(default)]
     pub supply_chain: SupplyChain,
 }
@@ -190,8 +191,9 @@ pub struct ServerConfig {
     /// `tools.poisoning`.
     #[serde(default)]
     pub poisoning: Option<Poisoning>,
-    /// stdio: the SHA-256 digest (hex) the command's executable must have.
-    /// Default: not checked.
+    /// stdio: the SHA-256 digest (hex) the command's executable must have,
+    /// checked before every start; a server whose file differs is not
+    /// started. Default: not checked.
     #[serde(default)]
     pub sha256: Option<String>,
     /// Keys other tools keep in the same map; accepted, not used.
@@ -781,6 +783,13 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
+    /// What the server's launcher fetches without an exact version, in a
+    /// sentence that says how to pin it; `None` for a remote server, a
+    /// program that is not a launcher, or one whose packages are pinned.
+    pub fn unpinned(&self) -> Option<String> {
+        crate::supply_chain::check(self.command.as_deref()?, &self.args)?.problem()
+    }
+
     /// Checks the data guard settings of the server and its tools against
     /// the known detectors, and the executable's pin.
     fn check_guard(&self, detectors: &std::collections::BTreeSet<&str>) -> Result<(), (String, String)> {

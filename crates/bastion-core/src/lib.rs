@@ -11,6 +11,8 @@
 //! - [`apikey`]: API key generation and keyed hashing.
 //! - [`cursor`]: pagination cursors bound to a list and authenticated.
 //! - [`redact`]: URLs and other values made safe for errors and logs.
+//! - [`supply_chain`]: whether a server's launcher (`npx`, `uvx`, `docker run`…)
+//!   fetches what it runs at an exact version.
 //! - [`template`]: `${user.NAME}`, `${server.NAME}` and `${env.NAME}` in a
 //!   server's `env` and `headers`.
 #![forbid(unsafe_code)]
@@ -23,4 +25,5 @@ pub mod jsonrpc;
 pub mod naming;
 pub mod protocol;
 pub mod redact;
+pub mod supply_chain;
 pub mod template;

@@ -132,8 +132,17 @@ impl Gateway {
             config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let spawn_permits = Arc::new(Semaphore::new(config.upstream.max_concurrent_spawns));
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let upstreams =
-            build_upstreams(&config, &base_dir, &spawn_permits, &tx, &vault, &metrics, &guard, &BTreeMap::new());
+        let upstreams = build_upstreams(
+            &config,
+            &base_dir,
+            &spawn_permits,
+            &tx,
+            &vault,
+            &metrics,
+            &guard,
+            audit.as_ref(),
+            &BTreeMap::new(),
+        );
         let gw = Arc::new(Gateway {
             sessions: Sessions::new(Budget::new(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes)),
             drain: Default::default(),
@@ -385,6 +394,7 @@ impl Gateway {
             &self.vault,
             &self.metrics,
             &self.guard,
+            self.audit.as_ref(),
             &old.upstreams,
         );
         let mut stopped = Vec::new();
@@ -622,13 +632,17 @@ fn build_upstreams(
     vault: &Arc<crate::vault::Vault>,
     metrics: &crate::metrics::Metrics,
     guard: &GuardCell,
+    audit: Option<&Arc<crate::audit::Auditor>>,
     previous: &BTreeMap<String, Arc<UpstreamHandle>>,
 ) -> BTreeMap<String, Arc<UpstreamHandle>> {
-    let new = |name: &str, spec| {
+    let new = |name: &str, spec: crate::upstream::UpstreamSpec| {
+        report_unpinned(name, &spec, audit);
         // A replaced server keeps counting in the same series.
         let m = previous.get(name).map_or_else(|| metrics.server(name), |h| h.metrics().clone());
         Arc::new(
-            UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone()), m).guarded(guard.clone()),
+            UpstreamHandle::new(name, spec, permits.clone(), tx.clone(), Some(vault.clone()), m)
+                .guarded(guard.clone())
+                .with_audit(audit.cloned()),
         )
     };
     specs_from_config(config, base_dir)
@@ -648,6 +662,31 @@ fn build_upstreams(
             (name, handle)
         })
         .collect()
+}
+
+/// Says, once per definition (at start-up, and on reload for a new or
+/// changed server), that a server's launcher fetches what it runs without
+/// an exact version: a warning, or under `supply_chain: strict` an error
+/// and an audit record, the server being refused.
+fn report_unpinned(name: &str, spec: &crate::upstream::UpstreamSpec, audit: Option<&Arc<crate::audit::Auditor>>) {
+    let Some(unpinned) = &spec.unpinned else { return };
+    if !unpinned.refused {
+        tracing::warn!(server = name, problem = %unpinned.problem, "unpinned launcher: what the server runs may change at any restart");
+        return;
+    }
+    tracing::error!(
+        server = name,
+        problem = %unpinned.problem,
+        "server refused by the supply-chain policy (supply_chain: strict): it is not started and calls to it fail"
+    );
+    if let Some(audit) = audit {
+        let mut event = bastion_audit::Event::new("server.refused", bastion_audit::Outcome::Denied);
+        event.server = Some(name.to_string());
+        event.policy = Some("supply_chain:unpinned".into());
+        event.reason = Some(unpinned.problem.clone());
+        let audit = audit.clone();
+        tokio::spawn(async move { audit.record(event).await });
+    }
 }
 
 /// Notifications taken from the upstreams at once; repeated

@@ -9,9 +9,11 @@
 //!
 //! - `mux`: JSON-RPC over one ordered message channel (stdio, legacy SSE).
 //! - `stdio`: child processes with a clean environment.
+//! - `executable`: the file a stdio server runs, and its `sha256` pin.
 //! - `http`: Streamable HTTP servers.
 //! - `sse`: legacy HTTP+SSE servers.
 
+pub mod executable;
 pub mod guard;
 mod http;
 mod inject;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bastion_core::config::{Config, Transport};
+use bastion_core::config::{Config, SupplyChain, Transport};
 use bastion_core::jsonrpc::{self, error_object};
 use bastion_core::protocol::LATEST_SESSION_VERSION;
 use dashmap::DashMap;
@@ -231,6 +233,11 @@ pub enum CallError {
     /// it and how to set it, nothing else).
     #[error("{0}")]
     MissingSecret(String),
+    /// Not started by the supply-chain policy: a launcher without an exact
+    /// version under `supply_chain: strict`, or an executable that does not
+    /// match its `sha256` pin. The reason names no path or digest.
+    #[error("refused by the supply-chain policy: {0}")]
+    Refused(String),
 }
 
 impl crate::telemetry::CallFailure for CallError {
@@ -242,6 +249,7 @@ impl crate::telemetry::CallFailure for CallError {
             CallError::Timeout(_) => "timeout",
             CallError::Protocol(_) => "protocol",
             CallError::MissingSecret(_) => "missing_secret",
+            CallError::Refused(_) => "refused",
         }
     }
 }
@@ -413,6 +421,22 @@ pub struct UpstreamSpec {
     pub base_dir: std::path::PathBuf,
     /// The roots offered to the server (a JSON array of `Root`s).
     pub roots: Value,
+    /// stdio: the digest (lower-case hex) its executable must have before
+    /// every start.
+    pub sha256: Option<String>,
+    /// stdio: what its launcher fetches without an exact version, and
+    /// whether it is refused for it (`supply_chain: strict`). `None` for
+    /// every other server, so that changing the policy restarts only these.
+    pub unpinned: Option<UnpinnedLaunch>,
+}
+
+/// A launcher that fetches what it runs without an exact version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpinnedLaunch {
+    /// What is unpinned and how to pin it.
+    pub problem: String,
+    /// Not started (`supply_chain: strict`), rather than logged.
+    pub refused: bool,
 }
 
 impl UpstreamSpec {
@@ -474,6 +498,8 @@ pub struct UpstreamHandle {
     /// The data guard its connections apply to what they relay between
     /// server and client; `None` reads nothing.
     guard: Option<crate::gateway::GuardCell>,
+    /// Where a start refused by the supply-chain policy is recorded.
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// The users' instances of a server run once per user.
@@ -589,6 +615,27 @@ impl UpstreamHandle {
             siblings,
             metrics,
             guard: None,
+            audit: None,
+        }
+    }
+
+    /// Records starts refused by the supply-chain policy in `audit`.
+    pub fn with_audit(mut self, audit: Option<Arc<crate::audit::Auditor>>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Records that the server was not started, and why (`policy` names the
+    /// rule), as a `server.refused` event.
+    fn audit_refusal(&self, policy: &str, reason: &str) {
+        if let Some(audit) = &self.audit {
+            let mut event = bastion_audit::Event::new("server.refused", bastion_audit::Outcome::Denied);
+            event.server = Some(self.name.to_string());
+            event.user = self.user.as_deref().map(str::to_string);
+            event.policy = Some(policy.to_string());
+            event.reason = Some(reason.to_string());
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.record(event).await });
         }
     }
 
@@ -653,6 +700,7 @@ impl UpstreamHandle {
                 );
                 instance.siblings = Some(Arc::downgrade(tenants));
                 instance.guard = self.guard.clone();
+                instance.audit = self.audit.clone();
                 Arc::new(instance)
             })
             .clone()
@@ -685,6 +733,10 @@ impl UpstreamHandle {
             && c.is_alive()
         {
             return Ok(c);
+        }
+        if let Some(u) = self.spec.unpinned.as_ref().filter(|u| u.refused) {
+            // Reported when the configuration was applied; never started.
+            return Err(CallError::Refused(format!("{} (supply_chain: strict)", u.problem)));
         }
         let _guard = self.connect_lock.lock().await;
         if let Some(c) = self.current.load_full() {
@@ -720,6 +772,12 @@ impl UpstreamHandle {
                 // Not a failure of the server: no backoff, so it starts as
                 // soon as the secret is set.
                 tracing::warn!(server = %self.name, user = self.user.as_deref(), error = %e, "upstream not started");
+                return Err(e);
+            }
+            Ok(Err(e @ CallError::Refused(_))) => {
+                // Logged with the details where it was found; recorded here.
+                self.note_failure();
+                self.audit_refusal("supply_chain:sha256", &e.to_string());
                 return Err(e);
             }
             Ok(Err(e)) => {
@@ -793,7 +851,9 @@ impl UpstreamHandle {
                     None => self.spec.base_dir.clone(),
                 };
                 let env = inject::render(&self.name, user, env, self.vault.as_deref()).await?;
-                stdio::StdioConn::spawn(ctx, command, args, &env.0, &cwd).await.map(|c| Conn::Stdio(Box::new(c)))
+                stdio::StdioConn::spawn(ctx, command, args, &env.0, &cwd, self.spec.sha256.as_deref())
+                    .await
+                    .map(|c| Conn::Stdio(Box::new(c)))
             }
             Transport::Http { url, headers, fallback_sse } => {
                 let headers = &inject::render(&self.name, user, headers, self.vault.as_deref()).await?.0;
@@ -1070,6 +1130,10 @@ pub fn specs_from_config(config: &Config, base_dir: &std::path::Path) -> BTreeMa
                             })
                             .collect(),
                     ),
+                    sha256: s.sha256.as_ref().map(|d| d.to_ascii_lowercase()),
+                    unpinned: s
+                        .unpinned()
+                        .map(|problem| UnpinnedLaunch { problem, refused: config.supply_chain == SupplyChain::Strict }),
                 },
             ))
         })
@@ -1098,6 +1162,8 @@ mod tests {
             max_user_instances: 50,
             base_dir: std::env::temp_dir(),
             roots: json!([]),
+            sha256: None,
+            unpinned: None,
         }
     }
 
@@ -1231,6 +1297,76 @@ done"#;
         assert_eq!(running(&server).len(), 2, "{:?}", running(&server));
         assert!(running(&server).contains(&"dave".to_string()));
         server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_launcher_is_never_started() {
+        let refused = handle(UpstreamSpec {
+            unpinned: Some(UnpinnedLaunch { problem: "npx runs `pkg`, which names no version".into(), refused: true }),
+            ..spec(&[])
+        });
+        for _ in 0..2 {
+            let err = refused.call("tools/list", None, Caller::Gateway).await.unwrap_err();
+            assert!(matches!(&err, CallError::Refused(m) if m.contains("names no version")), "{err:?}");
+            let answer = err.to_error_object("s");
+            assert!(answer["message"].as_str().unwrap().contains("refused by the supply-chain policy"), "{answer}");
+        }
+        assert!(!refused.is_connected());
+        // Only logged: it is started (here a program that exits at once).
+        let warned = handle(UpstreamSpec {
+            transport: Transport::Stdio {
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), "exit 1".into()],
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+            unpinned: Some(UnpinnedLaunch { problem: "unpinned".into(), refused: false }),
+            ..spec(&[])
+        });
+        let err = warned.info().await.unwrap_err();
+        assert!(matches!(err, CallError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_executable_must_match_its_pin_at_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = dir.path().join("server.sh");
+        let script = |marker: &str| {
+            format!(
+                "#!/bin/sh\n# {marker}\nwhile read -r l; do\n  i=$(printf '%s' \"$l\" | sed -n 's/.*\"id\":\\([0-9]*\\).*/\\1/p'); [ -z \"$i\" ] && continue\n  printf '{{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{{\"capabilities\":{{}}}}}}\\n' \"$i\"\ndone\n"
+            )
+        };
+        let write = |text: String| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&server, text).unwrap();
+            std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write(script("first"));
+        let digest = executable::sha256_file(&server).unwrap();
+        let pinned = |sha256: &str| UpstreamSpec {
+            transport: Transport::Stdio {
+                command: server.to_str().unwrap().into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+            restart_backoff: Duration::from_millis(1),
+            restart_backoff_max: Duration::from_millis(1),
+            sha256: Some(sha256.into()),
+            ..spec(&[])
+        };
+        let good = handle(pinned(&digest));
+        good.call("x", None, Caller::Gateway).await.expect("the pinned file starts");
+        let wrong = handle(pinned(&"0".repeat(64)));
+        let err = wrong.call("x", None, Caller::Gateway).await.unwrap_err();
+        assert!(matches!(&err, CallError::Refused(m) if m.contains("does not match")), "{err:?}");
+        assert!(!wrong.is_connected());
+        // Changed between two starts: the restart is refused.
+        good.shutdown().await;
+        write(script("second"));
+        let err = good.call("x", None, Caller::Gateway).await.unwrap_err();
+        assert!(matches!(&err, CallError::Refused(_)), "{err:?}");
+        assert!(!good.is_connected());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod migrate;
 mod policy;
 mod secrets;
 mod serve;
+mod supply_chain;
 mod users;
 
 use std::ffi::OsString;
@@ -74,10 +75,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file without serving.
+    /// Validate a configuration file without serving, and report stdio
+    /// servers whose launcher (npx, uvx, pipx run, docker run…) fetches
+    /// what it runs without an exact version, and executables that do not
+    /// match their sha256 pin.
     Check {
         /// The file to check (default: --config).
         file: Option<PathBuf>,
+        /// Unpinned launchers, and sha256 pins that cannot be checked
+        /// here, are errors rather than warnings (as with
+        /// `supply_chain: strict` in the file).
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -141,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
-        Command::Config(ConfigCommand::Check { file }) => {
+        Command::Config(ConfigCommand::Check { file, strict }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;
             // The policy files it names are part of it.
@@ -150,6 +159,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = bastion_store::StoreSettings::from_config(&config, &path)?;
             if let Some(w) = migrate::password_warning(&config) {
                 eprintln!("warning: {w}");
+            }
+            let found = supply_chain::check(&config, &path, strict);
+            for w in &found.warnings {
+                eprintln!("warning: {w}");
+            }
+            for e in &found.errors {
+                eprintln!("error: {e}");
+            }
+            if !found.errors.is_empty() {
+                let n = found.errors.len();
+                anyhow::bail!(
+                    "{}: {n} supply-chain problem{} (see above)",
+                    path.display(),
+                    if n == 1 { "" } else { "s" }
+                );
             }
             let servers = config.enabled_servers().count();
             eprintln!(

@@ -258,15 +258,20 @@ pub enum Poisoning {
     Quarantine,
 }
 
-/// What is done when a server's executable is not the one pinned, or
-/// cannot be checked.
+/// What is done with a stdio server whose launcher (`npx`, `uvx`,
+/// `pipx run`, `docker run`…) fetches what it runs without an exact
+/// version (see [`crate::supply_chain`]). An executable that does not match
+/// its server's `sha256` is refused whatever this says: a pin written down
+/// is always enforced.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum SupplyChain {
-    /// Logged and audited; the server runs.
+    /// Logged at start-up and on reload, and reported by `config check`;
+    /// the server runs.
     #[default]
     Warn,
-    /// The server is not started.
+    /// The server is not started: calls to it are answered with an error
+    /// saying why, and `config check` fails.
     Strict,
 }
 

@@ -15,7 +15,7 @@
 //! alone fails.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::executable;
 use super::guard::{self, Group, Process};
 use super::lines::LineWriter;
 use super::mux::{Mux, Outbound};
@@ -64,20 +65,6 @@ pub(crate) struct StdioConn {
     reaped: CancellationToken,
 }
 
-/// Finds `command` the way a shell would, on Bastion's own PATH.
-fn resolve_command(command: &str) -> Option<PathBuf> {
-    if command.contains('/') {
-        return Some(PathBuf::from(command));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(command)).find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// The environment a child starts with, before the config's `env`.
 pub(crate) fn base_env(resolved: &Path) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
@@ -102,9 +89,33 @@ impl StdioConn {
         args: &[String],
         env: &BTreeMap<String, String>,
         cwd: &Path,
+        sha256: Option<&str>,
     ) -> Result<StdioConn, CallError> {
-        let resolved =
-            resolve_command(command).ok_or_else(|| CallError::Unavailable(format!("command {command:?} not found")))?;
+        let resolved = executable::resolve(command, cwd)
+            .ok_or_else(|| CallError::Unavailable(format!("command {command:?} not found")))?;
+        if let Some(expected) = sha256 {
+            // Hashed just before the start, through the path that is
+            // started (see `executable` for what remains possible).
+            let (path, expected_owned) = (resolved.clone(), expected.to_string());
+            let checked = tokio::task::spawn_blocking(move || executable::verify(&path, &expected_owned))
+                .await
+                .unwrap_or_else(|e| Err(executable::PinError::Unreadable(std::io::Error::other(e.to_string()))));
+            if let Err(e) = checked {
+                tracing::error!(
+                    server = %ctx.server,
+                    path = %resolved.display(),
+                    expected,
+                    error = %e,
+                    "executable refused by its sha256 pin; the server is not started"
+                );
+                return Err(CallError::Refused(match e {
+                    executable::PinError::Mismatch { .. } => "its executable does not match its sha256 pin".into(),
+                    executable::PinError::Unreadable(_) => {
+                        "its executable cannot be read to check its sha256 pin".into()
+                    }
+                }));
+            }
+        }
         let mut cmd = guard::command(&resolved, args);
         cmd.env_clear()
             .envs(base_env(&resolved))
@@ -336,13 +347,6 @@ pub(super) mod tests {
         assert!(env.keys().all(|k| ["PATH", "HOME", "LANG"].contains(&k.as_str())));
     }
 
-    #[test]
-    fn resolves_on_path() {
-        assert_eq!(resolve_command("/bin/sh"), Some(PathBuf::from("/bin/sh")));
-        assert!(resolve_command("sh").is_some());
-        assert!(resolve_command("definitely-not-a-command-xyz").is_none());
-    }
-
     fn ctx(max_message_bytes: usize) -> ConnContext {
         ConnContext {
             server: "s".into(),
@@ -366,7 +370,7 @@ read -r l; printf '{{"jsonrpc":"2.0","id":%s,"result":{{"capabilities":{{}}}}}}\
 read -r l
 {script}"#
         );
-        StdioConn::spawn(ctx(max), "/bin/sh", &["-c".into(), script], &BTreeMap::new(), Path::new("/"))
+        StdioConn::spawn(ctx(max), "/bin/sh", &["-c".into(), script], &BTreeMap::new(), Path::new("/"), None)
             .await
             .expect("the sh server starts")
     }

@@ -32,6 +32,7 @@ mod stateless_negative;
 mod stdio_faults;
 mod store_postgres;
 mod stream_bounds;
+mod supply_chain;
 mod traces;
 mod upstream_transports;
 mod users_cli;
