@@ -8,6 +8,7 @@ mod migrate;
 mod policy;
 mod secrets;
 mod serve;
+mod tools;
 mod users;
 
 use std::ffi::OsString;
@@ -58,6 +59,10 @@ enum Command {
     /// The audit trail: verify its hash chains, export, search and tail it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Pinned tools and prompts: list, diff, approve, reject, forget; and
+    /// the poisoning scan of the configured servers.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
     /// Check the access policies and try decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -123,7 +128,9 @@ fn main() -> std::process::ExitCode {
     guard::kill_all_children();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.is::<policy::Denied>() || e.is::<audit::Broken>() => std::process::ExitCode::from(1),
+        Err(e) if e.is::<policy::Denied>() || e.is::<audit::Broken>() || e.is::<tools::Poisoned>() => {
+            std::process::ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.is::<policy::Usage>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
@@ -141,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
+        Command::Tools(cmd) => tools::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;

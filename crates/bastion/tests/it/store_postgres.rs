@@ -22,8 +22,8 @@ use crate::harness::{
 
 /// A private PostgreSQL server, stopped and removed on drop. A watchdog
 /// holding a pipe from this process stops it too if the tests die.
-struct PgServer {
-    url: String,
+pub(crate) struct PgServer {
+    pub(crate) url: String,
     dir: PathBuf,
     watchdog: Option<(Child, ChildStdin)>,
 }
@@ -43,7 +43,7 @@ fn pg_throwaway(args: &[&str]) -> std::process::Output {
 }
 
 impl PgServer {
-    fn start() -> PgServer {
+    pub(crate) fn start() -> PgServer {
         let out = pg_throwaway(&["start"]);
         let stdout = String::from_utf8(out.stdout).expect("utf-8");
         let mut lines = stdout.lines();
