@@ -164,16 +164,17 @@ fn migrate_applies_and_checks_on_postgres() {
     let out = bastion(&config, &["migrate", "--check"]);
     assert!(!out.status.success(), "pending migrations fail the check");
     let listed = text(&out.stdout);
-    assert_eq!(listed.lines().count(), 4, "{listed}");
+    assert_eq!(listed.lines().count(), 6, "{listed}");
     assert!(listed.lines().all(|l| l.contains(" pending ")), "{listed}");
-    assert!(text(&out.stderr).contains("4 migrations pending"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("6 migrations pending"), "{}", text(&out.stderr));
 
     // Applied once, reported by version.
     let out = bastion(&config, &["migrate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "applied 0001 api keys\napplied 0002 users admins\napplied 0003 secrets\napplied 0004 audit\n"
+        "applied 0001 api keys\napplied 0002 users admins\napplied 0003 secrets\napplied 0004 audit\n\
+         applied 0005 audit user index\napplied 0006 tool pins\n"
     );
     let out = bastion(&config, &["migrate"]);
     assert!(out.status.success() && out.stdout.is_empty(), "nothing left: {}", text(&out.stdout));
@@ -190,7 +191,10 @@ fn migrate_applies_and_checks_on_postgres() {
         &url,
         "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
     );
-    assert_eq!(tables, "_sqlx_migrations,admins,api_keys,audit_heads,audit_records,secrets,user_tombstones,users");
+    assert_eq!(
+        tables,
+        "_sqlx_migrations,admins,api_keys,audit_heads,audit_records,secrets,tool_pins,user_tombstones,users"
+    );
     let out = bastion(&config, &["keys", "create", "--user", "dave"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(PgServer::query(&url, "SELECT user_name FROM api_keys"), "dave");
