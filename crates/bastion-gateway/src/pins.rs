@@ -203,8 +203,8 @@ impl Pins {
         }
     }
 
-    /// Records a server's tools for the checks across servers; returns
-    /// whether the catalog changed.
+    /// Records a server's tools for the checks across servers (the
+    /// catalog's findings are computed again when they changed).
     pub fn note_tools(&self, server: &str, tools: &Arc<Vec<Value>>) {
         let mut catalog = self.catalog.lock().expect("poisoned");
         if catalog.tools.get(server).is_some_and(|t| Arc::ptr_eq(t, tools) || **t == **tools) {
