@@ -77,6 +77,8 @@ pub struct Gateway {
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// What `/metrics` shows.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Pins of the tools and prompts servers list (`crate::pins`).
+    pub pins: crate::pins::Pins,
 }
 
 /// Why the gateway did not start.
@@ -152,6 +154,7 @@ impl Gateway {
             watched: Default::default(),
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
+            pins: crate::pins::Pins::new(store.clone(), audit.clone()),
             authorizer: crate::access::Authorizer::new(&config, engine, store.clone()),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             guard,
@@ -169,6 +172,7 @@ impl Gateway {
         tokio::spawn(housekeeping(gw.clone(), shutdown.clone()));
         tokio::spawn(shed_slow_streams(gw.clone(), shutdown.clone()));
         tokio::spawn(close_ended_credentials(gw.clone(), shutdown.clone()));
+        tokio::spawn(crate::pins::follow(gw.clone(), shutdown.clone()));
         tokio::spawn(follow_store_users(gw.clone(), shutdown));
         Ok(gw)
     }
@@ -463,6 +467,18 @@ impl Gateway {
         }
         for h in stopped {
             h.shutdown().await;
+        }
+    }
+
+    /// Tells the sessions that can see any of `servers` that their tool
+    /// and prompt lists may have changed (pins changed elsewhere).
+    pub(crate) fn announce_list_changes(&self, servers: &[String]) {
+        for session in self.sessions.all() {
+            if servers.iter().any(|s| self.scope_includes(&session.scope, s)) {
+                for method in &LIST_CHANGED[..2] {
+                    deliver(&session, "", method, None);
+                }
+            }
         }
     }
 

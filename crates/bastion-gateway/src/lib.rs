@@ -11,6 +11,8 @@
 //! - [`access`]: what a caller may use — its user's role and groups, and
 //!   the policy engine's decisions.
 //! - [`load`]: what each principal holds at once, against its caps.
+//! - [`pins`]: tool pinning and the poisoning scan: which listed tools
+//!   and prompts are served.
 //! - [`subscriptions`]: resource subscriptions of a server, counted per URI.
 //! - [`upstream`]: stdio, Streamable HTTP and legacy SSE servers.
 //! - [`server`]: the accept loop and graceful shutdown.
@@ -38,6 +40,7 @@ pub mod load;
 pub mod metrics;
 pub mod mrtr;
 pub mod outbox;
+pub mod pins;
 pub mod proxy;
 pub mod server;
 pub mod session;

@@ -389,6 +389,8 @@ async fn route_by_name(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Out
     let name = params.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing \"name\""))?;
     let (server, inner) = resolve_name(gw, ctx.scope, name)?;
     let server = server.for_user(&ctx.principal.user);
+    let pinned = if req.method == "tools/call" { crate::pins::ItemKind::Tool } else { crate::pins::ItemKind::Prompt };
+    crate::pins::admit(gw, &server, pinned, inner).await?;
     let inner = inner.to_string();
     params.insert("name".into(), Value::from(inner));
     call(&server, &req.method, Some(Value::Object(params)), ctx.caller.clone()).await
@@ -486,6 +488,7 @@ async fn complete(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome 
             let name =
                 reference.get("name").and_then(Value::as_str).ok_or_else(|| invalid_params("missing ref.name"))?;
             let (server, inner) = resolve_name(gw, scope, name)?;
+            crate::pins::admit(gw, &server.for_user(&ctx.principal.user), crate::pins::ItemKind::Prompt, inner).await?;
             let mut r = reference.clone();
             r.insert("name".into(), Value::from(inner));
             (server, r)
@@ -561,6 +564,17 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
         s.list_all(kind.method, kind.field).await.map(Some)
     });
     let results = futures::future::join_all(fetches).await;
+    // Pinning and the poisoning scan (`crate::pins`): tools and prompts
+    // not served are left out; every server's tools are known first, for
+    // the checks across servers.
+    let pinned = crate::pins::ItemKind::of_list(kind.method);
+    if pinned == Some(crate::pins::ItemKind::Tool) {
+        for (server, result) in servers.iter().zip(&results) {
+            if let Ok(Some(list)) = result {
+                gw.pins.note_tools(server.name(), list);
+            }
+        }
+    }
     let visible = gw.authorizer.list_filter(access);
     let item_kind = list_kind(kind.method).unwrap_or(Kind::Tool);
     let may_use = |server: &str, item: &Value| {
@@ -574,7 +588,15 @@ async fn list(gw: &Gateway, scope: &Scope, kind: &ListKind, params: Option<&Valu
     for (server, result) in servers.iter().zip(results) {
         match result {
             Ok(Some(list)) => {
-                let mine = list.iter().filter(|item| may_use(server.name(), item));
+                let verdict = match pinned {
+                    Some(k) => {
+                        let modes = crate::pins::modes(&gw.runtime().config, server.name());
+                        Some(gw.pins.screen(server.name(), k, &list, modes).await)
+                    }
+                    None => None,
+                };
+                let served = |item: &Value| verdict.as_ref().is_none_or(|v| v.serves(item));
+                let mine = list.iter().filter(|item| may_use(server.name(), item) && served(item));
                 if scope.prefixed() {
                     items.extend(mine.map(|item| prefix_item(server.name(), item.clone(), kind.key)));
                 } else {

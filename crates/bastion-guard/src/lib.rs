@@ -48,10 +48,16 @@
 //!
 //! [`scan_tool`], [`scan_prompt`] and [`scan_catalog`] read what servers
 //! list; see [`poison`](scan_catalog) for what they look for.
+//!
+//! # Pinning
+//!
+//! [`pin`]: the canonical hash of a tool's or prompt's definition, and what
+//! a definition seen now makes of an item given its pin.
 #![forbid(unsafe_code)]
 
 mod detect;
 mod inspect;
+pub mod pin;
 mod poison;
 mod settings;
 mod validate;

@@ -12,12 +12,14 @@
 //! - [`admins`]: local administrator accounts (Argon2id password, TOTP).
 //! - [`secrets`]: the vault's rows, opaque sealed blobs.
 //! - [`audit`]: the audit trail's hash-chained records.
+//! - [`pins`]: pins of the tools and prompts servers list.
 #![forbid(unsafe_code)]
 
 pub mod admins;
 pub mod audit;
 pub mod db;
 pub mod pepper;
+pub mod pins;
 pub mod secrets;
 mod store;
 #[cfg(test)]
@@ -27,6 +29,7 @@ pub mod users;
 pub use admins::{AdminRecord, LoginError};
 pub use audit::{AuditFilter, AuditRow};
 pub use db::{Backend, MigrationInfo, MigrationState, MigrationStatus, StoreSettings};
+pub use pins::PinRecord;
 pub use secrets::{OwnerKind, SecretInfo, SecretRecord};
 pub use store::{ApiKeyRecord, KeyState, NewApiKey, Store, StoreError};
 pub use users::{NewUser, UserRecord};

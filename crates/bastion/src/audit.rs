@@ -341,7 +341,7 @@ async fn verify_chain(
 }
 
 /// Who runs this command: the operating-system user.
-fn operator() -> String {
+pub(crate) fn operator() -> String {
     nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()

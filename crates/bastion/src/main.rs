@@ -9,6 +9,7 @@ mod policy;
 mod secrets;
 mod serve;
 mod supply_chain;
+mod tools;
 mod users;
 
 use std::ffi::OsString;
@@ -59,6 +60,10 @@ enum Command {
     /// The audit trail: verify its hash chains, export, search and tail it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Pinned tools and prompts: list, diff, approve, reject, forget; and
+    /// the poisoning scan of the configured servers.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
     /// Check the access policies and try decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -132,7 +137,9 @@ fn main() -> std::process::ExitCode {
     guard::kill_all_children();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.is::<policy::Denied>() || e.is::<audit::Broken>() => std::process::ExitCode::from(1),
+        Err(e) if e.is::<policy::Denied>() || e.is::<audit::Broken>() || e.is::<tools::Poisoned>() => {
+            std::process::ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.is::<policy::Usage>() { std::process::ExitCode::from(2) } else { std::process::ExitCode::FAILURE }
@@ -150,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
+        Command::Tools(cmd) => tools::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file, strict }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;

@@ -174,6 +174,26 @@ pub(crate) async fn handle(
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         let server = server.for_user(&principal.user);
+        // Pinned tools and prompts are decided here too: what is not
+        // served never reaches the server.
+        if let Err(refusal) = admit_pinned(&gw, &server, &req).await {
+            let outcome = Err(refusal.clone());
+            proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
+            if let Some(audit) = &gw.audit {
+                let event = crate::audit::request_event(
+                    audit,
+                    &principal,
+                    &scope,
+                    None,
+                    &req,
+                    &outcome,
+                    Default::default(),
+                    started,
+                );
+                audit.record(event).await;
+            }
+            return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": refusal}));
+        }
         // In flight until the server's answer has been relayed to the end.
         let call = gw.drain.call();
         let answer = tokio::select! {
@@ -253,6 +273,28 @@ pub(crate) async fn handle(
         .and_then(log_rank);
     let req = strip_stateless_meta(req);
     bridge(gw, scope, principal, req, client_capabilities, log_level, (slot, watch)).await
+}
+
+/// The pin check of a request passed through: a tool call, a prompt get,
+/// or a completion of a prompt's argument.
+async fn admit_pinned(gw: &Gateway, server: &crate::upstream::UpstreamHandle, req: &Request) -> Result<(), Value> {
+    let params = req.params.as_ref();
+    let name = |v: Option<&Value>| v.and_then(|p| p.get("name")).and_then(Value::as_str).map(str::to_string);
+    let (kind, name) = match req.method.as_str() {
+        "tools/call" => (crate::pins::ItemKind::Tool, name(params)),
+        "prompts/get" => (crate::pins::ItemKind::Prompt, name(params)),
+        "completion/complete" => {
+            let r = params.and_then(|p| p.get("ref"));
+            if r.and_then(|r| r.get("type")).and_then(Value::as_str) != Some("ref/prompt") {
+                return Ok(());
+            }
+            (crate::pins::ItemKind::Prompt, name(r))
+        }
+        _ => return Ok(()),
+    };
+    // A missing name is the server's to answer.
+    let Some(name) = name else { return Ok(()) };
+    crate::pins::admit(gw, server, kind, &name).await
 }
 
 /// `subscriptions/listen` on servers reached through a session-based

@@ -150,7 +150,8 @@ async fn children_get_only_the_environment_the_config_grants() {
 /// A stateless `tools/call` has its `Mcp-Param-*` headers checked against
 /// the tool's definition; when the server cannot list its tools the check
 /// cannot be made, and the call is refused rather than let through
-/// unchecked. The session era has no such headers: the same call passes.
+/// unchecked. The session era has no such headers, but the tool's pin
+/// cannot be checked either: refused too, unless the server is not pinned.
 #[tokio::test]
 async fn a_stateless_call_is_refused_when_its_tool_list_cannot_be_had() {
     let s = faults();
@@ -160,5 +161,7 @@ async fn a_stateless_call_is_refused_when_its_tool_list_cannot_be_had() {
     assert!(rpc.get("result").is_none(), "{rpc}");
 
     let other = Mcp::session(s.gw.url("/mcp"), &s.bob, "2025-11-25").await;
-    assert_eq!(tool_text(&other.call_tool("nolist__echo", json!({"text": "checked"})).await), "checked");
+    let rpc = other.call_tool("nolist__echo", json!({"text": "unpinned"})).await;
+    assert_eq!(error_code(&rpc), Some(-32603), "the listing's error, not a result: {rpc}");
+    assert_eq!(tool_text(&other.call_tool("unpinned__echo", json!({"text": "checked"})).await), "checked");
 }

@@ -658,8 +658,9 @@ pub fn real() -> &'static Shared {
 
 /// Fixture echo servers for fault injection, one per kind of fault so the
 /// tests can run at once: `crashy`, `hang` (500 ms call timeout), `garbage`,
-/// `slow`, `steady`, `nolist` (its `tools/list` fails, its tools work), and
-/// `missing` (a command that does not exist).
+/// `slow`, `steady`, `nolist` (its `tools/list` fails, its tools work),
+/// `unpinned` (the same, with `pinning: off`), and `missing` (a command
+/// that does not exist).
 pub fn faults() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
@@ -667,6 +668,9 @@ pub fn faults() -> &'static Shared {
         hang["callTimeout"] = Value::from("500ms");
         let mut nolist = fixture_echo("nolist");
         nolist["env"]["BASTION_FIXTURE_FAIL_TOOLS_LIST"] = Value::from("1");
+        let mut unpinned = nolist.clone();
+        unpinned["env"]["BASTION_IT_SERVER"] = Value::from("unpinned");
+        unpinned["pinning"] = Value::from("off");
         let config = json!({
             "mcpServers": {
                 "crashy": fixture_echo("crashy"),
@@ -675,6 +679,7 @@ pub fn faults() -> &'static Shared {
                 "slow": fixture_echo("slow"),
                 "steady": fixture_echo("steady"),
                 "nolist": nolist,
+                "unpinned": unpinned,
                 "missing": {"command": "/nonexistent/bastion-it-no-such-command"}
             },
             "upstream": {"restart_backoff": "100ms", "restart_backoff_max": "1s"}

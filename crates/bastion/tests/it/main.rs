@@ -24,6 +24,7 @@ mod metrics;
 mod mock_upstream;
 mod mtls;
 mod oidc;
+mod pins;
 mod real_clients;
 mod reload;
 mod secrets;

@@ -22,8 +22,8 @@ use crate::harness::{
 
 /// A private PostgreSQL server, stopped and removed on drop. A watchdog
 /// holding a pipe from this process stops it too if the tests die.
-struct PgServer {
-    url: String,
+pub(crate) struct PgServer {
+    pub(crate) url: String,
     dir: PathBuf,
     watchdog: Option<(Child, ChildStdin)>,
 }
@@ -43,7 +43,7 @@ fn pg_throwaway(args: &[&str]) -> std::process::Output {
 }
 
 impl PgServer {
-    fn start() -> PgServer {
+    pub(crate) fn start() -> PgServer {
         let out = pg_throwaway(&["start"]);
         let stdout = String::from_utf8(out.stdout).expect("utf-8");
         let mut lines = stdout.lines();
@@ -197,7 +197,10 @@ fn migrate_applies_and_checks_on_postgres() {
         &url,
         "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
     );
-    assert_eq!(tables, "_sqlx_migrations,admins,api_keys,audit_heads,audit_records,secrets,user_tombstones,users");
+    assert_eq!(
+        tables,
+        "_sqlx_migrations,admins,api_keys,audit_heads,audit_records,secrets,tool_pins,user_tombstones,users"
+    );
     let out = bastion(&config, &["keys", "create", "--user", "dave"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(PgServer::query(&url, "SELECT user_name FROM api_keys"), "dave");
