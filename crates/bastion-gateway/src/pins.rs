@@ -293,12 +293,12 @@ impl Pins {
             if let Some(p) = &poisoned
                 && poisoning == Poisoning::Warn
             {
-                self.warn_poisoning(server, kind, name, &hash, p, &findings).await;
+                self.note_poisoning(server, kind, name, &hash, p, &findings, false).await;
             }
             let quarantine = poisoned.as_deref().filter(|_| poisoning == Poisoning::Quarantine);
             if pinning == Pinning::Off {
                 if let Some(p) = quarantine {
-                    self.quarantine_unpinned(server, kind, name, &hash, p, &findings).await;
+                    self.note_poisoning(server, kind, name, &hash, p, &findings, true).await;
                     held.insert(
                         name.to_string(),
                         Held { state: PinState::Quarantined, reason: format!("poisoning: {p}") },
@@ -460,8 +460,11 @@ impl Pins {
         self.audit(&kind, &now.server, &now.name, now.reason.clone(), detail).await;
     }
 
-    /// A poisoned item under `warn`: logged and audited once per definition.
-    async fn warn_poisoning(
+    /// A poisoned item under `warn` (served), or of a server without
+    /// pinning under `quarantine` (not served): logged and audited once per
+    /// definition.
+    #[allow(clippy::too_many_arguments)]
+    async fn note_poisoning(
         &self,
         server: &str,
         kind: ItemKind,
@@ -469,52 +472,25 @@ impl Pins {
         hash: &str,
         summary: &str,
         findings: &[Finding],
+        quarantine: bool,
     ) {
         if !self.warned.lock().expect("poisoned").insert(format!("{server}\0{}\0{name}\0{hash}", kind.as_str())) {
             return;
         }
-        tracing::warn!(
-            server,
-            item = name,
-            kind = kind.as_str(),
-            findings = summary,
-            "poisoned description served (poisoning: warn)"
-        );
+        let (action, event, message, reason) = if quarantine {
+            (
+                "quarantine",
+                "quarantined",
+                "poisoned description not served (poisoning: quarantine)",
+                format!("poisoning: {summary}"),
+            )
+        } else {
+            ("warn", "poisoning", "poisoned description served (poisoning: warn)", summary.to_string())
+        };
+        tracing::warn!(server, item = name, kind = kind.as_str(), findings = summary, "{message}");
         let detail =
-            json!({"kind": kind.as_str(), "hash": hash, "action": "warn", "findings": findings_detail(findings)});
-        self.audit(&format!("{}.poisoning", kind.as_str()), server, name, Some(summary.to_string()), detail).await;
-    }
-
-    /// A poisoned item of a server without pinning, under `quarantine`.
-    async fn quarantine_unpinned(
-        &self,
-        server: &str,
-        kind: ItemKind,
-        name: &str,
-        hash: &str,
-        summary: &str,
-        findings: &[Finding],
-    ) {
-        if !self.warned.lock().expect("poisoned").insert(format!("{server}\0{}\0{name}\0{hash}", kind.as_str())) {
-            return;
-        }
-        tracing::warn!(
-            server,
-            item = name,
-            kind = kind.as_str(),
-            findings = summary,
-            "poisoned description not served (poisoning: quarantine)"
-        );
-        let detail =
-            json!({"kind": kind.as_str(), "hash": hash, "action": "quarantine", "findings": findings_detail(findings)});
-        self.audit(
-            &format!("{}.quarantined", kind.as_str()),
-            server,
-            name,
-            Some(format!("poisoning: {summary}")),
-            detail,
-        )
-        .await;
+            json!({"kind": kind.as_str(), "hash": hash, "action": action, "findings": findings_detail(findings)});
+        self.audit(&format!("{}.{event}", kind.as_str()), server, name, Some(reason), detail).await;
     }
 
     async fn audit(&self, kind: &str, server: &str, name: &str, reason: Option<String>, detail: Value) {

@@ -142,22 +142,8 @@ pub(crate) async fn handle(
     }
     let decision = proxy::authorize(&gw, &principal, &scope, &req);
     if let Err(refusal) = crate::telemetry::authorizing(&req.method, decision).await {
-        let outcome = Err(refusal.error.clone());
-        proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
-        if let Some(audit) = &gw.audit {
-            let event = crate::audit::request_event(
-                audit,
-                &principal,
-                &scope,
-                None,
-                &req,
-                &outcome,
-                proxy::Notes { policy: refusal.policy, ..Default::default() },
-                started,
-            );
-            audit.record(event).await;
-        }
-        return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": refusal.error}));
+        let notes = proxy::Notes { policy: refusal.policy, ..Default::default() };
+        return refused(&gw, &principal, &scope, &req, refusal.error, notes, started).await;
     }
     // After the decision: checking the headers reads the tool's definition,
     // which may start the caller's own instance of the server.
@@ -177,22 +163,7 @@ pub(crate) async fn handle(
         // Pinned tools and prompts are decided here too: what is not
         // served never reaches the server.
         if let Err(refusal) = admit_pinned(&gw, &server, &req).await {
-            let outcome = Err(refusal.clone());
-            proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
-            if let Some(audit) = &gw.audit {
-                let event = crate::audit::request_event(
-                    audit,
-                    &principal,
-                    &scope,
-                    None,
-                    &req,
-                    &outcome,
-                    Default::default(),
-                    started,
-                );
-                audit.record(event).await;
-            }
-            return json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": refusal}));
+            return refused(&gw, &principal, &scope, &req, refusal, Default::default(), started).await;
         }
         // In flight until the server's answer has been relayed to the end.
         let call = gw.drain.call();
@@ -409,6 +380,27 @@ async fn bridge(
         }
     }));
     frames_response(rx).await
+}
+
+/// A request refused before any server is called: counted, audited and
+/// answered with its error.
+async fn refused(
+    gw: &Gateway,
+    principal: &Principal,
+    scope: &Scope,
+    req: &Request,
+    error: Value,
+    notes: proxy::Notes,
+    started: std::time::Instant,
+) -> Response {
+    let outcome = Err(error);
+    proxy::count_request(gw, principal, scope, req, &outcome, started);
+    if let Some(audit) = &gw.audit {
+        let event = crate::audit::request_event(audit, principal, scope, None, req, &outcome, notes, started);
+        audit.record(event).await;
+    }
+    let error = outcome.err().unwrap_or_default();
+    json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}))
 }
 
 fn start(gw: Arc<Gateway>, scope: Scope, req: Request, principal: Principal) -> mrtr::Running {
