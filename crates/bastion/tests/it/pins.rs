@@ -133,6 +133,18 @@ async fn audited(gw: &Gateway, kind: &str) -> Vec<Value> {
     .await
 }
 
+/// The records of `kind`, once there is one for each of `names` on
+/// `server` (the writer takes them in batches).
+async fn audited_for(gw: &Gateway, kind: &str, server: &str, names: &[&str]) -> Vec<Value> {
+    eventually(WAIT, &format!("{kind} of {server} {names:?} in the audit trail"), || async {
+        let out = gw.cli(&["audit", "export", "--kind", kind]);
+        let records: Vec<Value> = text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let all = names.iter().all(|n| records.iter().any(|r| r["server"] == server && r["tool"] == *n));
+        all.then_some(records)
+    })
+    .await
+}
+
 /// A legacy SSE client's action on `url`.
 async fn legacy(url: &str, key: &str, args: &[&str]) -> Value {
     let mut all = vec!["--action"];
@@ -295,8 +307,9 @@ async fn poisoned_descriptions_are_served_with_a_warning_or_held() {
     assert!(error_of(&held)["message"].as_str().unwrap_or_default().contains("poisoning"), "{held}");
 
     // Each item audited with what was found (kinds and where, not the text).
-    let warnings = audited(&gw, "tool.poisoning").await;
-    let quarantined = audited(&gw, "tool.quarantined").await;
+    let names: Vec<&str> = corpus.iter().filter_map(|(_, t)| t["name"].as_str()).collect();
+    let warnings = audited_for(&gw, "tool.poisoning", "warned", &names).await;
+    let quarantined = audited_for(&gw, "tool.quarantined", "strict", &names).await;
     for (finding, t) in &corpus {
         let name = t["name"].as_str().expect("name");
         for (server, records) in [("warned", &warnings), ("strict", &quarantined)] {
