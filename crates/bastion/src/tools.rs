@@ -254,49 +254,11 @@ fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
-/// A canonical definition, pretty-printed with its keys sorted.
+/// A canonical definition, pretty-printed. Its keys are already sorted, and
+/// the map keeps the order it was read in.
 fn pretty(canonical: &str) -> anyhow::Result<String> {
     let v: Value = serde_json::from_str(canonical).context("a stored definition is not JSON")?;
-    let mut out = String::new();
-    write_pretty(&v, 0, &mut out);
-    Ok(out)
-}
-
-fn write_pretty(v: &Value, depth: usize, out: &mut String) {
-    let pad = |d: usize| "  ".repeat(d);
-    match v {
-        Value::Object(map) if !map.is_empty() => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push_str("{\n");
-            for (i, (k, v)) in entries.iter().enumerate() {
-                out.push_str(&pad(depth + 1));
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push_str(": ");
-                write_pretty(v, depth + 1, out);
-                if i + 1 < entries.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            out.push_str(&pad(depth));
-            out.push('}');
-        }
-        Value::Array(items) if !items.is_empty() => {
-            out.push_str("[\n");
-            for (i, item) in items.iter().enumerate() {
-                out.push_str(&pad(depth + 1));
-                write_pretty(item, depth + 1, out);
-                if i + 1 < items.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            out.push_str(&pad(depth));
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 /// A line diff (longest common subsequence): unchanged lines start with
