@@ -541,15 +541,6 @@ fn default_max_client_info() -> usize {
     16 * 1024
 }
 
-/// Limits on what one caller may hold at once. Reaching one is answered
-/// with 429 and `Retry-After`, never with an unbounded queue.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    #[serde(default)]
-    pub per_principal: PrincipalCaps,
-}
-
 /// What one principal (a user) may hold at once.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -990,18 +981,9 @@ impl Config {
         if self.http.page_size == 0 {
             return Err(invalid("http.page_size".into(), "must be at least 1".into()));
         }
-        let caps = &self.limits.per_principal;
-        for (key, v) in [
-            ("sessions", caps.sessions),
-            ("streams", caps.streams),
-            ("listen_streams", caps.listen_streams),
-            ("parked_calls", caps.parked_calls),
-            ("calls_in_flight", caps.calls_in_flight),
-        ] {
-            if v == 0 {
-                return Err(invalid(format!("limits.per_principal.{key}"), "must be at least 1".into()));
-            }
-        }
+        self.limits
+            .validate(|server| self.servers.contains_key(server), |group| self.groups.contains_key(group))
+            .map_err(|(key, msg)| invalid(key, msg))?;
         if self.http.max_connections == 0 || self.http.http2_max_concurrent_streams == 0 {
             return Err(invalid(
                 "http.max_connections".into(),
@@ -1159,6 +1141,7 @@ impl Config {
 
 mod audit;
 mod guard;
+mod limits;
 mod metrics;
 mod store;
 mod syntax;
@@ -1171,6 +1154,10 @@ pub use audit::{AnomalyConfig, AuditConfig, DenialThreshold, OnFull, Threshold};
 pub use guard::{
     BUILTIN_DETECTORS, CustomDetector, DetectorConfig, GuardAction, GuardConfig, GuardDirection, GuardOverride,
     MAX_CUSTOM_DETECTORS, MaskStyle, Pinning, Poisoning, SupplyChain, ToolConfig, ToolsConfig, Validator,
+};
+pub use limits::{
+    DEFAULT_CONCURRENCY_WAIT, LimitRule, LimitScope, LimitedClass, LimitsConfig, OnRedisError, QuotaPeriod, QuotaRule,
+    QuotaScope, RateSpec, RedisUrl,
 };
 pub use metrics::{IpNet, MetricsConfig};
 pub use store::{PoolConfig, PostgresUrl, StoreConfig, StoreLocation, parse_location as parse_store_location};
