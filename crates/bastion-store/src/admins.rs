@@ -12,6 +12,9 @@
 //! The TOTP secret is stored as it is (base32) for now: whoever can read
 //! the database can compute codes. It is never printed again after
 //! enrolment and never appears in `Debug` output or error messages.
+//!
+//! Changes to an account (not the record of a login attempt) bump the
+//! [`USERS`](crate::changes::USERS) topic of the change feed.
 
 use std::sync::OnceLock;
 
@@ -22,6 +25,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::changes::{BumpChange, USERS};
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
@@ -426,16 +430,24 @@ impl Store {
         if !is_valid_admin_name(name) {
             return Err(StoreError::Invalid(ADMIN_NAME_RULE.into()));
         }
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "INSERT INTO admins (name, password_hash, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(password_hash)
-        .bind(Utc::now().timestamp())
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let changed = sqlx::query(
+                "INSERT INTO admins (name, password_hash, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(password_hash)
+            .bind(Utc::now().timestamp())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     pub async fn get_admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
@@ -461,27 +473,43 @@ impl Store {
     /// Removes an administrator account. Returns false when there is no
     /// such account.
     pub async fn delete_admin(&self, name: &str) -> Result<bool, StoreError> {
-        let n = on_pool!(&self.pool, p => sqlx::query("DELETE FROM admins WHERE name = $1")
-            .bind(name)
-            .execute(p)
-            .await?
-            .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let changed = sqlx::query("DELETE FROM admins WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if changed {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     /// Replaces an administrator's password hash, and lifts a lockout (the
     /// password was set by someone with access to the store). Returns false
     /// when there is no such account.
     pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<bool, StoreError> {
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "UPDATE admins SET password_hash = $1, failed_attempts = 0, locked_until = NULL WHERE name = $2"
-        )
-        .bind(password_hash)
-        .bind(name)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE admins SET password_hash = $1, failed_attempts = 0, locked_until = NULL WHERE name = $2"
+            )
+            .bind(password_hash)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     /// Sets (or with `None` removes) an administrator's TOTP secret. With
@@ -495,33 +523,49 @@ impl Store {
         secret: Option<&TotpSecret>,
         confirmed_step: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "UPDATE admins SET totp_secret = $1, totp_confirmed = $2, totp_last_step = $3 WHERE name = $4"
-        )
-        .bind(secret.map(TotpSecret::base32))
-        .bind(i64::from(secret.is_some() && confirmed_step.is_some()))
-        .bind(confirmed_step)
-        .bind(name)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE admins SET totp_secret = $1, totp_confirmed = $2, totp_last_step = $3 WHERE name = $4"
+            )
+            .bind(secret.map(TotpSecret::base32))
+            .bind(i64::from(secret.is_some() && confirmed_step.is_some()))
+            .bind(confirmed_step)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     /// Confirms a stored, unconfirmed secret with the step of a valid code
     /// (checked by the caller with [`check_totp`]). Returns false when
     /// there is no such account or no secret to confirm.
     pub async fn confirm_admin_totp(&self, name: &str, step: i64) -> Result<bool, StoreError> {
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "UPDATE admins SET totp_confirmed = 1, totp_last_step = $1
-             WHERE name = $2 AND totp_secret IS NOT NULL AND totp_confirmed = 0",
-        )
-        .bind(step)
-        .bind(name)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE admins SET totp_confirmed = 1, totp_last_step = $1
+                 WHERE name = $2 AND totp_secret IS NOT NULL AND totp_confirmed = 0",
+            )
+            .bind(step)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     /// Records a login attempt. A success clears the failure count and the

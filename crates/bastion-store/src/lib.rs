@@ -13,11 +13,16 @@
 //! - [`secrets`]: the vault's rows, opaque sealed blobs.
 //! - [`audit`]: the audit trail's hash-chained records.
 //! - [`pins`]: pins of the tools and prompts servers list.
+//! - [`limits`]: call quota usage and lockdowns.
+//! - [`changes`]: the change feed, how gateways sharing a store follow
+//!   each other's writes.
 #![forbid(unsafe_code)]
 
 pub mod admins;
 pub mod audit;
+pub mod changes;
 pub mod db;
+pub mod limits;
 pub mod pepper;
 pub mod pins;
 pub mod secrets;
@@ -29,6 +34,7 @@ pub mod users;
 pub use admins::{AdminRecord, LoginError};
 pub use audit::{AuditFilter, AuditRow};
 pub use db::{Backend, MigrationInfo, MigrationState, MigrationStatus, StoreSettings};
+pub use limits::{ALL_SERVERS, Lockdown};
 pub use pins::PinRecord;
 pub use secrets::{OwnerKind, SecretInfo, SecretRecord};
 pub use store::{ApiKeyRecord, KeyState, NewApiKey, Store, StoreError};

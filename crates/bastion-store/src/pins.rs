@@ -3,10 +3,12 @@
 //! seen last, and the state that makes of it. What the states mean and how
 //! they change is the gateway's (`bastion_guard::pin`); the store keeps the
 //! rows and changes them by compare and set, so that gateways sharing one
-//! store and the CLI never overwrite each other's decisions unseen.
+//! store and the CLI never overwrite each other's decisions unseen. Every
+//! change bumps the [`PINS`](crate::changes::PINS) topic of the change feed.
 
 use chrono::{DateTime, Utc};
 
+use crate::changes::{BumpChange, PINS};
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
@@ -118,47 +120,55 @@ impl Store {
     pub async fn write_pin(&self, pin: &PinRecord, expected: Option<i64>) -> Result<Option<PinRecord>, StoreError> {
         check_pin(pin)?;
         let now = Utc::now().timestamp();
-        let written = on_pool!(&self.pool, p => match expected {
-            None => sqlx::query(
-                "INSERT INTO tool_pins (server, kind, name, state, reason, approved_hash, approved_definition,
-                     approved_by, seen_hash, seen_definition, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11)
-                 ON CONFLICT (server, kind, name) DO NOTHING",
-            )
-            .bind(&pin.server)
-            .bind(&pin.kind)
-            .bind(&pin.name)
-            .bind(&pin.state)
-            .bind(&pin.reason)
-            .bind(&pin.approved_hash)
-            .bind(&pin.approved_definition)
-            .bind(&pin.approved_by)
-            .bind(&pin.seen_hash)
-            .bind(&pin.seen_definition)
-            .bind(now)
-            .execute(p)
-            .await?
-            .rows_affected(),
-            Some(version) => sqlx::query(
-                "UPDATE tool_pins SET state = $1, reason = $2, approved_hash = $3, approved_definition = $4,
-                     approved_by = $5, seen_hash = $6, seen_definition = $7, version = version + 1, updated_at = $8
-                 WHERE server = $9 AND kind = $10 AND name = $11 AND version = $12",
-            )
-            .bind(&pin.state)
-            .bind(&pin.reason)
-            .bind(&pin.approved_hash)
-            .bind(&pin.approved_definition)
-            .bind(&pin.approved_by)
-            .bind(&pin.seen_hash)
-            .bind(&pin.seen_definition)
-            .bind(now)
-            .bind(&pin.server)
-            .bind(&pin.kind)
-            .bind(&pin.name)
-            .bind(version)
-            .execute(p)
-            .await?
-            .rows_affected(),
+        let written = on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let n = match expected {
+                None => sqlx::query(
+                    "INSERT INTO tool_pins (server, kind, name, state, reason, approved_hash, approved_definition,
+                         approved_by, seen_hash, seen_definition, version, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11)
+                     ON CONFLICT (server, kind, name) DO NOTHING",
+                )
+                .bind(&pin.server)
+                .bind(&pin.kind)
+                .bind(&pin.name)
+                .bind(&pin.state)
+                .bind(&pin.reason)
+                .bind(&pin.approved_hash)
+                .bind(&pin.approved_definition)
+                .bind(&pin.approved_by)
+                .bind(&pin.seen_hash)
+                .bind(&pin.seen_definition)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Some(version) => sqlx::query(
+                    "UPDATE tool_pins SET state = $1, reason = $2, approved_hash = $3, approved_definition = $4,
+                         approved_by = $5, seen_hash = $6, seen_definition = $7, version = version + 1, updated_at = $8
+                     WHERE server = $9 AND kind = $10 AND name = $11 AND version = $12",
+                )
+                .bind(&pin.state)
+                .bind(&pin.reason)
+                .bind(&pin.approved_hash)
+                .bind(&pin.approved_definition)
+                .bind(&pin.approved_by)
+                .bind(&pin.seen_hash)
+                .bind(&pin.seen_definition)
+                .bind(now)
+                .bind(&pin.server)
+                .bind(&pin.kind)
+                .bind(&pin.name)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if n == 1 {
+                tx.bump_change(PINS).await?;
+            }
+            tx.commit().await?;
+            n
         });
         if written != 1 {
             return Ok(None);
@@ -169,17 +179,30 @@ impl Store {
     /// Removes the pins of a server (all of them, or one item's). Returns
     /// how many were removed.
     pub async fn delete_pins(&self, server: &str, item: Option<(&str, &str)>) -> Result<u64, StoreError> {
-        let n = on_pool!(&self.pool, p => match item {
-            Some((kind, name)) => sqlx::query("DELETE FROM tool_pins WHERE server = $1 AND kind = $2 AND name = $3")
-                .bind(server)
-                .bind(kind)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            None => sqlx::query("DELETE FROM tool_pins WHERE server = $1").bind(server).execute(p).await?.rows_affected(),
-        });
-        Ok(n)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let n = match item {
+                Some((kind, name)) => {
+                    sqlx::query("DELETE FROM tool_pins WHERE server = $1 AND kind = $2 AND name = $3")
+                        .bind(server)
+                        .bind(kind)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                }
+                None => sqlx::query("DELETE FROM tool_pins WHERE server = $1")
+                    .bind(server)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+            };
+            if n > 0 {
+                tx.bump_change(PINS).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }
 

@@ -5,9 +5,12 @@
 //! rows, checks names, and offers what rotating the master key needs:
 //! [`Store::secrets_not_wrapped_by`] and the compare-and-swap
 //! [`Store::rewrap_secret`], which never overwrites a value set meanwhile.
+//! Every change bumps the [`SECRETS`](crate::changes::SECRETS) topic of the
+//! change feed.
 
 use chrono::{DateTime, Utc};
 
+use crate::changes::{BumpChange, SECRETS};
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
@@ -188,20 +191,25 @@ impl Store {
         check_key_id(key_id)?;
         check_sealed(sealed)?;
         let now = Utc::now().timestamp();
-        on_pool!(&self.pool, p => sqlx::query(
-            "INSERT INTO secrets (owner_kind, owner, name, key_id, sealed, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             ON CONFLICT (owner_kind, owner, name) DO UPDATE SET key_id = excluded.key_id,
-                 sealed = excluded.sealed, updated_at = excluded.updated_at",
-        )
-        .bind(kind.as_str())
-        .bind(owner)
-        .bind(name)
-        .bind(key_id)
-        .bind(sealed)
-        .bind(now)
-        .execute(p)
-        .await.map(|_| ())?);
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO secrets (owner_kind, owner, name, key_id, sealed, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (owner_kind, owner, name) DO UPDATE SET key_id = excluded.key_id,
+                     sealed = excluded.sealed, updated_at = excluded.updated_at",
+            )
+            .bind(kind.as_str())
+            .bind(owner)
+            .bind(name)
+            .bind(key_id)
+            .bind(sealed)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.bump_change(SECRETS).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -251,16 +259,22 @@ impl Store {
     /// Removes a secret. Returns whether it existed.
     pub async fn delete_secret(&self, kind: OwnerKind, owner: &str, name: &str) -> Result<bool, StoreError> {
         check_ref(owner, name)?;
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "DELETE FROM secrets WHERE owner_kind = $1 AND owner = $2 AND name = $3"
-        )
-        .bind(kind.as_str())
-        .bind(owner)
-        .bind(name)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let deleted = sqlx::query("DELETE FROM secrets WHERE owner_kind = $1 AND owner = $2 AND name = $3")
+                .bind(kind.as_str())
+                .bind(owner)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if deleted {
+                tx.bump_change(SECRETS).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
     }
 
     /// The secrets whose data key is wrapped by another master key than
@@ -286,21 +300,29 @@ impl Store {
         check_ref(&read.owner, &read.name)?;
         check_key_id(key_id)?;
         check_sealed(sealed)?;
-        let n = on_pool!(&self.pool, p => sqlx::query(
-            "UPDATE secrets SET key_id = $1, sealed = $2
-             WHERE owner_kind = $3 AND owner = $4 AND name = $5 AND key_id = $6 AND sealed = $7",
-        )
-        .bind(key_id)
-        .bind(sealed)
-        .bind(read.owner_kind.as_str())
-        .bind(&read.owner)
-        .bind(&read.name)
-        .bind(&read.key_id)
-        .bind(&read.sealed)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let rewrapped = sqlx::query(
+                "UPDATE secrets SET key_id = $1, sealed = $2
+                 WHERE owner_kind = $3 AND owner = $4 AND name = $5 AND key_id = $6 AND sealed = $7",
+            )
+            .bind(key_id)
+            .bind(sealed)
+            .bind(read.owner_kind.as_str())
+            .bind(&read.owner)
+            .bind(&read.name)
+            .bind(&read.key_id)
+            .bind(&read.sealed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if rewrapped {
+                tx.bump_change(SECRETS).await?;
+            }
+            tx.commit().await?;
+            Ok(rewrapped)
+        })
     }
 }
 

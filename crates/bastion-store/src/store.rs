@@ -1,10 +1,12 @@
 //! The store: a connection pool (SQLite or PostgreSQL, see [`crate::db`])
-//! and the API key queries on it.
+//! and the API key queries on it. Creating and revoking a key bumps the
+//! [`KEYS`](crate::changes::KEYS) topic of the change feed.
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+use crate::changes::{BumpChange, KEYS};
 use crate::db::{Fields, Pool, on_pool};
 
 macro_rules! key_columns {
@@ -138,21 +140,27 @@ impl Store {
         Ok(())
     }
 
+    /// Adds a key (bumps [`KEYS`]).
     pub async fn insert_key(&self, k: &NewApiKey) -> Result<(), StoreError> {
-        on_pool!(&self.pool, p => sqlx::query(
-            "INSERT INTO api_keys (id, user_name, display_prefix, key_hash, created_at, expires_at, max_uses, description)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&k.id)
-        .bind(&k.user)
-        .bind(&k.display_prefix)
-        .bind(&k.hash)
-        .bind(Utc::now().timestamp())
-        .bind(k.expires_at.map(|t| t.timestamp()))
-        .bind(k.max_uses)
-        .bind(&k.description)
-        .execute(p)
-        .await.map(|_| ())?);
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO api_keys (id, user_name, display_prefix, key_hash, created_at, expires_at, max_uses, description)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&k.id)
+            .bind(&k.user)
+            .bind(&k.display_prefix)
+            .bind(&k.hash)
+            .bind(Utc::now().timestamp())
+            .bind(k.expires_at.map(|t| t.timestamp()))
+            .bind(k.max_uses)
+            .bind(&k.description)
+            .execute(&mut *tx)
+            .await?;
+            tx.bump_change(KEYS).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -219,18 +227,24 @@ impl Store {
         })
     }
 
-    /// Revokes a key by id. Returns false when there is no such key or it was
-    /// already revoked.
+    /// Revokes a key by id (bumps [`KEYS`]). Returns false when there is no
+    /// such key or it was already revoked.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
-        let r = on_pool!(&self.pool, p => sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
-        )
-        .bind(Utc::now().timestamp())
-        .bind(id)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(r == 1)
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let revoked = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(Utc::now().timestamp())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if revoked {
+                tx.bump_change(KEYS).await?;
+            }
+            tx.commit().await?;
+            Ok(revoked)
+        })
     }
 
     /// Adds `uses` to a key's usage count and stamps its last use (never

@@ -6,11 +6,15 @@
 //! Removals leave a tombstone, so [`Store::users_changed_since`] reports
 //! added, changed and removed users alike: the gateway ends what a user
 //! who lost access has open.
+//!
+//! Every change bumps the [`USERS`](crate::changes::USERS) topic of the
+//! change feed.
 
 use bastion_core::access::Role;
 use bastion_core::config::{USER_NAME_RULE, is_valid_user_name};
 use chrono::{DateTime, Utc};
 
+use crate::changes::{BumpChange, USERS};
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError, ts};
 
@@ -110,6 +114,7 @@ impl Store {
                 == 1;
             if inserted {
                 sqlx::query("DELETE FROM user_tombstones WHERE name = $1").bind(&u.name).execute(&mut *tx).await?;
+                tx.bump_change(USERS).await?;
             }
             tx.commit().await?;
             Ok(inserted)
@@ -136,6 +141,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM user_tombstones WHERE name = $1").bind(&u.name).execute(&mut *tx).await?;
+            tx.bump_change(USERS).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -151,6 +157,7 @@ impl Store {
     ) -> Result<Option<UserRecord>, StoreError> {
         let groups = groups.as_deref().map(groups_json).transpose()?;
         on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
             let row = sqlx::query(concat!(
                 "UPDATE users SET role = COALESCE($1, role), groups = COALESCE($2, groups), updated_at = $3 \
                  WHERE name = $4 RETURNING ",
@@ -160,9 +167,14 @@ impl Store {
             .bind(&groups)
             .bind(Utc::now().timestamp())
             .bind(name)
-            .fetch_optional(p)
+            .fetch_optional(&mut *tx)
             .await?;
-            row.as_ref().map(row_to_user).transpose()
+            let user = row.as_ref().map(row_to_user).transpose()?;
+            if user.is_some() {
+                tx.bump_change(USERS).await?;
+            }
+            tx.commit().await?;
+            Ok(user)
         })
     }
 
@@ -187,6 +199,7 @@ impl Store {
                     .bind(now - TOMBSTONE_DAYS * 86_400)
                     .execute(&mut *tx)
                     .await?;
+                tx.bump_change(USERS).await?;
             }
             tx.commit().await?;
             Ok(deleted)

@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod keys;
+mod lockdown;
 mod migrate;
 mod policy;
 mod secrets;
@@ -64,6 +65,10 @@ enum Command {
     /// the poisoning scan of the configured servers.
     #[command(subcommand)]
     Tools(tools::ToolsCommand),
+    /// Refuse calls to every server, or to one, until lifted; and show
+    /// the lockdowns in force.
+    #[command(subcommand)]
+    Lockdown(lockdown::LockdownCommand),
     /// Check the access policies and try decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -158,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(&cli.config, cmd).await,
         Command::Policy(cmd) => policy::run(&cli.config, cmd).await,
         Command::Tools(cmd) => tools::run(&cli.config, cmd).await,
+        Command::Lockdown(cmd) => lockdown::run(&cli.config, cmd).await,
         Command::Config(ConfigCommand::Check { file, strict }) => {
             let path = file.unwrap_or(cli.config);
             let config = bastion_core::config::Config::load(&path)?;
