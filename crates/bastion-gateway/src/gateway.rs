@@ -79,6 +79,20 @@ pub struct Gateway {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Pins of the tools and prompts servers list (`crate::pins`).
     pub pins: crate::pins::Pins,
+    /// Rate limits, quotas, concurrency and lockdown (`crate::limit`).
+    pub limits: Arc<crate::limit::Limits>,
+    /// Woken when the store says another process changed something.
+    pub changed: Changed,
+}
+
+/// What other processes sharing the store (the CLI, replicas) changed, as
+/// the store's change feed tells: each wakes the task that follows it, at
+/// once rather than at its next round.
+#[derive(Default)]
+pub struct Changed {
+    pub keys: tokio::sync::Notify,
+    pub users: tokio::sync::Notify,
+    pub pins: tokio::sync::Notify,
 }
 
 /// Why the gateway did not start.
@@ -155,6 +169,8 @@ impl Gateway {
             spawn_permits_total: std::sync::Mutex::new(config.upstream.max_concurrent_spawns),
             tokens: arc_swap::ArcSwapOption::new(TokenAuthenticator::from_config(&config.auth)),
             pins: crate::pins::Pins::new(store.clone(), audit.clone()),
+            limits: Arc::new(crate::limit::Limits::new(&config.limits)),
+            changed: Changed::default(),
             authorizer: crate::access::Authorizer::new(&config, engine, store.clone()),
             runtime: ArcSwap::from_pointee(Runtime { config, upstreams }),
             guard,
@@ -173,7 +189,14 @@ impl Gateway {
         tokio::spawn(shed_slow_streams(gw.clone(), shutdown.clone()));
         tokio::spawn(close_ended_credentials(gw.clone(), shutdown.clone()));
         tokio::spawn(crate::pins::follow(gw.clone(), shutdown.clone()));
-        tokio::spawn(follow_store_users(gw.clone(), shutdown));
+        tokio::spawn(follow_store_users(gw.clone(), shutdown.clone()));
+        let redis_url = {
+            let gw = Arc::downgrade(&gw);
+            move || gw.upgrade().and_then(|gw| gw.runtime().config.limits.redis.clone())
+        };
+        tokio::spawn(gw.limits.clone().maintain(redis_url, shutdown.clone()));
+        tokio::spawn(gw.limits.clone().flush_quotas(gw.store.clone(), shutdown.clone()));
+        tokio::spawn(follow_changes(gw.clone(), shutdown));
         Ok(gw)
     }
 
@@ -576,6 +599,7 @@ impl Gateway {
     /// Settings held outside the config snapshot, brought up to date.
     fn apply_live_settings(&self, config: &Config) {
         self.sessions.budget.set_limits(config.http.stream_queue_bytes, config.http.stream_queue_total_bytes);
+        self.limits.apply(&config.limits);
         if let Authentication::ApiKeys(a) = &self.authentication {
             a.set_ttl(config.auth.key_cache_ttl);
         }
@@ -911,6 +935,7 @@ async fn follow_store_users(gw: Arc<Gateway>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = gw.changed.users.notified() => {}
         }
         let now = chrono::Utc::now();
         // Store times have one-second resolution: look back a little.
@@ -927,6 +952,57 @@ async fn follow_store_users(gw: Arc<Gateway>, shutdown: CancellationToken) {
         }
         gw.authorizer.forget_users(&changed);
         gw.reauthorize_sessions(Some(&changed)).await;
+    }
+}
+
+/// Follows the store's change feed: reads the lockdown state first (calls
+/// are refused until it is known), then again whenever it changes, and
+/// wakes the tasks following keys, users and pins when theirs change.
+async fn follow_changes(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut feed = None;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        if !gw.limits.lockdown().is_loaded()
+            && let Err(e) = gw.limits.refresh_lockdown(&gw.store).await
+        {
+            tracing::warn!(error = %e, "cannot read the lockdown state; calls are refused until it can be");
+        }
+        if feed.is_none() {
+            match gw.store.watch_changes().await {
+                Ok(f) => {
+                    feed = Some(f);
+                    // Whatever changed while nobody listened.
+                    let _ = gw.limits.refresh_lockdown(&gw.store).await;
+                    wait = Duration::from_millis(50);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow the store's changes; retrying"),
+            }
+        }
+        let Some(f) = feed.as_mut().filter(|_| gw.limits.lockdown().is_loaded()) else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        let topic = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            t = f.recv() => t,
+        };
+        match topic.as_deref() {
+            None => feed = None,
+            Some("lockdown") => {
+                if let Err(e) = gw.limits.refresh_lockdown(&gw.store).await {
+                    tracing::warn!(error = %e, "cannot read the lockdown state");
+                    gw.limits.forget_lockdown();
+                }
+            }
+            Some("keys") => gw.changed.keys.notify_one(),
+            Some("users") => gw.changed.users.notify_one(),
+            Some("pins") => gw.changed.pins.notify_one(),
+            Some(_) => {}
+        }
     }
 }
 
@@ -1007,6 +1083,7 @@ async fn close_ended_credentials(gw: Arc<Gateway>, shutdown: CancellationToken) 
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = gw.changed.keys.notified() => {}
         }
         let now = chrono::Utc::now();
         // Store times have one-second resolution: look back a little.

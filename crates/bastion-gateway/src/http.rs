@@ -612,7 +612,7 @@ pub(crate) async fn respond(gw: Arc<Gateway>, principal: Principal, session: Arc
             }
             linger(session.clone(), events);
             return match done {
-                Some(v) if frames.is_empty() => json_response(StatusCode::OK, &v),
+                Some(v) if frames.is_empty() => answer_response(StatusCode::OK, &v),
                 Some(v) => {
                     frames.push(Ok(sse_frame(&v)));
                     sse_response(Body::from_stream(futures::stream::iter(frames)))
@@ -703,6 +703,21 @@ pub(crate) fn limit_response(id: Option<&Value>, e: &LimitReached) -> Response {
     tracing::info!(limit = e.kind.describe(), cap = e.cap, "caller limit reached");
     let mut resp = rpc_error(StatusCode::TOO_MANY_REQUESTS, id, jsonrpc::LIMIT_REACHED, e.to_string());
     resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    resp
+}
+
+/// A JSON-RPC response sent on its own with `status`; a refusal by the
+/// limit phase gets its own status (429, or 503 when limits cannot be
+/// checked) with `Retry-After`, `RateLimit` and `RateLimit-Policy`.
+pub(crate) fn answer_response(status: StatusCode, v: &Value) -> Response {
+    let limited = v.get("error").and_then(crate::limit::http_headers);
+    let Some((status, headers)) = limited else { return json_response(status, v) };
+    let mut resp = json_response(status, v);
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
     resp
 }
 

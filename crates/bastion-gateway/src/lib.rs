@@ -10,6 +10,8 @@
 //! - [`auth`]: who is calling — API keys, access tokens, client certificates.
 //! - [`access`]: what a caller may use — its user's role and groups, and
 //!   the policy engine's decisions.
+//! - [`limit`]: the limit phase — lockdown, rate limits, quotas, calls in
+//!   flight per server.
 //! - [`load`]: what each principal holds at once, against its caps.
 //! - [`pins`]: tool pinning and the poisoning scan: which listed tools
 //!   and prompts are served.
@@ -36,6 +38,7 @@ pub mod drain;
 pub mod gateway;
 pub mod http;
 mod inspect;
+pub mod limit;
 pub mod load;
 pub mod metrics;
 pub mod mrtr;

@@ -216,10 +216,28 @@ pub enum Denial {
     Limit,
     /// The audit queue was full (`audit.on_full: refuse`).
     AuditFull,
+    /// A rate limit (`limits.rules`), or rate limits that could not be
+    /// checked.
+    RateLimit,
+    /// A call quota (`limits.quotas`).
+    Quota,
+    /// A server's calls in flight (`limits.rules` with `concurrency`).
+    Concurrency,
+    /// An emergency lockdown (`bastion lockdown on`).
+    Lockdown,
 }
 
 impl Denial {
-    const ALL: [Denial; 4] = [Denial::Auth, Denial::Policy, Denial::Limit, Denial::AuditFull];
+    const ALL: [Denial; 8] = [
+        Denial::Auth,
+        Denial::Policy,
+        Denial::Limit,
+        Denial::AuditFull,
+        Denial::RateLimit,
+        Denial::Quota,
+        Denial::Concurrency,
+        Denial::Lockdown,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -227,6 +245,10 @@ impl Denial {
             Denial::Policy => "policy",
             Denial::Limit => "limit",
             Denial::AuditFull => "audit_full",
+            Denial::RateLimit => "rate_limit",
+            Denial::Quota => "quota",
+            Denial::Concurrency => "concurrency",
+            Denial::Lockdown => "lockdown",
         }
     }
 }
@@ -380,7 +402,8 @@ pub struct Metrics {
     mcp: [[Counter; 3]; 6],
     /// By method class.
     mcp_duration: [Timing; 6],
-    denials: [Counter; 4],
+    denials: [Counter; 8],
+    limit_backend_errors: Counter,
     tool_calls: Family<ToolLabels, Counter>,
     upstream_duration: Family<ServerLabel, Timing>,
     upstream_restarts: Family<ServerLabel, Counter>,
@@ -428,7 +451,7 @@ impl Metrics {
         let denial_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "denials",
-            "Requests refused: a credential (auth), access rules (policy), a per-caller limit (limit), a full audit queue (audit_full)",
+            "Requests refused: a credential (auth), access rules (policy), a per-caller limit (limit), a full audit queue (audit_full), a rate limit (rate_limit), a quota (quota), a server's calls in flight (concurrency), a lockdown (lockdown)",
             denial_family.clone(),
         );
         let denials = Denial::ALL.map(|d| denial_family.get_or_create_owned(&ReasonLabel { reason: d.label() }));
@@ -451,7 +474,14 @@ impl Metrics {
             "Starts of a server after its connection was lost or its previous start failed, by server",
             upstream_restarts.clone(),
         );
+        let limit_backend_errors = Counter::default();
+        registry.register(
+            "limit_backend_errors",
+            "Rate-limit checks Redis could not answer (refused, or checked in this process, as limits.on_redis_error says)",
+            limit_backend_errors.clone(),
+        );
         Metrics {
+            limit_backend_errors,
             registry,
             http_family,
             http: Default::default(),
@@ -483,6 +513,11 @@ impl Metrics {
     }
 
     /// Something refused.
+    /// A rate-limit check Redis could not answer.
+    pub fn limit_backend_error(&self) {
+        self.limit_backend_errors.inc();
+    }
+
     pub fn denied(&self, why: Denial) {
         self.denials[why as usize].inc();
     }

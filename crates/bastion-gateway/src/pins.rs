@@ -23,8 +23,9 @@
 //! nothing was pinned for it.
 //!
 //! Changes made elsewhere (`bastion tools approve|reject`, other replicas
-//! on the same store) are read from the store every [`FOLLOW_INTERVAL`];
-//! sessions that can see a changed server are told its lists changed.
+//! on the same store) are read from the store as soon as its change feed
+//! says pins changed, and every [`FOLLOW_INTERVAL`] besides; sessions that
+//! can see a changed server are told its lists changed.
 //! When the store cannot be read or written, an item whose pin would have
 //! to be read or changed is not served (fail closed).
 
@@ -634,6 +635,7 @@ pub(crate) async fn follow(gw: Arc<Gateway>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            _ = gw.changed.pins.notified() => {}
         }
         if !gw.pins.loaded.load(Ordering::Acquire) {
             continue;

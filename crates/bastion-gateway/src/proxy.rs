@@ -7,17 +7,20 @@
 //! 2. **authorize**: the caller's current access (`crate::access`) and the
 //!    policy engine's decision on the exact item — the tool, prompt or
 //!    resource, resolved to its server and the server's own name;
-//! 3. **inspect request**: the data guard reads a call's arguments, masking
+//! 3. **limit**: the emergency lockdown, the rate limits the request falls
+//!    under, its caller's quotas and its server's calls in flight
+//!    (`crate::limit`); a refusal never reaches the server;
+//! 4. **inspect request**: the data guard reads a call's arguments, masking
 //!    what it is told to mask in the copy sent on, or refusing the call
 //!    (`crate::inspect`);
-//! 4. **upstream**: call the server, relaying its progress, logging,
+//! 5. **upstream**: call the server, relaying its progress, logging,
 //!    sampling and elicitation to the caller through the event sink, and
 //!    return the result, or the server's error, unchanged. List methods fan
 //!    out to every server in scope, keep what the caller may use, prefix,
 //!    and page the merged list with Bastion's own cursors;
-//! 5. **inspect response**: the data guard reads a call's result, a read
+//! 6. **inspect response**: the data guard reads a call's result, a read
 //!    resource or a prompt, masking or refusing it;
-//! 6. **audit**, on every outcome (result, error or denial): one record
+//! 7. **audit**, on every outcome (result, error or denial): one record
 //!    of who asked what, how it ended, what decided a denial, a keyed
 //!    digest of the arguments (never their values), what the data guard
 //!    found (kind and place, never the value), sizes and duration,
@@ -26,8 +29,8 @@
 //!    audit queue is full. The same outcome is counted in the metrics
 //!    (`count_request`), once.
 //!
-//! Per-caller limits are taken at the edge (`crate::load`) before a request
-//! reaches this path.
+//! What each caller holds at once (sessions, streams, calls in flight) is
+//! counted at the edge (`crate::load`) before a request reaches this path.
 //!
 //! Upstream connections are shared by every client, so what one client
 //! changes on a server must not change what another receives:
@@ -187,7 +190,11 @@ pub(crate) fn audit_full() -> Value {
 /// record says beyond the outcome.
 async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, notes: &mut Notes) -> Outcome {
     let decision = authorize(gw, ctx.principal, ctx.scope, req);
-    let access = crate::telemetry::authorizing(&req.method, decision).await.map_err(|r| {
+    let Authorized { access, item } = crate::telemetry::authorizing(&req.method, decision).await.map_err(|r| {
+        notes.policy = r.policy;
+        r.error
+    })?;
+    let _admission = limit(gw, &access, req, item.as_ref()).await.map_err(|r| {
         notes.policy = r.policy;
         r.error
     })?;
@@ -207,7 +214,7 @@ async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, notes: &mut N
 
 /// A request the authorize phase refused: the error for the caller, and
 /// what decided (for the audit trail, never for the caller).
-pub(crate) struct Refusal {
+pub struct Refusal {
     pub error: Value,
     pub policy: Option<String>,
 }
@@ -218,6 +225,43 @@ impl From<Value> for Refusal {
     }
 }
 
+/// What the authorize phase found: the caller's access, and the item the
+/// request names — its server and its name as the gateway's aggregate
+/// endpoint shows it (`server__tool`, `server+uri`) — when it names one.
+pub(crate) struct Authorized {
+    pub access: Access,
+    pub item: Option<(String, String)>,
+}
+
+/// The limit phase: see `crate::limit`. Lists, calls, reads and gets
+/// are limited; every other method is only held to the lockdown, and
+/// `ping` not even that.
+pub(crate) async fn limit(
+    gw: &Gateway,
+    access: &Access,
+    req: &Request,
+    item: Option<&(String, String)>,
+) -> Result<crate::limit::Admission, Refusal> {
+    use bastion_core::config::LimitedClass;
+    let class = match protocol::classify(&req.method) {
+        Some(MethodClass::Call) if req.method == "tools/call" => Some(LimitedClass::Call),
+        Some(MethodClass::Read) => Some(LimitedClass::Read),
+        Some(MethodClass::Get) => Some(LimitedClass::Get),
+        Some(MethodClass::List) => Some(LimitedClass::List),
+        Some(MethodClass::Notification) => return Ok(crate::limit::Admission::none()),
+        _ if req.method == "ping" => return Ok(crate::limit::Admission::none()),
+        _ => None,
+    };
+    let subject = crate::limit::Subject {
+        user: &access.user,
+        groups: &access.groups,
+        class,
+        item: item.map(|(server, name)| (server.as_str(), name.as_str())),
+    };
+    let rt = gw.runtime();
+    gw.limits.admit(&rt.config.limits, &gw.store, &gw.metrics, &subject).await
+}
+
 /// Classifies the request and decides whether the caller may make it; for
 /// a list, the items are decided one by one in [`list`]. The caller's
 /// access is read afresh for every request.
@@ -226,7 +270,7 @@ pub(crate) async fn authorize(
     principal: &Principal,
     scope: &Scope,
     req: &Request,
-) -> Result<Access, Refusal> {
+) -> Result<Authorized, Refusal> {
     let method = req.method.as_str();
     let class = protocol::classify(method).ok_or_else(|| not_offered(method))?;
     let access = gw
@@ -246,7 +290,7 @@ pub(crate) async fn authorize(
     let str_param =
         |v: Option<&Value>, key: &str| v.and_then(|p| p.get(key)).and_then(Value::as_str).map(str::to_string);
     let (kind, action, shown) = match class {
-        MethodClass::List | MethodClass::Notification => return Ok(access),
+        MethodClass::List | MethodClass::Notification => return Ok(Authorized { access, item: None }),
         MethodClass::Call => (Kind::Tool, Action::Call, str_param(params, "name")),
         MethodClass::Get => (Kind::Prompt, Action::Get, str_param(params, "name")),
         MethodClass::Read => (Kind::Resource, Action::Read, str_param(params, "uri")),
@@ -256,13 +300,13 @@ pub(crate) async fn authorize(
                 Some("ref/prompt") => (Kind::Prompt, Action::Get, str_param(r, "name")),
                 Some("ref/resource") => (Kind::Resource, Action::Read, str_param(r, "uri")),
                 // The route answers what is malformed.
-                _ => return Ok(access),
+                _ => return Ok(Authorized { access, item: None }),
             }
         }
-        MethodClass::Other => return Ok(access),
+        MethodClass::Other => return Ok(Authorized { access, item: None }),
     };
     // A missing name is answered by the route as invalid params.
-    let Some(shown) = shown else { return Ok(access) };
+    let Some(shown) = shown else { return Ok(Authorized { access, item: None }) };
     let (server, inner) = match kind {
         Kind::Resource => resolve_uri(gw, scope, &shown)?,
         _ => resolve_name(gw, scope, &shown)?,
@@ -283,7 +327,11 @@ pub(crate) async fn authorize(
             policy: Some(decision.to_string()),
         });
     }
-    Ok(access)
+    let item = match kind {
+        Kind::Resource => naming::prefix_uri(server.name(), inner),
+        _ => naming::prefix_name(server.name(), inner),
+    };
+    Ok(Authorized { access, item: Some((server.name().to_string(), item)) })
 }
 
 fn verb(action: Action) -> &'static str {

@@ -259,6 +259,10 @@ pub struct NewSession {
 /// All live sessions.
 pub struct Sessions {
     map: DashMap<String, Arc<Session>>,
+    /// This replica's name, which starts every session id it makes
+    /// (`NAME.` then the random part) so that a load balancer can send a
+    /// session's requests back to it (`serve --replica`).
+    replica: std::sync::OnceLock<String>,
     /// What the sessions' stream queues hold together.
     pub budget: Arc<Budget>,
 }
@@ -272,7 +276,13 @@ impl Default for Sessions {
 
 impl Sessions {
     pub fn new(budget: Arc<Budget>) -> Self {
-        Sessions { map: DashMap::new(), budget }
+        Sessions { map: DashMap::new(), replica: std::sync::OnceLock::new(), budget }
+    }
+
+    /// Names this replica in the session ids it makes from now on; the
+    /// first name given stays.
+    pub fn set_replica(&self, name: &str) {
+        let _ = self.replica.set(name.to_string());
     }
 
     /// The queues of the open streams.
@@ -286,7 +296,10 @@ impl Sessions {
     pub fn create(&self, s: NewSession, slot: Option<Slot>) -> Arc<Session> {
         let expires = s.principal.expires_at.unwrap_or(i64::MAX);
         let session = Arc::new(Session {
-            id: random_token(32),
+            id: match self.replica.get() {
+                Some(r) => format!("{r}.{}", random_token(32)),
+                None => random_token(32),
+            },
             principal: s.principal,
             scope: s.scope,
             protocol_version: s.protocol_version,

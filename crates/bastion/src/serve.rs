@@ -24,6 +24,19 @@ pub struct ServeArgs {
     /// Serve without authentication. Refused on a non-loopback address.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// This replica's name when several serve as one gateway: it starts
+    /// every session id (`NAME.…`), so that the load balancer sends a
+    /// session's requests to the replica that holds it (see
+    /// deploy/nginx/bastion.conf). Letters, digits, '-' and '_', at most
+    /// 32.
+    #[arg(long, env = "BASTION_REPLICA", value_parser = parse_replica)]
+    replica: Option<String>,
+}
+
+fn parse_replica(name: &str) -> Result<String, String> {
+    let ok =
+        !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(name.to_string()) } else { Err("letters, digits, '-' and '_', at most 32 characters".into()) }
 }
 
 /// The log, and with a `tracing` section the traces beside it (the
@@ -134,6 +147,14 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
     let keys_exist = !store.list_keys(None).await?.is_empty();
     let shutdown = CancellationToken::new();
     let gw = Gateway::start(config.clone(), config_path, store, authentication, shutdown.clone())?;
+    if let Some(replica) = &args.replica {
+        gw.sessions.set_replica(replica);
+    }
+    // Calls are refused until the lockdown state is known: read it before
+    // saying ready (its follower keeps trying if this fails).
+    if let Err(e) = gw.limits.refresh_lockdown(&gw.store).await {
+        tracing::warn!(error = %e, "cannot read the lockdown state yet; calls are refused until it can be");
+    }
     tracing::info!(
         listen = %local,
         tls = tls.is_some(),
@@ -168,7 +189,12 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
     }
     let stop = shutdown.clone();
     let audit = gw.audit.clone();
+    let (limits, store) = (gw.limits.clone(), gw.store.clone());
     bastion_gateway::server::run(listener, gw, tls, async move { stop.cancelled().await }).await?;
+    // Quota counts not yet in the store are added now.
+    if tokio::time::timeout(Duration::from_secs(5), limits.flush(&store)).await.is_err() {
+        tracing::error!("quota counts could not be saved at exit");
+    }
     // What was audited reaches the store (or the spool) before the exit.
     if let Some(audit) = audit
         && tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush()).await.is_err()

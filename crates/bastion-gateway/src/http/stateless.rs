@@ -141,10 +141,13 @@ pub(crate) async fn handle(
         );
     }
     let decision = proxy::authorize(&gw, &principal, &scope, &req);
-    if let Err(refusal) = crate::telemetry::authorizing(&req.method, decision).await {
-        let notes = proxy::Notes { policy: refusal.policy, ..Default::default() };
-        return refused(&gw, &principal, &scope, &req, refusal.error, notes, started).await;
-    }
+    let authorized = match crate::telemetry::authorizing(&req.method, decision).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            let notes = proxy::Notes { policy: refusal.policy, ..Default::default() };
+            return refused(&gw, &principal, &scope, &req, refusal.error, notes, started).await;
+        }
+    };
     // After the decision: checking the headers reads the tool's definition,
     // which may start the caller's own instance of the server.
     if let Err(resp) = check_param_headers(&gw, &scope, &principal.user, &req, headers).await {
@@ -160,6 +163,15 @@ pub(crate) async fn handle(
         && let Some(server) = gw.servers_in(&scope).into_iter().next()
     {
         let server = server.for_user(&principal.user);
+        // The limit phase, as on the request path; what it admits is held
+        // until the answer has been relayed.
+        let admission = match proxy::limit(&gw, &authorized.access, &req, authorized.item.as_ref()).await {
+            Ok(a) => a,
+            Err(refusal) => {
+                let notes = proxy::Notes { policy: refusal.policy, ..Default::default() };
+                return refused(&gw, &principal, &scope, &req, refusal.error, notes, started).await;
+            }
+        };
         // Pinned tools and prompts are decided here too: what is not
         // served never reaches the server.
         if let Err(refusal) = admit_pinned(&gw, &server, &req).await {
@@ -205,7 +217,7 @@ pub(crate) async fn handle(
                     Err(json!({"code": jsonrpc::INTERNAL_ERROR, "message": format!("HTTP {}", resp.status().as_u16())}))
                 };
                 audit_answer(outcome, resp.content_length()).await;
-                let held = Held { _slot: slot, watch, _call: call };
+                let held = Held { _slot: slot, watch, _call: call, _admission: admission };
                 return relay(&gw, &req.id, resp, held, server.spec().max_message_bytes);
             }
             Some(Err(e)) => {
@@ -400,7 +412,7 @@ async fn refused(
         audit.record(event).await;
     }
     let error = outcome.err().unwrap_or_default();
-    json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}))
+    super::answer_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}))
 }
 
 fn start(gw: Arc<Gateway>, scope: Scope, req: Request, principal: Principal) -> mrtr::Running {
@@ -587,8 +599,9 @@ async fn frames_response(mut rx: mpsc::Receiver<Frame>) -> Response {
         Frame::Final(v) => {
             let status =
                 v.pointer("/error/code").and_then(Value::as_i64).map(status_for_error).unwrap_or(StatusCode::OK);
-            let mut resp = json_response(status, &v);
-            if status == StatusCode::TOO_MANY_REQUESTS {
+            let mut resp = super::answer_response(status, &v);
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS && !resp.headers().contains_key(http::header::RETRY_AFTER)
+            {
                 resp.headers_mut()
                     .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(super::RETRY_AFTER_SECONDS));
             }
@@ -614,6 +627,7 @@ struct Held {
     _slot: Slot,
     watch: CredentialWatch,
     _call: tokio_util::task::task_tracker::TaskTrackerToken,
+    _admission: crate::limit::Admission,
 }
 
 /// Relays a server's own answer. A streamed answer still running when the
