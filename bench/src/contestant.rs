@@ -27,6 +27,8 @@ pub struct Peers {
     pub supergateway: Option<PathBuf>,
     pub mcp_proxy: Option<PathBuf>,
     pub contextforge_python: Option<PathBuf>,
+    /// A `redis-server` for the contestant whose rate buckets live in Redis.
+    pub redis_server: Option<PathBuf>,
 }
 
 impl Peers {
@@ -39,8 +41,17 @@ impl Peers {
             supergateway: get("BASTION_BENCH_SUPERGATEWAY"),
             mcp_proxy: get("BASTION_BENCH_MCP_PROXY"),
             contextforge_python: get("BASTION_BENCH_CONTEXTFORGE_PYTHON"),
+            redis_server: get("BASTION_BENCH_REDIS_SERVER").or_else(|| on_path("redis-server")),
         }
     }
+}
+
+/// The first executable file named `name` in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// The upstream the contestant forwards to.
@@ -70,6 +81,13 @@ pub enum Kind {
     /// Bastion as `Bastion`, with the data guard off: what reading every
     /// call's arguments and result costs.
     BastionNoGuard,
+    /// Bastion as `Bastion`, with rate limits at every level, a server's
+    /// calls in flight and a daily quota, in this process, all too high to
+    /// refuse anything: what checking them costs.
+    BastionLimits,
+    /// Bastion as `BastionLimits`, its rate buckets in a Redis server of its
+    /// own (started for it, outside the measured tree).
+    BastionLimitsRedis,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -85,6 +103,8 @@ impl Kind {
             Kind::BastionPerUser => "bastion-per-user",
             Kind::BastionNoAudit => "bastion-noaudit",
             Kind::BastionNoGuard => "bastion-noguard",
+            Kind::BastionLimits => "bastion-limits",
+            Kind::BastionLimitsRedis => "bastion-limits-redis",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -106,12 +126,24 @@ impl Kind {
             | Kind::BastionAuthz
             | Kind::BastionPerUser
             | Kind::BastionNoAudit
-            | Kind::BastionNoGuard => true,
+            | Kind::BastionNoGuard
+            | Kind::BastionLimits => true,
+            Kind::BastionLimitsRedis => peers.redis_server.is_some(),
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
             Kind::McpProxy => peers.mcp_proxy.is_some(),
             Kind::ContextForge => peers.contextforge_python.is_some(),
+        }
+    }
+
+    /// Why the contestant cannot run here, when [`Kind::available`] says so.
+    pub fn missing(self) -> &'static str {
+        match self {
+            Kind::BastionLimitsRedis => {
+                "redis-server not found on PATH (install Redis, or set BASTION_BENCH_REDIS_SERVER to one)"
+            }
+            _ => "not installed (run scripts/bench-provision)",
         }
     }
 }
@@ -137,6 +169,9 @@ pub struct Running {
     /// The identity provider whose tokens the gateway checks, kept
     /// serving for the contestant's lifetime.
     pub issuer: Option<crate::authz::Issuer>,
+    /// The Redis server holding the contestant's rate buckets: not the
+    /// gateway's, so outside the measured tree, measured on its own.
+    pub redis: Option<Child>,
     /// Kept alive for the contestant's lifetime (config, data, logs).
     pub _dir: tempfile::TempDir,
     pub log: PathBuf,
@@ -147,11 +182,24 @@ impl Running {
         self.root.id().unwrap_or(0)
     }
 
-    /// Stops the gateway and everything it started, then the helpers.
+    /// The Redis server's process id, when the contestant has one.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.redis.as_ref().and_then(Child::id)
+    }
+
+    /// The gateway's `/metrics` (Bastion contestants: served on the
+    /// gateway's own address to loopback clients).
+    pub fn metrics_url(&self) -> Option<String> {
+        let (origin, _) = self.url.split_once("/mcp")?;
+        Some(format!("{origin}/metrics"))
+    }
+
+    /// Stops the gateway and everything it started, then the helpers and
+    /// the Redis server.
     pub async fn stop(mut self) {
         let pid = self.pid();
         stop_tree(pid, &mut self.root).await;
-        for mut h in self.helpers.drain(..) {
+        for mut h in self.helpers.drain(..).chain(self.redis.take()) {
             let hp = h.id().unwrap_or(0);
             stop_tree(hp, &mut h).await;
         }
@@ -323,6 +371,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     let port = free_port()?;
     let mut bearer = None;
     let mut issuer = None;
+    let mut redis = None;
     let mut cmd;
     let url;
     match kind {
@@ -340,11 +389,18 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 root,
                 helpers,
                 issuer: None,
+                redis: None,
                 _dir: dir,
                 log: log_path,
             });
         }
-        Kind::Bastion | Kind::BastionAuthz | Kind::BastionPerUser | Kind::BastionNoAudit | Kind::BastionNoGuard => {
+        Kind::Bastion
+        | Kind::BastionAuthz
+        | Kind::BastionPerUser
+        | Kind::BastionNoAudit
+        | Kind::BastionNoGuard
+        | Kind::BastionLimits
+        | Kind::BastionLimitsRedis => {
             let mut servers = serde_json::Map::new();
             let mut entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
@@ -360,6 +416,17 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
             }
             if kind == Kind::BastionNoGuard {
                 config["guard"] = serde_json::json!({"enabled": false});
+            }
+            if matches!(kind, Kind::BastionLimits | Kind::BastionLimitsRedis) {
+                let redis_url = if kind == Kind::BastionLimitsRedis {
+                    let server = peers.redis_server.as_ref().context("redis-server")?;
+                    let (child, redis_port) = start_redis(server, dir.path()).await?;
+                    redis = Some(child);
+                    Some(format!("redis://127.0.0.1:{redis_port}/0"))
+                } else {
+                    None
+                };
+                add_limits(&mut config, "echo", redis_url.as_deref());
             }
             let resource = format!("http://127.0.0.1:{port}/mcp");
             if kind == Kind::BastionAuthz {
@@ -440,7 +507,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     let root = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-    let running = Running { kind, upstream, url, bearer, root, helpers, issuer, _dir: dir, log: log_path };
+    let running = Running { kind, upstream, url, bearer, root, helpers, issuer, redis, _dir: dir, log: log_path };
     if let Err(e) = wait_ready(&running, Duration::from_secs(60)).await {
         let log = std::fs::read_to_string(&running.log).unwrap_or_default();
         let tail: String =
@@ -449,6 +516,101 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
         bail!("{e:#}\n--- log tail ---\n{tail}");
     }
     Ok(running)
+}
+
+/// A rate no run comes near: the most a rule may allow (a million per
+/// second), with as large a burst.
+const NEVER_REACHED_RATE: &str = "1000000/s";
+const NEVER_REACHED_BURST: u32 = 1_000_000;
+/// Calls per user per day no run comes near.
+const NEVER_REACHED_QUOTA: u64 = 1_000_000_000;
+
+/// Rate rules at every level a call to `tool` of `server` falls under —
+/// every caller, the user, the server, the tool, the user and the tool —
+/// and a limit of calls in flight on the server, none of them reachable
+/// in a run: what the limit phase costs when it refuses nothing. No group
+/// rule: the benchmark's user is in no group, and putting it in one would
+/// change what authorization does too.
+pub fn limit_rules(server: &str, tool: &str) -> serde_json::Value {
+    let (rate, burst) = (NEVER_REACHED_RATE, NEVER_REACHED_BURST);
+    serde_json::json!([
+        {"scope": "global", "rate": rate, "burst": burst},
+        {"scope": "user", "rate": rate, "burst": burst},
+        {"scope": "server", "match": server, "rate": rate, "burst": burst},
+        {"scope": "server", "match": server, "concurrency": 4096},
+        {"scope": "tool", "match": tool, "rate": rate, "burst": burst},
+        {"scope": "user_tool", "rate": rate, "burst": burst},
+    ])
+}
+
+/// Adds [`limit_rules`] for the echo tool of `server` and a daily quota no
+/// run comes near to a config made by `base_config`; their rate buckets in
+/// Redis at `redis_url` when given.
+fn add_limits(config: &mut serde_json::Value, server: &str, redis_url: Option<&str>) {
+    let limits = &mut config["limits"];
+    limits["rules"] = limit_rules(server, &format!("{server}__echo"));
+    limits["quotas"] = serde_json::json!([{"scope": "user", "per": "day", "calls": NEVER_REACHED_QUOTA}]);
+    if let Some(url) = redis_url {
+        limits["redis"] = serde_json::json!(url);
+        // Redis out of reach refuses calls, which the suite then reports
+        // as a failed run: nothing falls back to this process's buckets.
+        limits["on_redis_error"] = serde_json::json!("refuse");
+    }
+}
+
+/// Starts a throwaway `redis-server` on a free loopback port — nothing
+/// saved, no append-only file, its files in `dir` — and waits until it
+/// answers `PING`. Returns it and its port.
+pub async fn start_redis(server: &Path, dir: &Path) -> anyhow::Result<(Child, u16)> {
+    let port = free_port()?;
+    let redis_dir = dir.join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let (log_path, log) = log_file(dir, "redis")?;
+    let tail = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(5).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    let mut child = Command::new(server)
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"])
+        .arg("--dir")
+        .arg(&redis_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", server.display()))?;
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("redis-server exited ({status})\n--- log tail ---\n{}", tail());
+        }
+        match redis_ping(port).await {
+            Ok(()) => return Ok((child, port)),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap_or(0);
+    stop_tree(pid, &mut child).await;
+    bail!("redis-server on port {port} did not answer PING within 10 s: {last}\n--- log tail ---\n{}", tail())
+}
+
+/// `PING` on a fresh connection; `+PONG` expected.
+async fn redis_ping(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    conn.write_all(b"PING\r\n").await?;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf)).await??;
+    if !buf[..n].starts_with(b"+PONG") {
+        bail!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    Ok(())
 }
 
 /// Polls until a session can be opened and the echo tool answers.
@@ -472,4 +634,28 @@ pub async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("{} not ready after {limit:?}: {last}", r.kind.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits contestants' configs are ones the gateway accepts.
+    #[test]
+    fn limits_configs_are_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = serde_json::Map::new();
+        servers.insert("echo".into(), serde_json::json!({"command": "/bin/true", "args": ["echo", "--stdio"]}));
+        for redis in [None, Some("redis://127.0.0.1:6390/0")] {
+            let mut config = base_config(dir.path(), 8080, &servers, "warn");
+            add_limits(&mut config, "echo", redis);
+            config["users"] = serde_json::json!({"bench": {"role": "admin"}});
+            let text = serde_json::to_string_pretty(&config).unwrap();
+            let parsed = bastion_core::config::Config::parse(Path::new("bastion.json"), &text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(parsed.limits.rules.len(), 6);
+            assert_eq!(parsed.limits.quotas.len(), 1);
+            assert_eq!(parsed.limits.redis.is_some(), redis.is_some());
+        }
+    }
 }

@@ -93,7 +93,7 @@ struct LoadArgs {
 #[derive(Args)]
 struct SuiteArgs {
     /// Seconds-long runs of Bastion (API keys, and authz on) and the direct
-    /// fixture only.
+    /// fixture only, and one round of each paired comparison.
     #[arg(long)]
     smoke: bool,
     /// Directory with the release `bastion` and `bastion-fixture`.
@@ -115,7 +115,9 @@ struct SuiteArgs {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds of each paired comparison — authz on with API keys alone,
-    /// audit on with audit off — (default 3, 1 with --smoke; 0 skips them).
+    /// audit on with audit off, guard on with guard off, limits in process
+    /// and on Redis with limits off — (default 3, 1 with --smoke; 0 skips
+    /// them).
     #[arg(long, alias = "authz-rounds")]
     paired_rounds: Option<usize>,
 }
@@ -227,6 +229,9 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     let peers = contestant::Peers::from_env();
     let report = suite::run(settings, bins(&a.bin_dir)?, peers, &a.out, &a.only).await?;
     print!("{}", report::markdown(&report));
+    if !report.failures.is_empty() {
+        bail!("the run failed: {}", report.failures.join("; "));
+    }
     // A smoke run checks that everything works, never how fast.
     if report.smoke {
         let paired = report.paired.iter().flat_map(|c| c.rounds.iter().flat_map(|r| [&r.base, &r.variant]));

@@ -263,6 +263,15 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
         measured,
         met: ratio.map(|q| q >= 0.95),
     });
+    // 10. Limits checked in process (rates at every level, a server's
+    // calls in flight, a daily quota; nothing refused) cost under 2 µs of
+    // gateway CPU per call.
+    let (measured, diff) = cpu_difference(paired_medians(r, Pairing::Limits), None);
+    v.push(TargetCheck {
+        target: "gateway CPU per call with limits checked in process (6 rules and a quota) < limits off + 2 µs".into(),
+        measured,
+        met: diff.map(|d| d < 2.0),
+    });
     v
 }
 
@@ -434,11 +443,56 @@ fn audit_section(r: &Report, s: &mut String) {
     paired_table(r, Pairing::Audit, s);
 }
 
+/// Limits on (in process, then on Redis) against none.
+fn limits_section(r: &Report, s: &mut String) {
+    let local = r.paired.iter().any(|c| c.pairing == Pairing::Limits);
+    let redis = r.paired.iter().find(|c| c.pairing == Pairing::LimitsRedis);
+    if !local && redis.is_none() {
+        return;
+    }
+    let _ = writeln!(s, "\n## Limits on against off\n");
+    let _ = writeln!(
+        s,
+        "`{LIMITS}` is `bastion` with rate limits at every level a call falls under (every caller, the user, \
+         the server, the tool, the user and the tool: 1,000,000/s each, bursts of 1,000,000), a limit of \
+         4,096 calls in flight on the server and a quota of 1,000,000,000 calls per user per day: six \
+         rules and a quota checked on every call, none of them ever reached (a refusal fails the suite). \
+         No group rule: the benchmark's user is in no group. Both over the stdio upstream."
+    );
+    if local {
+        let _ = writeln!(s, "\n### In process\n\nThe rate buckets in the gateway's memory.");
+        paired_table(r, Pairing::Limits, s);
+    }
+    if let Some(c) = redis {
+        let _ = writeln!(
+            s,
+            "\n### On Redis\n\n`{LIMITS_REDIS}`: the same rules, their buckets in a Redis server the benchmark \
+             starts for it on loopback (nothing saved to disk); every call waits for one round trip to it. \
+             Redis's own CPU is not the gateway's and is not in `gw CPU`; it is shown below the table."
+        );
+        paired_table(r, Pairing::LimitsRedis, s);
+        let rounds: Vec<String> = c.rounds.iter().map(|x| opt1(x.variant.redis_cpu_us_per_call)).collect();
+        let _ = writeln!(
+            s,
+            "\nRedis server CPU per call (its process alone): {} µs (median; rounds: {}).",
+            opt1(c.variant_redis_cpu_us_per_call),
+            rounds.join(", ")
+        );
+    }
+}
+
+/// The contestant with limits checked in process.
+pub const LIMITS: &str = "bastion-limits";
+
+/// The contestant with its rate buckets in Redis.
+pub const LIMITS_REDIS: &str = "bastion-limits-redis";
+
 /// A paired comparison in one line, for progress output.
 pub fn paired_line(c: &PairedComparison) -> String {
     let (base, variant) = c.pairing.labels();
+    let redis = c.variant_redis_cpu_us_per_call.map_or(String::new(), |v| format!("; Redis CPU {v:.1} µs/call"));
     format!(
-        "{variant} against {base}, {} round(s): gw CPU {} vs {} µs/call, difference {} µs/call (medians)",
+        "{variant} against {base}, {} round(s): gw CPU {} vs {} µs/call, difference {} µs/call (medians){redis}",
         c.rounds.len(),
         opt1(c.variant_gateway_cpu_us_per_call),
         opt1(c.base_gateway_cpu_us_per_call),
@@ -472,6 +526,13 @@ pub fn markdown(r: &Report) -> String {
          hypervisor gave to other guests during the run (a noisy neighbour shows here).\n",
         r.settings["fixed_rate_per_s"], r.settings["concurrency"], r.settings["duration_s"], r.settings["concurrency"]
     );
+    if !r.failures.is_empty() {
+        let _ = writeln!(s, "## Failed\n");
+        for f in &r.failures {
+            let _ = writeln!(s, "- **{f}**");
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## Targets\n");
     let _ = writeln!(s, "| target | measured | met |");
     let _ = writeln!(s, "|---|---|---|");
@@ -535,6 +596,7 @@ pub fn markdown(r: &Report) -> String {
     authz_section(r, &mut s);
     audit_section(r, &mut s);
     guard_section(r, &mut s);
+    limits_section(r, &mut s);
     let _ = writeln!(s, "\n## e. idle sessions\n");
     let _ = writeln!(
         s,

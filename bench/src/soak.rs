@@ -961,6 +961,7 @@ async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<(Running, u16
         root,
         helpers: vec![http],
         issuer: None,
+        redis: None,
         _dir: dir,
         log: log_path,
     };

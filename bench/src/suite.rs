@@ -13,6 +13,12 @@
 //! The direct contestant (the fixture over HTTP, no gateway) is the floor
 //! for `a` and `b` alike. `bastion-authz` runs `a`, `c` and `d` with access
 //! tokens and 50 Cedar rules, set against `bastion` with API keys alone.
+//!
+//! Paired comparisons ([`Pairing`]) set a gateway with one thing changed
+//! against the same gateway without it: authorization, the audit trail,
+//! the data guard, and limits (in process, and on Redis) that refuse
+//! nothing. A limits comparison in which anything was refused fails the
+//! suite: its figures would measure refusals, not checks.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -124,6 +130,10 @@ pub struct RunRecord {
     pub tree_cpu_us_per_call: Option<f64>,
     /// CPU of the load generator, per call (to see whether it was the limit).
     pub loadgen_cpu_us_per_call: Option<f64>,
+    /// CPU of the contestant's Redis server (outside the gateway's tree),
+    /// per call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_us_per_call: Option<f64>,
     pub gateway_peak_rss_kib: u64,
     pub tree_peak_rss_kib: u64,
     pub processes: usize,
@@ -144,10 +154,16 @@ pub enum Pairing {
     /// The data guard (the defaults) reading a 1 KiB argument and its 1 KiB
     /// echo against the guard off.
     Guard,
+    /// Rate limits at every level, a server's calls in flight and a daily
+    /// quota, in this process and never reached, against no limits.
+    Limits,
+    /// The same limits with their rate buckets in Redis against no limits.
+    LimitsRedis,
 }
 
 impl Pairing {
-    pub const ALL: [Pairing; 3] = [Pairing::Authz, Pairing::Audit, Pairing::Guard];
+    pub const ALL: [Pairing; 5] =
+        [Pairing::Authz, Pairing::Audit, Pairing::Guard, Pairing::Limits, Pairing::LimitsRedis];
 
     /// The contestants: (base, variant).
     pub fn kinds(self) -> (Kind, Kind) {
@@ -155,7 +171,14 @@ impl Pairing {
             Pairing::Authz => (Kind::Bastion, Kind::BastionAuthz),
             Pairing::Audit => (Kind::BastionNoAudit, Kind::Bastion),
             Pairing::Guard => (Kind::BastionNoGuard, Kind::Bastion),
+            Pairing::Limits => (Kind::Bastion, Kind::BastionLimits),
+            Pairing::LimitsRedis => (Kind::Bastion, Kind::BastionLimitsRedis),
         }
+    }
+
+    /// Whether the variant is one whose limits must refuse nothing.
+    pub fn refuses_nothing(self) -> bool {
+        matches!(self, Pairing::Limits | Pairing::LimitsRedis)
     }
 
     /// The arguments of the calls compared.
@@ -172,6 +195,8 @@ impl Pairing {
             Pairing::Authz => ("API keys", "authz on"),
             Pairing::Audit => ("audit off", "audit on"),
             Pairing::Guard => ("guard off", "guard on"),
+            Pairing::Limits => ("limits off", "limits in process"),
+            Pairing::LimitsRedis => ("limits off", "limits on Redis"),
         }
     }
 }
@@ -191,7 +216,25 @@ pub struct PairedComparison {
     pub difference_us_per_call: Option<f64>,
     /// Median over the rounds of the variant's max rate over the base's.
     pub rate_ratio: Option<f64>,
+    /// Median over the rounds of the variant's Redis server's CPU per call
+    /// (µs), not the gateway's and not in the difference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_redis_cpu_us_per_call: Option<f64>,
 }
+
+/// A limits comparison in which something was refused, or the gateway's
+/// denial counters could not show that nothing was: its figures are void
+/// and the suite fails.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PairedRound {
@@ -278,6 +321,9 @@ pub struct Report {
     pub paired: Vec<PairedComparison>,
     pub skipped: Vec<Skip>,
     pub targets: Vec<report::TargetCheck>,
+    /// What makes the run fail whatever its figures (a limits comparison
+    /// with refusals).
+    pub failures: Vec<String>,
 }
 
 pub fn machine() -> Machine {
@@ -361,13 +407,16 @@ impl Ctx {
         let pid = r.pid();
         procs::reset_peaks(pid);
         let me = std::process::id();
+        let redis = r.redis_pid();
         let before = procs::sample(pid);
         let me_before = procs::sample(me);
+        let redis_before = redis.map(procs::sample);
         let machine_before = procs::machine_cpu();
         let result = load::run(&ep, &spec).await;
         let machine_after = procs::machine_cpu();
         let after = procs::sample(pid);
         let me_after = procs::sample(me);
+        let redis_after = redis.map(procs::sample);
         let per_call = |ticks: u64| (result.ok > 0).then(|| ticks as f64 / self.tps / result.ok as f64 * 1e6);
         let rec = RunRecord {
             contestant: r.kind.name(),
@@ -376,6 +425,9 @@ impl Ctx {
             gateway_cpu_us_per_call: per_call(after.root_ticks.saturating_sub(before.root_ticks)),
             tree_cpu_us_per_call: per_call(after.tree_ticks.saturating_sub(before.tree_ticks)),
             loadgen_cpu_us_per_call: per_call(me_after.root_ticks.saturating_sub(me_before.root_ticks)),
+            redis_cpu_us_per_call: redis_before
+                .zip(redis_after)
+                .and_then(|(b, a)| per_call(a.root_ticks.saturating_sub(b.root_ticks))),
             gateway_peak_rss_kib: after.root_hwm_kib,
             tree_peak_rss_kib: after.tree_hwm_kib,
             processes: after.processes,
@@ -564,7 +616,7 @@ pub async fn run(
     let wanted = |k: Kind| only.is_empty() || only.iter().any(|o| k.name().starts_with(o.as_str()));
     for plan in plans(&settings).into_iter().filter(|p| wanted(p.kind)) {
         if !plan.kind.available(&ctx.peers) {
-            ctx.skip(plan.kind, plan.upstream, "all", "not installed (run scripts/bench-provision)");
+            ctx.skip(plan.kind, plan.upstream, "all", plan.kind.missing());
             continue;
         }
         if plan.kind.binds_all_interfaces() && !in_private_netns {
@@ -614,14 +666,31 @@ pub async fn run(
     }
 
     let mut paired = Vec::new();
+    let mut failures = Vec::new();
     for pairing in Pairing::ALL {
         let (base, variant) = pairing.kinds();
         if settings.paired_rounds == 0 || !wanted(base) || !wanted(variant) {
             continue;
         }
+        if !variant.available(&ctx.peers) {
+            if settings.smoke {
+                // A smoke run checks what this machine has; it fails on
+                // any skip, so what it cannot run it leaves out.
+                eprintln!("bench: paired comparison with {} left out: {}", variant.name(), variant.missing());
+            } else {
+                ctx.skip(variant, Upstream::Stdio, "paired comparison", variant.missing());
+            }
+            continue;
+        }
         match compare(&ctx, pairing).await {
             Ok(c) => paired.push(c),
-            Err(e) => ctx.skip(variant, Upstream::Stdio, "paired comparison", format!("{e:#}")),
+            Err(e) => {
+                if let Some(r) = e.downcast_ref::<Refused>() {
+                    eprintln!("bench: FAILED: {}: {r}", variant.name());
+                    failures.push(format!("{} (paired comparison): {r}", variant.name()));
+                }
+                ctx.skip(variant, Upstream::Stdio, "paired comparison", format!("{e:#}"));
+            }
         }
     }
 
@@ -662,6 +731,7 @@ pub async fn run(
         paired,
         skipped: ctx.skipped,
         targets: Vec::new(),
+        failures,
     };
     report.targets = report::targets(&report);
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -706,10 +776,18 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
             }
         }
     }
+    // Limits that refused anything measured refusals, not checks: the
+    // rounds' errors and the gateway's own denial counters (warm-up
+    // included) must both be zero.
+    let refused =
+        if pairing.refuses_nothing() && failed.is_none() { refusals(&variant, &rounds).await.err() } else { None };
     base.stop().await;
     variant.stop().await;
     if let Some(f) = failed {
         anyhow::bail!(f);
+    }
+    if let Some(r) = refused {
+        return Err(anyhow::Error::new(Refused(r)));
     }
     let c = PairedComparison {
         pairing,
@@ -717,10 +795,72 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
         variant_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.gateway_cpu_us_per_call)),
         difference_us_per_call: median(rounds.iter().map(PairedRound::difference)),
         rate_ratio: median(rounds.iter().map(PairedRound::rate_ratio)),
+        variant_redis_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.redis_cpu_us_per_call)),
         rounds,
     };
     eprintln!("bench: {}", report::paired_line(&c));
     Ok(c)
+}
+
+/// Checks that a limits contestant refused nothing: no failed request in
+/// its rounds, and its `/metrics` count no denial and no rate-limit check
+/// Redis could not answer. `Err` says what was found.
+async fn refusals(variant: &Running, rounds: &[PairedRound]) -> Result<(), String> {
+    let mut found = Vec::new();
+    for (i, x) in rounds.iter().enumerate() {
+        let l = &x.variant.load;
+        if l.errors > 0 {
+            let kinds: Vec<String> = l.error_kinds.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let sample = l.error_samples.first().map_or(String::new(), |e| format!("; first: {e}"));
+            found.push(format!("round {}: {} failed requests ({}){sample}", i + 1, l.errors, kinds.join(", ")));
+        }
+    }
+    match gateway_denials(variant).await {
+        Ok(counts) => {
+            let nonzero: Vec<String> =
+                counts.iter().filter(|(_, v)| *v > 0.0).map(|(k, v)| format!("{k} {v}")).collect();
+            if !nonzero.is_empty() {
+                found.push(format!("the gateway counted {}", nonzero.join(", ")));
+            }
+        }
+        Err(e) => found.push(format!("the gateway's denial counters could not be read: {e:#}")),
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(format!("its limits must refuse nothing: {}", found.join("; ")))
+}
+
+/// The gateway's denial counters by reason, and the rate-limit checks
+/// Redis could not answer, from its `/metrics`.
+async fn gateway_denials(r: &Running) -> anyhow::Result<Vec<(String, f64)>> {
+    let url = r.metrics_url().context("the contestant has no /metrics")?;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let resp = client.get(&url).send().await?.error_for_status()?;
+    let text = resp.text().await?;
+    let counts = parse_denials(&text);
+    if !counts.iter().any(|(k, _)| k.starts_with("denials")) {
+        anyhow::bail!("{url} shows no bastion_denials_total series");
+    }
+    Ok(counts)
+}
+
+/// `bastion_denials_total{reason="…"}` and `bastion_limit_backend_errors_total`
+/// of a metrics text, as (`denials{reason}`, value) pairs.
+fn parse_denials(text: &str) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let reason = labels.split_once("reason=\"").and_then(|(_, r)| r.split_once('"')).map_or("", |(r, _)| r);
+        match name {
+            "bastion_denials_total" => v.push((format!("denials{{{reason}}}"), value)),
+            "bastion_limit_backend_errors_total" => v.push(("limit_backend_errors".into(), value)),
+            _ => {}
+        }
+    }
+    v
 }
 
 /// Start-to-ready of `bastion serve` with `servers` stdio servers.
@@ -805,4 +945,29 @@ async fn count_tools(ep: &Endpoint, session: &mut crate::mcp::Session) -> usize 
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_counters_are_read() {
+        let text = "# HELP bastion_denials Requests refused\n\
+                    # TYPE bastion_denials counter\n\
+                    bastion_denials_total{reason=\"auth\"} 0\n\
+                    bastion_denials_total{reason=\"rate_limit\"} 3\n\
+                    bastion_denials_created{reason=\"rate_limit\"} 1.7e9\n\
+                    bastion_limit_backend_errors_total 0\n\
+                    bastion_tool_calls_total{server=\"echo\",tool=\"echo\",outcome=\"ok\"} 9\n";
+        let v = parse_denials(text);
+        assert_eq!(
+            v,
+            vec![
+                ("denials{auth}".to_string(), 0.0),
+                ("denials{rate_limit}".to_string(), 3.0),
+                ("limit_backend_errors".to_string(), 0.0),
+            ]
+        );
+    }
 }
