@@ -20,6 +20,7 @@ mod idp;
 mod isolation;
 mod keys_cli;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod mock_upstream;
 mod mtls;
