@@ -393,6 +393,12 @@ pub struct AuthConfig {
     /// Expiry of new API keys when `--expires` is not given. Default 30 days.
     #[serde(default = "default_key_expiry", with = "humantime_serde_compat")]
     pub default_key_expiry: Duration,
+    /// Where the secret API keys are hashed with comes from, as
+    /// `vault.master_key` (`file`, `env` or `command`, giving 32 bytes in
+    /// base64). Replicas sharing a store must share it. Default: the file
+    /// `api-key.pepper` in the data directory, made the first time.
+    #[serde(default)]
+    pub key_pepper: Option<MasterKeyConfig>,
 }
 
 impl Default for AuthConfig {
@@ -402,6 +408,7 @@ impl Default for AuthConfig {
             oidc: Vec::new(),
             key_cache_ttl: default_key_cache_ttl(),
             default_key_expiry: default_key_expiry(),
+            key_pepper: None,
         }
     }
 }
@@ -1028,6 +1035,10 @@ impl Config {
         self.store.pool.check().map_err(|(key, m)| invalid(format!("store.{key}"), m))?;
         if let Some(k) = &self.vault.master_key {
             k.check().map_err(|(key, m)| invalid(format!("vault.{key}"), m))?;
+        }
+        if let Some(k) = &self.auth.key_pepper {
+            k.check()
+                .map_err(|(key, m)| invalid(format!("auth.{}", key.replacen("master_key", "key_pepper", 1)), m))?;
         }
         self.audit.check().map_err(|(key, m)| invalid(format!("audit.{key}"), m))?;
         self.metrics.check(self.listen).map_err(|(key, m)| invalid(format!("metrics.{key}"), m))?;

@@ -323,6 +323,36 @@ impl ApiKeyAuthenticator {
 }
 
 /// The token of an `Authorization: Bearer …` header.
+/// What the API key pepper is derived from when `auth.key_pepper` names
+/// its source.
+const PEPPER_LABEL: &[u8] = b"bastion api-key pepper v1";
+
+/// Why the API key pepper could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PepperError {
+    #[error("auth.key_pepper: {0}")]
+    Source(#[from] bastion_vault::KeyError),
+    #[error(transparent)]
+    Store(#[from] bastion_store::StoreError),
+}
+
+/// The secret API keys are hashed with: from `auth.key_pepper` (a key of
+/// 32 bytes, the pepper derived from it), or the file `api-key.pepper` in
+/// the data directory, made the first time.
+pub fn load_pepper(
+    config: &bastion_core::config::Config,
+    config_path: &std::path::Path,
+) -> Result<Pepper, PepperError> {
+    match &config.auth.key_pepper {
+        Some(k) => {
+            let key = crate::vault::source_of(k, config, config_path).load()?;
+            let bytes = key.derive(PEPPER_LABEL);
+            Ok(Pepper::new(bytes.to_vec()).expect("a derived key is 32 bytes"))
+        }
+        None => Ok(bastion_store::pepper::load_or_create(&config.data_dir(config_path))?),
+    }
+}
+
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(AuthError::Missing) };
@@ -358,6 +388,35 @@ mod tests {
         assert_eq!(bearer_token(&headers("Basic abc")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&headers("Bearer ")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(&headers("bearer tok")), Ok("tok"));
+    }
+
+    #[test]
+    fn a_configured_pepper_is_the_same_in_every_data_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = tempfile::tempdir().unwrap();
+        let key_file = shared.path().join("pepper.key");
+        std::fs::write(&key_file, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let load = |pepper: Option<&std::path::Path>| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bastion.yaml");
+            let mut text = format!("data_dir: {}\n", dir.path().join("data").display());
+            if let Some(p) = pepper {
+                text.push_str(&format!("auth: {{key_pepper: {{file: {}}}}}\n", p.display()));
+            }
+            std::fs::write(&path, text).unwrap();
+            let config = bastion_core::config::Config::load(&path).unwrap();
+            let pepper = load_pepper(&config, &path).unwrap();
+            (pepper.as_bytes().to_vec(), dir)
+        };
+        let (a, _da) = load(Some(&key_file));
+        let (b, _db) = load(Some(&key_file));
+        assert_eq!(a, b, "replicas with one key_pepper hash keys alike");
+        assert_ne!(&a[..], &std::fs::read(&key_file).unwrap()[..], "the pepper is derived, not the key itself");
+        let (c, dc) = load(None);
+        let (d, _dd) = load(None);
+        assert_ne!(c, d, "without key_pepper each data directory makes its own");
+        assert!(dc.path().join("data").join("api-key.pepper").exists());
     }
 
     async fn setup(max_uses: Option<i64>) -> (tempfile::TempDir, Arc<ApiKeyAuthenticator>, String, Store) {

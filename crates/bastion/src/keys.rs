@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use bastion_core::apikey;
 use bastion_core::config::Config;
-use bastion_store::{NewApiKey, Store, pepper};
+use bastion_store::{NewApiKey, Store};
 use chrono::Utc;
 use clap::Subcommand;
 
@@ -47,8 +47,7 @@ pub enum KeysCommand {
 
 pub async fn open_store(config_path: &Path) -> anyhow::Result<(Config, Store, apikey::Pepper)> {
     let config = Config::load(config_path)?;
-    let data_dir = config.data_dir(config_path);
-    let pepper = pepper::load_or_create(&data_dir)?;
+    let pepper = bastion_gateway::auth::load_pepper(&config, config_path)?;
     let store = crate::migrate::open_store(&config, config_path).await?;
     Ok((config, store, pepper))
 }

@@ -106,7 +106,7 @@ pub async fn serve(config_path: &Path, log_format: Option<&str>, args: ServeArgs
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
     let data_dir = config.data_dir(config_path);
-    let pepper = bastion_store::pepper::load_or_create(&data_dir)?;
+    let pepper = bastion_gateway::auth::load_pepper(&config, config_path)?;
     // Pending migrations are applied here, as `bastion migrate` would.
     if let Some(w) = crate::migrate::password_warning(&config) {
         tracing::warn!("{w}");

@@ -28,6 +28,7 @@ mod oidc;
 mod pins;
 mod real_clients;
 mod reload;
+mod replicas;
 mod secrets;
 mod shutdown;
 mod stateless_negative;
