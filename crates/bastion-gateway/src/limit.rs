@@ -46,6 +46,8 @@ use crate::proxy::Refusal;
 const REDIS_PREFIX: &str = "bastion:rl:";
 /// How often quota counts are added to the store's totals.
 const QUOTA_FLUSH: Duration = Duration::from_secs(1);
+/// How often full buckets and idle gates are dropped from memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// A quota counter unused this long is forgotten (its total stays in the
 /// store).
 const QUOTA_IDLE_SECS: u64 = 600;
@@ -316,13 +318,17 @@ impl Limits {
     }
 
     /// Keeps the Redis connection of the live configuration: connects when
-    /// `limits.redis` is set or changes, retrying until it succeeds.
+    /// `limits.redis` is set or changes, retrying until it succeeds; and
+    /// every [`SWEEP_INTERVAL`] drops the buckets that are full again and
+    /// the gates no call holds, so memory follows the callers of the
+    /// moment.
     pub async fn maintain(
         self: Arc<Self>,
         config: impl Fn() -> Option<bastion_core::config::RedisUrl>,
         shutdown: CancellationToken,
     ) {
         let mut wait = Duration::from_millis(100);
+        let mut last_sweep = std::time::Instant::now();
         loop {
             let wanted = config();
             let current = self.redis.load().as_ref().map(|b| b.url.clone());
@@ -351,7 +357,11 @@ impl Limits {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            self.local.sweep();
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                self.local.sweep();
+                self.gate.sweep();
+                last_sweep = std::time::Instant::now();
+            }
         }
     }
 

@@ -226,7 +226,8 @@ async fn a_changed_definition_is_held_everywhere_until_approved() {
     until_listed(&all, "cat__read", true).await;
     until_listed(&one, "read", true).await;
     assert_eq!(tool_text(&stateless.call_tool("cat__read", json!({"path": "a"})).await), "called read");
-    assert_eq!(prompt_names(&one).await, ["greet"]);
+    // The prompt's approval is a change of its own, read a moment later.
+    eventually(WAIT, "greet listed again", || async { (prompt_names(&one).await == ["greet"]).then_some(()) }).await;
     let got = one.call("prompts/get", json!({"name": "greet"})).await;
     assert!(got.get("result").is_some(), "{got}");
     let over_sse =
@@ -259,7 +260,14 @@ async fn manual_pinning_serves_nothing_until_approved_and_rejection_holds_across
     until_listed(&m, "cat__read", true).await;
     assert_eq!(tool_names(&m).await, ["cat__read"]);
     assert_eq!(tool_text(&m.call_tool("cat__read", json!({"path": "a"})).await), "called read");
-    assert_held(&m.call_tool("cat__wipe", json!({"path": "a"})).await, "rejected");
+    // Each command is a change of its own: the rejection may be read a
+    // moment after the approval.
+    let refused = eventually(WAIT, "cat__wipe refused as rejected", || async {
+        let rpc = m.call_tool("cat__wipe", json!({"path": "a"})).await;
+        (rpc["error"]["data"]["bastion"]["pin"] == "rejected").then_some(rpc)
+    })
+    .await;
+    assert_held(&refused, "rejected");
     audited(&gw, "tool.rejected").await;
 
     // In the store: the same after a restart.
