@@ -47,7 +47,7 @@ impl Peers {
 }
 
 /// The first executable file named `name` in a directory of `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
@@ -287,7 +287,7 @@ pub async fn bastion_setup(
 }
 
 /// The config of the API key contestant.
-fn base_config(
+pub fn base_config(
     dir: &Path,
     port: u16,
     servers: &serde_json::Map<String, serde_json::Value>,
@@ -520,8 +520,8 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
 
 /// A rate no run comes near: the most a rule may allow (a million per
 /// second), with as large a burst.
-const NEVER_REACHED_RATE: &str = "1000000/s";
-const NEVER_REACHED_BURST: u32 = 1_000_000;
+pub const NEVER_REACHED_RATE: &str = "1000000/s";
+pub const NEVER_REACHED_BURST: u32 = 1_000_000;
 /// Calls per user per day no run comes near.
 const NEVER_REACHED_QUOTA: u64 = 1_000_000_000;
 
@@ -615,7 +615,13 @@ async fn redis_ping(port: u16) -> anyhow::Result<()> {
 
 /// Polls until a session can be opened and the echo tool answers.
 pub async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
-    let ep = Endpoint::new(&r.url, r.bearer.as_deref(), Duration::from_secs(10), 4)?;
+    wait_answering(&r.url, r.bearer.as_deref(), limit).await.with_context(|| format!("{} not ready", r.kind.name()))
+}
+
+/// Polls the MCP endpoint at `url` until a session can be opened and the
+/// echo tool answers in it, for at most `limit`.
+pub async fn wait_answering(url: &str, bearer: Option<&str>, limit: Duration) -> anyhow::Result<()> {
+    let ep = Endpoint::new(url, bearer, Duration::from_secs(10), 4)?;
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < limit {
@@ -633,7 +639,7 @@ pub async fn wait_ready(r: &Running, limit: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{} not ready after {limit:?}: {last}", r.kind.name())
+    bail!("{url} did not answer after {limit:?}: {last}")
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!   rate (open loop, coordinated-omission corrected) or max rate, bounded by
 //!   a duration and a request cap; prints a table, or JSON with `--json`.
 //! * `suite` — starts every contestant against the echo fixture, runs every
-//!   scenario, and writes `latest.json` and `latest.md`.
+//!   scenario (three replicas against one among them), and writes
+//!   `latest.json` and `latest.md`.
 //! * `ready` — start-to-ready of `bastion serve` with N stdio servers.
 //! * `soak` — Bastion under a steady mixed load for minutes, its memory
 //!   and descriptors sampled; writes `soak-latest.json` and `soak-latest.md`.
@@ -16,6 +17,7 @@ mod contestant;
 mod load;
 mod mcp;
 mod procs;
+mod replicas;
 mod report;
 mod soak;
 mod suite;
@@ -93,7 +95,8 @@ struct LoadArgs {
 #[derive(Args)]
 struct SuiteArgs {
     /// Seconds-long runs of Bastion (API keys, and authz on) and the direct
-    /// fixture only, and one round of each paired comparison.
+    /// fixture only, and one round of each paired comparison (and of three
+    /// replicas against one, when nginx, Redis and PostgreSQL are installed).
     #[arg(long)]
     smoke: bool,
     /// Directory with the release `bastion` and `bastion-fixture`.
@@ -111,13 +114,15 @@ struct SuiteArgs {
     /// Override the number of idle sessions opened on Bastion.
     #[arg(long)]
     idle_sessions: Option<usize>,
-    /// Only these contestants (comma-separated names); default all.
+    /// Only these contestants (comma-separated names, or prefixes of
+    /// them); default all. `replicas` selects the scenario of three
+    /// replicas against one (`bastion-replicas`) alone.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds of each paired comparison — authz on with API keys alone,
     /// audit on with audit off, guard on with guard off, limits in process
-    /// and on Redis with limits off — (default 3, 1 with --smoke; 0 skips
-    /// them).
+    /// and on Redis with limits off, three replicas with one — (default 3,
+    /// 1 with --smoke; 0 skips them).
     #[arg(long, alias = "authz-rounds")]
     paired_rounds: Option<usize>,
 }
@@ -235,13 +240,19 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     // A smoke run checks that everything works, never how fast.
     if report.smoke {
         let paired = report.paired.iter().flat_map(|c| c.rounds.iter().flat_map(|r| [&r.base, &r.variant]));
-        let failed: Vec<String> = report
+        let mut failed: Vec<String> = report
             .runs
             .iter()
             .chain(paired)
             .filter(|r| r.load.ok == 0 || r.load.errors > 0)
             .map(|r| format!("{} {:?}", r.contestant, r.scenario))
             .collect();
+        let replicas = report.replicas.iter().flat_map(|c| c.rounds.iter().flat_map(|r| [&r.one, &r.three]));
+        failed.extend(
+            replicas
+                .filter(|r| r.load.ok == 0 || r.load.errors > 0)
+                .map(|r| format!("{} ({} replica(s))", suite::REPLICAS, r.replicas)),
+        );
         if !failed.is_empty() {
             bail!("smoke run had failing requests: {}", failed.join("; "));
         }

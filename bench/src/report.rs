@@ -481,6 +481,96 @@ fn limits_section(r: &Report, s: &mut String) {
     }
 }
 
+/// Three replicas against one, behind nginx, on one store and one Redis.
+fn replicas_section(r: &Report, s: &mut String) {
+    let Some(c) = &r.replicas else { return };
+    let _ = writeln!(s, "\n## Replicas: three against one\n");
+    let _ = writeln!(
+        s,
+        "Stateless `2026-07-28` `tools/call echo` at max rate ({} clients, closed loop) through nginx with \
+         `deploy/nginx/bastion.conf`, in front of one Bastion replica (its three addresses all naming `r1`) \
+         and in front of three (`bastion serve --replica r1|r2|r3`). The replicas share one PostgreSQL store \
+         (a throwaway server, a database of this run's own; every call audited into it), one Redis \
+         (`limits.redis`, a global rate rule of 1,000,000/s that never refuses, so every call takes its \
+         bucket there) and the same master key, audit key and API key pepper; each runs the echo fixture \
+         over stdio. In each round one run goes through each nginx, the order alternating. Latencies in ms; \
+         CPU in µs per successful call: `Bastion` is the three replica processes together (the idle ones cost next to \
+         nothing with one replica), `+ echo` adds their stdio servers; nginx, Redis and PostgreSQL (its \
+         postmaster and backends) each on their own.\n",
+        c.concurrency
+    );
+    let _ = writeln!(
+        s,
+        "**This machine has {} core(s)**, shared by every replica, nginx, PostgreSQL, Redis and the load \
+         generator. With few cores the replicas compete for the same CPUs: the ratio then shows what going \
+         through the shared store, Redis and nginx costs, not horizontal scaling, which needs the replicas on \
+         machines (or cores) of their own.\n",
+        c.nproc
+    );
+    let _ = writeln!(
+        s,
+        "| round | replicas | calls/s | p50 | p99 | errors | Bastion CPU | + echo | nginx | Redis | PostgreSQL | load gen | steal % |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, round) in c.rounds.iter().enumerate() {
+        for x in [&round.one, &round.three] {
+            let l = &x.load;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                x.replicas,
+                l.calls_per_s,
+                ms(l.latency.p50_us),
+                ms(l.latency.p99_us),
+                errors(l),
+                opt1(x.bastion_cpu_us_per_call),
+                opt1(x.bastion_tree_cpu_us_per_call),
+                opt1(x.nginx_cpu_us_per_call),
+                opt1(x.redis_cpu_us_per_call),
+                opt1(x.postgres_cpu_us_per_call),
+                opt1(x.loadgen_cpu_us_per_call),
+                opt1(x.steal_percent),
+            );
+        }
+    }
+    let _ = writeln!(s, "\n{}", replicas_summary(c));
+}
+
+/// The replicas scenario's medians in one line.
+pub fn replicas_summary(c: &crate::replicas::ReplicasComparison) -> String {
+    let rate = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+    format!(
+        "Medians of {} round(s): one replica {} calls/s, three replicas {} calls/s, ratio {}; Bastion CPU per \
+         call {} µs with one replica, {} µs with three ({} core(s)).",
+        c.rounds.len(),
+        rate(c.one_calls_per_s),
+        rate(c.three_calls_per_s),
+        c.ratio.map_or("–".into(), |q| format!("{q:.2}×")),
+        opt1(c.one_bastion_cpu_us_per_call),
+        opt1(c.three_bastion_cpu_us_per_call),
+        c.nproc,
+    )
+}
+
+/// One run of the replicas scenario, for progress output.
+pub fn replicas_line(x: &crate::replicas::ReplicasRun) -> String {
+    let l = &x.load;
+    format!(
+        "replicas: {} behind nginx: {:.0} calls/s, p50 {} ms, p99 {} ms, errors {}, Bastion CPU {} µs/call \
+         (nginx {}, Redis {}, PostgreSQL {})",
+        x.replicas,
+        l.calls_per_s,
+        ms(l.latency.p50_us),
+        ms(l.latency.p99_us),
+        errors(l),
+        opt1(x.bastion_cpu_us_per_call),
+        opt1(x.nginx_cpu_us_per_call),
+        opt1(x.redis_cpu_us_per_call),
+        opt1(x.postgres_cpu_us_per_call),
+    )
+}
+
 /// The contestant with limits checked in process.
 pub const LIMITS: &str = "bastion-limits";
 
@@ -597,6 +687,7 @@ pub fn markdown(r: &Report) -> String {
     audit_section(r, &mut s);
     guard_section(r, &mut s);
     limits_section(r, &mut s);
+    replicas_section(r, &mut s);
     let _ = writeln!(s, "\n## e. idle sessions\n");
     let _ = writeln!(
         s,

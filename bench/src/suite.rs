@@ -8,7 +8,10 @@
 //! * `c`: session set-up (`initialize`, `notifications/initialized`,
 //!   `tools/list`);
 //! * `d`: stateless `2026-07-28` `tools/call`;
-//! * `e`: many idle sessions held open, RSS before and after.
+//! * `e`: many idle sessions held open, RSS before and after;
+//! * `replicas`: stateless `tools/call` through nginx in front of one
+//!   Bastion replica and in front of three, on one PostgreSQL store and one
+//!   Redis (see [`crate::replicas`]).
 //!
 //! The direct contestant (the fixture over HTTP, no gateway) is the floor
 //! for `a` and `b` alike. `bastion-authz` runs `a`, `c` and `d` with access
@@ -32,6 +35,9 @@ use crate::load::{self, LoadResult, LoadSpec, Workload};
 use crate::mcp::Endpoint;
 use crate::procs;
 use crate::report;
+
+/// How reports name scenario `replicas` (and `--only` selects it).
+pub const REPLICAS: &str = "bastion-replicas";
 
 /// Knobs of a suite run.
 #[derive(Debug, Clone)]
@@ -321,8 +327,10 @@ pub struct Report {
     pub paired: Vec<PairedComparison>,
     pub skipped: Vec<Skip>,
     pub targets: Vec<report::TargetCheck>,
+    /// Scenario `replicas`: three replicas against one, behind nginx.
+    pub replicas: Option<crate::replicas::ReplicasComparison>,
     /// What makes the run fail whatever its figures (a limits comparison
-    /// with refusals).
+    /// or the replicas with refusals).
     pub failures: Vec<String>,
 }
 
@@ -343,7 +351,7 @@ pub fn machine() -> Machine {
     Machine { nproc: std::thread::available_parallelism().map_or(1, usize::from), cpu_model, memory_mib, kernel }
 }
 
-fn echo_args() -> Value {
+pub fn echo_args() -> Value {
     json!({"text": "hello from bastion-bench"})
 }
 
@@ -379,6 +387,13 @@ impl Ctx {
             scenario: scenario.into(),
             reason,
         });
+    }
+
+    /// A skip of something that is not a contestant's (stdio upstream).
+    fn skip_named(&mut self, name: &'static str, scenario: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        eprintln!("bench: skip {name} {scenario}: {reason}");
+        self.skipped.push(Skip { contestant: name, upstream: "stdio", scenario: scenario.into(), reason });
     }
 
     fn endpoint(&self, r: &Running, pool: usize) -> anyhow::Result<Endpoint> {
@@ -694,6 +709,36 @@ pub async fn run(
         }
     }
 
+    // Scenario `replicas`: `--only replicas`, or any prefix of its name.
+    let replicas_wanted = only.is_empty() || only.iter().any(|o| o == "replicas" || REPLICAS.starts_with(o.as_str()));
+    let replicas = if settings.paired_rounds > 0 && replicas_wanted {
+        match crate::replicas::Tools::find(&ctx.peers) {
+            Err(reason) if settings.smoke => {
+                // As the paired comparisons: a smoke run leaves out what
+                // this machine cannot run.
+                eprintln!("bench: scenario replicas left out: {reason}");
+                None
+            }
+            Err(reason) => {
+                ctx.skip_named(REPLICAS, "replicas", reason);
+                None
+            }
+            Ok(tools) => match crate::replicas::compare(&settings, &ctx.bins, &tools, ctx.tps).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    if let Some(r) = e.downcast_ref::<Refused>() {
+                        eprintln!("bench: FAILED: {REPLICAS}: {r}");
+                        failures.push(format!("{REPLICAS}: {r}"));
+                    }
+                    ctx.skip_named(REPLICAS, "replicas", format!("{e:#}"));
+                    None
+                }
+            },
+        }
+    } else {
+        None
+    };
+
     let start_to_ready = if settings.ready_servers > 0 && wanted(Kind::Bastion) {
         match start_to_ready(&ctx.bins, settings.ready_servers, settings.ready_runs).await {
             Ok(r) => Some(r),
@@ -729,6 +774,7 @@ pub async fn run(
         idle: ctx.idle,
         start_to_ready,
         paired,
+        replicas,
         skipped: ctx.skipped,
         targets: Vec::new(),
         failures,
@@ -834,9 +880,14 @@ async fn refusals(variant: &Running, rounds: &[PairedRound]) -> Result<(), Strin
 /// The gateway's denial counters by reason, and the rate-limit checks
 /// Redis could not answer, from its `/metrics`.
 async fn gateway_denials(r: &Running) -> anyhow::Result<Vec<(String, f64)>> {
-    let url = r.metrics_url().context("the contestant has no /metrics")?;
+    denials_at(&r.metrics_url().context("the contestant has no /metrics")?).await
+}
+
+/// The denial counters of the gateway whose `/metrics` is at `url`, as
+/// [`gateway_denials`].
+pub async fn denials_at(url: &str) -> anyhow::Result<Vec<(String, f64)>> {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
-    let resp = client.get(&url).send().await?.error_for_status()?;
+    let resp = client.get(url).send().await?.error_for_status()?;
     let text = resp.text().await?;
     let counts = parse_denials(&text);
     if !counts.iter().any(|(k, _)| k.starts_with("denials")) {
