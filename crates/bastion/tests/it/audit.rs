@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mcp, WAIT, eventually, fixture_echo, run_bounded, tools};
+use crate::harness::{Gateway, Mcp, WAIT, audit_export as export, eventually, fixture_echo, run_bounded, tools};
 
 const CANARY: &str = "canary-argument-Vq83Lp2Zx";
 
@@ -23,19 +23,6 @@ fn config(stream: &Path) -> Value {
         },
         "audit": {"stream": stream}
     })
-}
-
-/// `bastion audit export` with `args`: one JSON object per line.
-fn export(gw: &Gateway, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["audit", "export"];
-    all.extend_from_slice(args);
-    let out = gw.cli(&all);
-    assert!(out.status.success(), "audit export: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Waits until `export` (of `args`) has at least `n` records.

@@ -1318,3 +1318,33 @@ pub fn sse_messages(text: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+/// `psql`, on PATH or beside the server binaries.
+pub fn psql() -> PathBuf {
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("psql");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin/psql")).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.pop().expect("psql not found: install PostgreSQL (scripts/provision does)")
+}
+
+/// `bastion audit export` with `args`: one JSON object per line.
+pub fn audit_export(gw: &Gateway, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["audit", "export"];
+    all.extend_from_slice(args);
+    let out = gw.cli(&all);
+    assert!(out.status.success(), "audit export: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}

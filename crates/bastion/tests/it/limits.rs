@@ -30,7 +30,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Gates, Gateway, Mcp, Options, Reply, WAIT, eventually, fixture_echo, http, run_bounded, scripted_stdio, tools,
+    Gates, Gateway, Mcp, Options, Reply, WAIT, audit_export as export, eventually, fixture_echo, http, run_bounded,
+    scripted_stdio, tools,
 };
 
 const VERSION: &str = "2025-11-25";
@@ -119,19 +120,6 @@ async fn metrics_text(gw: &Gateway) -> String {
     let r = Reply::read(http().get(gw.url("/metrics")).send().await.expect("GET /metrics")).await;
     assert_eq!(r.status, 200, "/metrics: {}", r.text);
     r.text
-}
-
-/// `bastion audit export` with `args`: one JSON object per line.
-fn export(gw: &Gateway, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["audit", "export"];
-    all.extend_from_slice(args);
-    let out = gw.cli(&all);
-    assert!(out.status.success(), "audit export: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Waits until the audit trail has a record of `kind` matching `pred`.

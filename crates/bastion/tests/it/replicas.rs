@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Gateway, META_CAPABILITIES, META_VERSION, Mcp, Options, Reply, STATELESS, WAIT, bastion_bin, children_of,
-    eventually, fixture_echo, http, open_legacy_sse, run_bounded, sse_messages, tool_text,
+    eventually, fixture_echo, http, open_legacy_sse, psql, run_bounded, sse_messages, tool_text,
 };
 
 const VERSION: &str = "2025-11-25";
@@ -114,23 +114,6 @@ fn nginx_bin() -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect::<Vec<_>>())
         .unwrap_or_default();
     on_path.into_iter().chain(["/usr/sbin/nginx", "/usr/local/sbin/nginx"].map(PathBuf::from)).find(|p| p.is_file())
-}
-
-/// `psql`, on PATH or beside the server binaries.
-fn psql() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("psql");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin/psql")).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
-    found.sort();
-    found.pop().expect("psql not found: install PostgreSQL (scripts/provision does)")
 }
 
 /// A name no other run of these tests uses (budgets in a shared Redis are

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Gateway, Mcp, Reply, WAIT, bastion_bin, eventually, fixture_echo, http, proc_stat, repo_root, run_bounded,
+    Gateway, Mcp, Reply, WAIT, bastion_bin, eventually, fixture_echo, http, proc_stat, psql, repo_root, run_bounded,
     tool_text,
 };
 
@@ -103,23 +103,6 @@ impl Drop for PgServer {
             let _ = child.wait();
         }
     }
-}
-
-/// `psql`, on PATH or beside the server binaries.
-fn psql() -> PathBuf {
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("psql");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin/psql")).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
-    found.sort();
-    found.pop().expect("psql not found: install PostgreSQL (scripts/provision does)")
 }
 
 /// `pg_dump` of the newest server installed (a dump must not be older
