@@ -76,9 +76,16 @@ impl Admission {
     }
 }
 
+/// The name tools a server does not list are counted under by `tool` and
+/// `user_tool` rules.
+pub const UNLISTED: &str = "(unlisted)";
+
 /// A rule, ready for checking.
 struct Compiled {
     rules: Vec<CompiledRule>,
+    /// Whether a `tool` or `user_tool` rule without `match` gives each
+    /// item a budget of its own.
+    each_item: bool,
 }
 
 struct CompiledRule {
@@ -144,6 +151,12 @@ impl Limits {
     /// Takes a new configuration: unchanged rules keep their buckets.
     pub fn apply(&self, config: &LimitsConfig) {
         self.compiled.store(Arc::new(compile(config)));
+    }
+
+    /// Whether some rule gives each tool a budget of its own, so that the
+    /// tool must be one its server lists to have its own bucket.
+    pub fn budgets_each_item(&self) -> bool {
+        self.compiled.load().each_item
     }
 
     /// The lockdowns in force.
@@ -455,8 +468,10 @@ fn compile(config: &LimitsConfig) -> Compiled {
             );
             CompiledRule { scope: rule.scope, rule: rule.clone(), rate, label: rule.label(i), key_prefix }
         })
-        .collect();
-    Compiled { rules }
+        .collect::<Vec<CompiledRule>>();
+    let each_item =
+        rules.iter().any(|c| matches!(c.scope, LimitScope::Tool | LimitScope::UserTool) && c.rule.matches.is_none());
+    Compiled { rules, each_item }
 }
 
 /// The subjects a rule counts this request under: none when it does not

@@ -329,6 +329,11 @@ pub(crate) async fn authorize(
     }
     let item = match kind {
         Kind::Resource => naming::prefix_uri(server.name(), inner),
+        // A tool the server does not list shares one budget: names a client
+        // makes up must not make rate buckets without bound.
+        Kind::Tool if gw.limits.budgets_each_item() && server.leaves_out_tool(&access.user, inner) => {
+            naming::prefix_name(server.name(), crate::limit::UNLISTED)
+        }
         _ => naming::prefix_name(server.name(), inner),
     };
     Ok(Authorized { access, item: Some((server.name().to_string(), item)) })

@@ -669,6 +669,19 @@ impl UpstreamHandle {
         }
     }
 
+    /// Whether the server's tools list, as last fetched for `user`, leaves
+    /// `tool` out; `false` while no list has been fetched.
+    pub fn leaves_out_tool(&self, user: &str, tool: &str) -> bool {
+        let leaves_out = |h: &UpstreamHandle| {
+            h.cached_list("tools/list")
+                .is_some_and(|tools| !tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)))
+        };
+        match &self.tenants {
+            Some(t) => t.by_user.get(user).is_some_and(|h| leaves_out(&h)),
+            None => leaves_out(self),
+        }
+    }
+
     /// Whether the server runs once per user (its `env` or `headers` name a
     /// user's secret).
     pub fn is_per_user(&self) -> bool {

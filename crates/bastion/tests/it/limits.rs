@@ -186,6 +186,22 @@ async fn a_user_over_the_rate_gets_429_with_the_rate_limit_headers() {
     assert_limited(&call(&other, "a__echo").await, "limit:user[0]", "ben's fourth call");
 }
 
+/// Per-tool budgets are for the tools a server lists: names a client makes
+/// up share one budget, so they cannot make buckets without bound.
+#[tokio::test]
+async fn made_up_tool_names_share_one_budget() {
+    let gw = Gateway::start(config(json!({"rules": [hourly("tool", None, 1)]})));
+    let ann = gw.create_key("ann", &[]);
+    let m = Mcp::session(gw.url("/mcp"), &ann, VERSION).await;
+    assert!(m.tool_names().await.iter().any(|t| t == "a__echo"), "a's tools are listed");
+    assert_passed(&call(&m, "a__echo").await, "a listed tool");
+    assert_limited(&call(&m, "a__echo").await, "limit:tool[0]", "the same tool again");
+    let first = call(&m, "a__no_such_tool_1").await;
+    assert_ne!(first.status, 429, "the first made-up name has the shared budget: {}", first.text);
+    assert_limited(&call(&m, "a__no_such_tool_2").await, "limit:tool[0]", "another made-up name");
+    assert_passed(&call(&m, "a__sleep").await, "another listed tool keeps its own budget");
+}
+
 /// Each scope counts by what it names; a rule with `match` limits only
 /// what it matches (a trailing `*`: a prefix).
 #[tokio::test]
