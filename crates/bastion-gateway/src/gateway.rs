@@ -960,25 +960,30 @@ async fn follow_store_users(gw: Arc<Gateway>, shutdown: CancellationToken) {
 /// wakes the tasks following keys, users and pins when theirs change.
 async fn follow_changes(gw: Arc<Gateway>, shutdown: CancellationToken) {
     let mut feed = None;
+    // Whether the lockdown state may be behind the store: at first, after
+    // (re)subscribing, after a change, and after a failed read.
+    let mut stale = true;
     let mut wait = Duration::from_millis(50);
     loop {
-        if !gw.limits.lockdown().is_loaded()
-            && let Err(e) = gw.limits.refresh_lockdown(&gw.store).await
-        {
-            tracing::warn!(error = %e, "cannot read the lockdown state; calls are refused until it can be");
-        }
         if feed.is_none() {
             match gw.store.watch_changes().await {
                 Ok(f) => {
                     feed = Some(f);
-                    // Whatever changed while nobody listened.
-                    let _ = gw.limits.refresh_lockdown(&gw.store).await;
-                    wait = Duration::from_millis(50);
+                    stale = true;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot follow the store's changes; retrying"),
             }
         }
-        let Some(f) = feed.as_mut().filter(|_| gw.limits.lockdown().is_loaded()) else {
+        if stale {
+            match gw.limits.refresh_lockdown(&gw.store).await {
+                Ok(()) => stale = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the lockdown state; calls are refused until it can be");
+                    gw.limits.forget_lockdown();
+                }
+            }
+        }
+        let Some(f) = feed.as_mut().filter(|_| !stale) else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -986,18 +991,14 @@ async fn follow_changes(gw: Arc<Gateway>, shutdown: CancellationToken) {
             wait = (wait * 2).min(Duration::from_secs(1));
             continue;
         };
+        wait = Duration::from_millis(50);
         let topic = tokio::select! {
             _ = shutdown.cancelled() => return,
             t = f.recv() => t,
         };
         match topic.as_deref() {
             None => feed = None,
-            Some("lockdown") => {
-                if let Err(e) = gw.limits.refresh_lockdown(&gw.store).await {
-                    tracing::warn!(error = %e, "cannot read the lockdown state");
-                    gw.limits.forget_lockdown();
-                }
-            }
+            Some("lockdown") => stale = true,
             Some("keys") => gw.changed.keys.notify_one(),
             Some("users") => gw.changed.users.notify_one(),
             Some("pins") => gw.changed.pins.notify_one(),

@@ -164,8 +164,8 @@ impl Limits {
         self.lockdown.load()
     }
 
-    /// Forgets the lockdown state when it cannot be read after a change:
-    /// calls are refused until it can.
+    /// Forgets the lockdown state when it cannot be read when it may have
+    /// changed: calls are refused until it can.
     pub fn forget_lockdown(&self) {
         self.lockdown.store(Arc::new(LockdownState::default()));
     }
@@ -400,18 +400,6 @@ impl Limits {
     /// Adds the quota counts not yet in the store now.
     pub async fn flush(&self, store: &Store) {
         self.quotas.flush(store).await;
-    }
-
-    /// Calls in flight under a server's concurrency rules (for tests and
-    /// metrics).
-    pub fn in_flight(&self, server: &str) -> usize {
-        let compiled = self.compiled.load();
-        compiled
-            .rules
-            .iter()
-            .filter(|c| c.rule.concurrency.is_some())
-            .map(|c| self.gate.in_flight(&format!("{}{server}", c.key_prefix)))
-            .sum()
     }
 }
 
