@@ -499,8 +499,9 @@ fn limited(message: String, policy: &str, retry_after: Duration, (quota, window)
     }
 }
 
-/// The HTTP side of a refusal by a limit: `(status, headers)` for an
-/// error object this phase made, `None` for any other.
+/// The HTTP side of a refusal: `(status, headers)` for an error object
+/// this phase made (or any -32000 that says when to retry: 503 with
+/// `Retry-After`), `None` for any other.
 pub fn http_headers(error: &Value) -> Option<(http::StatusCode, Vec<(http::HeaderName, String)>)> {
     let code = error.get("code").and_then(Value::as_i64)?;
     let data = error.get("data")?;

@@ -273,11 +273,19 @@ pub(crate) async fn authorize(
 ) -> Result<Authorized, Refusal> {
     let method = req.method.as_str();
     let class = protocol::classify(method).ok_or_else(|| not_offered(method))?;
-    let access = gw
-        .authorizer
-        .access(&gw.runtime().config, principal)
-        .await
-        .map_err(|_| error_object(jsonrpc::UPSTREAM_UNAVAILABLE, "authorization is temporarily unavailable"))?;
+    let access = gw.authorizer.access(&gw.runtime().config, principal).await.map_err(|e| {
+        tracing::warn!(user = %principal.user, error = %e, "authorization cannot be decided: refusing");
+        // `retryAfter` makes it a 503 with Retry-After where the answer
+        // stands on its own, as when authentication cannot decide.
+        Refusal {
+            error: json!({
+                "code": jsonrpc::UPSTREAM_UNAVAILABLE,
+                "message": "authorization is temporarily unavailable",
+                "data": {"retryAfter": 1},
+            }),
+            policy: None,
+        }
+    })?;
     if access.role.is_none() {
         tracing::info!(user = %access.user, method, "denied: the user has no role");
         gw.metrics.denied(metrics::Denial::Policy);

@@ -325,9 +325,12 @@ fn database(gw: &Gateway) -> std::path::PathBuf {
 
 /// Makes the store unreadable for a running gateway: every page is moved
 /// from the write-ahead log into the database file (a checkpoint, from a
-/// separate SQLite process, which also makes the gateway's connections
-/// drop their cached pages), then the file's header is overwritten. Returns
-/// the header, to put back.
+/// separate SQLite process), then the file's header is overwritten, then
+/// the shared-memory index's header too. The last step is what makes every
+/// gateway connection drop its cached pages: one that read the database
+/// between the checkpoint and the overwrite (the change feed polls) would
+/// otherwise keep answering from its cache. SQLite rebuilds that index
+/// from the (empty) log. Returns the header, to put back.
 fn break_store(db: &std::path::Path) -> Vec<u8> {
     let script = r#"
 import os, sqlite3, sys, time
@@ -345,6 +348,9 @@ header = os.pread(fd, 100, 0)
 os.pwrite(fd, b"\0" * 100, 0)
 os.fsync(fd)
 os.close(fd)
+shm = os.open(path + "-shm", os.O_RDWR)
+os.pwrite(shm, b"\0" * 96, 0)
+os.close(shm)
 con.close()
 print(header.hex())
 "#;
