@@ -125,6 +125,10 @@ struct SuiteArgs {
     /// 1 with --smoke; 0 skips them).
     #[arg(long, alias = "authz-rounds")]
     paired_rounds: Option<usize>,
+    /// Only these paired comparisons (comma-separated); without --only,
+    /// nothing else runs.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pairings: Vec<suite::Pairing>,
 }
 
 #[derive(Args)]
@@ -231,6 +235,7 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     if let Some(n) = a.paired_rounds {
         settings.paired_rounds = n;
     }
+    settings.pairings = a.pairings;
     let peers = contestant::Peers::from_env();
     let report = suite::run(settings, bins(&a.bin_dir)?, peers, &a.out, &a.only).await?;
     print!("{}", report::markdown(&report));

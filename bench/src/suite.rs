@@ -66,6 +66,9 @@ pub struct Settings {
     /// Rounds of each paired comparison ([`Pairing`]: one max-rate run of
     /// each side per round); 0 skips them.
     pub paired_rounds: usize,
+    /// Only these paired comparisons (empty: all). Given without `only`,
+    /// the single runs, start-to-ready and replicas are left out.
+    pub pairings: Vec<Pairing>,
     pub timeout: Duration,
 }
 
@@ -86,6 +89,7 @@ impl Settings {
             ready_servers: 100,
             ready_runs: 3,
             paired_rounds: 3,
+            pairings: Vec::new(),
             timeout: Duration::from_secs(10),
         }
     }
@@ -106,6 +110,7 @@ impl Settings {
             ready_servers: 10,
             ready_runs: 1,
             paired_rounds: 1,
+            pairings: Vec::new(),
             timeout: Duration::from_secs(10),
         }
     }
@@ -150,7 +155,7 @@ pub struct RunRecord {
 
 /// What a paired comparison sets against what: a contestant with one
 /// thing changed (`variant`) against the same gateway without it (`base`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Pairing {
     /// Authorization on (access tokens, Cedar rules) against API keys alone.
@@ -629,7 +634,10 @@ pub async fn run(
     // Set by scripts/bench when it runs the suite under `unshare -n`.
     let in_private_netns = std::env::var_os("BASTION_BENCH_NETNS").is_some_and(|v| v == "1");
     let wanted = |k: Kind| only.is_empty() || only.iter().any(|o| k.name().starts_with(o.as_str()));
-    for plan in plans(&settings).into_iter().filter(|p| wanted(p.kind)) {
+    // `--pairings` alone: those comparisons and nothing else.
+    let pairings_alone = !settings.pairings.is_empty() && only.is_empty();
+    let single = |k: Kind| wanted(k) && !pairings_alone;
+    for plan in plans(&settings).into_iter().filter(|p| single(p.kind)) {
         if !plan.kind.available(&ctx.peers) {
             ctx.skip(plan.kind, plan.upstream, "all", plan.kind.missing());
             continue;
@@ -684,7 +692,8 @@ pub async fn run(
     let mut failures = Vec::new();
     for pairing in Pairing::ALL {
         let (base, variant) = pairing.kinds();
-        if settings.paired_rounds == 0 || !wanted(base) || !wanted(variant) {
+        let chosen = settings.pairings.is_empty() || settings.pairings.contains(&pairing);
+        if settings.paired_rounds == 0 || !chosen || !wanted(base) || !wanted(variant) {
             continue;
         }
         if !variant.available(&ctx.peers) {
@@ -711,7 +720,7 @@ pub async fn run(
 
     // Scenario `replicas`: `--only replicas`, or any prefix of its name.
     let replicas_wanted = only.is_empty() || only.iter().any(|o| o == "replicas" || REPLICAS.starts_with(o.as_str()));
-    let replicas = if settings.paired_rounds > 0 && replicas_wanted {
+    let replicas = if settings.paired_rounds > 0 && replicas_wanted && !pairings_alone {
         match crate::replicas::Tools::find(&ctx.peers) {
             Err(reason) if settings.smoke => {
                 // As the paired comparisons: a smoke run leaves out what
@@ -739,7 +748,7 @@ pub async fn run(
         None
     };
 
-    let start_to_ready = if settings.ready_servers > 0 && wanted(Kind::Bastion) {
+    let start_to_ready = if settings.ready_servers > 0 && single(Kind::Bastion) {
         match start_to_ready(&ctx.bins, settings.ready_servers, settings.ready_runs).await {
             Ok(r) => Some(r),
             Err(e) => {

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `USERS=N` spreads the records over N users (default 1: one client under
-//! load); `POOL=N` caps the store's connections.
+//! load); `POOL=N` caps the store's connections; `BATCH=N` sets the records
+//! per batch (default 400).
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,6 @@ use bastion_audit::{AuditKey, Event, Outcome};
 use bastion_store::{Store, StoreSettings};
 
 const RECORDS: usize = 200_000;
-const BATCH: usize = 400;
 
 /// CPU time of this process so far (user + system, all threads).
 fn cpu_time() -> Duration {
@@ -65,20 +65,21 @@ async fn main() {
     let store = Store::open(&settings).await.expect("the store");
     let key = AuditKey::from_bytes(&[7; 32]);
     let users = std::env::var("USERS").map_or(1, |n| n.parse().expect("USERS"));
-    let events: Vec<Event> = (0..BATCH).map(|i| event(i, users)).collect();
+    let batch: usize = std::env::var("BATCH").map_or(400, |n| n.parse().expect("BATCH"));
+    let events: Vec<Event> = (0..batch).map(|i| event(i, users)).collect();
     let body = events[0].to_body();
     println!("record body: {} bytes", body.len());
     // Warm up: the tables and the statement cache.
     store.append_audit(&key, "bench", &events).await.expect("append");
 
     let (cpu0, t0) = (cpu_time(), Instant::now());
-    for _ in 0..RECORDS / BATCH {
+    for _ in 0..RECORDS / batch {
         store.append_audit(&key, "bench", &events).await.expect("append");
     }
     let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
     let per = |d: Duration| d.as_secs_f64() * 1e6 / RECORDS as f64;
     println!(
-        "{RECORDS} records in batches of {BATCH}: {:.2} µs of CPU and {:.2} µs of wall time per record",
+        "{RECORDS} records in batches of {batch}: {:.2} µs of CPU and {:.2} µs of wall time per record",
         per(cpu),
         per(wall)
     );
