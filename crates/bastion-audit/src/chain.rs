@@ -62,40 +62,46 @@ impl AuditKey {
     /// read with their keys sorted, so the same arguments sent in another
     /// order give the same digest.
     pub fn digest_arguments(&self, args: &Value) -> String {
-        let mut text = Zeroizing::new(String::new());
+        let mut text = Zeroizing::new(Vec::new());
         canonical(args, &mut text);
-        hex::encode(&hmac(&self.args[..], &[text.as_bytes()])[..16])
+        hex::encode(&hmac(&self.args[..], &[&text])[..16])
     }
 }
 
 /// JSON text with object keys sorted, without spaces.
-fn canonical(v: &Value, out: &mut String) {
+fn canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
-            let sorted: BTreeMap<&String, &Value> = m.iter().collect();
-            out.push('{');
+            let mut sorted: Vec<(&String, &Value)> = m.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
             for (i, (k, v)) in sorted.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_json(out, k);
+                out.push(b':');
                 canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_json(out, other),
     }
+}
+
+/// A key or a scalar as JSON text, appended.
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(out, v).expect("JSON text into memory");
 }
 
 /// A record as read back from the store: its number, text and MAC, and
@@ -491,6 +497,18 @@ mod tests {
             AuditKey::from_bytes(&[9; 32]).digest_arguments(&json!({"b": 1, "a": {"y": [1, "x"], "x": null}}))
         );
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    /// The text digested is part of the stored trail: digests of the same
+    /// arguments must stay comparable across versions.
+    #[test]
+    fn the_canonical_text_is_sorted_compact_json() {
+        let mut out = Vec::new();
+        canonical(&json!({"é\"k": [1.5, -2, true, null, "a\nb"], "B": {"z": {}, "a": []}, "a": "ü"}), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"B":{"a":[],"z":{}},"a":"ü","é\"k":[1.5,-2,true,null,"a\nb"]}"#
+        );
     }
 
     proptest! {

@@ -34,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// How long the writer waits for more records before writing a batch.
-const LINGER: Duration = Duration::from_millis(20);
+/// Each commit costs whole pages, so a busy gateway's batches should be
+/// large: at 10,000 calls/s this gathers the default 1000 records.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// What derives the audit key from the key file's key.
 const KEY_LABEL: &[u8] = b"bastion audit key v1";

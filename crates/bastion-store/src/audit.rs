@@ -116,7 +116,7 @@ impl Store {
             Backend::Sqlite => concat!("INSERT OR ROLLBACK INTO audit_records (", audit_columns!(), ") "),
             Backend::Postgres => concat!("INSERT INTO audit_records (", audit_columns!(), ") "),
         };
-        on_pool!(&self.pool, p => {
+        on_pool!(self.appender.as_ref().unwrap_or(&self.pool), p => {
             let mut tx = p.begin().await?;
             // One statement creates the head or moves it, taking the
             // chain's write lock for the rest of the transaction.
@@ -137,22 +137,25 @@ impl Store {
                 let seq = first + i as u64;
                 let body = e.to_body();
                 let mac = key.seal(chain, seq, &prev, &body);
-                sealed.push((seq as i64, e, body, mac));
+                sealed.push((seq as i64, e, body, mac.to_vec()));
                 prev = mac;
             }
-            for rows in sealed.chunks(INSERT_ROWS) {
+            // The text and the MAC are moved into the statement, not copied.
+            let mut sealed = sealed.into_iter().peekable();
+            while sealed.peek().is_some() {
+                let rows = sealed.by_ref().take(INSERT_ROWS);
                 let mut q = sqlx::QueryBuilder::new(insert);
                 q.push_values(rows, |mut b, (seq, e, body, mac)| {
                     b.push_bind(chain)
-                        .push_bind(*seq)
+                        .push_bind(seq)
                         .push_bind(e.ts_micros())
                         .push_bind(e.kind.as_str())
                         .push_bind(e.user.as_deref())
                         .push_bind(e.server.as_deref())
                         .push_bind(e.tool.as_deref())
                         .push_bind(e.outcome.as_str())
-                        .push_bind(body.as_str())
-                        .push_bind(&mac[..]);
+                        .push_bind(body)
+                        .push_bind(mac);
                 });
                 q.build().execute(&mut *tx).await?;
             }

@@ -110,6 +110,9 @@ impl ApiKeyRecord {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// SQLite: the audit trail's appends, on a connection of their own
+    /// (see [`crate::db::appender_options`]); `None`: the pool's.
+    pub(crate) appender: Option<Pool>,
 }
 
 pub(crate) fn ts(t: Option<i64>) -> Option<DateTime<Utc>> {
@@ -264,6 +267,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(a) = &self.appender {
+            on_pool!(a, p => p.close().await)
+        }
         on_pool!(&self.pool, p => p.close().await)
     }
 }

@@ -48,7 +48,7 @@ pub struct AuditConfig {
     /// default) or `wait` for room. Records are never dropped.
     #[serde(default)]
     pub on_full: OnFull,
-    /// Records written to the store in one transaction, at most. Default 500.
+    /// Records written to the store in one transaction, at most. Default 1000.
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// Also write every record as a JSON line to `stdout` or to this file.
@@ -228,7 +228,7 @@ fn default_queue() -> usize {
     10_000
 }
 fn default_batch() -> usize {
-    500
+    1000
 }
 fn default_retention() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
