@@ -427,6 +427,17 @@ async fn initialize(gw: &Gateway, scope: Scope, principal: Principal, req: &Requ
         Ok(access) if !gw.may_enter(&access, &scope).await => {
             tracing::info!(user = %principal.user, "session refused: the user may use nothing behind this endpoint");
             gw.metrics.denied(crate::metrics::Denial::Policy);
+            if let Some(audit) = &gw.audit {
+                let mut event =
+                    crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Denied, &principal);
+                event.method = Some(req.method.clone());
+                if let Scope::Server(server) = &scope {
+                    event.server = Some(server.clone());
+                }
+                event.policy = Some("no access behind this endpoint".into());
+                event.error_code = Some(jsonrpc::FORBIDDEN);
+                audit.record(event).await;
+            }
             return rpc_error(
                 StatusCode::FORBIDDEN,
                 Some(&req.id),

@@ -120,6 +120,14 @@ async fn a_user_without_a_role_is_refused_everything() {
     let reply = initialize(&gw, "/mcp", &key).await;
     assert_eq!(reply.status, 403, "{}", reply.text);
     assert_eq!(error_code(&reply.rpc()), Some(-32003), "{}", reply.text);
+    // The refused session is a denial in the audit trail.
+    crate::harness::eventually(crate::harness::WAIT, "the refused initialize audited", || async {
+        crate::harness::audit_export(&gw, &["--user", "nobody"])
+            .iter()
+            .any(|r| r["method"] == "initialize" && r["outcome"] == "denied" && r["error_code"] == -32003)
+            .then_some(())
+    })
+    .await;
     // Stateless requests too.
     let mcp = Mcp::stateless(gw.url("/mcp"), &key);
     for (method, params) in
