@@ -277,14 +277,11 @@ pub(crate) async fn authorize(
         tracing::warn!(user = %principal.user, error = %e, "authorization cannot be decided: refusing");
         // `retryAfter` makes it a 503 with Retry-After where the answer
         // stands on its own, as when authentication cannot decide.
-        Refusal {
-            error: json!({
-                "code": jsonrpc::UPSTREAM_UNAVAILABLE,
-                "message": "authorization is temporarily unavailable",
-                "data": {"retryAfter": 1},
-            }),
-            policy: None,
-        }
+        Refusal::from(json!({
+            "code": jsonrpc::UPSTREAM_UNAVAILABLE,
+            "message": "authorization is temporarily unavailable",
+            "data": {"retryAfter": 1},
+        }))
     })?;
     if access.role.is_none() {
         tracing::info!(user = %access.user, method, "denied: the user has no role");
