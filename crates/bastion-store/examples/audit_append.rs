@@ -10,14 +10,15 @@
 //!
 //! `USERS=N` spreads the records over N users (default 1: one client under
 //! load); `POOL=N` caps the store's connections; `BATCH=N` sets the records
-//! per batch (default 400).
+//! per batch (default 1000, the writer's); `RECORDS=N` the records written
+//! (default 200,000); `DB=PATH` keeps the SQLite file there instead, so a
+//! schema can be tried on it. Each batch's times are fresh, as a gateway's
+//! are: the time index sees the order it sees in service.
 
 use std::time::{Duration, Instant};
 
 use bastion_audit::{AuditKey, Event, Outcome};
 use bastion_store::{Store, StoreSettings};
-
-const RECORDS: usize = 200_000;
 
 /// CPU time of this process so far (user + system, all threads).
 fn cpu_time() -> Duration {
@@ -53,7 +54,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let settings = match std::env::args().nth(1) {
         Some(url) => StoreSettings::postgres(&url).expect("a PostgreSQL URL"),
-        None => StoreSettings::sqlite(dir.path().join("bastion.db")),
+        None => StoreSettings::sqlite(std::env::var("DB").map_or(dir.path().join("bastion.db"), Into::into)),
     };
     let settings = match std::env::var("POOL") {
         Ok(n) => settings.with_pool(bastion_core::config::PoolConfig {
@@ -65,21 +66,26 @@ async fn main() {
     let store = Store::open(&settings).await.expect("the store");
     let key = AuditKey::from_bytes(&[7; 32]);
     let users = std::env::var("USERS").map_or(1, |n| n.parse().expect("USERS"));
-    let batch: usize = std::env::var("BATCH").map_or(400, |n| n.parse().expect("BATCH"));
-    let events: Vec<Event> = (0..batch).map(|i| event(i, users)).collect();
+    let batch: usize = std::env::var("BATCH").map_or(1000, |n| n.parse().expect("BATCH"));
+    let records: usize = std::env::var("RECORDS").map_or(200_000, |n| n.parse().expect("RECORDS"));
+    let mut events: Vec<Event> = (0..batch).map(|i| event(i, users)).collect();
     let body = events[0].to_body();
     println!("record body: {} bytes", body.len());
     // Warm up: the tables and the statement cache.
     store.append_audit(&key, "bench", &events).await.expect("append");
 
     let (cpu0, t0) = (cpu_time(), Instant::now());
-    for _ in 0..RECORDS / batch {
+    for _ in 0..records / batch {
+        let now = chrono::Utc::now();
+        for (i, e) in events.iter_mut().enumerate() {
+            e.ts = now + chrono::Duration::microseconds(i as i64);
+        }
         store.append_audit(&key, "bench", &events).await.expect("append");
     }
     let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / RECORDS as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / records as f64;
     println!(
-        "{RECORDS} records in batches of {batch}: {:.2} µs of CPU and {:.2} µs of wall time per record",
+        "{records} records in batches of {batch}: {:.2} µs of CPU and {:.2} µs of wall time per record",
         per(cpu),
         per(wall)
     );

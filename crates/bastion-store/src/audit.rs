@@ -103,19 +103,49 @@ macro_rules! search_query {
     };
 }
 
+/// Parameters per record inserted.
+const INSERT_PARAMS: usize = 10;
+
+/// The statement inserting `rows` records (1 to [`INSERT_ROWS`]), made once
+/// per backend and size: a batch binds its values into text already
+/// written, and the backend's statement cache knows it.
+fn insert_statement(backend: Backend, rows: usize) -> &'static str {
+    use std::fmt::Write as _;
+    use std::sync::OnceLock;
+    static MADE: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let (slot, head) = match backend {
+        // SQLite: a failing row rolls the whole transaction back (the batch
+        // is retried whole anyway), which spares the statement journal a
+        // multi-row insert would otherwise keep.
+        Backend::Sqlite => (0, concat!("INSERT OR ROLLBACK INTO audit_records (", audit_columns!(), ") VALUES ")),
+        Backend::Postgres => (1, concat!("INSERT INTO audit_records (", audit_columns!(), ") VALUES ")),
+    };
+    let made = MADE[slot].get_or_init(|| {
+        (1..=INSERT_ROWS)
+            .map(|n| {
+                let mut sql = String::from(head);
+                for row in 0..n {
+                    sql.push_str(if row == 0 { "(" } else { ", (" });
+                    for p in 0..INSERT_PARAMS {
+                        let sep = if p == 0 { "" } else { ", " };
+                        let _ = write!(sql, "{sep}${}", row * INSERT_PARAMS + p + 1);
+                    }
+                    sql.push(')');
+                }
+                sql
+            })
+            .collect()
+    });
+    &made[rows.clamp(1, INSERT_ROWS) - 1]
+}
+
 impl Store {
     /// Appends `events` to `chain`, in order, sealed with `key`, in one
     /// transaction. Returns the number of the last one (the head's, when
     /// `events` is empty).
     pub async fn append_audit(&self, key: &AuditKey, chain: &str, events: &[Event]) -> Result<u64, StoreError> {
         let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
-        // SQLite: a failing row rolls the whole transaction back (the batch
-        // is retried whole anyway), which spares the statement journal a
-        // multi-row insert would otherwise keep.
-        let insert = match self.backend() {
-            Backend::Sqlite => concat!("INSERT OR ROLLBACK INTO audit_records (", audit_columns!(), ") "),
-            Backend::Postgres => concat!("INSERT INTO audit_records (", audit_columns!(), ") "),
-        };
+        let backend = self.backend();
         on_pool!(self.appender.as_ref().unwrap_or(&self.pool), p => {
             let mut tx = p.begin().await?;
             // One statement creates the head or moves it, taking the
@@ -141,23 +171,27 @@ impl Store {
                 prev = mac;
             }
             // The text and the MAC are moved into the statement, not copied.
-            let mut sealed = sealed.into_iter().peekable();
-            while sealed.peek().is_some() {
-                let rows = sealed.by_ref().take(INSERT_ROWS);
-                let mut q = sqlx::QueryBuilder::new(insert);
-                q.push_values(rows, |mut b, (seq, e, body, mac)| {
-                    b.push_bind(chain)
-                        .push_bind(seq)
-                        .push_bind(e.ts_micros())
-                        .push_bind(e.kind.as_str())
-                        .push_bind(e.user.as_deref())
-                        .push_bind(e.server.as_deref())
-                        .push_bind(e.tool.as_deref())
-                        .push_bind(e.outcome.as_str())
-                        .push_bind(body)
-                        .push_bind(mac);
-                });
-                q.build().execute(&mut *tx).await?;
+            let mut sealed = sealed.into_iter();
+            loop {
+                let rows = sealed.len().min(INSERT_ROWS);
+                if rows == 0 {
+                    break;
+                }
+                let mut q = sqlx::query(insert_statement(backend, rows));
+                for (seq, e, body, mac) in sealed.by_ref().take(rows) {
+                    q = q
+                        .bind(chain)
+                        .bind(seq)
+                        .bind(e.ts_micros())
+                        .bind(e.kind.as_str())
+                        .bind(e.user.as_deref())
+                        .bind(e.server.as_deref())
+                        .bind(e.tool.as_deref())
+                        .bind(e.outcome.as_str())
+                        .bind(body)
+                        .bind(mac);
+                }
+                q.execute(&mut *tx).await?;
             }
             if !events.is_empty() {
                 sqlx::query("UPDATE audit_heads SET mac = $2 WHERE chain = $1")
@@ -319,6 +353,22 @@ mod tests {
         e
     }
 
+    #[test]
+    fn insert_statements_number_every_row_s_parameters() {
+        let two = insert_statement(Backend::Postgres, 2);
+        assert!(two.starts_with("INSERT INTO audit_records (chain, seq,"), "{two}");
+        assert!(
+            two.ends_with(
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), ($11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            ),
+            "{two}"
+        );
+        assert!(insert_statement(Backend::Sqlite, 1).starts_with("INSERT OR ROLLBACK INTO"));
+        let full = insert_statement(Backend::Sqlite, INSERT_ROWS);
+        assert_eq!(full.matches('(').count(), INSERT_ROWS + 1);
+        assert!(full.ends_with(&format!("${})", INSERT_ROWS * INSERT_PARAMS)));
+    }
+
     async fn verify(s: &Store, chain: &str) -> Result<bastion_audit::Verified, String> {
         let k = key();
         let head = s.audit_head(chain).await.unwrap().unwrap();
@@ -392,6 +442,23 @@ mod tests {
             }
             let v = verify(&s, "main").await.unwrap();
             assert_eq!(v.records, 60);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_one_statement_is_stored_whole_and_in_order() {
+        on_both(async |s: Store| {
+            let k = key();
+            let n = INSERT_ROWS * 2 + 7;
+            let events: Vec<Event> = (0..n).map(|i| event("alice", &i.to_string(), 1_000 + i as i64)).collect();
+            assert_eq!(s.append_audit(&k, "main", &events).await.unwrap(), n as u64);
+            let v = verify(&s, "main").await.unwrap();
+            assert_eq!((v.records, v.last), (n as u64, n as u64));
+            let page = s.audit_page("main", 0, n as u32).await.unwrap();
+            let tools: Vec<String> = page.iter().map(|r| r.tool.clone().unwrap()).collect();
+            assert_eq!(tools, (0..n).map(|i| i.to_string()).collect::<Vec<_>>());
+            assert!(page.iter().zip(&events).all(|(r, e)| Event::from_body(&r.body).unwrap() == *e));
         })
         .await;
     }
