@@ -26,7 +26,7 @@ use bastion_core::config::{AuditConfig, Config, OnFull};
 use bastion_store::Store;
 use bastion_vault::KeySource;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How long the writer waits before trying the store again while records
@@ -86,6 +86,11 @@ pub struct Auditor {
     key: Arc<AuditKey>,
     on_full: OnFull,
     capacity: usize,
+    /// The writer is woken early when this many records wait (a batch, or
+    /// half the queue when that is less, so a small queue never fills
+    /// while the writer lingers), rather than by every record.
+    wake_at: usize,
+    wake: Arc<Notify>,
     /// Anomaly signals, raised from the records as they pass.
     watch: Option<crate::anomaly::Watch>,
     counts: Arc<Counts>,
@@ -120,20 +125,30 @@ impl Auditor {
         };
         let (tx, rx) = mpsc::channel(config.queue);
         let counts = Arc::new(Counts::default());
+        let wake = Arc::new(Notify::new());
         let writer = Writer {
+            wake: wake.clone(),
             counts: counts.clone(),
             store: store.clone(),
             key: key.clone(),
             chain: config.chain.clone(),
-            batch: config.batch,
+            batch: config.batch.max(1),
             spool,
             stream,
             warned: false,
         };
         tokio::spawn(writer.run(rx));
         let watch = config.anomaly.enabled.then(|| crate::anomaly::Watch::new(config.anomaly.clone()));
-        let auditor =
-            Arc::new(Auditor { tx, key: key.clone(), on_full: config.on_full, capacity: config.queue, watch, counts });
+        let auditor = Arc::new(Auditor {
+            tx,
+            key: key.clone(),
+            on_full: config.on_full,
+            capacity: config.queue,
+            wake_at: config.batch.min(config.queue / 2).max(1),
+            wake,
+            watch,
+            counts,
+        });
         tokio::spawn(housekeeping(auditor.clone(), store, config.clone(), shutdown));
         Ok(auditor)
     }
@@ -184,8 +199,13 @@ impl Auditor {
 
     async fn enqueue(&self, event: Event) {
         match self.tx.try_send(Msg::Record(Box::new(event))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.depth() >= self.wake_at {
+                    self.wake.notify_one();
+                }
+            }
             Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.wake.notify_one();
                 if self.tx.send(msg).await.is_err() {
                     tracing::error!("the audit writer has stopped; a record was not written");
                 }
@@ -201,6 +221,7 @@ impl Auditor {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            self.wake.notify_one();
             let _ = rx.await;
         }
     }
@@ -459,6 +480,8 @@ struct Writer {
     stream: Option<Stream>,
     /// Whether the store's failure was logged (once per outage).
     warned: bool,
+    /// Rung when a batch is waiting, or a flush.
+    wake: Arc<Notify>,
 }
 
 impl Writer {
@@ -482,23 +505,37 @@ impl Writer {
             // linger, until the batch is full or a flush is asked for. One
             // transaction per batch is what keeps a busy gateway's writes
             // cheap; an idle one writes each record within the linger.
+            // While it lingers the writer sleeps, woken by the request path
+            // only once a batch waits (or for a flush), not by each record.
             let deadline = tokio::time::Instant::now() + LINGER;
             let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Record(e) => events.push(*e),
-                    Msg::Flush(done) => flushes.push(done),
+            loop {
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Record(e) => events.push(*e),
+                        Msg::Flush(done) => flushes.push(done),
+                    }
+                    if events.len() >= self.batch || !flushes.is_empty() {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
                 }
-                if events.len() >= self.batch || !flushes.is_empty() {
+                let open = !rx.is_closed() || !rx.is_empty();
+                if events.len() >= self.batch || !flushes.is_empty() || !open {
                     break;
                 }
-                next = match rx.try_recv() {
-                    Ok(m) => Some(m),
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                if tokio::time::timeout_at(deadline, self.wake.notified()).await.is_err() {
+                    // The linger is over: what came meanwhile joins the batch.
+                    while events.len() < self.batch && flushes.is_empty() {
+                        match rx.try_recv() {
+                            Ok(Msg::Record(e)) => events.push(*e),
+                            Ok(Msg::Flush(done)) => flushes.push(done),
+                            Err(_) => break,
+                        }
                     }
-                };
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
             if let Some(s) = &mut self.stream {
                 s.write(&events);
