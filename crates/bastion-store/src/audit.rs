@@ -128,7 +128,18 @@ fn insert_statement(backend: Backend, rows: usize) -> &'static str {
                     sql.push_str(if row == 0 { "(" } else { ", (" });
                     for p in 0..INSERT_PARAMS {
                         let sep = if p == 0 { "" } else { ", " };
-                        let _ = write!(sql, "{sep}${}", row * INSERT_PARAMS + p + 1);
+                        // SQLite's plain `?` numbers itself; a named `$n`
+                        // is looked up by name at every bind, which costs
+                        // more than the insert.
+                        match backend {
+                            Backend::Sqlite => {
+                                sql.push_str(sep);
+                                sql.push('?');
+                            }
+                            Backend::Postgres => {
+                                let _ = write!(sql, "{sep}${}", row * INSERT_PARAMS + p + 1);
+                            }
+                        }
                     }
                     sql.push(')');
                 }
@@ -363,10 +374,15 @@ mod tests {
             ),
             "{two}"
         );
-        assert!(insert_statement(Backend::Sqlite, 1).starts_with("INSERT OR ROLLBACK INTO"));
-        let full = insert_statement(Backend::Sqlite, INSERT_ROWS);
+        let one = insert_statement(Backend::Sqlite, 1);
+        assert!(
+            one.starts_with("INSERT OR ROLLBACK INTO") && one.ends_with("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            "{one}"
+        );
+        let full = insert_statement(Backend::Postgres, INSERT_ROWS);
         assert_eq!(full.matches('(').count(), INSERT_ROWS + 1);
         assert!(full.ends_with(&format!("${})", INSERT_ROWS * INSERT_PARAMS)));
+        assert_eq!(insert_statement(Backend::Sqlite, INSERT_ROWS).matches('?').count(), INSERT_ROWS * INSERT_PARAMS);
     }
 
     async fn verify(s: &Store, chain: &str) -> Result<bastion_audit::Verified, String> {
