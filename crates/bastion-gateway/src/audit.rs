@@ -509,6 +509,7 @@ impl Writer {
             // only once a batch waits (or for a flush), not by each record.
             let deadline = tokio::time::Instant::now() + LINGER;
             let mut next = Some(first);
+            let mut lingered = false;
             loop {
                 while let Some(msg) = next.take() {
                     match msg {
@@ -521,20 +522,12 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
                 let open = !rx.is_closed() || !rx.is_empty();
-                if events.len() >= self.batch || !flushes.is_empty() || !open {
+                if events.len() >= self.batch || !flushes.is_empty() || !open || lingered {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, self.wake.notified()).await.is_err() {
-                    // The linger is over: what came meanwhile joins the batch.
-                    while events.len() < self.batch && flushes.is_empty() {
-                        match rx.try_recv() {
-                            Ok(Msg::Record(e)) => events.push(*e),
-                            Ok(Msg::Flush(done)) => flushes.push(done),
-                            Err(_) => break,
-                        }
-                    }
-                    break;
-                }
+                // Once the linger is over, what came meanwhile still joins
+                // the batch (the drain above), and then it is written.
+                lingered = tokio::time::timeout_at(deadline, self.wake.notified()).await.is_err();
                 next = rx.try_recv().ok();
             }
             if let Some(s) = &mut self.stream {
