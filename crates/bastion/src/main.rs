@@ -19,6 +19,14 @@ use std::path::PathBuf;
 use bastion_gateway::upstream::guard;
 use clap::{Parser, Subcommand};
 
+/// The allocator. The C library's takes a lock when one thread frees what
+/// another allocated, which a gateway does for every request (a response
+/// built on one worker and written on another, an audit record built on
+/// the request path and freed by the writer); mimalloc frees into the
+/// owning thread's heap without one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bastion", version, about = "A secure gateway for the Model Context Protocol")]
 struct Cli {
