@@ -48,8 +48,13 @@ impl Keyed {
         Keyed(HmacSha256::new_from_slice(key).expect("HMAC takes any key length"))
     }
 
+    /// A MAC begun from the key, for text given piece by piece.
+    fn start(&self) -> HmacSha256 {
+        self.0.clone()
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = self.0.clone();
+        let mut m = self.start();
         for p in parts {
             m.update(p);
         }
@@ -85,46 +90,77 @@ impl AuditKey {
     /// read with their keys sorted, so the same arguments sent in another
     /// order give the same digest.
     pub fn digest_arguments(&self, args: &Value) -> String {
-        let mut text = Zeroizing::new(Vec::new());
-        canonical(args, &mut text);
-        hex::encode(&self.args.mac(&[&text])[..16])
+        // The canonical text goes into the MAC as it is written: no copy of
+        // the arguments is made, not even briefly.
+        let mut mac = self.args.start();
+        canonical(args, &mut Feed(&mut mac)).expect("a MAC takes any text");
+        let digest: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut text = [0u8; 32];
+        hex::encode_to_slice(&digest[..16], &mut text).expect("16 bytes are 32 hex digits");
+        text.iter().map(|&b| b as char).collect()
+    }
+}
+
+/// Writes into a MAC.
+struct Feed<'a>(&'a mut HmacSha256);
+
+impl std::io::Write for Feed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// JSON text with object keys sorted, without spaces.
-fn canonical(v: &Value, out: &mut Vec<u8>) {
+fn canonical<W: std::io::Write>(v: &Value, out: &mut W) -> std::io::Result<()> {
     match v {
         Value::Object(m) => {
-            let mut sorted: Vec<(&String, &Value)> = m.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            out.write_all(b"{")?;
+            // One key needs no sorting, and spares the list sorted.
+            if m.len() < 2 {
+                for (k, v) in m {
+                    member(out, false, k, v)?;
                 }
-                write_json(out, k);
-                out.push(b':');
-                canonical(v, out);
+            } else {
+                let mut sorted: Vec<(&String, &Value)> = m.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (i, (k, v)) in sorted.into_iter().enumerate() {
+                    member(out, i > 0, k, v)?;
+                }
             }
-            out.push(b'}');
+            out.write_all(b"}")
         }
         Value::Array(a) => {
-            out.push(b'[');
+            out.write_all(b"[")?;
             for (i, v) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.write_all(b",")?;
                 }
-                canonical(v, out);
+                canonical(v, out)?;
             }
-            out.push(b']');
+            out.write_all(b"]")
         }
         other => write_json(out, other),
     }
 }
 
+/// `"key":value` of an object, after a comma unless it is the first.
+fn member<W: std::io::Write>(out: &mut W, comma: bool, k: &str, v: &Value) -> std::io::Result<()> {
+    if comma {
+        out.write_all(b",")?;
+    }
+    write_json(out, k)?;
+    out.write_all(b":")?;
+    canonical(v, out)
+}
+
 /// A key or a scalar as JSON text, appended.
-fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    serde_json::to_writer(out, v).expect("JSON text into memory");
+fn write_json<W: std::io::Write, T: Serialize + ?Sized>(out: &mut W, v: &T) -> std::io::Result<()> {
+    serde_json::to_writer(out, v).map_err(std::io::Error::other)
 }
 
 /// A record as read back from the store: its number, text and MAC, and
@@ -410,6 +446,12 @@ mod tests {
         assert_eq!(hex::encode(mac), "874aa8e39f5fe9dc3c098705944517da889ecf6ec9bb380cb10395fb482d585f");
         let args = serde_json::json!({"b": [true, null], "a": 1});
         assert_eq!(k.digest_arguments(&args), "a377b948db3554d1c190523dc0579f1b");
+        // The digest is the MAC of the canonical text, however it is fed.
+        let one = serde_json::json!({"m": {"x": [1, "\u{e9}"]}});
+        assert_eq!(
+            k.digest_arguments(&one),
+            hex::encode(&k.args.mac(&["{\"m\":{\"x\":[1,\"\u{e9}\"]}}".as_bytes()])[..16])
+        );
         assert_eq!(k.seal("main", 3, &GENESIS, r#"{"kind":"x"}"#), mac, "a keyed state is reused, not used up");
     }
 
@@ -541,10 +583,11 @@ mod tests {
     #[test]
     fn the_canonical_text_is_sorted_compact_json() {
         let mut out = Vec::new();
-        canonical(&json!({"é\"k": [1.5, -2, true, null, "a\nb"], "B": {"z": {}, "a": []}, "a": "ü"}), &mut out);
+        let v = json!({"é\"k": [1.5, -2, true, null, "a\nb"], "B": {"z": {}, "a": []}, "a": "ü", "c": {"o\"ne": [{"x": 1}]}});
+        canonical(&v, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"B":{"a":[],"z":{}},"a":"ü","é\"k":[1.5,-2,true,null,"a\nb"]}"#
+            r#"{"B":{"a":[],"z":{}},"a":"ü","c":{"o\"ne":[{"x":1}]},"é\"k":[1.5,-2,true,null,"a\nb"]}"#
         );
     }
 

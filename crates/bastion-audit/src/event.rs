@@ -150,7 +150,34 @@ mod micros {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Micros, true))
+        s.collect_str(&Rfc3339(ts))
+    }
+
+    /// RFC 3339 to the microsecond, `Z` for UTC, written where it goes
+    /// rather than made as a string first; what chrono writes for the rest
+    /// (years of other than four digits, a leap second).
+    pub(super) struct Rfc3339<'a>(pub &'a DateTime<Utc>);
+
+    impl std::fmt::Display for Rfc3339<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            use chrono::{Datelike as _, Timelike as _};
+            let ts = self.0;
+            let nanos = ts.nanosecond();
+            if !(0..=9999).contains(&ts.year()) || nanos >= 1_000_000_000 {
+                return f.write_str(&ts.to_rfc3339_opts(SecondsFormat::Micros, true));
+            }
+            write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                ts.year(),
+                ts.month(),
+                ts.day(),
+                ts.hour(),
+                ts.minute(),
+                ts.second(),
+                nanos / 1000
+            )
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -173,5 +200,28 @@ mod tests {
         let back = Event::from_body(&body).unwrap();
         assert_eq!(back, e, "an event is its stored text");
         assert_eq!(back.to_body(), body);
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone as _;
+        let times = [
+            Utc.with_ymd_and_hms(2026, 12, 7, 4, 5, 6).unwrap() + chrono::Duration::microseconds(7),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap() + chrono::Duration::microseconds(999_999),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 6, 1, 0, 0, 0).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_micro_opt(23, 59, 59, 1_500_000)
+                .unwrap()
+                .and_utc(),
+        ];
+        for ts in times {
+            let e = Event::at(ts, "x", Outcome::Ok);
+            let body = e.to_body();
+            let expected = e.ts.to_rfc3339_opts(SecondsFormat::Micros, true);
+            assert!(body.starts_with(&format!("{{\"ts\":\"{expected}\",")), "{body}");
+        }
     }
 }

@@ -123,12 +123,9 @@ pub struct Notes {
 /// Handles one request.
 pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -> Outcome {
     let started = std::time::Instant::now();
-    let Some(audit) = &gw.audit else {
-        let outcome = gw.drain.run(phases(gw, ctx, req, &mut Notes::default())).await;
-        count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
-        return outcome;
-    };
-    if !audit.admits() {
+    if let Some(audit) = &gw.audit
+        && !audit.admits()
+    {
         tracing::warn!(user = %ctx.principal.user, method = %req.method, "refused: the audit queue is full");
         count_audit_full(gw, req, started);
         return Err(audit_full());
@@ -138,9 +135,11 @@ pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -
     // period runs out first.
     let outcome = gw.drain.run(phases(gw, ctx, req, &mut notes)).await;
     count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
-    let event =
-        crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, notes, started);
-    audit.record(event).await;
+    if let Some(audit) = &gw.audit {
+        let event =
+            crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, notes, started);
+        audit.record(event).await;
+    }
     outcome
 }
 

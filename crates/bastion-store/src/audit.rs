@@ -8,6 +8,9 @@
 //! the head takes the last record's MAC. A failed transaction leaves no
 //! trace, so the batch can be retried whole.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bastion_audit::{AuditKey, Event, GENESIS, Head, Mac, Stored};
 
 use crate::db::{Backend, Fields, on_pool};
@@ -150,6 +153,23 @@ fn insert_statement(backend: Backend, rows: usize) -> &'static str {
     &made[rows.clamp(1, INSERT_ROWS) - 1]
 }
 
+/// The searchable columns' values of one batch, each made once: a
+/// batch's records mostly share their chain, kind, outcome, user, server
+/// and tool, and a shared value goes to the driver without a copy per
+/// record (SQLite's driver would otherwise copy every text it binds).
+#[derive(Default)]
+struct Shared<'a>(HashMap<&'a str, Arc<str>>);
+
+impl<'a> Shared<'a> {
+    fn get(&mut self, value: &'a str) -> Arc<str> {
+        self.0.entry(value).or_insert_with(|| Arc::from(value)).clone()
+    }
+
+    fn opt(&mut self, value: Option<&'a str>) -> Option<Arc<str>> {
+        value.map(|v| self.get(v))
+    }
+}
+
 impl Store {
     /// Appends `events` to `chain`, in order, sealed with `key`, in one
     /// transaction. Returns the number of the last one (the head's, when
@@ -178,9 +198,10 @@ impl Store {
                 let seq = first + i as u64;
                 let body = e.to_body();
                 let mac = key.seal(chain, seq, &prev, &body);
-                sealed.push((seq as i64, e, body, mac.to_vec()));
+                sealed.push((seq as i64, e, body, Arc::<[u8]>::from(&mac[..])));
                 prev = mac;
             }
+            let mut shared = Shared::default();
             // The text and the MAC are moved into the statement, not copied.
             let mut sealed = sealed.into_iter();
             loop {
@@ -191,14 +212,14 @@ impl Store {
                 let mut q = sqlx::query(insert_statement(backend, rows));
                 for (seq, e, body, mac) in sealed.by_ref().take(rows) {
                     q = q
-                        .bind(chain)
+                        .bind(shared.get(chain))
                         .bind(seq)
                         .bind(e.ts_micros())
-                        .bind(e.kind.as_str())
-                        .bind(e.user.as_deref())
-                        .bind(e.server.as_deref())
-                        .bind(e.tool.as_deref())
-                        .bind(e.outcome.as_str())
+                        .bind(shared.get(&e.kind))
+                        .bind(shared.opt(e.user.as_deref()))
+                        .bind(shared.opt(e.server.as_deref()))
+                        .bind(shared.opt(e.tool.as_deref()))
+                        .bind(shared.get(e.outcome.as_str()))
                         .bind(body)
                         .bind(mac);
                 }
