@@ -88,6 +88,10 @@ pub enum Kind {
     /// Bastion as `BastionLimits`, its rate buckets in a Redis server of its
     /// own (started for it, outside the measured tree).
     BastionLimitsRedis,
+    /// Bastion as `Bastion` (the audit trail on, every setting its
+    /// default), its store — and so its audit trail — in a PostgreSQL
+    /// server of its own (started for it, outside the measured tree).
+    BastionPostgres,
     SupergatewayStateful,
     SupergatewayStateless,
     McpProxy,
@@ -105,6 +109,7 @@ impl Kind {
             Kind::BastionNoGuard => "bastion-noguard",
             Kind::BastionLimits => "bastion-limits",
             Kind::BastionLimitsRedis => "bastion-limits-redis",
+            Kind::BastionPostgres => "bastion-postgres",
             Kind::SupergatewayStateful => "supergateway-stateful",
             Kind::SupergatewayStateless => "supergateway-stateless",
             Kind::McpProxy => "mcp-proxy",
@@ -129,6 +134,7 @@ impl Kind {
             | Kind::BastionNoGuard
             | Kind::BastionLimits => true,
             Kind::BastionLimitsRedis => peers.redis_server.is_some(),
+            Kind::BastionPostgres => crate::postgres::find_server().is_ok(),
             Kind::SupergatewayStateful | Kind::SupergatewayStateless => {
                 peers.node.is_some() && peers.supergateway.is_some()
             }
@@ -138,12 +144,45 @@ impl Kind {
     }
 
     /// Why the contestant cannot run here, when [`Kind::available`] says so.
-    pub fn missing(self) -> &'static str {
+    pub fn missing(self) -> String {
         match self {
             Kind::BastionLimitsRedis => {
-                "redis-server not found on PATH (install Redis, or set BASTION_BENCH_REDIS_SERVER to one)"
+                "redis-server not found on PATH (install Redis, or set BASTION_BENCH_REDIS_SERVER to one)".into()
             }
-            _ => "not installed (run scripts/bench-provision)",
+            Kind::BastionPostgres => crate::postgres::find_server().err().unwrap_or_default(),
+            _ => "not installed (run scripts/bench-provision)".into(),
+        }
+    }
+}
+
+/// A server started for a contestant outside the gateway's process tree
+/// (its rate limits' backend, its store): not the gateway's, so its CPU is
+/// measured on its own and kept out of the gateway's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Postgres,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Redis, Backend::Postgres];
+
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Redis => "Redis",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// Its CPU ticks in a sample of its process tree: Redis's process
+    /// alone; PostgreSQL's postmaster and every process under it (a
+    /// backend per connection, the background workers), those that
+    /// exited during the run included.
+    pub fn ticks(self, s: &procs::TreeSample) -> u64 {
+        match self {
+            Backend::Redis => s.root_ticks,
+            Backend::Postgres => s.tree_ticks,
         }
     }
 }
@@ -172,6 +211,8 @@ pub struct Running {
     /// The Redis server holding the contestant's rate buckets: not the
     /// gateway's, so outside the measured tree, measured on its own.
     pub redis: Option<Child>,
+    /// The PostgreSQL server holding the contestant's store: as `redis`.
+    pub postgres: Option<crate::postgres::Postgres>,
     /// Kept alive for the contestant's lifetime (config, data, logs).
     pub _dir: tempfile::TempDir,
     pub log: PathBuf,
@@ -182,9 +223,12 @@ impl Running {
         self.root.id().unwrap_or(0)
     }
 
-    /// The Redis server's process id, when the contestant has one.
-    pub fn redis_pid(&self) -> Option<u32> {
-        self.redis.as_ref().and_then(Child::id)
+    /// The servers started for the contestant outside the gateway's tree,
+    /// each with the process id at the root of its own tree.
+    pub fn backends(&self) -> Vec<(Backend, u32)> {
+        let redis = self.redis.as_ref().and_then(Child::id).map(|p| (Backend::Redis, p));
+        let postgres = self.postgres.as_ref().and_then(crate::postgres::Postgres::pid).map(|p| (Backend::Postgres, p));
+        redis.into_iter().chain(postgres).collect()
     }
 
     /// The gateway's `/metrics` (Bastion contestants: served on the
@@ -194,14 +238,17 @@ impl Running {
         Some(format!("{origin}/metrics"))
     }
 
-    /// Stops the gateway and everything it started, then the helpers and
-    /// the Redis server.
+    /// Stops the gateway and everything it started, then the helpers, the
+    /// Redis server and the PostgreSQL server.
     pub async fn stop(mut self) {
         let pid = self.pid();
         stop_tree(pid, &mut self.root).await;
         for mut h in self.helpers.drain(..).chain(self.redis.take()) {
             let hp = h.id().unwrap_or(0);
             stop_tree(hp, &mut h).await;
+        }
+        if let Some(pg) = self.postgres.take() {
+            pg.stop().await;
         }
     }
 }
@@ -372,6 +419,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     let mut bearer = None;
     let mut issuer = None;
     let mut redis = None;
+    let mut postgres = None;
     let mut cmd;
     let url;
     match kind {
@@ -390,6 +438,7 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
                 helpers,
                 issuer: None,
                 redis: None,
+                postgres: None,
                 _dir: dir,
                 log: log_path,
             });
@@ -400,7 +449,8 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
         | Kind::BastionNoAudit
         | Kind::BastionNoGuard
         | Kind::BastionLimits
-        | Kind::BastionLimitsRedis => {
+        | Kind::BastionLimitsRedis
+        | Kind::BastionPostgres => {
             let mut servers = serde_json::Map::new();
             let mut entry = match &http_upstream {
                 None => serde_json::json!({"command": bins.fixture, "args": ["echo", "--stdio"]}),
@@ -416,6 +466,14 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
             }
             if kind == Kind::BastionNoGuard {
                 config["guard"] = serde_json::json!({"enabled": false});
+            }
+            if kind == Kind::BastionPostgres {
+                // Dropped on an error below, the server is stopped all the
+                // same (its watchdog's stdin closes).
+                let script = crate::postgres::find_server().map_err(anyhow::Error::msg)?;
+                let pg = crate::postgres::Postgres::start(&script, dir.path()).await?;
+                config["store"] = serde_json::json!(pg.url());
+                postgres = Some(pg);
             }
             if matches!(kind, Kind::BastionLimits | Kind::BastionLimitsRedis) {
                 let redis_url = if kind == Kind::BastionLimitsRedis {
@@ -507,7 +565,8 @@ pub async fn start(kind: Kind, upstream: Upstream, bins: &Bins, peers: &Peers) -
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     let root = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
-    let running = Running { kind, upstream, url, bearer, root, helpers, issuer, redis, _dir: dir, log: log_path };
+    let running =
+        Running { kind, upstream, url, bearer, root, helpers, issuer, redis, postgres, _dir: dir, log: log_path };
     if let Err(e) = wait_ready(&running, Duration::from_secs(60)).await {
         let log = std::fs::read_to_string(&running.log).unwrap_or_default();
         let tail: String =
@@ -663,5 +722,21 @@ mod tests {
             assert_eq!(parsed.limits.quotas.len(), 1);
             assert_eq!(parsed.limits.redis.is_some(), redis.is_some());
         }
+    }
+
+    /// The PostgreSQL contestant's config (a store URL as the throwaway
+    /// server prints it) is one the gateway accepts.
+    #[test]
+    fn postgres_store_config_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = serde_json::Map::new();
+        servers.insert("echo".into(), serde_json::json!({"command": "/bin/true", "args": ["echo", "--stdio"]}));
+        let mut config = base_config(dir.path(), 8080, &servers, "warn");
+        config["store"] = serde_json::json!("postgres://postgres@127.0.0.1:5999/postgres");
+        config["users"] = serde_json::json!({"bench": {"role": "admin"}});
+        let text = serde_json::to_string_pretty(&config).unwrap();
+        let parsed = bastion_core::config::Config::parse(Path::new("bastion.json"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(parsed.store.location.is_postgres());
     }
 }

@@ -16,6 +16,7 @@ mod authz;
 mod contestant;
 mod load;
 mod mcp;
+mod postgres;
 mod procs;
 mod replicas;
 mod report;
@@ -120,9 +121,9 @@ struct SuiteArgs {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds of each paired comparison — authz on with API keys alone,
-    /// audit on with audit off, guard on with guard off, limits in process
-    /// and on Redis with limits off, three replicas with one — (default 3,
-    /// 1 with --smoke; 0 skips them).
+    /// audit on (SQLite, and PostgreSQL) with audit off, guard on with guard
+    /// off, limits in process and on Redis with limits off, three replicas
+    /// with one — (default 3, 1 with --smoke; 0 skips them).
     #[arg(long, alias = "authz-rounds")]
     paired_rounds: Option<usize>,
     /// Only these paired comparisons (comma-separated); without --only,

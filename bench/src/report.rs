@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::contestant::Backend;
 use crate::load::LoadResult;
 use crate::suite::{PairedComparison, Pairing, Report, RunRecord, Scenario};
 
@@ -428,19 +429,61 @@ fn guard_section(r: &Report, s: &mut String) {
     paired_table(r, Pairing::Guard, s);
 }
 
-/// Audit on against audit off.
+/// Audit on (into SQLite, then into PostgreSQL) against audit off.
 fn audit_section(r: &Report, s: &mut String) {
-    if !r.paired.iter().any(|c| c.pairing == Pairing::Audit) {
+    let sqlite = r.paired.iter().any(|c| c.pairing == Pairing::Audit);
+    let postgres = r.paired.iter().find(|c| c.pairing == Pairing::AuditPostgres);
+    if !sqlite && postgres.is_none() {
         return;
     }
     let _ = writeln!(s, "\n## Audit trail on against off\n");
     let _ = writeln!(
         s,
-        "`bastion` audits every call into its SQLite store (the store's work is inside the gateway process \
-         and counts in its CPU); `{NO_AUDIT}` is the same gateway with `audit.enabled: false`. Both over the \
-         stdio upstream."
+        "`{NO_AUDIT}` is `bastion` with `audit.enabled: false`; it is set against the same gateway auditing \
+         every call into its store. Both over the stdio upstream."
     );
-    paired_table(r, Pairing::Audit, s);
+    if sqlite {
+        let _ = writeln!(
+            s,
+            "\n### SQLite\n\n`bastion` audits into its default SQLite store: the store's work is inside the \
+             gateway process and counts in its CPU."
+        );
+        paired_table(r, Pairing::Audit, s);
+    }
+    if let Some(c) = postgres {
+        let _ = writeln!(
+            s,
+            "\n### PostgreSQL\n\n`{POSTGRES}` is `bastion` with its store in a PostgreSQL server the benchmark \
+             starts for it on loopback (`scripts/pg-throwaway`: a fresh cluster, `fsync` and \
+             `synchronous_commit` off), so every call's record is written there. The gateway's own part of \
+             the writes (the records, the statements, the client side of the protocol) is in `gw CPU`; the \
+             server's work is not the gateway's and is not in `gw CPU`: it is shown below the table."
+        );
+        paired_table(r, Pairing::AuditPostgres, s);
+        let _ = writeln!(
+            s,
+            "\nMax rate with audit on PostgreSQL: {} of audit off (median of the rounds' ratios).",
+            c.rate_ratio.map_or("–".into(), |q| format!("{:.1} %", q * 100.0))
+        );
+        backend_cpu_line(c, Backend::Postgres, s);
+    }
+}
+
+/// The CPU per call of a variant's backend server (outside the gateway's
+/// tree), below its pairing's table.
+fn backend_cpu_line(c: &PairedComparison, backend: Backend, s: &mut String) {
+    let what = match backend {
+        Backend::Redis => "its process alone",
+        Backend::Postgres => "its postmaster and every backend",
+    };
+    let rounds: Vec<String> = c.rounds.iter().map(|x| opt1(x.variant.backend_cpu(backend))).collect();
+    let _ = writeln!(
+        s,
+        "\n{} server CPU per call ({what}): {} µs (median; rounds: {}).",
+        backend.name(),
+        opt1(c.variant_backend_cpu(backend)),
+        rounds.join(", ")
+    );
 }
 
 /// Limits on (in process, then on Redis) against none.
@@ -471,13 +514,7 @@ fn limits_section(r: &Report, s: &mut String) {
              Redis's own CPU is not the gateway's and is not in `gw CPU`; it is shown below the table."
         );
         paired_table(r, Pairing::LimitsRedis, s);
-        let rounds: Vec<String> = c.rounds.iter().map(|x| opt1(x.variant.redis_cpu_us_per_call)).collect();
-        let _ = writeln!(
-            s,
-            "\nRedis server CPU per call (its process alone): {} µs (median; rounds: {}).",
-            opt1(c.variant_redis_cpu_us_per_call),
-            rounds.join(", ")
-        );
+        backend_cpu_line(c, Backend::Redis, s);
     }
 }
 
@@ -577,16 +614,24 @@ pub const LIMITS: &str = "bastion-limits";
 /// The contestant with its rate buckets in Redis.
 pub const LIMITS_REDIS: &str = "bastion-limits-redis";
 
+/// The contestant with its store (and audit trail) in PostgreSQL.
+pub const POSTGRES: &str = "bastion-postgres";
+
 /// A paired comparison in one line, for progress output.
 pub fn paired_line(c: &PairedComparison) -> String {
     let (base, variant) = c.pairing.labels();
-    let redis = c.variant_redis_cpu_us_per_call.map_or(String::new(), |v| format!("; Redis CPU {v:.1} µs/call"));
+    let servers: String = Backend::ALL
+        .into_iter()
+        .filter_map(|b| c.variant_backend_cpu(b).map(|v| format!("; {} CPU {v:.1} µs/call", b.name())))
+        .collect();
     format!(
-        "{variant} against {base}, {} round(s): gw CPU {} vs {} µs/call, difference {} µs/call (medians){redis}",
+        "{variant} against {base}, {} round(s): gw CPU {} vs {} µs/call, difference {} µs/call, rate {} \
+         (medians){servers}",
         c.rounds.len(),
         opt1(c.variant_gateway_cpu_us_per_call),
         opt1(c.base_gateway_cpu_us_per_call),
         c.difference_us_per_call.map_or("–".into(), |d| signed(d, 1)),
+        c.rate_ratio.map_or("–".into(), |q| format!("{:.1} %", q * 100.0)),
     )
 }
 

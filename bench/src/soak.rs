@@ -962,6 +962,7 @@ async fn start(bins: &Bins, settings: &Settings) -> anyhow::Result<(Running, u16
         helpers: vec![http],
         issuer: None,
         redis: None,
+        postgres: None,
         _dir: dir,
         log: log_path,
     };

@@ -18,10 +18,13 @@
 //! tokens and 50 Cedar rules, set against `bastion` with API keys alone.
 //!
 //! Paired comparisons ([`Pairing`]) set a gateway with one thing changed
-//! against the same gateway without it: authorization, the audit trail,
-//! the data guard, and limits (in process, and on Redis) that refuse
-//! nothing. A limits comparison in which anything was refused fails the
-//! suite: its figures would measure refusals, not checks.
+//! against the same gateway without it: authorization, the audit trail
+//! (in the default SQLite store, and in a PostgreSQL store), the data
+//! guard, and limits (in process, and on Redis) that refuse nothing. A
+//! limits comparison in which anything was refused fails the suite: its
+//! figures would measure refusals, not checks. A server started for a
+//! variant outside the gateway's process tree (Redis, PostgreSQL) has its
+//! CPU measured on its own, never in the gateway's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::contestant::{self, Bins, Kind, Peers, Running, Upstream};
+use crate::contestant::{self, Backend, Bins, Kind, Peers, Running, Upstream};
 use crate::load::{self, LoadResult, LoadSpec, Workload};
 use crate::mcp::Endpoint;
 use crate::procs;
@@ -145,6 +148,10 @@ pub struct RunRecord {
     /// per call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_cpu_us_per_call: Option<f64>,
+    /// CPU of the contestant's PostgreSQL server (outside the gateway's
+    /// tree: its postmaster and every backend), per call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_cpu_us_per_call: Option<f64>,
     pub gateway_peak_rss_kib: u64,
     pub tree_peak_rss_kib: u64,
     pub processes: usize,
@@ -162,6 +169,9 @@ pub enum Pairing {
     Authz,
     /// Every call audited against the audit trail off.
     Audit,
+    /// Every call audited into a PostgreSQL store (a throwaway server of
+    /// its own) against the audit trail off.
+    AuditPostgres,
     /// The data guard (the defaults) reading a 1 KiB argument and its 1 KiB
     /// echo against the guard off.
     Guard,
@@ -173,14 +183,15 @@ pub enum Pairing {
 }
 
 impl Pairing {
-    pub const ALL: [Pairing; 5] =
-        [Pairing::Authz, Pairing::Audit, Pairing::Guard, Pairing::Limits, Pairing::LimitsRedis];
+    pub const ALL: [Pairing; 6] =
+        [Pairing::Authz, Pairing::Audit, Pairing::AuditPostgres, Pairing::Guard, Pairing::Limits, Pairing::LimitsRedis];
 
     /// The contestants: (base, variant).
     pub fn kinds(self) -> (Kind, Kind) {
         match self {
             Pairing::Authz => (Kind::Bastion, Kind::BastionAuthz),
             Pairing::Audit => (Kind::BastionNoAudit, Kind::Bastion),
+            Pairing::AuditPostgres => (Kind::BastionNoAudit, Kind::BastionPostgres),
             Pairing::Guard => (Kind::BastionNoGuard, Kind::Bastion),
             Pairing::Limits => (Kind::Bastion, Kind::BastionLimits),
             Pairing::LimitsRedis => (Kind::Bastion, Kind::BastionLimitsRedis),
@@ -205,6 +216,7 @@ impl Pairing {
         match self {
             Pairing::Authz => ("API keys", "authz on"),
             Pairing::Audit => ("audit off", "audit on"),
+            Pairing::AuditPostgres => ("audit off", "audit on PostgreSQL"),
             Pairing::Guard => ("guard off", "guard on"),
             Pairing::Limits => ("limits off", "limits in process"),
             Pairing::LimitsRedis => ("limits off", "limits on Redis"),
@@ -231,6 +243,30 @@ pub struct PairedComparison {
     /// (µs), not the gateway's and not in the difference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant_redis_cpu_us_per_call: Option<f64>,
+    /// The same for the variant's PostgreSQL server (its postmaster and
+    /// every backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_postgres_cpu_us_per_call: Option<f64>,
+}
+
+impl PairedComparison {
+    /// The median CPU per call of the variant's `backend`, when it has one.
+    pub fn variant_backend_cpu(&self, backend: Backend) -> Option<f64> {
+        match backend {
+            Backend::Redis => self.variant_redis_cpu_us_per_call,
+            Backend::Postgres => self.variant_postgres_cpu_us_per_call,
+        }
+    }
+}
+
+impl RunRecord {
+    /// The CPU per call of the contestant's `backend`, when it has one.
+    pub fn backend_cpu(&self, backend: Backend) -> Option<f64> {
+        match backend {
+            Backend::Redis => self.redis_cpu_us_per_call,
+            Backend::Postgres => self.postgres_cpu_us_per_call,
+        }
+    }
 }
 
 /// A limits comparison in which something was refused, or the gateway's
@@ -427,17 +463,22 @@ impl Ctx {
         let pid = r.pid();
         procs::reset_peaks(pid);
         let me = std::process::id();
-        let redis = r.redis_pid();
+        let backends = r.backends();
         let before = procs::sample(pid);
         let me_before = procs::sample(me);
-        let redis_before = redis.map(procs::sample);
+        let backends_before = backend_ticks(&backends);
         let machine_before = procs::machine_cpu();
         let result = load::run(&ep, &spec).await;
         let machine_after = procs::machine_cpu();
         let after = procs::sample(pid);
         let me_after = procs::sample(me);
-        let redis_after = redis.map(procs::sample);
+        let backends_after = backend_ticks(&backends);
         let per_call = |ticks: u64| (result.ok > 0).then(|| ticks as f64 / self.tps / result.ok as f64 * 1e6);
+        let backend_cpu = |which: Backend| {
+            let (_, b) = backends_before.iter().find(|(k, _)| *k == which)?;
+            let (_, a) = backends_after.iter().find(|(k, _)| *k == which)?;
+            per_call(a.saturating_sub(*b))
+        };
         let rec = RunRecord {
             contestant: r.kind.name(),
             upstream: upstream_name(r.upstream),
@@ -445,9 +486,8 @@ impl Ctx {
             gateway_cpu_us_per_call: per_call(after.root_ticks.saturating_sub(before.root_ticks)),
             tree_cpu_us_per_call: per_call(after.tree_ticks.saturating_sub(before.tree_ticks)),
             loadgen_cpu_us_per_call: per_call(me_after.root_ticks.saturating_sub(me_before.root_ticks)),
-            redis_cpu_us_per_call: redis_before
-                .zip(redis_after)
-                .and_then(|(b, a)| per_call(a.root_ticks.saturating_sub(b.root_ticks))),
+            redis_cpu_us_per_call: backend_cpu(Backend::Redis),
+            postgres_cpu_us_per_call: backend_cpu(Backend::Postgres),
             gateway_peak_rss_kib: after.root_hwm_kib,
             tree_peak_rss_kib: after.tree_hwm_kib,
             processes: after.processes,
@@ -496,6 +536,11 @@ impl Ctx {
             Err(e) => self.skip(r.kind, r.upstream, "e", format!("{e:#}")),
         }
     }
+}
+
+/// The CPU ticks of each backend server, at one moment.
+fn backend_ticks(backends: &[(Backend, u32)]) -> Vec<(Backend, u64)> {
+    backends.iter().map(|(b, pid)| (*b, b.ticks(&procs::sample(*pid)))).collect()
 }
 
 fn upstream_name(u: Upstream) -> &'static str {
@@ -851,6 +896,7 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
         difference_us_per_call: median(rounds.iter().map(PairedRound::difference)),
         rate_ratio: median(rounds.iter().map(PairedRound::rate_ratio)),
         variant_redis_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.redis_cpu_us_per_call)),
+        variant_postgres_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.postgres_cpu_us_per_call)),
         rounds,
     };
     eprintln!("bench: {}", report::paired_line(&c));
