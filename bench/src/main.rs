@@ -126,6 +126,12 @@ struct SuiteArgs {
     /// with one — (default 3, 1 with --smoke; 0 skips them).
     #[arg(long, alias = "authz-rounds")]
     paired_rounds: Option<usize>,
+    /// Run the paired comparisons' rounds at this fixed rate (calls per
+    /// second) instead of at the max rate: both sides then do the same work
+    /// per second, so the CPU per call compares without the effect of one
+    /// side's lower rate on its own cost per call (fewer calls per wake-up).
+    #[arg(long)]
+    paired_rate: Option<f64>,
     /// Only these paired comparisons (comma-separated); without --only,
     /// nothing else runs.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -237,6 +243,7 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
         settings.paired_rounds = n;
     }
     settings.pairings = a.pairings;
+    settings.paired_rate = a.paired_rate;
     let peers = contestant::Peers::from_env();
     let report = suite::run(settings, bins(&a.bin_dir)?, peers, &a.out, &a.only).await?;
     print!("{}", report::markdown(&report));

@@ -277,14 +277,22 @@ pub fn targets(r: &Report) -> Vec<TargetCheck> {
 }
 
 /// A pairing's medians: (variant, base, difference, rounds).
-fn paired_medians(r: &Report, pairing: Pairing) -> Option<(f64, f64, f64, usize)> {
+fn paired_medians(r: &Report, pairing: Pairing) -> Option<(f64, f64, f64, String)> {
     let c = r.paired.iter().find(|c| c.pairing == pairing)?;
     Some((
         c.variant_gateway_cpu_us_per_call?,
         c.base_gateway_cpu_us_per_call?,
         c.difference_us_per_call?,
-        c.rounds.len(),
+        format!("{} paired {} runs", c.rounds.len(), paired_runs(c)),
     ))
+}
+
+/// What a pairing's runs were: `max-rate`, or their fixed rate.
+fn paired_runs(c: &crate::suite::PairedComparison) -> String {
+    match c.rate {
+        None => "max-rate".into(),
+        Some(rate) => format!("{rate:.0} calls/s"),
+    }
 }
 
 /// A pairing's median rate ratio and its rounds.
@@ -295,12 +303,11 @@ fn paired_ratio(r: &Report, pairing: Pairing) -> Option<(f64, usize)> {
 
 /// A CPU difference, from the paired runs when made, else from the single
 /// runs (variant, base).
-fn cpu_difference(paired: Option<(f64, f64, f64, usize)>, single: Option<(f64, f64)>) -> (String, Option<f64>) {
+fn cpu_difference(paired: Option<(f64, f64, f64, String)>, single: Option<(f64, f64)>) -> (String, Option<f64>) {
     match (paired, single) {
-        (Some((a, k, d, n)), _) => (
-            format!("{} µs: {a:.1} vs {k:.1} µs (medians of {n} paired max-rate runs, stdio upstream)", signed(d, 1)),
-            Some(d),
-        ),
+        (Some((a, k, d, runs)), _) => {
+            (format!("{} µs: {a:.1} vs {k:.1} µs (medians of {runs}, stdio upstream)", signed(d, 1)), Some(d))
+        }
         (None, Some((a, k))) => {
             (format!("{} µs: {a:.1} vs {k:.1} µs (stdio upstream, max rate)", signed(a - k, 1)), Some(a - k))
         }
@@ -379,9 +386,10 @@ fn paired_table(r: &Report, pairing: Pairing, s: &mut String) {
     let (base, variant) = pairing.labels();
     let _ = writeln!(
         s,
-        "\nPaired runs: both gateways started side by side, then in each round one max-rate `tools/call` run \
+        "\nPaired runs: both gateways started side by side, then in each round one {} `tools/call` run \
          of each ({} sessions), the order alternating from round to round. The difference is the median of \
          the rounds' differences.\n",
+        if c.rate.is_some() { format!("{} (fixed rate)", paired_runs(c)) } else { paired_runs(c) },
         r.settings["concurrency"]
     );
     let _ = writeln!(
@@ -460,11 +468,13 @@ fn audit_section(r: &Report, s: &mut String) {
              server's work is not the gateway's and is not in `gw CPU`: it is shown below the table."
         );
         paired_table(r, Pairing::AuditPostgres, s);
-        let _ = writeln!(
-            s,
-            "\nMax rate with audit on PostgreSQL: {} of audit off (median of the rounds' ratios).",
-            c.rate_ratio.map_or("–".into(), |q| format!("{:.1} %", q * 100.0))
-        );
+        if let Some(q) = c.rate_ratio {
+            let _ = writeln!(
+                s,
+                "\nMax rate with audit on PostgreSQL: {:.1} % of audit off (median of the rounds' ratios).",
+                q * 100.0
+            );
+        }
         backend_cpu_line(c, Backend::Postgres, s);
     }
 }

@@ -72,6 +72,8 @@ pub struct Settings {
     /// Only these paired comparisons (empty: all). Given without `only`,
     /// the single runs, start-to-ready and replicas are left out.
     pub pairings: Vec<Pairing>,
+    /// The paired rounds' fixed rate (calls per second); `None`: max rate.
+    pub paired_rate: Option<f64>,
     pub timeout: Duration,
 }
 
@@ -93,6 +95,7 @@ impl Settings {
             ready_runs: 3,
             paired_rounds: 3,
             pairings: Vec::new(),
+            paired_rate: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -114,6 +117,7 @@ impl Settings {
             ready_runs: 1,
             paired_rounds: 1,
             pairings: Vec::new(),
+            paired_rate: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -231,6 +235,9 @@ impl Pairing {
 #[derive(Debug, Clone, Serialize)]
 pub struct PairedComparison {
     pub pairing: Pairing,
+    /// The rounds' fixed rate (calls per second); absent: max rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     pub rounds: Vec<PairedRound>,
     /// Medians over the rounds of the gateway's CPU per call (µs).
     pub base_gateway_cpu_us_per_call: Option<f64>,
@@ -866,7 +873,7 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
         let mut pair = [None, None];
         for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
             let r = if k == 0 { &base } else { &variant };
-            pair[k] = ctx.run_once(r, Scenario::Call, call.clone(), None).await;
+            pair[k] = ctx.run_once(r, Scenario::Call, call.clone(), ctx.settings.paired_rate).await;
         }
         match pair {
             [Some(base), Some(variant)] => rounds.push(PairedRound { base, variant }),
@@ -894,7 +901,13 @@ async fn compare(ctx: &Ctx, pairing: Pairing) -> anyhow::Result<PairedComparison
         base_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.base.gateway_cpu_us_per_call)),
         variant_gateway_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.gateway_cpu_us_per_call)),
         difference_us_per_call: median(rounds.iter().map(PairedRound::difference)),
-        rate_ratio: median(rounds.iter().map(PairedRound::rate_ratio)),
+        // At a fixed rate both sides make the same rate: no ratio to tell.
+        rate_ratio: if ctx.settings.paired_rate.is_some() {
+            None
+        } else {
+            median(rounds.iter().map(PairedRound::rate_ratio))
+        },
+        rate: ctx.settings.paired_rate,
         variant_redis_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.redis_cpu_us_per_call)),
         variant_postgres_cpu_us_per_call: median(rounds.iter().map(|r| r.variant.postgres_cpu_us_per_call)),
         rounds,
