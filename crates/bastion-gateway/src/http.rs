@@ -397,7 +397,12 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
         Some(sid) => {
             let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && s.is_client_session())
             else {
-                return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+                let method = match &msg {
+                    Message::Request(req) => Some(req.method.as_str()),
+                    Message::Notification(n) => Some(n.method.as_str()),
+                    _ => None,
+                };
+                return session_not_found(&gw, &principal, &sid, method).await;
             };
             if let Some(v) = header_str(&headers, VERSION_HEADER)
                 && !protocol::is_session_version(v)
@@ -515,6 +520,26 @@ fn aggregate_initialize_result(version: &str) -> Value {
         "serverInfo": {"name": "bastion", "title": "Bastion MCP gateway", "version": env!("CARGO_PKG_VERSION")},
         "instructions": "Tools, prompts and resources of several servers. Names are prefixed with the server's name and two underscores (server__tool); resource URIs with the server's name and '+'."
     })
+}
+
+/// The answer to a session id the caller has no session of: 404, whether
+/// the session does not exist or is another principal's (the answer tells
+/// nothing of which). Presenting another principal's session id is a
+/// denial, audited (`policy`: "session of another principal") and counted
+/// with the refusals the anomaly signals watch: a session id is no
+/// credential, and whoever sends someone else's is probing.
+async fn session_not_found(gw: &Gateway, principal: &Principal, sid: &str, method: Option<&str>) -> Response {
+    if gw.sessions.is_foreign(sid, principal) {
+        gw.metrics.denied(crate::metrics::Denial::Policy);
+        if let Some(audit) = &gw.audit {
+            let mut event = crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Denied, principal);
+            event.method = method.map(str::to_string);
+            event.policy = Some("session of another principal".into());
+            event.error_code = Some(jsonrpc::INVALID_REQUEST);
+            audit.record(event).await;
+        }
+    }
+    rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found")
 }
 
 /// A short, non-secret form of a session id for logs.
@@ -914,7 +939,7 @@ async fn open_stream(gw: Arc<Gateway>, scope: Scope, principal: Principal, heade
         return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::INVALID_REQUEST, "Mcp-Session-Id header is required");
     };
     let Some(session) = gw.sessions.get(sid, &principal).filter(|s| s.scope == scope && s.is_client_session()) else {
-        return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+        return session_not_found(&gw, &principal, sid, None).await;
     };
     let slot = match gw.acquire(&principal, Kind::Stream) {
         Ok(slot) => slot,
@@ -963,7 +988,7 @@ async fn delete(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: H
     if gw.sessions.get(sid, &principal).is_none_or(|s| s.scope != scope || !s.is_client_session())
         || !gw.close_session(sid, &principal)
     {
-        return rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found");
+        return session_not_found(&gw, &principal, sid, None).await;
     }
     tracing::info!(session = %short(sid), "session closed by the client");
     StatusCode::OK.into_response()

@@ -337,6 +337,11 @@ impl Sessions {
         Some(s)
     }
 
+    /// Whether a session with this id exists and is another principal's.
+    pub fn is_foreign(&self, id: &str, principal: &Principal) -> bool {
+        self.map.get(id).is_some_and(|s| s.principal.user != principal.user)
+    }
+
     /// Removes and closes a session of `principal`; `None` if it has no
     /// such session.
     pub fn remove(&self, id: &str, principal: &Principal) -> Option<Arc<Session>> {

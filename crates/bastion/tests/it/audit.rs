@@ -127,6 +127,39 @@ async fn every_request_is_recorded_without_its_arguments() {
     assert!(text.contains("intact"), "{text}");
 }
 
+/// Another principal's session id gets the 404 of a session that does not
+/// exist, and, unlike a made-up id, is audited as a denial.
+#[tokio::test]
+async fn another_principal_s_session_is_refused_as_missing_and_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start(config(&dir.path().join("audit.jsonl")));
+    let alice = Mcp::session(gw.url("/mcp"), &gw.create_key("alice", &[]), "2025-11-25").await;
+    let sid = alice.session.as_deref().expect("a session id");
+    let carol_key = gw.create_key("carol", &[]);
+    let stolen = Mcp::with_session(gw.url("/mcp"), &carol_key, sid);
+    let made_up = Mcp::with_session(gw.url("/mcp"), &carol_key, "made-up-session-id-0000000000000000");
+    let refused = stolen.request("tools/list", json!({})).await;
+    let missing = made_up.request("tools/list", json!({})).await;
+    assert_eq!((refused.status, missing.status), (404, 404));
+    assert_eq!(refused.text, missing.text, "the answer does not tell a foreign session from a missing one");
+    let deleted = reqwest::Client::new()
+        .delete(gw.url("/mcp"))
+        .bearer_auth(&carol_key)
+        .header("mcp-session-id", sid)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status(), 404);
+    assert!(alice.call_tool("echo__echo", json!({"text": "still alice's"})).await.get("result").is_some());
+
+    let denied = records(&gw, &["--user", "carol", "--outcome", "denied"], 2).await;
+    assert!(denied.iter().all(|r| r["policy"] == "session of another principal"), "{denied:?}");
+    assert_eq!(denied.iter().filter(|r| r["method"] == "tools/list").count(), 1, "{denied:?}");
+    assert!(denied.iter().all(|r| r.get("session").is_none()), "alice's session id is not in carol's records");
+    // Only the foreign id was audited, the made-up one was not.
+    assert_eq!(export(&gw, &["--user", "carol"]).len(), 2);
+}
+
 #[tokio::test]
 async fn verify_finds_each_kind_of_tampering_where_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
