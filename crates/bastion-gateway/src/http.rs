@@ -334,6 +334,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Respons
 
 async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap, body: Body) -> Response {
     if !is_json_content(&headers) {
+        audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "request body is not application/json").await;
         return rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
@@ -342,6 +343,7 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
         );
     }
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+        audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "the client accepts no event stream").await;
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
             None,
@@ -352,11 +354,18 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
     let limit = gw.runtime().config.http.max_body_bytes;
     let bytes = match read_body(body, limit).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => {
+            audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "request body too large or unreadable")
+                .await;
+            return resp;
+        }
     };
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(_) => return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "Parse error: invalid JSON"),
+        Err(_) => {
+            audit_refused(&gw, &principal, None, jsonrpc::PARSE_ERROR, "request body is not JSON").await;
+            return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "Parse error: invalid JSON");
+        }
     };
     let session_id = header_str(&headers, SESSION_HEADER).map(str::to_string);
 
@@ -371,6 +380,7 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
     let msg = match Message::from_value(value) {
         Ok(m) => m,
         Err(e) => {
+            audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "not a JSON-RPC message").await;
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 id.as_ref(),
@@ -397,16 +407,19 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
         Some(sid) => {
             let Some(session) = gw.sessions.get(&sid, &principal).filter(|s| s.scope == scope && s.is_client_session())
             else {
-                let method = match &msg {
-                    Message::Request(req) => Some(req.method.as_str()),
-                    Message::Notification(n) => Some(n.method.as_str()),
-                    _ => None,
-                };
-                return session_not_found(&gw, &principal, &sid, method).await;
+                return session_not_found(&gw, &principal, &sid, message_method(&msg)).await;
             };
             if let Some(v) = header_str(&headers, VERSION_HEADER)
                 && !protocol::is_session_version(v)
             {
+                audit_refused(
+                    &gw,
+                    &principal,
+                    message_method(&msg),
+                    jsonrpc::INVALID_REQUEST,
+                    "unsupported protocol version",
+                )
+                .await;
                 return rpc_error(
                     StatusCode::BAD_REQUEST,
                     None,
@@ -416,12 +429,39 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
             }
             session_message(gw, principal, session, msg).await
         }
-        None => rpc_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            "Bad Request: Mcp-Session-Id header is required (send initialize first)",
-        ),
+        None => {
+            audit_refused(&gw, &principal, message_method(&msg), jsonrpc::INVALID_REQUEST, "no session id").await;
+            rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+            )
+        }
+    }
+}
+
+/// The method a message names, when it is a request or a notification.
+fn message_method(msg: &Message) -> Option<&str> {
+    match msg {
+        Message::Request(req) => Some(req.method.as_str()),
+        Message::Notification(n) => Some(n.method.as_str()),
+        Message::Response(_) => None,
+    }
+}
+
+/// Records a message refused before any phase ran — not JSON, not a
+/// JSON-RPC message, too large, without a session or with an unsupported
+/// version — as an `mcp.request` with outcome `error`, its JSON-RPC code
+/// and Bastion's reason (never what was sent): what an authenticated
+/// caller sends is part of what it did, malformed or not.
+async fn audit_refused(gw: &Gateway, principal: &Principal, method: Option<&str>, code: i64, reason: &str) {
+    if let Some(audit) = &gw.audit {
+        let mut event = crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Error, principal);
+        event.method = method.map(str::to_string);
+        event.error_code = Some(code);
+        event.reason = Some(reason.to_string());
+        audit.record(event).await;
     }
 }
 
@@ -527,9 +567,12 @@ fn aggregate_initialize_result(version: &str) -> Value {
 /// nothing of which). Presenting another principal's session id is a
 /// denial, audited (`policy`: "session of another principal") and counted
 /// with the refusals the anomaly signals watch: a session id is no
-/// credential, and whoever sends someone else's is probing.
+/// credential, and whoever sends someone else's is probing. An unknown or
+/// ended session is audited as an error.
 async fn session_not_found(gw: &Gateway, principal: &Principal, sid: &str, method: Option<&str>) -> Response {
-    if gw.sessions.is_foreign(sid, principal) {
+    if !gw.sessions.is_foreign(sid, principal) {
+        audit_refused(gw, principal, method, jsonrpc::INVALID_REQUEST, "unknown or ended session").await;
+    } else {
         gw.metrics.denied(crate::metrics::Denial::Policy);
         if let Some(audit) = &gw.audit {
             let mut event = crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Denied, principal);

@@ -128,7 +128,9 @@ async fn every_request_is_recorded_without_its_arguments() {
 }
 
 /// Another principal's session id gets the 404 of a session that does not
-/// exist, and, unlike a made-up id, is audited as a denial.
+/// exist, and is audited as a denial; a made-up one as an error. So are
+/// messages refused before any phase ran: not JSON, not JSON-RPC, or
+/// without a session.
 #[tokio::test]
 async fn another_principal_s_session_is_refused_as_missing_and_audited() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -156,8 +158,53 @@ async fn another_principal_s_session_is_refused_as_missing_and_audited() {
     assert!(denied.iter().all(|r| r["policy"] == "session of another principal"), "{denied:?}");
     assert_eq!(denied.iter().filter(|r| r["method"] == "tools/list").count(), 1, "{denied:?}");
     assert!(denied.iter().all(|r| r.get("session").is_none()), "alice's session id is not in carol's records");
-    // Only the foreign id was audited, the made-up one was not.
-    assert_eq!(export(&gw, &["--user", "carol"]).len(), 2);
+
+    // Refused before any phase: each an error with Bastion's reason, and
+    // nothing of what was sent.
+    let post = |body: &'static str, session: Option<&str>| {
+        let mut rq = reqwest::Client::new()
+            .post(gw.url("/mcp"))
+            .bearer_auth(&carol_key)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = session {
+            rq = rq.header("mcp-session-id", s);
+        }
+        rq.send()
+    };
+    let statuses = [
+        post("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"tools/list\", canary-Qx7", None)
+            .await
+            .expect("POST")
+            .status(),
+        post("{\"jsonrpc\": \"1.0\", \"canary\": \"canary-Qx7\"}", None).await.expect("POST").status(),
+        post("{\"jsonrpc\": \"2.0\", \"id\": 2, \"method\": \"tools/list\"}", None).await.expect("POST").status(),
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [400, 400, 400]);
+    let plain = reqwest::Client::new()
+        .post(gw.url("/mcp"))
+        .bearer_auth(&carol_key)
+        .header("content-type", "text/plain")
+        .header("accept", "application/json, text/event-stream")
+        .body("canary-Qx7")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(plain.status(), 415);
+    let errors = records(&gw, &["--user", "carol", "--outcome", "error"], 5).await;
+    let reasons: Vec<&str> = errors.iter().filter_map(|r| r["reason"].as_str()).collect();
+    for reason in [
+        "unknown or ended session",
+        "request body is not JSON",
+        "not a JSON-RPC message",
+        "no session id",
+        "request body is not application/json",
+    ] {
+        assert!(reasons.contains(&reason), "{reason} in {errors:?}");
+    }
+    assert!(errors.iter().all(|r| r["kind"] == "mcp.request" && r["error_code"].is_i64()), "{errors:?}");
+    assert!(!serde_json::to_string(&errors).unwrap().contains("canary-Qx7"), "nothing sent is recorded");
 }
 
 #[tokio::test]
