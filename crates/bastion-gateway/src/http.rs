@@ -334,7 +334,14 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Respons
 
 async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: HeaderMap, body: Body) -> Response {
     if !is_json_content(&headers) {
-        audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "request body is not application/json").await;
+        audit_refused(
+            &gw,
+            &principal,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            Refused::Error("request body is not application/json"),
+        )
+        .await;
         return rpc_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
@@ -343,7 +350,14 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
         );
     }
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
-        audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "the client accepts no event stream").await;
+        audit_refused(
+            &gw,
+            &principal,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            Refused::Error("the client accepts no event stream"),
+        )
+        .await;
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
             None,
@@ -355,15 +369,22 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
     let bytes = match read_body(body, limit).await {
         Ok(b) => b,
         Err(resp) => {
-            audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "request body too large or unreadable")
-                .await;
+            audit_refused(
+                &gw,
+                &principal,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                Refused::Error("request body too large or unreadable"),
+            )
+            .await;
             return resp;
         }
     };
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) => {
-            audit_refused(&gw, &principal, None, jsonrpc::PARSE_ERROR, "request body is not JSON").await;
+            audit_refused(&gw, &principal, None, jsonrpc::PARSE_ERROR, Refused::Error("request body is not JSON"))
+                .await;
             return rpc_error(StatusCode::BAD_REQUEST, None, jsonrpc::PARSE_ERROR, "Parse error: invalid JSON");
         }
     };
@@ -380,7 +401,8 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
     let msg = match Message::from_value(value) {
         Ok(m) => m,
         Err(e) => {
-            audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, "not a JSON-RPC message").await;
+            audit_refused(&gw, &principal, None, jsonrpc::INVALID_REQUEST, Refused::Error("not a JSON-RPC message"))
+                .await;
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 id.as_ref(),
@@ -417,7 +439,7 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
                     &principal,
                     message_method(&msg),
                     jsonrpc::INVALID_REQUEST,
-                    "unsupported protocol version",
+                    Refused::Error("unsupported protocol version"),
                 )
                 .await;
                 return rpc_error(
@@ -430,7 +452,14 @@ async fn post(gw: Arc<Gateway>, scope: Scope, principal: Principal, headers: Hea
             session_message(gw, principal, session, msg).await
         }
         None => {
-            audit_refused(&gw, &principal, message_method(&msg), jsonrpc::INVALID_REQUEST, "no session id").await;
+            audit_refused(
+                &gw,
+                &principal,
+                message_method(&msg),
+                jsonrpc::INVALID_REQUEST,
+                Refused::Error("no session id"),
+            )
+            .await;
             rpc_error(
                 StatusCode::BAD_REQUEST,
                 None,
@@ -450,19 +479,32 @@ fn message_method(msg: &Message) -> Option<&str> {
     }
 }
 
+/// How a message refused before any phase ran is recorded: an error with
+/// Bastion's reason, or a denial with what decided it.
+enum Refused {
+    Error(&'static str),
+    Denied(&'static str),
+}
+
 /// Records a message refused before any phase ran — not JSON, not a
 /// JSON-RPC message, too large, without a session or with an unsupported
-/// version — as an `mcp.request` with outcome `error`, its JSON-RPC code
-/// and Bastion's reason (never what was sent): what an authenticated
-/// caller sends is part of what it did, malformed or not.
-async fn audit_refused(gw: &Gateway, principal: &Principal, method: Option<&str>, code: i64, reason: &str) {
-    if let Some(audit) = &gw.audit {
-        let mut event = crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Error, principal);
-        event.method = method.map(str::to_string);
-        event.error_code = Some(code);
-        event.reason = Some(reason.to_string());
-        audit.record(event).await;
+/// version, another principal's session — as an `mcp.request` with its
+/// JSON-RPC code and Bastion's words (never what was sent): what an
+/// authenticated caller sends is part of what it did, malformed or not.
+async fn audit_refused(gw: &Gateway, principal: &Principal, method: Option<&str>, code: i64, why: Refused) {
+    let Some(audit) = &gw.audit else { return };
+    let outcome = match why {
+        Refused::Error(_) => bastion_audit::Outcome::Error,
+        Refused::Denied(_) => bastion_audit::Outcome::Denied,
+    };
+    let mut event = crate::audit::principal_event("mcp.request", outcome, principal);
+    event.method = method.map(str::to_string);
+    event.error_code = Some(code);
+    match why {
+        Refused::Error(reason) => event.reason = Some(reason.into()),
+        Refused::Denied(policy) => event.policy = Some(policy.into()),
     }
+    audit.record(event).await;
 }
 
 /// `initialize`: a new session bound to the caller.
@@ -570,18 +612,13 @@ fn aggregate_initialize_result(version: &str) -> Value {
 /// credential, and whoever sends someone else's is probing. An unknown or
 /// ended session is audited as an error.
 async fn session_not_found(gw: &Gateway, principal: &Principal, sid: &str, method: Option<&str>) -> Response {
-    if !gw.sessions.is_foreign(sid, principal) {
-        audit_refused(gw, principal, method, jsonrpc::INVALID_REQUEST, "unknown or ended session").await;
-    } else {
+    let why = if gw.sessions.is_foreign(sid, principal) {
         gw.metrics.denied(crate::metrics::Denial::Policy);
-        if let Some(audit) = &gw.audit {
-            let mut event = crate::audit::principal_event("mcp.request", bastion_audit::Outcome::Denied, principal);
-            event.method = method.map(str::to_string);
-            event.policy = Some("session of another principal".into());
-            event.error_code = Some(jsonrpc::INVALID_REQUEST);
-            audit.record(event).await;
-        }
-    }
+        Refused::Denied("session of another principal")
+    } else {
+        Refused::Error("unknown or ended session")
+    };
+    audit_refused(gw, principal, method, jsonrpc::INVALID_REQUEST, why).await;
     rpc_error(StatusCode::NOT_FOUND, None, jsonrpc::INVALID_REQUEST, "Session not found")
 }
 
