@@ -21,9 +21,10 @@
 //! to an earlier record: [`Checkpoint`]s exported and kept elsewhere catch
 //! that, since the record they name must still carry their MAC.
 //!
-//! Columns kept beside the body for searching (time, kind, user, server,
-//! tool, outcome) are compared with the body, so a changed column is found
-//! too.
+//! Records are stored in batches, a row of text each ([`batch`] says how);
+//! a batch's bounds, which searches go by (its first and last number, its
+//! oldest and newest time), are compared with its records, so a changed
+//! bound is found too.
 //!
 //! # Arguments
 //!
@@ -32,8 +33,10 @@
 //! records can be compared) and useless for guessing them without the key.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 mod chain;
 mod event;
 
+pub use batch::{Batch, SPAN_MICROS, read_batch};
 pub use chain::{AuditKey, Checkpoint, GENESIS, Head, Mac, Problem, Stored, Verified, Verifier};
 pub use event::{Event, Outcome};

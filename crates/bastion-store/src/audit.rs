@@ -1,6 +1,13 @@
 //! The audit trail's tables: records appended to keyed hash chains
-//! (sealed by `bastion-audit`, which says how the chain works), read back
-//! in order for verification, searched, and pruned by age.
+//! (sealed by `bastion-audit`, which says how the chain works and how a
+//! batch of records is laid out), read back in order for verification,
+//! searched, and pruned by age.
+//!
+//! Records are kept in batches, a row per batch written (see the
+//! `bastion_audit::batch` module): the row's indexes are paid once per
+//! batch, not per record. A batch spans at most
+//! [`bastion_audit::SPAN_MICROS`], which is what lets a search by time
+//! start at the batches begun that much before it.
 //!
 //! Appending is one transaction per batch: the chain's head row is moved
 //! first (which takes the write lock on both backends, so replicas sharing
@@ -8,12 +15,9 @@
 //! the head takes the last record's MAC. A failed transaction leaves no
 //! trace, so the batch can be retried whole.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use bastion_audit::{AuditKey, Event, GENESIS, Head, Mac, SPAN_MICROS, Stored, read_batch};
 
-use bastion_audit::{AuditKey, Event, GENESIS, Head, Mac, Stored};
-
-use crate::db::{Backend, Fields, on_pool};
+use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError};
 
 /// What to look for in the trail; every field given must match.
@@ -34,11 +38,39 @@ pub struct AuditFilter {
     pub after: Option<(i64, String, u64)>,
 }
 
+impl AuditFilter {
+    fn matches(&self, chain: &str, r: &Stored) -> bool {
+        fn same(want: &Option<String>, have: Option<&str>) -> bool {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        }
+        same(&self.chain, Some(chain))
+            && same(&self.user, r.user.as_deref())
+            && same(&self.server, r.server.as_deref())
+            && same(&self.tool, r.tool.as_deref())
+            && same(&self.outcome, Some(&r.outcome))
+            && same(&self.kind, Some(&r.kind))
+            && self.since.is_none_or(|t| r.ts >= t)
+            && self.until.is_none_or(|t| r.ts < t)
+            && self.after.as_ref().is_none_or(|(ts, c, seq)| (r.ts, chain, r.seq) > (*ts, c.as_str(), *seq))
+    }
+}
+
 /// A stored record with its chain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRow {
     pub chain: String,
     pub record: Stored,
+}
+
+/// A stored batch: its bounds as kept, and its records as read from its
+/// text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditBatch {
+    pub first: u64,
+    pub last: u64,
+    pub ts_min: i64,
+    pub ts_max: i64,
+    pub records: Vec<Stored>,
 }
 
 fn mac_of(bytes: Vec<u8>, what: &str) -> Result<Mac, StoreError> {
@@ -49,21 +81,18 @@ fn seq_of(v: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("audit {what} is negative")))
 }
 
-fn row_to_stored(row: &impl Fields) -> Result<AuditRow, StoreError> {
-    Ok(AuditRow {
-        chain: row.text("chain")?,
-        record: Stored {
-            seq: seq_of(row.int("seq")?, "seq")?,
-            body: row.text("body")?,
-            mac: row.bytes("mac")?,
-            ts: row.int("ts")?,
-            kind: row.text("kind")?,
-            user: row.opt_text("user_name")?,
-            server: row.opt_text("server")?,
-            tool: row.opt_text("tool")?,
-            outcome: row.text("outcome")?,
+fn row_to_batch(row: &impl Fields) -> Result<(String, AuditBatch), StoreError> {
+    let first = seq_of(row.int("first_seq")?, "batch")?;
+    Ok((
+        row.text("chain")?,
+        AuditBatch {
+            first,
+            last: seq_of(row.int("last_seq")?, "batch")?,
+            ts_min: row.int("ts_min")?,
+            ts_max: row.int("ts_max")?,
+            records: read_batch(&row.text("records")?, first),
         },
-    })
+    ))
 }
 
 fn row_to_head(row: &impl Fields) -> Result<Head, StoreError> {
@@ -75,99 +104,26 @@ fn row_to_head(row: &impl Fields) -> Result<Head, StoreError> {
     })
 }
 
-/// Records per INSERT statement: 10 parameters each, well inside both
-/// backends' limits on a statement's parameters.
-const INSERT_ROWS: usize = 64;
-
-macro_rules! audit_columns {
-    () => {
-        "chain, seq, ts, kind, user_name, server, tool, outcome, body, mac"
-    };
-}
+/// Batches read per query while searching.
+const SEARCH_ROWS: i64 = 32;
 
 macro_rules! search_query {
-    ($order:literal) => {
+    ($cmp:literal, $order:literal) => {
         concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit_records
-             WHERE ($1 IS NULL OR chain = $1) AND ($2 IS NULL OR user_name = $2) AND ($3 IS NULL OR server = $3)
-               AND ($4 IS NULL OR tool = $4) AND ($5 IS NULL OR outcome = $5) AND ($6 IS NULL OR kind = $6)
-               AND ($7 IS NULL OR ts >= $7) AND ($8 IS NULL OR ts < $8)
-               AND ($10 IS NULL OR ts > $10 OR (ts = $10 AND (chain > $11 OR (chain = $11 AND seq > $12))))
-             ORDER BY ts ",
+            "SELECT chain, first_seq, last_seq, ts_min, ts_max, records FROM audit_batches
+             WHERE ($1 IS NULL OR chain = $1) AND ($2 IS NULL OR ts_min >= $2) AND ($3 IS NULL OR ts_min < $3)
+               AND ($4 IS NULL OR (ts_min, chain, first_seq) ",
+            $cmp,
+            " ($4, $5, $6))
+             ORDER BY ts_min ",
             $order,
             ", chain ",
             $order,
-            ", seq ",
+            ", first_seq ",
             $order,
-            " LIMIT $9"
+            " LIMIT $7"
         )
     };
-}
-
-/// Parameters per record inserted.
-const INSERT_PARAMS: usize = 10;
-
-/// The statement inserting `rows` records (1 to [`INSERT_ROWS`]), made once
-/// per backend and size: a batch binds its values into text already
-/// written, and the backend's statement cache knows it.
-fn insert_statement(backend: Backend, rows: usize) -> &'static str {
-    use std::fmt::Write as _;
-    use std::sync::OnceLock;
-    static MADE: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
-    let (slot, head) = match backend {
-        // SQLite: a failing row rolls the whole transaction back (the batch
-        // is retried whole anyway), which spares the statement journal a
-        // multi-row insert would otherwise keep.
-        Backend::Sqlite => (0, concat!("INSERT OR ROLLBACK INTO audit_records (", audit_columns!(), ") VALUES ")),
-        Backend::Postgres => (1, concat!("INSERT INTO audit_records (", audit_columns!(), ") VALUES ")),
-    };
-    let made = MADE[slot].get_or_init(|| {
-        (1..=INSERT_ROWS)
-            .map(|n| {
-                let mut sql = String::from(head);
-                for row in 0..n {
-                    sql.push_str(if row == 0 { "(" } else { ", (" });
-                    for p in 0..INSERT_PARAMS {
-                        let sep = if p == 0 { "" } else { ", " };
-                        // SQLite's plain `?` numbers itself; a named `$n`
-                        // is looked up by name at every bind, which costs
-                        // more than the insert.
-                        match backend {
-                            Backend::Sqlite => {
-                                sql.push_str(sep);
-                                sql.push('?');
-                            }
-                            Backend::Postgres => {
-                                let _ = write!(sql, "{sep}${}", row * INSERT_PARAMS + p + 1);
-                            }
-                        }
-                    }
-                    sql.push(')');
-                }
-                sql
-            })
-            .collect()
-    });
-    &made[rows.clamp(1, INSERT_ROWS) - 1]
-}
-
-/// The searchable columns' values of one batch, each made once: a
-/// batch's records mostly share their chain, kind, outcome, user, server
-/// and tool, and a shared value goes to the driver without a copy per
-/// record (SQLite's driver would otherwise copy every text it binds).
-#[derive(Default)]
-struct Shared<'a>(HashMap<&'a str, Arc<str>>);
-
-impl<'a> Shared<'a> {
-    fn get(&mut self, value: &'a str) -> Arc<str> {
-        self.0.entry(value).or_insert_with(|| Arc::from(value)).clone()
-    }
-
-    fn opt(&mut self, value: Option<&'a str>) -> Option<Arc<str>> {
-        value.map(|v| self.get(v))
-    }
 }
 
 impl Store {
@@ -176,7 +132,6 @@ impl Store {
     /// `events` is empty).
     pub async fn append_audit(&self, key: &AuditKey, chain: &str, events: &[Event]) -> Result<u64, StoreError> {
         let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
-        let backend = self.backend();
         on_pool!(self.appender.as_ref().unwrap_or(&self.pool), p => {
             let mut tx = p.begin().await?;
             // One statement creates the head or moves it, taking the
@@ -191,44 +146,27 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let last = seq_of(row.int("seq")?, "head")?;
-            let mut prev = mac_of(row.bytes("mac")?, "head")?;
-            let first = last + 1 - events.len() as u64;
-            let mut sealed = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                let seq = first + i as u64;
-                let body = e.to_body();
-                let mac = key.seal(chain, seq, &prev, &body);
-                sealed.push((seq as i64, e, body, Arc::<[u8]>::from(&mac[..])));
-                prev = mac;
-            }
-            let mut shared = Shared::default();
-            // The text and the MAC are moved into the statement, not copied.
-            let mut sealed = sealed.into_iter();
-            loop {
-                let rows = sealed.len().min(INSERT_ROWS);
-                if rows == 0 {
-                    break;
-                }
-                let mut q = sqlx::query(insert_statement(backend, rows));
-                for (seq, e, body, mac) in sealed.by_ref().take(rows) {
-                    q = q
-                        .bind(shared.get(chain))
-                        .bind(seq)
-                        .bind(e.ts_micros())
-                        .bind(shared.get(&e.kind))
-                        .bind(shared.opt(e.user.as_deref()))
-                        .bind(shared.opt(e.server.as_deref()))
-                        .bind(shared.opt(e.tool.as_deref()))
-                        .bind(shared.get(e.outcome.as_str()))
-                        .bind(body)
-                        .bind(mac);
-                }
-                q.execute(&mut *tx).await?;
+            let prev = mac_of(row.bytes("mac")?, "head")?;
+            let (batches, head_mac) = key.seal_batches(chain, last + 1 - events.len() as u64, prev, events);
+            for b in batches {
+                // The text is moved into the statement, not copied.
+                sqlx::query(
+                    "INSERT INTO audit_batches (chain, first_seq, last_seq, ts_min, ts_max, records)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(chain)
+                .bind(b.first as i64)
+                .bind(b.last as i64)
+                .bind(b.ts_min)
+                .bind(b.ts_max)
+                .bind(b.text)
+                .execute(&mut *tx)
+                .await?;
             }
             if !events.is_empty() {
                 sqlx::query("UPDATE audit_heads SET mac = $2 WHERE chain = $1")
                     .bind(chain)
-                    .bind(&prev[..])
+                    .bind(&head_mac[..])
                     .execute(&mut *tx)
                     .await?;
             }
@@ -256,62 +194,107 @@ impl Store {
         })
     }
 
-    /// Up to `limit` records of `chain` after `after`, in order: how a
-    /// verification reads a chain, page by page.
-    pub async fn audit_page(&self, chain: &str, after: u64, limit: u32) -> Result<Vec<Stored>, StoreError> {
+    /// Up to `limit` stored batches of `chain` in order of their first
+    /// record, those after the batch beginning at `after` (from the start
+    /// when `None`): how a verification reads a chain, page by page. Every
+    /// batch stored is read, whatever its bounds say.
+    pub async fn audit_batches(
+        &self,
+        chain: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AuditBatch>, StoreError> {
+        let after = match after {
+            Some(a) => i64::try_from(a).map_err(|_| StoreError::Invalid("audit record number out of range".into()))?,
+            None => i64::MIN,
+        };
         on_pool!(&self.pool, p => {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                audit_columns!(),
-                " FROM audit_records WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-            ))
+            let rows = sqlx::query(
+                "SELECT chain, first_seq, last_seq, ts_min, ts_max, records FROM audit_batches
+                 WHERE chain = $1 AND first_seq > $2 ORDER BY first_seq LIMIT $3",
+            )
             .bind(chain)
-            .bind(after as i64)
+            .bind(after)
             .bind(i64::from(limit))
             .fetch_all(p)
             .await?;
-            rows.iter().map(|r| row_to_stored(r).map(|s| s.record)).collect()
+            rows.iter().map(|r| row_to_batch(r).map(|(_, b)| b)).collect()
         })
     }
 
     /// The records matching `filter`, oldest first, or with `newest` the
-    /// last `limit` of them (still oldest first).
+    /// last `limit` of them (still oldest first). The order is by time,
+    /// then chain, then number.
     pub async fn search_audit(
         &self,
         filter: &AuditFilter,
         limit: u32,
         newest: bool,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let query = if newest { search_query!("DESC") } else { search_query!("ASC") };
-        let mut rows = on_pool!(&self.pool, p => {
-            let rows = sqlx::query(query)
-            .bind(filter.chain.as_deref())
-            .bind(filter.user.as_deref())
-            .bind(filter.server.as_deref())
-            .bind(filter.tool.as_deref())
-            .bind(filter.outcome.as_deref())
-            .bind(filter.kind.as_deref())
-            .bind(filter.since)
-            .bind(filter.until)
-            .bind(i64::from(limit))
-            .bind(filter.after.as_ref().map(|a| a.0))
-            .bind(filter.after.as_ref().map(|a| a.1.as_str()))
-            .bind(filter.after.as_ref().map(|a| a.2 as i64))
-            .fetch_all(p)
-            .await?;
-            rows.iter().map(row_to_stored).collect::<Result<Vec<_>, StoreError>>()
-        })?;
-        if newest {
-            rows.reverse();
+        let limit = limit as usize;
+        // The records of a time are in the batches begun at most a span
+        // before it; a batch begun after a time holds nothing before it.
+        let lower = match (filter.since, &filter.after) {
+            (Some(s), Some(a)) => Some(s.max(a.0)),
+            (s, a) => s.or(a.as_ref().map(|a| a.0)),
+        };
+        let from = lower.map(|t| t.saturating_sub(SPAN_MICROS));
+        let mut found: Vec<AuditRow> = Vec::new();
+        let mut cursor: Option<(i64, String, i64)> = None;
+        loop {
+            let query = if newest { search_query!("<", "DESC") } else { search_query!(">", "ASC") };
+            let page = on_pool!(&self.pool, p => {
+                let rows = sqlx::query(query)
+                    .bind(filter.chain.as_deref())
+                    .bind(from)
+                    .bind(filter.until)
+                    .bind(cursor.as_ref().map(|c| c.0))
+                    .bind(cursor.as_ref().map(|c| c.1.as_str()))
+                    .bind(cursor.as_ref().map(|c| c.2))
+                    .bind(SEARCH_ROWS)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter().map(row_to_batch).collect::<Result<Vec<_>, StoreError>>()
+            })?;
+            let done = page.len() < SEARCH_ROWS as usize;
+            let mut stop = false;
+            for (chain, batch) in page {
+                // Enough found, and this batch (and every one after it) can
+                // hold nothing that would come before the last of them.
+                if found.len() >= limit {
+                    sort(&mut found, newest);
+                    found.truncate(limit);
+                    let edge = found.last().map_or(0, |r| r.record.ts);
+                    if (!newest && batch.ts_min > edge) || (newest && batch.ts_min.saturating_add(SPAN_MICROS) < edge) {
+                        stop = true;
+                        break;
+                    }
+                }
+                cursor = Some((batch.ts_min, chain.clone(), batch.first as i64));
+                for record in batch.records {
+                    if filter.matches(&chain, &record) {
+                        found.push(AuditRow { chain: chain.clone(), record });
+                    }
+                }
+            }
+            if stop || done {
+                break;
+            }
         }
-        Ok(rows)
+        sort(&mut found, newest);
+        found.truncate(limit);
+        if newest {
+            found.reverse();
+        }
+        Ok(found)
     }
 
     /// Removes the records of `chain` older than `before` (microseconds
-    /// since the epoch), oldest first and without gaps: the records kept
-    /// still form a chain from the anchor, which takes the last removed
-    /// record's number and MAC. The head's record is never removed.
-    /// Returns how many were removed.
+    /// since the epoch), oldest first, batch by batch and without gaps: the
+    /// records kept still form a chain from the anchor, which takes the last
+    /// removed record's number and MAC. A batch goes once all its records
+    /// are older; the head's record is never removed. Returns how many
+    /// records were removed.
     pub async fn prune_audit(&self, chain: &str, before: i64) -> Result<u64, StoreError> {
         on_pool!(&self.pool, p => {
             let mut tx = p.begin().await?;
@@ -325,35 +308,50 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(head) = head.as_ref().map(row_to_head).transpose()? else { return Ok(0) };
-            // The first record to keep: the oldest one at or after `before`
-            // (records are appended in time order per writer, not across
-            // writers, so the cut is at the first kept, never past it).
+            // The first batch to keep: the oldest one with a record at or
+            // after `before`, or the head's (records are appended in time
+            // order per writer, not across writers, so the cut is at the
+            // first kept, never past it).
             let keep = sqlx::query(
-                "SELECT MIN(seq) AS seq FROM audit_records WHERE chain = $1 AND (ts >= $2 OR seq = $3)",
+                "SELECT first_seq FROM audit_batches WHERE chain = $1 AND (ts_max >= $2 OR last_seq >= $3)
+                 ORDER BY first_seq LIMIT 1",
             )
             .bind(chain)
             .bind(before)
             .bind(head.seq as i64)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            let Some(keep) = keep.opt_int("seq")? else { return Ok(0) };
-            let cut = seq_of(keep, "seq")?.saturating_sub(1);
+            let Some(keep) = keep else { return Ok(0) };
+            let cut = seq_of(keep.int("first_seq")?, "batch")?.saturating_sub(1);
             if cut <= head.anchor_seq {
                 return Ok(0);
             }
-            let last = sqlx::query("SELECT mac FROM audit_records WHERE chain = $1 AND seq = $2")
-                .bind(chain)
-                .bind(cut as i64)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("audit record {cut} of chain {chain} is missing")))?;
-            let anchor_mac = mac_of(last.bytes("mac")?, "record")?;
-            let removed = sqlx::query("DELETE FROM audit_records WHERE chain = $1 AND seq <= $2")
+            let last = sqlx::query(
+                "SELECT chain, first_seq, last_seq, ts_min, ts_max, records FROM audit_batches
+                 WHERE chain = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1",
+            )
+            .bind(chain)
+            .bind(cut as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let missing = || StoreError::Corrupt(format!("audit record {cut} of chain {chain} is missing"));
+            let (_, last) = row_to_batch(&last.ok_or_else(missing)?)?;
+            let anchor = last.records.last().filter(|r| last.last == cut && r.seq == cut).ok_or_else(missing)?;
+            let anchor_mac = mac_of(anchor.mac.clone(), "record")?;
+            let removed = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(last_seq - first_seq + 1), 0) AS BIGINT) AS n FROM audit_batches
+                 WHERE chain = $1 AND first_seq <= $2",
+            )
+            .bind(chain)
+            .bind(cut as i64)
+            .fetch_one(&mut *tx)
+            .await?
+            .int("n")?;
+            sqlx::query("DELETE FROM audit_batches WHERE chain = $1 AND first_seq <= $2")
                 .bind(chain)
                 .bind(cut as i64)
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .await?;
             sqlx::query("UPDATE audit_heads SET anchor_seq = $2, anchor_mac = $3 WHERE chain = $1")
                 .bind(chain)
                 .bind(cut as i64)
@@ -361,9 +359,18 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(removed)
+            Ok(removed.max(0) as u64)
         })
     }
+}
+
+/// Search results in the order asked: by time, chain and number, or the
+/// reverse for the newest.
+fn sort(rows: &mut [AuditRow], newest: bool) {
+    rows.sort_by(|a, b| {
+        let order = (a.record.ts, a.chain.as_str(), a.record.seq).cmp(&(b.record.ts, b.chain.as_str(), b.record.seq));
+        if newest { order.reverse() } else { order }
+    });
 }
 
 #[cfg(test)]
@@ -385,41 +392,24 @@ mod tests {
         e
     }
 
-    #[test]
-    fn insert_statements_number_every_row_s_parameters() {
-        let two = insert_statement(Backend::Postgres, 2);
-        assert!(two.starts_with("INSERT INTO audit_records (chain, seq,"), "{two}");
-        assert!(
-            two.ends_with(
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), ($11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-            ),
-            "{two}"
-        );
-        let one = insert_statement(Backend::Sqlite, 1);
-        assert!(
-            one.starts_with("INSERT OR ROLLBACK INTO") && one.ends_with("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-            "{one}"
-        );
-        let full = insert_statement(Backend::Postgres, INSERT_ROWS);
-        assert_eq!(full.matches('(').count(), INSERT_ROWS + 1);
-        assert!(full.ends_with(&format!("${})", INSERT_ROWS * INSERT_PARAMS)));
-        assert_eq!(insert_statement(Backend::Sqlite, INSERT_ROWS).matches('?').count(), INSERT_ROWS * INSERT_PARAMS);
-    }
-
     async fn verify(s: &Store, chain: &str) -> Result<bastion_audit::Verified, String> {
         let k = key();
         let head = s.audit_head(chain).await.unwrap().unwrap();
         let mut v = Verifier::new(&k, chain, &head);
-        let mut after = head.anchor_seq;
+        let mut after = None;
         loop {
-            let page = s.audit_page(chain, after, 3).await.unwrap();
+            let page = s.audit_batches(chain, after, 3).await.unwrap();
             let Some(last) = page.last() else { break };
-            after = last.seq;
-            for r in &page {
-                v.feed(r).map_err(|p| p.to_string())?;
+            after = Some(last.first);
+            for b in &page {
+                v.batch(b.first, b.last, b.ts_min, b.ts_max, &b.records).map_err(|p| p.to_string())?;
             }
         }
         v.finish(&head).map_err(|p| p.to_string())
+    }
+
+    fn records(batches: &[AuditBatch]) -> Vec<Stored> {
+        batches.iter().flat_map(|b| b.records.clone()).collect()
     }
 
     #[tokio::test]
@@ -484,18 +474,84 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_larger_than_one_statement_is_stored_whole_and_in_order() {
+    async fn a_batch_is_one_row_and_a_long_one_several() {
         on_both(async |s: Store| {
             let k = key();
-            let n = INSERT_ROWS * 2 + 7;
+            let n = 300;
             let events: Vec<Event> = (0..n).map(|i| event("alice", &i.to_string(), 1_000 + i as i64)).collect();
             assert_eq!(s.append_audit(&k, "main", &events).await.unwrap(), n as u64);
+            let stored = s.audit_batches("main", None, 100).await.unwrap();
+            assert_eq!(stored.len(), 1);
+            assert_eq!((stored[0].first, stored[0].last, stored[0].ts_min, stored[0].ts_max), (1, 300, 1_000, 1_299));
             let v = verify(&s, "main").await.unwrap();
             assert_eq!((v.records, v.last), (n as u64, n as u64));
-            let page = s.audit_page("main", 0, n as u32).await.unwrap();
-            let tools: Vec<String> = page.iter().map(|r| r.tool.clone().unwrap()).collect();
+            let all = records(&stored);
+            let tools: Vec<String> = all.iter().map(|r| r.tool.clone().unwrap()).collect();
             assert_eq!(tools, (0..n).map(|i| i.to_string()).collect::<Vec<_>>());
-            assert!(page.iter().zip(&events).all(|(r, e)| Event::from_body(&r.body).unwrap() == *e));
+            assert!(all.iter().zip(&events).all(|(r, e)| Event::from_body(&r.body).unwrap() == *e));
+            // records spooled through a long outage: a batch per span
+            let late: Vec<Event> = (0..5).map(|i| event("bob", "x", 10_000_000 + i * 700_000)).collect();
+            s.append_audit(&k, "main", &late).await.unwrap();
+            let stored = s.audit_batches("main", Some(1), 100).await.unwrap();
+            assert_eq!(
+                stored.iter().map(|b| (b.first, b.last)).collect::<Vec<_>>(),
+                [(301, 302), (303, 304), (305, 305)]
+            );
+            assert_eq!(verify(&s, "main").await.unwrap().records, 305);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn searches_find_records_across_batches_in_time_order() {
+        on_both(async |s: Store| {
+            let k = key();
+            // Two writers' batches overlapping in time, a record out of
+            // order within a batch, and batches far apart.
+            let a: Vec<Event> = [100, 300, 250, 900].iter().map(|&t| event("alice", &format!("a{t}"), t)).collect();
+            let b: Vec<Event> = [200, 300, 800].iter().map(|&t| event("bob", &format!("b{t}"), t)).collect();
+            let c: Vec<Event> = [5_000_000, 5_000_100].iter().map(|&t| event("alice", &format!("c{t}"), t)).collect();
+            s.append_audit(&k, "one", &a).await.unwrap();
+            s.append_audit(&k, "two", &b).await.unwrap();
+            s.append_audit(&k, "one", &c).await.unwrap();
+            let tools = |rows: &[AuditRow]| rows.iter().map(|r| r.record.tool.clone().unwrap()).collect::<Vec<_>>();
+            let all = s.search_audit(&AuditFilter::default(), 100, false).await.unwrap();
+            assert_eq!(tools(&all), ["a100", "b200", "a250", "a300", "b300", "b800", "a900", "c5000000", "c5000100"]);
+            // page by page, in order, nothing twice
+            for size in 1..4 {
+                let mut seen = Vec::new();
+                let mut f = AuditFilter::default();
+                loop {
+                    let page = s.search_audit(&f, size, false).await.unwrap();
+                    let Some(last) = page.last() else { break };
+                    f.after = Some((last.record.ts, last.chain.clone(), last.record.seq));
+                    seen.extend(tools(&page));
+                }
+                assert_eq!(seen, tools(&all), "pages of {size}");
+            }
+            let newest = s.search_audit(&AuditFilter::default(), 3, true).await.unwrap();
+            assert_eq!(tools(&newest), ["a900", "c5000000", "c5000100"]);
+            let f = AuditFilter { until: Some(5_000_000), ..Default::default() };
+            assert_eq!(tools(&s.search_audit(&f, 2, true).await.unwrap()), ["b800", "a900"]);
+            let f = AuditFilter { since: Some(300), until: Some(900), ..Default::default() };
+            assert_eq!(tools(&s.search_audit(&f, 10, false).await.unwrap()), ["a300", "b300", "b800"]);
+            let f = AuditFilter { user: Some("bob".into()), chain: Some("two".into()), ..Default::default() };
+            assert_eq!(tools(&s.search_audit(&f, 10, false).await.unwrap()), ["b200", "b300", "b800"]);
+            let f = AuditFilter { user: Some("alice".into()), since: Some(1_000_000), ..Default::default() };
+            assert_eq!(tools(&s.search_audit(&f, 1, false).await.unwrap()), ["c5000000"]);
+            let f = AuditFilter {
+                tool: Some("a250".into()),
+                outcome: Some("ok".into()),
+                kind: Some("mcp.request".into()),
+                ..Default::default()
+            };
+            assert_eq!(s.search_audit(&f, 10, false).await.unwrap()[0].record.seq, 3);
+            assert!(
+                s.search_audit(&AuditFilter { outcome: Some("denied".into()), ..Default::default() }, 10, false)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         })
         .await;
     }
@@ -504,8 +560,9 @@ mod tests {
     async fn pruning_keeps_a_chain_that_verifies() {
         on_both(async |s: Store| {
             let k = key();
-            let events: Vec<Event> = (1..=10).map(|i| event("alice", &i.to_string(), i * 1_000)).collect();
-            s.append_audit(&k, "main", &events).await.unwrap();
+            for i in 1..=10 {
+                s.append_audit(&k, "main", &[event("alice", &i.to_string(), i * 1_000)]).await.unwrap();
+            }
             assert_eq!(s.prune_audit("main", 4_500).await.unwrap(), 4);
             assert_eq!(s.prune_audit("main", 4_500).await.unwrap(), 0, "nothing more to prune");
             let v = verify(&s, "main").await.unwrap();
@@ -515,8 +572,68 @@ mod tests {
             assert_eq!(verify(&s, "main").await.unwrap().records, 1);
             s.append_audit(&k, "main", &[event("bob", "x", 2_000_000)]).await.unwrap();
             assert_eq!(verify(&s, "main").await.unwrap().last, 11);
+            // a batch goes whole, once all its records are older
+            let straddling = [event("bob", "y", 2_100_000), event("bob", "z", 2_900_000)];
+            s.append_audit(&k, "main", &straddling).await.unwrap();
+            assert_eq!(s.prune_audit("main", 2_500_000).await.unwrap(), 2);
+            assert_eq!(s.prune_audit("main", 2_500_000).await.unwrap(), 0);
+            let v = verify(&s, "main").await.unwrap();
+            assert_eq!((v.records, v.first, v.last), (2, 12, 13));
             assert_eq!(s.prune_audit("nothing", 1).await.unwrap(), 0);
         })
         .await;
+    }
+
+    /// Records kept one per row before batches (migration 8) become
+    /// batches of one, and the chain still verifies and is searched.
+    async fn records_kept_one_per_row_become_batches(s: Store) {
+        let k = key();
+        on_pool!(&s.pool, p => {
+            s.migrator().run_to(7, p).await.expect("migrations up to 7");
+            let mut prev = GENESIS;
+            for seq in 1..=3u64 {
+                let e = event(if seq == 2 { "bob" } else { "alice" }, &format!("t{seq}"), seq as i64 * 1_000);
+                let body = e.to_body();
+                let mac = k.seal("main", seq, &prev, &body);
+                sqlx::query(
+                    "INSERT INTO audit_records (chain, seq, ts, kind, user_name, server, tool, outcome, body, mac)
+                     VALUES ('main', $1, $2, 'mcp.request', $3, 'github', $4, 'ok', $5, $6)",
+                )
+                .bind(seq as i64)
+                .bind(e.ts_micros())
+                .bind(e.user.clone())
+                .bind(e.tool.clone())
+                .bind(body)
+                .bind(&mac[..])
+                .execute(p)
+                .await
+                .unwrap();
+                prev = mac;
+            }
+            sqlx::query("INSERT INTO audit_heads (chain, seq, mac, anchor_seq, anchor_mac) VALUES ('main', 3, $1, 0, $2)")
+                .bind(&prev[..])
+                .bind(&GENESIS[..])
+                .execute(p)
+                .await
+                .unwrap();
+        });
+        s.migrate().await.expect("the remaining migrations");
+        assert_eq!(verify(&s, "main").await.unwrap().records, 3);
+        let f = AuditFilter { user: Some("bob".into()), ..Default::default() };
+        assert_eq!(s.search_audit(&f, 10, false).await.unwrap()[0].record.tool.as_deref(), Some("t2"));
+        s.append_audit(&k, "main", &[event("carol", "t4", 4_000)]).await.unwrap();
+        assert_eq!(verify(&s, "main").await.unwrap().records, 4);
+    }
+
+    #[tokio::test]
+    async fn records_kept_one_per_row_become_batches_that_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sqlite = Store::connect(&crate::StoreSettings::sqlite(dir.path().join("old.db"))).await.unwrap();
+        records_kept_one_per_row_become_batches(sqlite.clone()).await;
+        sqlite.close().await;
+        if let Some(db) = crate::testdb::PgTestDb::create_empty().await {
+            records_kept_one_per_row_become_batches(db.store.clone()).await;
+            db.drop().await;
+        }
     }
 }

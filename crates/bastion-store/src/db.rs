@@ -349,7 +349,7 @@ impl Store {
         }
     }
 
-    fn migrator(&self) -> &'static Migrator {
+    pub(crate) fn migrator(&self) -> &'static Migrator {
         match self.pool {
             Pool::Sqlite(_) => &SQLITE_MIGRATIONS,
             Pool::Postgres(_) => &POSTGRES_MIGRATIONS,

@@ -11,7 +11,7 @@
 //! - [`users`]: users kept in the store (role and groups).
 //! - [`admins`]: local administrator accounts (Argon2id password, TOTP).
 //! - [`secrets`]: the vault's rows, opaque sealed blobs.
-//! - [`audit`]: the audit trail's hash-chained records.
+//! - [`audit`]: the audit trail's hash-chained records, kept in batches.
 //! - [`pins`]: pins of the tools and prompts servers list.
 //! - [`limits`]: call quota usage and lockdowns.
 //! - [`changes`]: the change feed, how gateways sharing a store follow
@@ -32,7 +32,7 @@ mod testdb;
 pub mod users;
 
 pub use admins::{AdminRecord, LoginError};
-pub use audit::{AuditFilter, AuditRow};
+pub use audit::{AuditBatch, AuditFilter, AuditRow};
 pub use db::{Backend, MigrationInfo, MigrationState, MigrationStatus, StoreSettings};
 pub use limits::{ALL_SERVERS, Lockdown};
 pub use pins::PinRecord;

@@ -303,20 +303,22 @@ async fn verify_chain(
     }
     // A pruned chain must say, in a record, that it was pruned that far.
     let mut pruned_through = Vec::new();
-    let mut after = head.anchor_seq;
+    // Every stored batch is read, in order, whatever its bounds say.
+    let mut after = None;
     loop {
-        let page = store.audit_page(chain, after, 1000).await?;
+        let page = store.audit_batches(chain, after, 64).await?;
         let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in &page {
-            if let Err(problem) = v.feed(r) {
+        after = Some(last.first);
+        for b in &page {
+            if let Err(problem) = v.batch(b.first, b.last, b.ts_min, b.ts_max, &b.records) {
                 return Ok(Err(problem));
             }
-            if r.kind == "audit.prune"
-                && let Ok(e) = bastion_audit::Event::from_body(&r.body)
-                && let Some(through) = e.detail.as_ref().and_then(|d| d.get("through")).and_then(Value::as_u64)
-            {
-                pruned_through.push(through);
+            for r in b.records.iter().filter(|r| r.kind == "audit.prune") {
+                if let Ok(e) = bastion_audit::Event::from_body(&r.body)
+                    && let Some(through) = e.detail.as_ref().and_then(|d| d.get("through")).and_then(Value::as_u64)
+                {
+                    pruned_through.push(through);
+                }
             }
         }
     }

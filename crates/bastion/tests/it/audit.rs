@@ -226,58 +226,30 @@ async fn verify_finds_each_kind_of_tampering_where_it_is() {
     let kept = dir.path().join("checkpoints.jsonl");
     std::fs::write(&kept, &checkpoint.stdout).expect("write the checkpoint");
     let db = db(&gw);
-    // Each case changes the store, is found at its record, and is undone.
+    // Each case changes the store as someone who can write it but lacks
+    // the key would (keeping each batch's bounds true to its records), is
+    // found at its record, and is undone.
     sql(
         &db,
-        "CREATE TABLE saved AS SELECT * FROM audit_records; CREATE TABLE saved_heads AS SELECT * FROM audit_heads;",
+        "CREATE TABLE saved AS SELECT * FROM audit_batches; CREATE TABLE saved_heads AS SELECT * FROM audit_heads;",
     );
-    let restore = "DELETE FROM audit_records; INSERT INTO audit_records SELECT * FROM saved;
+    let restore = "DELETE FROM audit_batches; INSERT INTO audit_batches SELECT * FROM saved;
                    DELETE FROM audit_heads; INSERT INTO audit_heads SELECT * FROM saved_heads;";
-    let cases: [(&str, String, u64, &str); 6] = [
-        (
-            "a changed record",
-            "UPDATE audit_records SET body = replace(body, '\"outcome\":\"ok\"', '\"outcome\":\"error\"'),
-                 outcome = 'error' WHERE seq = 3"
-                .into(),
-            3,
-            "MAC",
-        ),
-        ("a changed column", "UPDATE audit_records SET user_name = 'mallory' WHERE seq = 4".into(), 4, "`user`"),
-        ("a deleted record", "DELETE FROM audit_records WHERE seq = 2".into(), 2, "missing"),
-        (
-            "an inserted record",
-            "CREATE TABLE moved AS SELECT * FROM audit_records WHERE seq >= 3;
-             DELETE FROM audit_records WHERE seq >= 3;
-             INSERT INTO audit_records SELECT chain, seq + 1, ts, kind, user_name, server, tool, outcome, body, mac FROM moved;
-             INSERT INTO audit_records SELECT chain, 3, ts, kind, user_name, server, tool, outcome, body, mac FROM saved WHERE seq = 2;
-             UPDATE audit_heads SET seq = seq + 1;
-             DROP TABLE moved;"
-                .into(),
-            3,
-            "MAC",
-        ),
-        (
-            "reordered records",
-            "UPDATE audit_records SET seq = -1 WHERE seq = 2; UPDATE audit_records SET seq = 2 WHERE seq = 5;
-             UPDATE audit_records SET seq = 5 WHERE seq = -1;"
-                .into(),
-            2,
-            "MAC",
-        ),
-        (
-            "a cut tail",
-            format!(
-                "DELETE FROM audit_records WHERE seq = {last};
-                 UPDATE audit_heads SET seq = {prev}, mac = (SELECT mac FROM audit_records WHERE seq = {prev});",
-                prev = last - 1
-            ),
-            last,
-            "checkpoint",
-        ),
+    // Where each is found: at the record, or (for a batch's bounds) at
+    // the first or the last record of its batch.
+    let (first, end) = batch_of(&db, 4);
+    let cases: [(&str, &str, u64, u64, &str); 7] = [
+        ("a changed record", "change", 3, 3, "MAC"),
+        ("a deleted record", "delete", 2, 2, "missing"),
+        ("an inserted record", "insert", 3, 3, "MAC"),
+        ("reordered records", "swap", 2, 2, "MAC"),
+        ("a cut tail", "cut", last, last, "checkpoint"),
+        ("a batch's changed times", "times", 4, first, "times"),
+        ("a batch's changed end", "end", 4, end, "past the end"),
     ];
     let with_checkpoints = ["--checkpoints", kept.to_str().expect("utf-8 path")];
-    for (what, change, at, says) in cases {
-        sql(&db, &change);
+    for (what, how, seq, at, says) in cases {
+        tamper(&db, how, seq);
         let (code, text) = verify(&gw, &with_checkpoints);
         assert_eq!(code, 1, "{what}: {text}");
         assert!(text.contains(&format!("record {at}:")) && text.contains(says), "{what} found at record {at}: {text}");
@@ -285,17 +257,100 @@ async fn verify_finds_each_kind_of_tampering_where_it_is() {
         let (code, text) = verify(&gw, &with_checkpoints);
         assert_eq!(code, 0, "{what} undone: {text}");
     }
-    // Without the checkpoint, a cut tail with its head set back is not
-    // visible: that is what checkpoints kept elsewhere are for.
+    // A row with a forged record, wherever it is put, is read and found.
     sql(
         &db,
-        &format!(
-            "DELETE FROM audit_records WHERE seq = {last}; UPDATE audit_heads SET seq = {p}, mac = (SELECT mac FROM audit_records WHERE seq = {p});",
-            p = last - 1
-        ),
+        "INSERT INTO audit_batches SELECT chain, first_seq + 100000, last_seq, ts_min, ts_max, records FROM saved LIMIT 1",
     );
+    let (code, text) = verify(&gw, &[]);
+    assert!(code == 1 && text.contains("again"), "{text}");
+    sql(&db, restore);
+    // Without the checkpoint, a cut tail with its head set back is not
+    // visible: that is what checkpoints kept elsewhere are for.
+    tamper(&db, "cut", last);
     assert_eq!(verify(&gw, &[]).0, 0);
     assert_eq!(verify(&gw, &with_checkpoints).0, 1);
+}
+
+/// Changes the stored chain `main` at record `seq` as someone who can
+/// write the database but lacks the key would: the records' lines are
+/// edited, and each batch's bounds set to what its records now say (or,
+/// for `times` and `end`, only a bound is changed).
+fn tamper(db: &Path, how: &str, seq: u64) {
+    const SCRIPT: &str = r#"
+import sqlite3, sys, json, datetime
+db, how, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = sqlite3.connect(db)
+batches = []
+for first, records in c.execute("SELECT first_seq, records FROM audit_batches WHERE chain = 'main' ORDER BY first_seq"):
+    lines = []
+    for line in records.split("\n"):
+        s, rest = line.split(" ", 1)
+        body, mac = rest.rsplit(" ", 1)
+        lines.append([int(s), body, mac])
+    batches.append(lines)
+where = {l[0]: (b, i) for b, lines in enumerate(batches) for i, l in enumerate(lines)}
+b, i = where[n]
+line = batches[b][i]
+bound = None
+if how == "change":
+    line[1] = line[1].replace('"outcome":"ok"', '"outcome":"error"')
+elif how == "delete":
+    del batches[b][i]
+elif how == "insert":
+    for lines in batches:
+        for l in lines:
+            if l[0] >= n:
+                l[0] += 1
+    prev = batches[where[n - 1][0]][where[n - 1][1]]
+    batches[b].insert(i, [n, prev[1], prev[2]])
+    c.execute("UPDATE audit_heads SET seq = seq + 1 WHERE chain = 'main'")
+elif how == "swap":
+    m = max(where)
+    other = batches[where[m][0]][where[m][1]] if m != n else None
+    line[1], line[2], other[1], other[2] = other[1], other[2], line[1], line[2]
+elif how == "cut":
+    del batches[b][i]
+    prev = batches[where[n - 1][0]][where[n - 1][1]]
+    c.execute("UPDATE audit_heads SET seq = ?, mac = ? WHERE chain = 'main'", (n - 1, bytes.fromhex(prev[2])))
+else:
+    bound = (b, how)
+def micros(body):
+    t = datetime.datetime.fromisoformat(json.loads(body)["ts"].replace("Z", "+00:00"))
+    return (t - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(microseconds=1)
+c.execute("DELETE FROM audit_batches WHERE chain = 'main'")
+for k, lines in enumerate(batches):
+    if not lines:
+        continue
+    ts = [micros(l[1]) for l in lines]
+    first, last, lo, hi = lines[0][0], lines[-1][0], min(ts), max(ts)
+    if bound == (k, "times"):
+        hi += 1
+    if bound == (k, "end"):
+        last -= 1
+    text = "\n".join("%d %s %s" % (l[0], l[1], l[2]) for l in lines)
+    c.execute("INSERT INTO audit_batches VALUES ('main', ?, ?, ?, ?, ?)", (first, last, lo, hi, text))
+c.commit()
+"#;
+    let out =
+        run_bounded(Command::new(&tools().python).arg("-c").arg(SCRIPT).arg(db).arg(how).arg(seq.to_string()), WAIT);
+    assert!(out.status.success(), "{how} {seq}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The first and last record of the stored batch holding record `seq` of
+/// `main`.
+fn batch_of(db: &Path, seq: u64) -> (u64, u64) {
+    const SCRIPT: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+q = "SELECT first_seq, last_seq FROM audit_batches WHERE chain = 'main' AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1"
+print("%d %d" % c.execute(q, (int(sys.argv[2]),)).fetchone())
+"#;
+    let out = run_bounded(Command::new(&tools().python).arg("-c").arg(SCRIPT).arg(db).arg(seq.to_string()), WAIT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (first, last) = text.trim().split_once(' ').expect("two numbers");
+    (first.parse().expect("a number"), last.parse().expect("a number"))
 }
 
 #[tokio::test]

@@ -182,7 +182,7 @@ fn migrate_applies_and_checks_on_postgres() {
     );
     assert_eq!(
         tables,
-        "_sqlx_migrations,admins,api_keys,audit_heads,audit_records,changes,lockdowns,quota_usage,secrets,tool_pins,user_tombstones,users"
+        "_sqlx_migrations,admins,api_keys,audit_batches,audit_heads,changes,lockdowns,quota_usage,secrets,tool_pins,user_tombstones,users"
     );
     let out = bastion(&config, &["keys", "create", "--user", "dave"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
