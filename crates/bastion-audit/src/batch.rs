@@ -17,7 +17,7 @@
 use std::io::Write as _;
 
 use crate::chain::{AuditKey, Mac, Stored};
-use crate::event::Event;
+use crate::event::{Event, Sealable};
 
 /// The longest time one stored batch spans: from its oldest record's time
 /// to its newest's, in microseconds.
@@ -42,7 +42,7 @@ impl AuditKey {
     /// chained to `prev`, and lays them out in batches of at most
     /// [`SPAN_MICROS`]. Returns the batches and the last record's MAC
     /// (`prev` when there is none).
-    pub fn seal_batches(&self, chain: &str, first: u64, prev: Mac, events: &[Event]) -> (Vec<Batch>, Mac) {
+    pub fn seal_batches<E: Sealable>(&self, chain: &str, first: u64, prev: Mac, events: &[E]) -> (Vec<Batch>, Mac) {
         let mut batches = Vec::new();
         let mut prev = prev;
         let mut text: Vec<u8> = Vec::new();
@@ -69,7 +69,7 @@ impl AuditKey {
             // The body is written in place and sealed where it lies.
             write!(text, "{seq} ").expect("writing to memory");
             let at = text.len();
-            serde_json::to_writer(&mut text, e).expect("an event always serializes");
+            e.write_body(&mut text);
             let mac = self.seal_bytes(chain, seq, &prev, &text[at..]);
             text.push(b' ');
             let mut hex = [0u8; 64];
@@ -167,7 +167,10 @@ mod tests {
         }
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8, 9, 10, 11]);
         assert_eq!(last, prev);
-        assert_eq!(k.seal_batches("main", 1, GENESIS, &[]), (Vec::new(), GENESIS));
+        assert_eq!(k.seal_batches::<Event>("main", 1, GENESIS, &[]), (Vec::new(), GENESIS));
+        // Events written ahead as entries seal to the same rows.
+        let entries: Vec<_> = events.iter().map(Event::entry).collect();
+        assert_eq!(k.seal_batches("main", 7, GENESIS, &entries), (batches, last));
     }
 
     #[test]

@@ -39,4 +39,4 @@ mod event;
 
 pub use batch::{Batch, SPAN_MICROS, read_batch};
 pub use chain::{AuditKey, Checkpoint, GENESIS, Head, Mac, Problem, Stored, Verified, Verifier};
-pub use event::{Event, Outcome};
+pub use event::{Entry, Event, Outcome, Sealable};

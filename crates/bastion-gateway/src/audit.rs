@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bastion_audit::{AuditKey, Checkpoint, Event, Outcome};
+use bastion_audit::{AuditKey, Checkpoint, Entry, Event, Outcome};
 use bastion_core::config::{AuditConfig, Config, OnFull};
 use bastion_store::Store;
 use bastion_vault::KeySource;
@@ -75,7 +75,7 @@ pub fn load_key(config: &Config, config_path: &Path, create: bool) -> Result<(Au
 }
 
 enum Msg {
-    Record(Box<Event>),
+    Record(Entry),
     /// Answered once everything sent before it is written or spooled.
     Flush(oneshot::Sender<()>),
 }
@@ -170,15 +170,17 @@ impl Auditor {
     }
 
     /// Enqueues an event, waiting for room when the queue is full (a
-    /// request admitted while there was room is always recorded).
+    /// request admitted while there was room is always recorded). The
+    /// event is written as its text here, on the request's thread, so that
+    /// one string goes to the writer rather than the event's many.
     pub async fn record(&self, event: Event) {
         let signals = match &self.watch {
             Some(w) => w.observe(&event, std::time::Instant::now()),
             None => Vec::new(),
         };
-        self.enqueue(event).await;
+        self.enqueue(event.entry()).await;
         for signal in signals {
-            self.enqueue(signal).await;
+            self.enqueue(signal.entry()).await;
         }
     }
 
@@ -197,8 +199,8 @@ impl Auditor {
         self.watch.as_ref().map(|w| w.raised())
     }
 
-    async fn enqueue(&self, event: Event) {
-        match self.tx.try_send(Msg::Record(Box::new(event))) {
+    async fn enqueue(&self, entry: Entry) {
+        match self.tx.try_send(Msg::Record(entry)) {
             Ok(()) => {
                 if self.depth() >= self.wake_at {
                     self.wake.notify_one();
@@ -388,10 +390,10 @@ enum Stream {
 }
 
 impl Stream {
-    fn write(&mut self, events: &[Event]) {
+    fn write(&mut self, entries: &[Entry]) {
         let mut text = String::new();
-        for e in events {
-            text.push_str(&e.to_body());
+        for e in entries {
+            text.push_str(&e.body);
             text.push('\n');
         }
         let result = match self {
@@ -424,26 +426,28 @@ impl Spool {
         Ok(Spool { path, len })
     }
 
-    fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
+    fn append(&mut self, entries: &[Entry]) -> std::io::Result<()> {
         let mut text = String::new();
-        for e in events {
-            text.push_str(&e.to_body());
+        for e in entries {
+            text.push_str(&e.body);
             text.push('\n');
         }
         let mut f = open_private_append(&self.path)?;
         f.write_all(text.as_bytes())?;
         f.sync_data()?;
-        self.len += events.len();
+        self.len += entries.len();
         Ok(())
     }
 
-    fn read(&self) -> std::io::Result<Vec<Event>> {
+    /// The spooled records, each read as an event and written again (so a
+    /// line is sealed as the event it holds, not as whatever text it is).
+    fn read(&self) -> std::io::Result<Vec<Entry>> {
         let text = std::fs::read_to_string(&self.path)?;
         Ok(text
             .lines()
             .filter(|l| !l.trim().is_empty())
             .filter_map(|l| match Event::from_body(l) {
-                Ok(e) => Some(e),
+                Ok(e) => Some(e.entry()),
                 Err(e) => {
                     tracing::error!(error = %e, "an unreadable line in the audit spool was skipped");
                     None
@@ -453,7 +457,7 @@ impl Spool {
     }
 
     /// Keeps only `rest` (replaces the file whole).
-    fn keep(&mut self, rest: &[Event]) -> std::io::Result<()> {
+    fn keep(&mut self, rest: &[Entry]) -> std::io::Result<()> {
         if rest.is_empty() {
             std::fs::remove_file(&self.path)
                 .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
@@ -486,7 +490,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut events: Vec<Event> = Vec::with_capacity(self.batch);
+        let mut events: Vec<Entry> = Vec::with_capacity(self.batch);
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let first = if self.spool.len == 0 {
@@ -513,7 +517,7 @@ impl Writer {
             loop {
                 while let Some(msg) = next.take() {
                     match msg {
-                        Msg::Record(e) => events.push(*e),
+                        Msg::Record(e) => events.push(e),
                         Msg::Flush(done) => flushes.push(done),
                     }
                     if events.len() >= self.batch || !flushes.is_empty() {
@@ -542,7 +546,7 @@ impl Writer {
     }
 
     /// Writes a batch after whatever is spooled, or spools it.
-    async fn write(&mut self, events: &[Event]) {
+    async fn write(&mut self, events: &[Entry]) {
         if self.spool.len > 0 {
             self.replay().await;
         }
@@ -622,11 +626,11 @@ mod tests {
     fn the_spool_keeps_order_and_empties() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path().join("s.jsonl")).unwrap();
-        let events: Vec<Event> = (0..5)
+        let events: Vec<Entry> = (0..5)
             .map(|i| {
                 let mut e = Event::new("mcp.request", Outcome::Ok);
                 e.tool = Some(i.to_string());
-                e
+                e.entry()
             })
             .collect();
         spool.append(&events[..3]).unwrap();

@@ -15,7 +15,7 @@
 //! the head takes the last record's MAC. A failed transaction leaves no
 //! trace, so the batch can be retried whole.
 
-use bastion_audit::{AuditKey, Event, GENESIS, Head, Mac, SPAN_MICROS, Stored, read_batch};
+use bastion_audit::{AuditKey, GENESIS, Head, Mac, SPAN_MICROS, Sealable, Stored, read_batch};
 
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError};
@@ -127,10 +127,15 @@ macro_rules! search_query {
 }
 
 impl Store {
-    /// Appends `events` to `chain`, in order, sealed with `key`, in one
-    /// transaction. Returns the number of the last one (the head's, when
-    /// `events` is empty).
-    pub async fn append_audit(&self, key: &AuditKey, chain: &str, events: &[Event]) -> Result<u64, StoreError> {
+    /// Appends `events` (events, or entries written ahead) to `chain`, in
+    /// order, sealed with `key`, in one transaction. Returns the number of
+    /// the last one (the head's, when `events` is empty).
+    pub async fn append_audit<E: Sealable + Sync>(
+        &self,
+        key: &AuditKey,
+        chain: &str,
+        events: &[E],
+    ) -> Result<u64, StoreError> {
         let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
         on_pool!(self.appender.as_ref().unwrap_or(&self.pool), p => {
             let mut tx = p.begin().await?;
@@ -377,7 +382,7 @@ fn sort(rows: &mut [AuditRow], newest: bool) {
 mod tests {
     use super::*;
     use crate::testdb::on_both;
-    use bastion_audit::{Outcome, Verifier};
+    use bastion_audit::{Event, Outcome, Verifier};
     use chrono::{DateTime, Utc};
 
     fn key() -> AuditKey {
@@ -420,7 +425,7 @@ mod tests {
                 s.append_audit(&k, "main", &[event("alice", "a", 1_000), event("bob", "b", 2_000)]).await.unwrap(),
                 2
             );
-            assert_eq!(s.append_audit(&k, "main", &[]).await.unwrap(), 2);
+            assert_eq!(s.append_audit::<Event>(&k, "main", &[]).await.unwrap(), 2);
             assert_eq!(s.append_audit(&k, "main", &[event("alice", "c", 3_000)]).await.unwrap(), 3);
             assert_eq!(s.append_audit(&k, "other", &[event("carol", "d", 1_500)]).await.unwrap(), 1);
             assert_eq!(s.audit_chains().await.unwrap(), ["main", "other"]);
