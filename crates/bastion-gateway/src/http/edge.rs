@@ -146,21 +146,25 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         if head_bytes(&req) > http.max_header_bytes {
-            Err(rpc_error(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                None,
-                jsonrpc::INVALID_REQUEST,
-                format!("request head larger than {} bytes", http.max_header_bytes),
-            ))
-        } else if !rules.host_allowed(host) {
-            Err(rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Host not allowed"))
-        } else {
-            match req.headers().get(header::ORIGIN).map(|o| o.to_str().is_ok_and(|o| rules.origin_allowed(o))) {
-                Some(false) => Err(rpc_error(
-                    StatusCode::FORBIDDEN,
+            Err((
+                "request head too large",
+                rpc_error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     None,
                     jsonrpc::INVALID_REQUEST,
-                    "Forbidden: Origin not allowed",
+                    format!("request head larger than {} bytes", http.max_header_bytes),
+                ),
+            ))
+        } else if !rules.host_allowed(host) {
+            Err((
+                "Host not allowed",
+                rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Host not allowed"),
+            ))
+        } else {
+            match req.headers().get(header::ORIGIN).map(|o| o.to_str().is_ok_and(|o| rules.origin_allowed(o))) {
+                Some(false) => Err((
+                    "Origin not allowed",
+                    rpc_error(StatusCode::FORBIDDEN, None, jsonrpc::INVALID_REQUEST, "Forbidden: Origin not allowed"),
                 )),
                 _ => Ok(()),
             }
@@ -168,7 +172,12 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
     };
     let mut resp = match verdict {
         Ok(()) => next.run(req).await,
-        Err(refused) => refused,
+        Err((reason, refused)) => {
+            if let Some(audit) = &policy.gw.audit {
+                audit.record(refused_event(&req, &path, reason)).await;
+            }
+            refused
+        }
     };
     let status = resp.status();
     policy.gw.metrics.http_request(crate::metrics::Endpoint::of_path(&path), status.as_u16());
@@ -185,6 +194,23 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
         tracing::info!(request_id, %method, path, status = status.as_u16(), elapsed_us, "request");
     }
     resp
+}
+
+/// The record of a request refused at the edge: before authentication, so with
+/// where it came from but no principal; the reason is Bastion's, never
+/// the header's value (a DNS-rebinding page's host name is the attacker's
+/// text). Repeated refusals from one address feed the anomaly signal of
+/// repeated denials.
+fn refused_event(req: &Request, path: &str, reason: &'static str) -> bastion_audit::Event {
+    let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let origin = crate::auth::Origin::from_request(client_ip, req.headers());
+    let mut event = bastion_audit::Event::new("http.refused", bastion_audit::Outcome::Denied);
+    event.reason = Some(reason.into());
+    event.client_ip = origin.client_ip.map(|ip| ip.to_string());
+    event.request_id = origin.request_id.as_deref().map(str::to_string);
+    event.trace_id = origin.trace_id.as_deref().map(str::to_string);
+    event.detail = Some(serde_json::json!({ "path": path }));
+    event
 }
 
 #[cfg(test)]

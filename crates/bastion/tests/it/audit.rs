@@ -100,6 +100,31 @@ async fn every_request_is_recorded_without_its_arguments() {
     assert_eq!(failures[0]["outcome"], "denied");
     assert!(failures[0]["client_ip"].as_str().is_some_and(|ip| ip == "127.0.0.1"), "{}", failures[0]);
     assert!(failures[0].get("user").is_none());
+    // Refused at the edge, before authentication (a DNS-rebinding page, a
+    // foreign site's script): denied, with the address and Bastion's
+    // reason, never the host or origin that was sent.
+    let edge = |name: &'static str, value: &'static str| {
+        reqwest::Client::new()
+            .post(gw.url("/mcp"))
+            .bearer_auth(&alice_key)
+            .header(name, value)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let host = edge("host", "rebind-canary-h7.example").await.expect("POST").status();
+    let origin = edge("origin", "http://origin-canary-o7.example").await.expect("POST").status();
+    assert_eq!((host.as_u16(), origin.as_u16()), (403, 403));
+    let refused = records(&gw, &["--kind", "http.refused"], 2).await;
+    let mut reasons: Vec<&str> = refused.iter().filter_map(|r| r["reason"].as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["Host not allowed", "Origin not allowed"], "{refused:?}");
+    assert!(
+        refused.iter().all(|r| r["outcome"] == "denied" && r["client_ip"] == "127.0.0.1" && r.get("user").is_none()),
+        "{refused:?}"
+    );
+    let text = serde_json::to_string(&refused).unwrap();
+    assert!(!text.contains("canary-h7") && !text.contains("canary-o7"), "{text}");
 
     // The argument's value is nowhere: not in the records, the stream, the
     // database file or the log.
