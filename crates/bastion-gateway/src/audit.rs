@@ -239,14 +239,21 @@ pub fn auth_name(method: crate::auth::Method) -> &'static str {
     }
 }
 
+/// An event about a request from `origin`, with no principal (refused
+/// before one was known).
+pub fn origin_event(kind: &str, outcome: Outcome, origin: &crate::auth::Origin) -> Event {
+    let mut e = Event::new(kind, outcome);
+    e.client_ip = origin.client_ip.map(|ip| ip.to_string());
+    e.request_id = origin.request_id.as_deref().map(str::to_string);
+    e.trace_id = origin.trace_id.as_deref().map(str::to_string);
+    e
+}
+
 /// An event about `principal`, with where its request came from.
 pub fn principal_event(kind: &str, outcome: Outcome, principal: &crate::auth::Principal) -> Event {
-    let mut e = Event::new(kind, outcome);
+    let mut e = origin_event(kind, outcome, &principal.origin);
     e.user = Some(principal.user.to_string());
     e.auth = Some(auth_name(principal.method).into());
-    e.client_ip = principal.origin.client_ip.map(|ip| ip.to_string());
-    e.request_id = principal.origin.request_id.as_deref().map(str::to_string);
-    e.trace_id = principal.origin.trace_id.as_deref().map(str::to_string);
     e
 }
 
@@ -391,11 +398,7 @@ enum Stream {
 
 impl Stream {
     fn write(&mut self, entries: &[Entry]) {
-        let mut text = String::new();
-        for e in entries {
-            text.push_str(&e.body);
-            text.push('\n');
-        }
+        let text = lines(entries);
         let result = match self {
             Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
             Stream::File(f) => f.write_all(text.as_bytes()),
@@ -404,6 +407,16 @@ impl Stream {
             tracing::warn!(error = %e, "could not write to the audit stream");
         }
     }
+}
+
+/// Entries as JSON lines.
+fn lines(entries: &[Entry]) -> String {
+    let mut text = String::with_capacity(entries.iter().map(|e| e.body.len() + 1).sum());
+    for e in entries {
+        text.push_str(&e.body);
+        text.push('\n');
+    }
+    text
 }
 
 /// Records kept on local disk while the store cannot be written.
@@ -427,11 +440,7 @@ impl Spool {
     }
 
     fn append(&mut self, entries: &[Entry]) -> std::io::Result<()> {
-        let mut text = String::new();
-        for e in entries {
-            text.push_str(&e.body);
-            text.push('\n');
-        }
+        let text = lines(entries);
         let mut f = open_private_append(&self.path)?;
         f.write_all(text.as_bytes())?;
         f.sync_data()?;

@@ -191,11 +191,8 @@ async fn authenticate(
             if e != AuthError::Missing
                 && let Some(audit) = &gw.audit
             {
-                let mut event = bastion_audit::Event::new("auth.failure", bastion_audit::Outcome::Denied);
+                let mut event = crate::audit::origin_event("auth.failure", bastion_audit::Outcome::Denied, &origin);
                 event.reason = Some(e.to_string());
-                event.client_ip = origin.client_ip.map(|ip| ip.to_string());
-                event.request_id = origin.request_id.as_deref().map(str::to_string);
-                event.trace_id = origin.trace_id.as_deref().map(str::to_string);
                 event.detail = Some(json!({"path": req.uri().path()}));
                 audit.record(event).await;
             }

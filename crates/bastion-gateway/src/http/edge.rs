@@ -204,11 +204,8 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
 fn refused_event(req: &Request, path: &str, reason: &'static str) -> bastion_audit::Event {
     let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let origin = crate::auth::Origin::from_request(client_ip, req.headers());
-    let mut event = bastion_audit::Event::new("http.refused", bastion_audit::Outcome::Denied);
+    let mut event = crate::audit::origin_event("http.refused", bastion_audit::Outcome::Denied, &origin);
     event.reason = Some(reason.into());
-    event.client_ip = origin.client_ip.map(|ip| ip.to_string());
-    event.request_id = origin.request_id.as_deref().map(str::to_string);
-    event.trace_id = origin.trace_id.as_deref().map(str::to_string);
     event.detail = Some(serde_json::json!({ "path": path }));
     event
 }
