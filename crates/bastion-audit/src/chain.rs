@@ -101,7 +101,7 @@ impl AuditKey {
         let digest: [u8; 32] = mac.finalize().into_bytes().into();
         let mut text = [0u8; 32];
         hex::encode_to_slice(&digest[..16], &mut text).expect("16 bytes are 32 hex digits");
-        text.iter().map(|&b| b as char).collect()
+        std::str::from_utf8(&text).expect("hex digits are ASCII").to_owned()
     }
 }
 

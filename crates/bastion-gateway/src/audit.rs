@@ -257,21 +257,52 @@ pub fn principal_event(kind: &str, outcome: Outcome, principal: &crate::auth::Pr
     e
 }
 
-/// Bytes of a value's JSON text, counted without making it.
+/// Bytes of a value's compact JSON text (as serde_json writes it), counted
+/// from the value without writing it: each string is read once for what
+/// it escapes, and most escape nothing.
 fn json_len(v: &Value) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len() as u64;
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => number_len(n),
+        Value::String(s) => string_len(s),
+        Value::Array(items) => 2 + items.len().saturating_sub(1) as u64 + items.iter().map(json_len).sum::<u64>(),
+        Value::Object(members) => {
+            2 + members.len().saturating_sub(1) as u64
+                + members.iter().map(|(k, v)| string_len(k) + 1 + json_len(v)).sum::<u64>()
         }
     }
-    let mut c = Count(0);
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
+}
+
+/// A string's length as JSON: quoted, with `"`, `\\` and the control
+/// characters escaped as serde_json escapes them.
+fn string_len(s: &str) -> u64 {
+    let escaped = s.bytes().fold(0u64, |n, b| {
+        n + match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        }
+    });
+    2 + s.len() as u64 + escaped
+}
+
+fn number_len(n: &serde_json::Number) -> u64 {
+    fn digits(mut u: u64) -> u64 {
+        let mut d = 1;
+        while u >= 10 {
+            u /= 10;
+            d += 1;
+        }
+        d
+    }
+    if let Some(u) = n.as_u64() {
+        digits(u)
+    } else if let Some(i) = n.as_i64() {
+        1 + digits(i.unsigned_abs())
+    } else {
+        n.to_string().len() as u64
+    }
 }
 
 /// The audit record of one MCP request and its outcome.
@@ -655,5 +686,32 @@ mod tests {
         spool.keep(&[]).unwrap();
         assert_eq!(spool.len, 0);
         assert!(!dir.path().join("s.jsonl").exists());
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "(?s).{0,16}".prop_map(Value::from),
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é😀a]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map("(?s).{0,6}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_len_is_the_length_serde_writes(v in any_json()) {
+            proptest::prop_assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len() as u64);
+        }
     }
 }
