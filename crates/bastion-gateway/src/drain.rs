@@ -17,10 +17,12 @@
 //! none is left.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bastion_core::jsonrpc::{self, error_object};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -80,14 +82,36 @@ impl Drain {
 
     /// Runs `work`, unless the grace period runs out first: then its
     /// outcome is the shutdown error (and dropping `work` cancels it
-    /// upstream).
-    pub async fn run<T>(&self, work: impl Future<Output = Result<T, Value>>) -> Result<T, Value> {
-        let _call = self.call();
-        tokio::select! {
-            biased;
-            outcome = work => outcome,
-            () = self.expired() => Err(shutting_down()),
+    /// upstream). `work` is polled first, then the grace period.
+    ///
+    /// A future, not an `async fn`: an `async fn` would keep `work` twice
+    /// in its state (the argument, and the copy being awaited), and the
+    /// request path's futures are large.
+    pub fn run<T, F: Future<Output = Result<T, Value>>>(&self, work: F) -> Run<F> {
+        Run { work, expired: self.expired.clone().cancelled_owned(), _call: self.call() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call in flight: see [`Drain::run`].
+    pub struct Run<F> {
+        #[pin]
+        work: F,
+        #[pin]
+        expired: WaitForCancellationFutureOwned,
+        _call: TaskTrackerToken,
+    }
+}
+
+impl<T, F: Future<Output = Result<T, Value>>> Future for Run<F> {
+    type Output = Result<T, Value>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.work.poll(cx) {
+            return Poll::Ready(outcome);
         }
+        this.expired.poll(cx).map(|()| Err(shutting_down()))
     }
 }
 

@@ -692,20 +692,20 @@ pub(crate) async fn respond(gw: Arc<Gateway>, principal: Principal, session: Arc
     let sink = sink.with_log_level(session.log_level());
     let key = id_key(&req.id);
     let token = session.start_request(key.clone());
-    let work = {
+    // The call is made where it is awaited, inside the box: a future
+    // made first and then moved in would be held twice and copied whole.
+    let mut work = {
         let gw = gw.clone();
         let session = session.clone();
-        async move {
-            let outcome = run_request(&gw, &principal, &session, &req, Caller::Client(sink)).await;
-            response_value(&req.id, outcome)
-        }
+        Box::pin(async move {
+            tokio::select! {
+                outcome = run_request(&gw, &principal, &session, &req, Caller::Client(sink)) => {
+                    Some(response_value(&req.id, outcome))
+                }
+                _ = token.cancelled() => None,
+            }
+        })
     };
-    let mut work = Box::pin(async move {
-        tokio::select! {
-            v = work => Some(v),
-            _ = token.cancelled() => None,
-        }
-    });
 
     let first = tokio::select! {
         biased;

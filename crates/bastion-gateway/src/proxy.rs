@@ -132,8 +132,12 @@ pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -
     }
     let mut notes = Notes::default();
     // In flight until its outcome is known; failed if shutdown's grace
-    // period runs out first.
-    let outcome = gw.drain.run(phases(gw, ctx, req, &mut notes)).await;
+    // period runs out first. Pinned where it is made: a future awaited as
+    // a temporary is kept twice in this one's state, and copied whole.
+    let outcome = {
+        let phases = std::pin::pin!(gw.drain.run(phases(gw, ctx, req, &mut notes)));
+        phases.await
+    };
     count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
     if let Some(audit) = &gw.audit {
         let event =
@@ -203,7 +207,11 @@ async fn phases(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request, notes: &mut N
         notes.policy = crate::inspect::deciding(&notes.guard);
     })?;
     let req = masked.as_ref().unwrap_or(req);
-    let mut outcome = dispatch(gw, ctx, req, &access).await;
+    // Pinned where it is made, like the phases (see handle_request).
+    let mut outcome = {
+        let dispatch = std::pin::pin!(dispatch(gw, ctx, req, &access));
+        dispatch.await
+    };
     crate::inspect::response(&guard, target.as_ref(), &req.method, &mut outcome, &mut notes.guard);
     if outcome.is_err() && notes.policy.is_none() {
         notes.policy = crate::inspect::deciding(&notes.guard);

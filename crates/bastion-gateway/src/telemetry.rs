@@ -284,21 +284,41 @@ fn auth_error_type(e: &AuthError) -> &'static str {
     }
 }
 
-/// Authentication, in its span when tracing is on.
-pub async fn authenticating(check: impl Future<Output = Result<Principal, AuthError>>) -> Result<Principal, AuthError> {
-    if !enabled() {
-        return check.await;
+/// `work`, in `span` when there is one, `note` told its outcome on the
+/// span. Futures combined, not an `async fn`: an `async fn` would keep
+/// `work` twice in its state (the argument, and the copy being awaited),
+/// and the request path's futures are large.
+fn traced<F: Future>(
+    span: Option<Span>,
+    work: F,
+    note: impl FnOnce(&Span, &F::Output),
+) -> impl Future<Output = F::Output> {
+    use futures::FutureExt as _;
+    use futures::future::Either;
+    match span {
+        None => Either::Left(work),
+        Some(span) => Either::Right(work.instrument(span.clone()).map(move |outcome| {
+            note(&span, &outcome);
+            outcome
+        })),
     }
-    let span = tracing::info_span!(
-        target: TARGET,
-        "authenticate",
-        otel.status_code = Empty,
-        error.type = Empty,
-        bastion.auth.method = Empty,
-        enduser.id = Empty,
-    );
-    let outcome = check.instrument(span.clone()).await;
-    match &outcome {
+}
+
+/// Authentication, in its span when tracing is on.
+pub fn authenticating(
+    check: impl Future<Output = Result<Principal, AuthError>>,
+) -> impl Future<Output = Result<Principal, AuthError>> {
+    let span = enabled().then(|| {
+        tracing::info_span!(
+            target: TARGET,
+            "authenticate",
+            otel.status_code = Empty,
+            error.type = Empty,
+            bastion.auth.method = Empty,
+            enduser.id = Empty,
+        )
+    });
+    traced(span, check, |span, outcome| match outcome {
         Ok(p) => {
             span.record("bastion.auth.method", auth_method(p.method));
             span.record("enduser.id", &*p.user);
@@ -307,25 +327,26 @@ pub async fn authenticating(check: impl Future<Output = Result<Principal, AuthEr
             span.record("error.type", auth_error_type(e));
             span.record("otel.status_code", "ERROR");
         }
-    }
-    outcome
+    })
 }
 
 /// An access decision on one JSON-RPC request, in its span when tracing
 /// is on.
-pub async fn authorizing<T, E>(method: &str, decide: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    if !enabled() {
-        return decide.await;
-    }
-    let span = tracing::info_span!(
-        target: TARGET,
-        "authorize",
-        mcp.method.name = truncate(method, 128),
-        bastion.decision = Empty,
-    );
-    let outcome = decide.instrument(span.clone()).await;
-    span.record("bastion.decision", if outcome.is_ok() { "allow" } else { "deny" });
-    outcome
+pub fn authorizing<T, E>(
+    method: &str,
+    decide: impl Future<Output = Result<T, E>>,
+) -> impl Future<Output = Result<T, E>> {
+    let span = enabled().then(|| {
+        tracing::info_span!(
+            target: TARGET,
+            "authorize",
+            mcp.method.name = truncate(method, 128),
+            bastion.decision = Empty,
+        )
+    });
+    traced(span, decide, |span, outcome| {
+        span.record("bastion.decision", if outcome.is_ok() { "allow" } else { "deny" });
+    })
 }
 
 /// The span of one call to a server, when tracing is on and the call is
@@ -350,14 +371,16 @@ pub fn upstream_span(server: &str, method: &str) -> Option<Span> {
 
 /// Runs a call to a server in its span (see [`upstream_span`]), noting a
 /// failure on it.
-pub async fn calling<T, E: CallFailure>(span: Option<Span>, call: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    let Some(span) = span else { return call.await };
-    let outcome = call.instrument(span.clone()).await;
-    if let Err(e) = &outcome {
-        span.record("error.type", e.kind());
-        span.record("otel.status_code", "ERROR");
-    }
-    outcome
+pub fn calling<T, E: CallFailure>(
+    span: Option<Span>,
+    call: impl Future<Output = Result<T, E>>,
+) -> impl Future<Output = Result<T, E>> {
+    traced(span, call, |span, outcome| {
+        if let Err(e) = outcome {
+            span.record("error.type", e.kind());
+            span.record("otel.status_code", "ERROR");
+        }
+    })
 }
 
 /// What a failed call is called in a span's `error.type`.
