@@ -94,6 +94,12 @@ impl AuditKey {
     /// read with their keys sorted, so the same arguments sent in another
     /// order give the same digest.
     pub fn digest_arguments(&self, args: &Value) -> String {
+        self.arguments_digest(args).as_str().to_owned()
+    }
+
+    /// [`AuditKey::digest_arguments`], kept in place rather than in a new
+    /// string.
+    pub fn arguments_digest(&self, args: &Value) -> ArgumentsDigest {
         // The canonical text goes into the MAC as it is written: no copy of
         // the arguments is made, not even briefly.
         let mut mac = self.args.start();
@@ -101,7 +107,17 @@ impl AuditKey {
         let digest: [u8; 32] = mac.finalize().into_bytes().into();
         let mut text = [0u8; 32];
         hex::encode_to_slice(&digest[..16], &mut text).expect("16 bytes are 32 hex digits");
-        std::str::from_utf8(&text).expect("hex digits are ASCII").to_owned()
+        ArgumentsDigest(text)
+    }
+}
+
+/// A keyed digest of a call's arguments, as hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgumentsDigest([u8; 32]);
+
+impl ArgumentsDigest {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 

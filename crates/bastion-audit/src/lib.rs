@@ -38,5 +38,5 @@ mod chain;
 mod event;
 
 pub use batch::{Batch, SPAN_MICROS, read_batch};
-pub use chain::{AuditKey, Checkpoint, GENESIS, Head, Mac, Problem, Stored, Verified, Verifier};
-pub use event::{Entry, Event, Outcome, Sealable};
+pub use chain::{ArgumentsDigest, AuditKey, Checkpoint, GENESIS, Head, Mac, Problem, Stored, Verified, Verifier};
+pub use event::{Entry, Event, Fields, Outcome, Sealable};

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bastion_audit::{Event, Outcome};
+use bastion_audit::{Event, Fields, Outcome};
 use bastion_core::config::AnomalyConfig;
 use dashmap::DashMap;
 use serde_json::json;
@@ -107,7 +107,7 @@ impl Watch {
 
     /// Takes in a record on its way to the trail; returns the signals it
     /// raises, as events to record after it.
-    pub fn observe(&self, event: &Event, now: Instant) -> Vec<Event> {
+    pub fn observe(&self, event: &Fields<'_>, now: Instant) -> Vec<Event> {
         if event.kind.starts_with("anomaly.") || event.kind.starts_with("audit.") {
             return Vec::new();
         }
@@ -117,7 +117,7 @@ impl Watch {
         if !(call || denied || large) {
             return Vec::new();
         }
-        let key: &str = match (&event.user, &event.client_ip) {
+        let key: &str = match (event.user, event.client_ip) {
             (Some(user), _) => user,
             (None, Some(ip)) => ip,
             (None, None) => return Vec::new(),
@@ -152,8 +152,8 @@ impl Watch {
             self.raised[signal as usize].fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 signal = signal.name(),
-                user = event.user.as_deref().unwrap_or("-"),
-                client_ip = event.client_ip.as_deref().unwrap_or("-"),
+                user = event.user.unwrap_or("-"),
+                client_ip = event.client_ip.unwrap_or("-"),
                 observed,
                 threshold,
                 window_s = window.map(|w| w.as_secs()),
@@ -165,16 +165,16 @@ impl Watch {
                 }
             );
             let mut e = Event::new(format!("anomaly.{}", signal.name()), Outcome::Ok);
-            e.user = event.user.clone();
-            e.auth = event.auth.clone();
-            e.client_ip = event.client_ip.clone();
-            e.trace_id = event.trace_id.clone();
-            e.request_id = event.request_id.clone();
+            e.user = event.user.map(str::to_owned);
+            e.auth = event.auth.map(str::to_owned);
+            e.client_ip = event.client_ip.map(str::to_owned);
+            e.trace_id = event.trace_id.map(str::to_owned);
+            e.request_id = event.request_id.map(str::to_owned);
             if signal == Signal::LargeResponse {
-                e.session = event.session.clone();
-                e.method = event.method.clone();
-                e.server = event.server.clone();
-                e.tool = event.tool.clone();
+                e.session = event.session.map(str::to_owned);
+                e.method = event.method.map(str::to_owned);
+                e.server = event.server.map(str::to_owned);
+                e.tool = event.tool.map(str::to_owned);
                 e.bytes_out = event.bytes_out;
             }
             e.detail = Some(json!({
@@ -245,7 +245,7 @@ mod tests {
         let mut raised = Vec::new();
         // 30 calls in 3 seconds: the 11th is over 10 in 10 s.
         for i in 0..30u64 {
-            let out = w.observe(&call("alice", Outcome::Ok, 10), t0 + Duration::from_millis(i * 100));
+            let out = w.observe(&call("alice", Outcome::Ok, 10).fields(), t0 + Duration::from_millis(i * 100));
             if !out.is_empty() {
                 raised.push((i, out));
             }
@@ -258,12 +258,15 @@ mod tests {
         assert_eq!(e.detail.as_ref().unwrap()["observed"], 11);
         assert_eq!(e.detail.as_ref().unwrap()["threshold"], 10);
         // Another principal's calls are its own.
-        assert!(w.observe(&call("bob", Outcome::Ok, 10), t0 + Duration::from_secs(3)).is_empty());
+        assert!(w.observe(&call("bob", Outcome::Ok, 10).fields(), t0 + Duration::from_secs(3)).is_empty());
         // After the cooldown, still too fast: raised again.
         let mut again = 0;
         for i in 0..20u64 {
             again += w
-                .observe(&call("alice", Outcome::Ok, 10), t0 + Duration::from_secs(31) + Duration::from_millis(i * 10))
+                .observe(
+                    &call("alice", Outcome::Ok, 10).fields(),
+                    t0 + Duration::from_secs(31) + Duration::from_millis(i * 10),
+                )
                 .len();
         }
         assert_eq!(again, 1);
@@ -276,7 +279,7 @@ mod tests {
         let t0 = Instant::now();
         // 0.9 calls a second for ten minutes: 9 in any 10 s window.
         for i in 0..540u64 {
-            let out = w.observe(&call("alice", Outcome::Ok, 10), t0 + Duration::from_millis(i * 1111));
+            let out = w.observe(&call("alice", Outcome::Ok, 10).fields(), t0 + Duration::from_millis(i * 1111));
             assert!(out.is_empty(), "call {i}: {:?}", kinds(&out));
         }
     }
@@ -301,7 +304,7 @@ mod tests {
         let t0 = Instant::now();
         let mut out = Vec::new();
         for i in 0..5u64 {
-            out.extend(w.observe(&call("mallory", Outcome::Denied, 10), t0 + Duration::from_secs(i)));
+            out.extend(w.observe(&call("mallory", Outcome::Denied, 10).fields(), t0 + Duration::from_secs(i)));
         }
         assert_eq!(kinds(&out), ["anomaly.denials"]);
         // Refused credentials have no principal: counted by address.
@@ -309,7 +312,7 @@ mod tests {
         for i in 0..5u64 {
             let mut e = Event::new("auth.failure", Outcome::Denied);
             e.client_ip = Some("192.0.2.7".into());
-            out.extend(w.observe(&e, t0 + Duration::from_secs(i)));
+            out.extend(w.observe(&e.fields(), t0 + Duration::from_secs(i)));
         }
         assert_eq!(kinds(&out), ["anomaly.denials"]);
         assert_eq!(out[0].client_ip.as_deref(), Some("192.0.2.7"));
@@ -317,7 +320,9 @@ mod tests {
         // Errors that are not refusals do not count.
         let quiet = Watch::new(config());
         for i in 0..10u64 {
-            assert!(quiet.observe(&call("alice", Outcome::Error, 10), t0 + Duration::from_secs(i * 3)).is_empty());
+            assert!(
+                quiet.observe(&call("alice", Outcome::Error, 10).fields(), t0 + Duration::from_secs(i * 3)).is_empty()
+            );
         }
     }
 
@@ -327,13 +332,13 @@ mod tests {
         let mut e = call("alice", Outcome::Ok, 5000);
         e.server = Some("files".into());
         e.tool = Some("read_file".into());
-        let out = w.observe(&e, Instant::now());
+        let out = w.observe(&e.fields(), Instant::now());
         assert_eq!(kinds(&out), ["anomaly.large_response"]);
         assert_eq!(out[0].server.as_deref(), Some("files"));
         assert_eq!(out[0].tool.as_deref(), Some("read_file"));
         assert_eq!(out[0].bytes_out, Some(5000));
         assert!(
-            w.observe(&call("alice", Outcome::Ok, 1000), Instant::now()).is_empty(),
+            w.observe(&call("alice", Outcome::Ok, 1000).fields(), Instant::now()).is_empty(),
             "at the threshold is not over it"
         );
     }
@@ -344,6 +349,6 @@ mod tests {
         let mut e = Event::new("anomaly.large_response", Outcome::Ok);
         e.user = Some("alice".into());
         e.bytes_out = Some(10);
-        assert!(w.observe(&e, Instant::now()).is_empty());
+        assert!(w.observe(&e.fields(), Instant::now()).is_empty());
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bastion_audit::{AuditKey, Checkpoint, Entry, Event, Outcome};
+use bastion_audit::{AuditKey, Checkpoint, Entry, Event, Fields, Outcome};
 use bastion_core::config::{AuditConfig, Config, OnFull};
 use bastion_store::Store;
 use bastion_vault::KeySource;
@@ -164,21 +164,26 @@ impl Auditor {
         self.capacity - self.tx.capacity()
     }
 
-    /// The keyed digest of a call's arguments.
-    pub fn digest(&self, args: &Value) -> String {
-        self.key.digest_arguments(args)
-    }
-
     /// Enqueues an event, waiting for room when the queue is full (a
     /// request admitted while there was room is always recorded). The
     /// event is written as its text here, on the request's thread, so that
     /// one string goes to the writer rather than the event's many.
     pub async fn record(&self, event: Event) {
+        let (entry, signals) = self.text_of(&event.fields());
+        self.enqueue_all(entry, signals).await;
+    }
+
+    /// A record's text, and the anomaly signals it raises.
+    fn text_of(&self, fields: &Fields<'_>) -> (Entry, Vec<Event>) {
         let signals = match &self.watch {
-            Some(w) => w.observe(&event, std::time::Instant::now()),
+            Some(w) => w.observe(fields, std::time::Instant::now()),
             None => Vec::new(),
         };
-        self.enqueue(event.entry()).await;
+        (fields.entry(), signals)
+    }
+
+    async fn enqueue_all(&self, entry: Entry, signals: Vec<Event>) {
+        self.enqueue(entry).await;
         for signal in signals {
             self.enqueue(signal.entry()).await;
         }
@@ -305,9 +310,13 @@ fn number_len(n: &serde_json::Number) -> u64 {
     }
 }
 
-/// The audit record of one MCP request and its outcome.
+/// Records one MCP request and its outcome: who asked what, how it
+/// ended, what decided a denial, a keyed digest of the arguments, what the
+/// data guard found, sizes (`size_out`, when the answer's length is known
+/// from the wire, else the result's) and duration. Written from borrowed
+/// fields: nothing is copied into an event of its own first.
 #[allow(clippy::too_many_arguments)]
-pub fn request_event(
+pub async fn record_request(
     auditor: &Auditor,
     principal: &crate::auth::Principal,
     scope: &crate::session::Scope,
@@ -316,59 +325,99 @@ pub fn request_event(
     outcome: &Result<Value, Value>,
     notes: crate::proxy::Notes,
     started: std::time::Instant,
-) -> Event {
-    let (result, code) = match outcome {
-        Ok(_) => (Outcome::Ok, None),
-        Err(e) => {
-            let code = e.get("code").and_then(Value::as_i64);
-            let denied =
-                matches!(code, Some(bastion_core::jsonrpc::FORBIDDEN) | Some(bastion_core::jsonrpc::LIMIT_REACHED));
-            (if denied { Outcome::Denied } else { Outcome::Error }, code)
-        }
-    };
-    let mut e = principal_event("mcp.request", result, principal);
-    e.method = Some(req.method.clone());
-    e.session = session.filter(|s| s.is_client_session()).map(|s| crate::http::short(&s.id).to_string());
-    let params = req.params.as_ref();
-    let named = match req.method.as_str() {
-        "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")).and_then(Value::as_str).map(|n| (n, false)),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            params.and_then(|p| p.get("uri")).and_then(Value::as_str).map(|u| (u, true))
-        }
-        _ => None,
-    };
-    match (scope, named) {
-        (crate::session::Scope::Server(server), named) => {
-            e.server = Some(server.clone());
-            e.tool = named.map(|(n, _)| n.to_string());
-        }
-        (_, Some((name, is_uri))) => {
-            let split =
-                if is_uri { bastion_core::naming::split_uri(name) } else { bastion_core::naming::split_name(name) };
-            match split {
-                Some((server, inner)) => {
-                    e.server = Some(server.to_string());
-                    e.tool = Some(inner.to_string());
-                }
-                None => e.tool = Some(name.to_string()),
+    size_out: Option<u64>,
+) {
+    let (entry, signals) = {
+        let (result, code) = match outcome {
+            Ok(_) => (Outcome::Ok, None),
+            Err(e) => {
+                let code = e.get("code").and_then(Value::as_i64);
+                let denied =
+                    matches!(code, Some(bastion_core::jsonrpc::FORBIDDEN) | Some(bastion_core::jsonrpc::LIMIT_REACHED));
+                (if denied { Outcome::Denied } else { Outcome::Error }, code)
             }
+        };
+        let origin = &principal.origin;
+        let ip = origin.client_ip.map(IpText::new);
+        let params = req.params.as_ref();
+        let digest = params.and_then(|p| p.get("arguments")).map(|args| auditor.key.arguments_digest(args));
+        let detail = (!notes.guard.is_empty()).then(|| serde_json::json!({ "guard": notes.guard }));
+        let mut f = Fields::new("mcp.request", result);
+        f.user = Some(&principal.user);
+        f.auth = Some(auth_name(principal.method));
+        f.client_ip = ip.as_ref().map(IpText::as_str);
+        f.request_id = origin.request_id.as_deref();
+        f.trace_id = origin.trace_id.as_deref();
+        f.method = Some(&req.method);
+        f.session = session.filter(|s| s.is_client_session()).map(|s| crate::http::short(&s.id));
+        let named = match req.method.as_str() {
+            "tools/call" | "prompts/get" => {
+                params.and_then(|p| p.get("name")).and_then(Value::as_str).map(|n| (n, false))
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                params.and_then(|p| p.get("uri")).and_then(Value::as_str).map(|u| (u, true))
+            }
+            _ => None,
+        };
+        match (scope, named) {
+            (crate::session::Scope::Server(server), named) => {
+                f.server = Some(server);
+                f.tool = named.map(|(n, _)| n);
+            }
+            (_, Some((name, is_uri))) => {
+                let split =
+                    if is_uri { bastion_core::naming::split_uri(name) } else { bastion_core::naming::split_name(name) };
+                match split {
+                    Some((server, inner)) => {
+                        f.server = Some(server);
+                        f.tool = Some(inner);
+                    }
+                    None => f.tool = Some(name),
+                }
+            }
+            _ => {}
         }
-        _ => {}
+        f.args_digest = digest.as_ref().map(bastion_audit::ArgumentsDigest::as_str);
+        f.policy = notes.policy.as_deref();
+        f.detail = detail.as_ref();
+        f.error_code = code;
+        f.bytes_in = Some(params.map_or(0, json_len));
+        f.bytes_out = Some(size_out.unwrap_or_else(|| match outcome {
+            Ok(v) | Err(v) => json_len(v),
+        }));
+        f.duration_us = Some(started.elapsed().as_micros() as u64);
+        auditor.text_of(&f)
+    };
+    auditor.enqueue_all(entry, signals).await;
+}
+
+/// An IP address's text, kept in place.
+struct IpText {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: std::net::IpAddr) -> IpText {
+        let mut t = IpText { text: [0; 45], len: 0 };
+        // The longest form (IPv6 with an embedded IPv4 address) is 45 bytes.
+        let _ = std::fmt::Write::write_fmt(&mut t, format_args!("{ip}"));
+        t
     }
-    if let Some(args) = params.and_then(|p| p.get("arguments")) {
-        e.args_digest = Some(auditor.digest(args));
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..self.len]).expect("an address's text is ASCII")
     }
-    e.policy = notes.policy;
-    if !notes.guard.is_empty() {
-        e.detail = Some(serde_json::json!({ "guard": notes.guard }));
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dest = self.text.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dest.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
-    e.error_code = code;
-    e.bytes_in = Some(params.map_or(0, json_len));
-    e.bytes_out = Some(match outcome {
-        Ok(v) | Err(v) => json_len(v),
-    });
-    e.duration_us = Some(started.elapsed().as_micros() as u64);
-    e
 }
 
 /// The periodic work: a checkpoint of the chain's head, and pruning.
@@ -706,6 +755,15 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in ["127.0.0.1", "255.255.255.255", "::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::ffff:192.0.2.1"]
+        {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
     }
 
     proptest::proptest! {

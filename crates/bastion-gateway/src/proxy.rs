@@ -140,9 +140,8 @@ pub async fn handle_request(gw: &Gateway, ctx: &RequestCtx<'_>, req: &Request) -
     };
     count_request(gw, ctx.principal, ctx.scope, req, &outcome, started);
     if let Some(audit) = &gw.audit {
-        let event =
-            crate::audit::request_event(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, notes, started);
-        audit.record(event).await;
+        crate::audit::record_request(audit, ctx.principal, ctx.scope, ctx.session, req, &outcome, notes, started, None)
+            .await;
     }
     outcome
 }

@@ -192,7 +192,7 @@ pub(crate) async fn handle(
             async move {
                 proxy::count_request(&gw, &principal, &scope, &req, &outcome, started);
                 if let Some(audit) = &gw.audit {
-                    let mut event = crate::audit::request_event(
+                    crate::audit::record_request(
                         audit,
                         &principal,
                         &scope,
@@ -201,11 +201,9 @@ pub(crate) async fn handle(
                         &outcome,
                         Default::default(),
                         started,
-                    );
-                    if size.is_some() {
-                        event.bytes_out = size;
-                    }
-                    audit.record(event).await;
+                        size,
+                    )
+                    .await;
                 }
             }
         };
@@ -408,8 +406,7 @@ async fn refused(
     let outcome = Err(error);
     proxy::count_request(gw, principal, scope, req, &outcome, started);
     if let Some(audit) = &gw.audit {
-        let event = crate::audit::request_event(audit, principal, scope, None, req, &outcome, notes, started);
-        audit.record(event).await;
+        crate::audit::record_request(audit, principal, scope, None, req, &outcome, notes, started, None).await;
     }
     let error = outcome.err().unwrap_or_default();
     super::answer_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": req.id, "error": error}))
