@@ -103,29 +103,9 @@ impl Event {
 
     /// An event of `kind` at `ts` (kept to the microsecond, as stored).
     pub fn at(ts: DateTime<Utc>, kind: impl Into<String>, outcome: Outcome) -> Event {
-        use chrono::SubsecRound as _;
-        Event {
-            ts: ts.trunc_subsecs(6),
-            kind: kind.into(),
-            outcome,
-            user: None,
-            auth: None,
-            client_ip: None,
-            session: None,
-            request_id: None,
-            trace_id: None,
-            method: None,
-            server: None,
-            tool: None,
-            args_digest: None,
-            policy: None,
-            error_code: None,
-            reason: None,
-            bytes_in: None,
-            bytes_out: None,
-            duration_us: None,
-            detail: None,
-        }
+        let mut e = Fields::at(ts, "", outcome).to_event();
+        e.kind = kind.into();
+        e
     }
 
     /// The record's stored text: the event's JSON, exactly as its
@@ -215,9 +195,15 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The fields of an event of `kind` now, nothing else said.
     pub fn new(kind: &'a str, outcome: Outcome) -> Fields<'a> {
+        Fields::at(Utc::now(), kind, outcome)
+    }
+
+    /// The fields of an event of `kind` at `ts` (kept to the microsecond,
+    /// as stored), nothing else said.
+    pub fn at(ts: DateTime<Utc>, kind: &'a str, outcome: Outcome) -> Fields<'a> {
         use chrono::SubsecRound as _;
         Fields {
-            ts: Utc::now().trunc_subsecs(6),
+            ts: ts.trunc_subsecs(6),
             kind,
             outcome,
             user: None,
