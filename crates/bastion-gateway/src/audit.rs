@@ -247,19 +247,42 @@ pub fn auth_name(method: crate::auth::Method) -> &'static str {
 /// An event about a request from `origin`, with no principal (refused
 /// before one was known).
 pub fn origin_event(kind: &str, outcome: Outcome, origin: &crate::auth::Origin) -> Event {
-    let mut e = Event::new(kind, outcome);
-    e.client_ip = origin.client_ip.map(|ip| ip.to_string());
-    e.request_id = origin.request_id.as_deref().map(str::to_string);
-    e.trace_id = origin.trace_id.as_deref().map(str::to_string);
-    e
+    let ip = origin.client_ip.map(IpText::new);
+    origin_fields(kind, outcome, origin, ip.as_ref()).to_event()
 }
 
 /// An event about `principal`, with where its request came from.
 pub fn principal_event(kind: &str, outcome: Outcome, principal: &crate::auth::Principal) -> Event {
-    let mut e = origin_event(kind, outcome, &principal.origin);
-    e.user = Some(principal.user.to_string());
-    e.auth = Some(auth_name(principal.method).into());
-    e
+    let ip = principal.origin.client_ip.map(IpText::new);
+    principal_fields(kind, outcome, principal, ip.as_ref()).to_event()
+}
+
+/// The fields of a record about a request from `origin`; `ip` is its
+/// address's text.
+fn origin_fields<'a>(
+    kind: &'a str,
+    outcome: Outcome,
+    origin: &'a crate::auth::Origin,
+    ip: Option<&'a IpText>,
+) -> Fields<'a> {
+    let mut f = Fields::new(kind, outcome);
+    f.client_ip = ip.map(IpText::as_str);
+    f.request_id = origin.request_id.as_deref();
+    f.trace_id = origin.trace_id.as_deref();
+    f
+}
+
+/// The fields of a record about `principal`'s request.
+fn principal_fields<'a>(
+    kind: &'a str,
+    outcome: Outcome,
+    principal: &'a crate::auth::Principal,
+    ip: Option<&'a IpText>,
+) -> Fields<'a> {
+    let mut f = origin_fields(kind, outcome, &principal.origin, ip);
+    f.user = Some(&principal.user);
+    f.auth = Some(auth_name(principal.method));
+    f
 }
 
 /// Bytes of a value's compact JSON text (as serde_json writes it), counted
@@ -337,17 +360,11 @@ pub async fn record_request(
                 (if denied { Outcome::Denied } else { Outcome::Error }, code)
             }
         };
-        let origin = &principal.origin;
-        let ip = origin.client_ip.map(IpText::new);
+        let ip = principal.origin.client_ip.map(IpText::new);
         let params = req.params.as_ref();
         let digest = params.and_then(|p| p.get("arguments")).map(|args| auditor.key.arguments_digest(args));
         let detail = (!notes.guard.is_empty()).then(|| serde_json::json!({ "guard": notes.guard }));
-        let mut f = Fields::new("mcp.request", result);
-        f.user = Some(&principal.user);
-        f.auth = Some(auth_name(principal.method));
-        f.client_ip = ip.as_ref().map(IpText::as_str);
-        f.request_id = origin.request_id.as_deref();
-        f.trace_id = origin.trace_id.as_deref();
+        let mut f = principal_fields("mcp.request", result, principal, ip.as_ref());
         f.method = Some(&req.method);
         f.session = session.filter(|s| s.is_client_session()).map(|s| crate::http::short(&s.id));
         let named = match req.method.as_str() {
