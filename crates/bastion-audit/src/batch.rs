@@ -14,14 +14,16 @@
 //! time rely on it: the records of a moment are in the batches that began
 //! at most that long before it.
 
-use std::io::Write as _;
-
 use crate::chain::{AuditKey, Mac, Stored};
 use crate::event::{Event, Sealable};
 
 /// The longest time one stored batch spans: from its oldest record's time
 /// to its newest's, in microseconds.
 pub const SPAN_MICROS: i64 = 1_000_000;
+
+/// What a record's line holds besides its text: its number (up to 20
+/// digits), two spaces, its MAC in hex and the line's end.
+const LINE_EXTRA: usize = 20 + 2 + 64 + 1;
 
 /// A batch of sealed records, as one row of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +47,7 @@ impl AuditKey {
     pub fn seal_batches<E: Sealable>(&self, chain: &str, first: u64, prev: Mac, events: &[E]) -> (Vec<Batch>, Mac) {
         let mut batches = Vec::new();
         let mut prev = prev;
-        let mut text: Vec<u8> = Vec::new();
+        let mut text = String::new();
         let mut open: Option<(u64, i64, i64)> = None;
         for (i, e) in events.iter().enumerate() {
             let seq = first + i as u64;
@@ -58,34 +60,37 @@ impl AuditKey {
             }
             open = Some(match open {
                 Some((start, lo, hi)) => {
-                    text.push(b'\n');
+                    text.push('\n');
                     (start, lo.min(ts), hi.max(ts))
                 }
                 None => {
-                    text.reserve(events.len().min(1024) * 400);
+                    // Room for every record left (a batch cut short by its
+                    // span keeps some unused): growing the text would move
+                    // what is written so far, and touch fresh memory.
+                    text.reserve(events[i..].iter().map(|e| e.body_len_hint() + LINE_EXTRA).sum());
                     (seq, ts, ts)
                 }
             });
             // The body is written in place and sealed where it lies.
-            write!(text, "{seq} ").expect("writing to memory");
+            text.push_str(itoa::Buffer::new().format(seq));
+            text.push(' ');
             let at = text.len();
             e.write_body(&mut text);
-            let mac = self.seal_bytes(chain, seq, &prev, &text[at..]);
-            text.push(b' ');
+            let mac = self.seal_bytes(chain, seq, &prev, &text.as_bytes()[at..]);
+            text.push(' ');
             let mut hex = [0u8; 64];
             hex::encode_to_slice(mac, &mut hex).expect("32 bytes are 64 hex digits");
-            text.extend_from_slice(&hex);
+            text.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
             prev = mac;
         }
         if let Some((start, lo, hi)) = open {
-            batches.push(close(start, first + events.len() as u64 - 1, lo, hi, text));
+            batches.push(close(start, first + (events.len() as u64 - 1), lo, hi, text));
         }
         (batches, prev)
     }
 }
 
-fn close(first: u64, last: u64, ts_min: i64, ts_max: i64, text: Vec<u8>) -> Batch {
-    let text = String::from_utf8(text).expect("numbers, JSON text and hex digits are UTF-8");
+fn close(first: u64, last: u64, ts_min: i64, ts_max: i64, text: String) -> Batch {
     Batch { first, last, ts_min, ts_max, text }
 }
 
@@ -143,6 +148,18 @@ mod tests {
         e.tool = Some(tool.into());
         e.reason = Some("a b  c\nd".into());
         e
+    }
+
+    #[test]
+    fn a_batch_text_is_written_where_it_was_reserved() {
+        // Records of the largest numbers: the line's extra room is enough,
+        // so the text never grows (growing would at least double it).
+        let entries: Vec<_> = (0..50).map(|i| event(&"x".repeat(i * 7), 1_000 + i as i64).entry()).collect();
+        let reserved: usize = entries.iter().map(|e| e.body_len_hint() + LINE_EXTRA).sum();
+        let (batches, _) = key().seal_batches("main", u64::MAX - 49, GENESIS, &entries);
+        assert_eq!(batches.len(), 1);
+        assert!(batches[0].text.len() <= reserved);
+        assert_eq!(batches[0].text.capacity(), reserved, "reserved once, never grown");
     }
 
     #[test]

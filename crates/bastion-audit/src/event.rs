@@ -111,13 +111,13 @@ impl Event {
     /// The record's stored text: the event's JSON, exactly as its
     /// `Serialize` writes it (see [`Event::write_body`]).
     pub fn to_body(&self) -> String {
-        let mut out = Vec::with_capacity(384);
+        let mut out = String::with_capacity(384);
         self.write_body(&mut out);
-        String::from_utf8(out).expect("JSON text is UTF-8")
+        out
     }
 
     /// Appends the record's stored text to `out` (see [`Fields::write_body`]).
-    pub fn write_body(&self, out: &mut Vec<u8>) {
+    pub fn write_body(&self, out: &mut String) {
         self.fields().write_body(out);
     }
 
@@ -228,9 +228,9 @@ impl<'a> Fields<'a> {
 
     /// The record written as the text it will be sealed as.
     pub fn entry(&self) -> Entry {
-        let mut out = Vec::with_capacity(384);
+        let mut out = String::with_capacity(384);
         self.write_body(&mut out);
-        Entry { ts: self.ts.timestamp_micros(), body: String::from_utf8(out).expect("JSON text is UTF-8") }
+        Entry { ts: self.ts.timestamp_micros(), body: out }
     }
 
     /// An event with these fields, owned.
@@ -267,14 +267,16 @@ impl<'a> Fields<'a> {
     /// spends most of its time escaping keys Bastion chose and formatting
     /// the time through `fmt`. A string with nothing to escape is copied
     /// as it is; one with something to escape, and `detail`, go to
-    /// serde_json. A unit test holds the two to the same bytes.
-    pub fn write_body(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"ts\":\"");
+    /// serde_json. A unit test holds the two to the same bytes. Written
+    /// into a `String`, so that neither the record nor the batch it joins
+    /// is checked for UTF-8 again.
+    pub fn write_body(&self, out: &mut String) {
+        out.push_str("{\"ts\":\"");
         match micros::rfc3339(&self.ts) {
-            Some(text) => out.extend_from_slice(&text),
-            None => out.extend_from_slice(self.ts.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes()),
+            Some(text) => out.push_str(std::str::from_utf8(&text).expect("digits are ASCII")),
+            None => out.push_str(&self.ts.to_rfc3339_opts(SecondsFormat::Micros, true)),
         }
-        out.push(b'"');
+        out.push('"');
         text_field(out, "kind", self.kind);
         text_field(out, "outcome", self.outcome.as_str());
         let texts = [
@@ -297,7 +299,7 @@ impl<'a> Fields<'a> {
         }
         if let Some(code) = self.error_code {
             key(out, "error_code");
-            out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+            out.push_str(itoa::Buffer::new().format(code));
         }
         if let Some(reason) = self.reason {
             text_field(out, "reason", reason);
@@ -307,14 +309,14 @@ impl<'a> Fields<'a> {
         {
             if let Some(n) = value {
                 key(out, name);
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.push_str(itoa::Buffer::new().format(n));
             }
         }
         if let Some(detail) = self.detail {
             key(out, "detail");
-            serde_json::to_writer(&mut *out, detail).expect("a JSON value always serializes");
+            serde_json::to_writer(Text(out), detail).expect("a JSON value always serializes");
         }
-        out.push(b'}');
+        out.push('}');
     }
 }
 
@@ -374,24 +376,40 @@ mod micros {
 }
 
 /// `,"name":` — names are Bastion's own and need no escaping.
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn key(out: &mut String, name: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+}
+
+/// serde_json writing into a `String`. It writes whole characters and
+/// escapes, so every piece is UTF-8 (and is checked: this is the path of
+/// the rare value with something to escape, and of `detail`).
+struct Text<'a>(&'a mut String);
+
+impl std::io::Write for Text<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `,"name":"value"`, the value escaped as serde_json escapes it.
-fn text_field(out: &mut Vec<u8>, name: &str, value: &str) {
+fn text_field(out: &mut String, name: &str, value: &str) {
     key(out, name);
     // Every byte looked at, none skipped early: the loop the compiler
     // makes wide. Most values (names, addresses, digests) escape nothing.
     let plain = !value.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
     if plain {
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
     } else {
-        serde_json::to_writer(&mut *out, value).expect("a string always serializes");
+        serde_json::to_writer(Text(out), value).expect("a string always serializes");
     }
 }
 
@@ -412,7 +430,12 @@ pub trait Sealable {
     /// Its time, in microseconds since the epoch.
     fn ts_micros(&self) -> i64;
     /// Appends its text to `out`.
-    fn write_body(&self, out: &mut Vec<u8>);
+    fn write_body(&self, out: &mut String);
+    /// About how long its text is: what a batch reserves for it, so that
+    /// the batch's text is not moved while it is written.
+    fn body_len_hint(&self) -> usize {
+        448
+    }
 }
 
 impl Sealable for Event {
@@ -420,7 +443,7 @@ impl Sealable for Event {
         Event::ts_micros(self)
     }
 
-    fn write_body(&self, out: &mut Vec<u8>) {
+    fn write_body(&self, out: &mut String) {
         Event::write_body(self, out);
     }
 }
@@ -430,8 +453,12 @@ impl Sealable for Entry {
         self.ts
     }
 
-    fn write_body(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.body.as_bytes());
+    fn write_body(&self, out: &mut String) {
+        out.push_str(&self.body);
+    }
+
+    fn body_len_hint(&self) -> usize {
+        self.body.len()
     }
 }
 
