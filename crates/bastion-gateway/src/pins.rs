@@ -244,7 +244,9 @@ impl Pins {
         {
             return v.clone();
         }
-        let verdict = Arc::new(self.decide_list(server, kind, list, modes, catalog_gen).await);
+        // Boxed: deciding reads and writes the store, a large future that
+        // would otherwise be held (and copied) in every call's.
+        let verdict = Arc::new(Box::pin(self.decide_list(server, kind, list, modes, catalog_gen)).await);
         if verdict.complete {
             let mut verdicts = self.verdicts.lock().expect("poisoned");
             // Lists no handle holds any more are forgotten.

@@ -742,9 +742,24 @@ impl UpstreamHandle {
     /// The live connection, connecting (or restarting, after the backoff
     /// delay) if there is none.
     async fn conn(&self) -> Result<Arc<Conn>, CallError> {
-        if let Some(c) = self.current.load_full()
-            && c.is_alive()
-        {
+        match self.live() {
+            Some(c) => Ok(c),
+            // Boxed: connecting is a large future, and without the box
+            // every call's future would hold room for it (and be copied
+            // with it) although nearly every call finds the connection up.
+            None => Box::pin(self.connect_when_down()).await,
+        }
+    }
+
+    /// The connection, if one is up.
+    fn live(&self) -> Option<Arc<Conn>> {
+        self.current.load_full().filter(|c| c.is_alive())
+    }
+
+    /// Connects, or restarts after the backoff delay; what another caller
+    /// connected meanwhile is used instead.
+    async fn connect_when_down(&self) -> Result<Arc<Conn>, CallError> {
+        if let Some(c) = self.live() {
             return Ok(c);
         }
         if let Some(u) = self.spec.unpinned.as_ref().filter(|u| u.refused) {
@@ -952,6 +967,18 @@ impl UpstreamHandle {
     /// All items of a list method (`tools/list` → `tools`), following the
     /// server's cursors, cached until the server says the list changed.
     pub async fn list_all(&self, method: &'static str, field: &'static str) -> Result<Arc<Vec<Value>>, CallError> {
+        // The list of a live connection is nearly always cached: that path
+        // awaits nothing, and fetching is boxed so that the futures of the
+        // calls that look at the list stay small.
+        if self.live().is_some()
+            && let Some(cached) = self.lists.lock().expect("poisoned").get(method)
+        {
+            return Ok(cached.clone());
+        }
+        Box::pin(self.fetch_list(method, field)).await
+    }
+
+    async fn fetch_list(&self, method: &'static str, field: &'static str) -> Result<Arc<Vec<Value>>, CallError> {
         let conn = self.conn().await?;
         if let Some(cached) = self.lists.lock().expect("poisoned").get(method) {
             return Ok(cached.clone());
@@ -1219,6 +1246,19 @@ mod tests {
         assert_eq!(alice.user.as_deref(), Some("alice"));
         assert!(!alice.is_per_user());
         assert_eq!(per_user.instances().len(), 3);
+    }
+
+    #[test]
+    fn a_call_holds_no_room_for_connecting_or_fetching_a_list() {
+        // Unboxed, each would hold the other (and be copied with it) on
+        // every call: the futures nest, so holding makes them larger.
+        let h = handle(spec(&[]));
+        let call = std::mem::size_of_val(&h.call("tools/call", None, Caller::Gateway));
+        let connect = std::mem::size_of_val(&h.connect_when_down());
+        assert!(call < connect, "a call's future ({call} bytes) holds the connecting one ({connect})");
+        let list = std::mem::size_of_val(&h.list_all("tools/list", "tools"));
+        let fetch = std::mem::size_of_val(&h.fetch_list("tools/list", "tools"));
+        assert!(list < fetch && list < call, "looking up a list ({list} bytes) holds fetching it ({fetch})");
     }
 
     #[tokio::test]
