@@ -1250,8 +1250,8 @@ mod tests {
 
     #[test]
     fn a_call_holds_no_room_for_connecting_or_fetching_a_list() {
-        // Unboxed, each would hold the other (and be copied with it) on
-        // every call: the futures nest, so holding makes them larger.
+        // Unboxed, connecting's future (and fetching a list's) would be
+        // part of every call's, and copied with it on every call.
         let h = handle(spec(&[]));
         let call = std::mem::size_of_val(&h.call("tools/call", None, Caller::Gateway));
         let connect = std::mem::size_of_val(&h.connect_when_down());
