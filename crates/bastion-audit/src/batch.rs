@@ -49,6 +49,8 @@ impl AuditKey {
         let mut prev = prev;
         let mut text = String::new();
         let mut open: Option<(u64, i64, i64)> = None;
+        // What the records not yet written will take, counted once.
+        let mut left: usize = events.iter().map(|e| e.body_len_hint() + LINE_EXTRA).sum();
         for (i, e) in events.iter().enumerate() {
             let seq = first + i as u64;
             let ts = e.ts_micros();
@@ -67,7 +69,7 @@ impl AuditKey {
                     // Room for every record left (a batch cut short by its
                     // span keeps some unused): growing the text would move
                     // what is written so far, and touch fresh memory.
-                    text.reserve(events[i..].iter().map(|e| e.body_len_hint() + LINE_EXTRA).sum());
+                    text.reserve(left);
                     (seq, ts, ts)
                 }
             });
@@ -82,6 +84,7 @@ impl AuditKey {
             hex::encode_to_slice(mac, &mut hex).expect("32 bytes are 64 hex digits");
             text.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
             prev = mac;
+            left -= e.body_len_hint() + LINE_EXTRA;
         }
         if let Some((start, lo, hi)) = open {
             batches.push(close(start, first + (events.len() as u64 - 1), lo, hi, text));
