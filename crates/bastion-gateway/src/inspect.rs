@@ -140,25 +140,26 @@ pub(crate) fn inspects(gw: &Gateway, scope: &Scope, req: &Request) -> bool {
 
 /// A server's request on its way to a client (`sampling/createMessage`,
 /// `elicitation/create`): masked in place, or refused — the error goes
-/// back to the server and the client never sees the request. Found values
-/// are logged (the request belongs to a call whose audit record is made
-/// elsewhere).
+/// back to the server and the client never sees the request. What is
+/// found is logged, and audited as a `guard.relayed` record of `owner`,
+/// the user whose call the request belongs to.
 pub(crate) fn server_request(
-    guard: Option<&crate::gateway::GuardCell>,
-    server: &str,
+    ctx: &crate::upstream::ConnContext,
+    owner: Option<&str>,
     method: &str,
     params: &mut Option<Value>,
 ) -> Result<(), Value> {
-    let (Some(guard), Some(shape), Some(value)) = (guard, Shape::of(method, false), params.as_mut()) else {
+    let (Some(guard), Some(shape), Some(value)) = (ctx.guard.as_ref(), Shape::of(method, false), params.as_mut())
+    else {
         return Ok(());
     };
     let guard = guard.load();
-    let scope = GuardScope::server(server);
+    let scope = GuardScope::server(&ctx.server);
     if !guard.watches(scope, shape.direction()) {
         return Ok(());
     }
     let verdict = guard.inspect_message(shape, value, scope);
-    log_hits(method, verdict.hits());
+    relayed_hits(ctx, owner, method, verdict.hits());
     match verdict {
         Verdict::Block { hit } => Err(error_object(jsonrpc::FORBIDDEN, hit.refusal())),
         Verdict::Pass { .. } => Ok(()),
@@ -166,24 +167,48 @@ pub(crate) fn server_request(
 }
 
 /// A client's answer to a server's request, on its way back to the
-/// server: masked in place, or turned into a refusal.
+/// server: masked in place, or turned into a refusal; what is found is
+/// logged and audited as for [`server_request`].
 pub(crate) fn client_answer(
-    guard: Option<&crate::gateway::GuardCell>,
-    server: &str,
+    ctx: &crate::upstream::ConnContext,
+    owner: Option<&str>,
     method: &str,
     outcome: &mut Outcome,
 ) {
-    let (Some(guard), Some(shape), Ok(value)) = (guard, Shape::of(method, true), outcome.as_mut()) else { return };
+    let (Some(guard), Some(shape), Ok(value)) = (ctx.guard.as_ref(), Shape::of(method, true), outcome.as_mut()) else {
+        return;
+    };
     let guard = guard.load();
-    let scope = GuardScope::server(server);
+    let scope = GuardScope::server(&ctx.server);
     if !guard.watches(scope, shape.direction()) {
         return;
     }
     let verdict = guard.inspect_message(shape, value, scope);
-    log_hits(method, verdict.hits());
+    relayed_hits(ctx, owner, method, verdict.hits());
     if let Verdict::Block { hit } = verdict {
         *outcome = Err(error_object(jsonrpc::FORBIDDEN, hit.refusal()));
     }
+}
+
+/// Logs and audits what the guard found in a relayed message: one record
+/// for the message, denied when a detector refused it, with the hits (never
+/// the values) as its detail.
+fn relayed_hits(ctx: &crate::upstream::ConnContext, owner: Option<&str>, method: &str, hits: &[Hit]) {
+    if hits.is_empty() {
+        return;
+    }
+    log_hits(method, hits);
+    let Some(audit) = &ctx.audit else { return };
+    let policy = deciding(hits);
+    let outcome = if policy.is_some() { bastion_audit::Outcome::Denied } else { bastion_audit::Outcome::Ok };
+    let mut event = bastion_audit::Event::new("guard.relayed", outcome);
+    event.user = owner.or(ctx.user.as_deref()).map(str::to_owned);
+    event.server = Some(ctx.server.to_string());
+    event.method = Some(method.to_owned());
+    event.policy = policy;
+    event.detail = Some(serde_json::json!({ "guard": hits }));
+    let audit = audit.clone();
+    tokio::spawn(async move { audit.record(event).await });
 }
 
 fn log_hits(method: &str, hits: &[Hit]) {

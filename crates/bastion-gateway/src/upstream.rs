@@ -332,6 +332,8 @@ pub(crate) struct ConnContext {
     /// The data guard, for the server's requests relayed to a client
     /// (sampling, elicitation) and the client's answers.
     pub guard: Option<crate::gateway::GuardCell>,
+    /// The audit trail, for what the guard finds in relayed messages.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl ConnContext {
@@ -870,6 +872,7 @@ impl UpstreamHandle {
             log_level: self.log_level.clone(),
             user: self.user.clone(),
             guard: self.guard.clone(),
+            audit: self.audit.clone(),
         };
         match &self.spec.transport {
             Transport::Stdio { command, args, env, cwd } => {

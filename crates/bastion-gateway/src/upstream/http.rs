@@ -564,8 +564,8 @@ impl EventSizeCounter {
 
 /// Hands a server request to the call's client and posts the answer back.
 fn relay_request(inner: &Inner, id: Value, method: String, mut params: Option<Value>, sink: Option<&EventSink>) {
-    let guard = inner.ctx.guard.clone();
-    let server = inner.ctx.server.clone();
+    let ctx = inner.ctx.clone();
+    let owner: Option<Arc<str>> = sink.map(|s| Arc::from(s.owner()));
     let client = inner.client.clone();
     let url = inner.url.clone();
     let headers = inner.headers.clone();
@@ -575,7 +575,7 @@ fn relay_request(inner: &Inner, id: Value, method: String, mut params: Option<Va
     let (tx, rx) = oneshot::channel();
     let local = inner.ctx.answer_locally(&method);
     let refused = match local {
-        None => crate::inspect::server_request(guard.as_ref(), &server, &method, &mut params).err(),
+        None => crate::inspect::server_request(&ctx, owner.as_deref(), &method, &mut params).err(),
         Some(_) => None,
     };
     let delivered = match (&local, &refused, sink) {
@@ -597,7 +597,7 @@ fn relay_request(inner: &Inner, id: Value, method: String, mut params: Option<Va
                 Ok(Err(_)) => Err(error_object(jsonrpc::INTERNAL_ERROR, "the client went away")),
                 Err(_) => Err(error_object(jsonrpc::REQUEST_TIMEOUT, "the client did not answer in time")),
             };
-            crate::inspect::client_answer(guard.as_ref(), &server, &method, &mut outcome);
+            crate::inspect::client_answer(&ctx, owner.as_deref(), &method, &mut outcome);
             outcome
         };
         let body = match outcome {

@@ -244,9 +244,8 @@ impl Mux {
             )));
             return;
         };
-        let guard = self.ctx.guard.clone();
-        let server = self.ctx.server.clone();
-        if let Err(refusal) = crate::inspect::server_request(guard.as_ref(), &server, &method, &mut params) {
+        let owner: Arc<str> = Arc::from(sink.owner());
+        if let Err(refusal) = crate::inspect::server_request(&self.ctx, Some(&owner), &method, &mut params) {
             respond(Err(refusal));
             return;
         }
@@ -256,13 +255,14 @@ impl Mux {
             return;
         }
         let timeout = self.ctx.call_timeout;
+        let ctx = self.ctx.clone();
         tokio::spawn(async move {
             let mut outcome = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(o)) => o,
                 Ok(Err(_)) => Err(error_object(jsonrpc::INTERNAL_ERROR, "the client went away")),
                 Err(_) => Err(error_object(jsonrpc::REQUEST_TIMEOUT, "the client did not answer in time")),
             };
-            crate::inspect::client_answer(guard.as_ref(), &server, &method, &mut outcome);
+            crate::inspect::client_answer(&ctx, Some(&owner), &method, &mut outcome);
             respond(outcome);
         });
     }
@@ -330,6 +330,7 @@ mod tests {
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
             user: None,
             guard: None,
+            audit: None,
         };
         (Arc::new(Mux::new(ctx, Outbound::Channel(out_tx))), out_rx, n_rx)
     }

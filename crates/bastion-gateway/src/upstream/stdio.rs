@@ -358,6 +358,7 @@ pub(super) mod tests {
             log_level: Arc::new(std::sync::atomic::AtomicU8::new(crate::upstream::NO_LEVEL)),
             user: None,
             guard: None,
+            audit: None,
         }
     }
 

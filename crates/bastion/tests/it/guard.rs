@@ -233,4 +233,22 @@ async fn sampling_requests_and_elicitation_answers_are_read_too() {
     let out = run.ok();
     let text = out["text"].as_str().unwrap_or_default();
     assert!(text.contains("card ") && !text.contains(CARD), "the server got the card: {out}");
+
+    // Each finding is audited, in the name of the user whose call the
+    // relayed message belongs to: where and what, never the value.
+    let relayed = eventually(WAIT, "the relayed findings audited", || async {
+        let records = crate::harness::audit_export(&gw, &["--user", "sampled"]);
+        let relayed: Vec<Value> = records.into_iter().filter(|r| r["kind"] == "guard.relayed").collect();
+        (relayed.len() >= 2).then_some(relayed)
+    })
+    .await;
+    for (method, detector) in [("sampling/createMessage", "kr_rrn"), ("elicitation/create", "credit_card")] {
+        let r = relayed.iter().find(|r| r["method"] == method).unwrap_or_else(|| panic!("{method}: {relayed:?}"));
+        assert_eq!(r["server"], "sampler", "{r}");
+        assert_eq!(r["outcome"], "ok", "masked, not refused: {r}");
+        let hits = r["detail"]["guard"].as_array().unwrap_or_else(|| panic!("no hits: {r}"));
+        assert!(hits.iter().any(|h| h["detector"] == detector && h["action"] == "mask"), "{r}");
+    }
+    let all = serde_json::to_string(&relayed).unwrap();
+    assert!(!all.contains(RRN) && !all.contains(CARD), "a value in the audit trail: {all}");
 }
