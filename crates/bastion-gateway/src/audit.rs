@@ -594,6 +594,26 @@ struct Writer {
     wake: Arc<Notify>,
 }
 
+/// Seals a batch of records on a blocking thread. Sealing hashes every
+/// record, a thousand of them in a busy gateway's batch: on the runtime's
+/// thread that half a millisecond would be taken from answering requests,
+/// and the runtime's threads are what limit a gateway's rate. Only the
+/// batch crosses, once each way. Should the blocking thread not run (the
+/// runtime shutting down), the batch is sealed here.
+async fn seal_aside(
+    key: Arc<AuditKey>,
+    chain: String,
+    first: u64,
+    prev: bastion_audit::Mac,
+    events: Arc<Vec<Entry>>,
+) -> (Vec<bastion_audit::Batch>, bastion_audit::Mac) {
+    let (k, c, e) = (key.clone(), chain.clone(), events.clone());
+    match tokio::task::spawn_blocking(move || k.seal_batches(&c, first, prev, &e)).await {
+        Ok(sealed) => sealed,
+        Err(_) => key.seal_batches(&chain, first, prev, &events),
+    }
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut events: Vec<Entry> = Vec::with_capacity(self.batch);
@@ -643,7 +663,7 @@ impl Writer {
             if let Some(s) = &mut self.stream {
                 s.write(&events);
             }
-            self.write(&events).await;
+            self.write(&mut events).await;
             events.clear();
             for done in flushes.drain(..) {
                 let _ = done.send(());
@@ -651,8 +671,10 @@ impl Writer {
         }
     }
 
-    /// Writes a batch after whatever is spooled, or spools it.
-    async fn write(&mut self, events: &[Entry]) {
+    /// Writes a batch after whatever is spooled, or spools it. The
+    /// records are sealed on a blocking thread (see [`seal_aside`]) and
+    /// given back in `events`.
+    async fn write(&mut self, events: &mut Vec<Entry>) {
         if self.spool.len > 0 {
             self.replay().await;
         }
@@ -660,7 +682,13 @@ impl Writer {
             return;
         }
         if self.spool.len == 0 {
-            match self.store.append_audit(&self.key, &self.chain, events).await {
+            let shared = Arc::new(std::mem::take(events));
+            let seal = |first, prev| seal_aside(self.key.clone(), self.chain.clone(), first, prev, shared.clone());
+            let written = self.store.append_audit_sealed(&self.chain, shared.len(), seal).await;
+            // Every other holder is done with the records once the
+            // append has returned.
+            *events = Arc::try_unwrap(shared).unwrap_or_else(|s| s.as_ref().clone());
+            match written {
                 Ok(_) => {
                     self.counts.written.fetch_add(events.len() as u64, Ordering::Relaxed);
                     if self.warned {
@@ -672,7 +700,7 @@ impl Writer {
                 Err(e) => self.note_failure(&e),
             }
         }
-        match self.spool.append(events) {
+        match self.spool.append(events.as_slice()) {
             Ok(()) => {
                 self.counts.spooled.fetch_add(events.len() as u64, Ordering::Relaxed);
             }

@@ -15,7 +15,7 @@
 //! the head takes the last record's MAC. A failed transaction leaves no
 //! trace, so the batch can be retried whole.
 
-use bastion_audit::{AuditKey, GENESIS, Head, Mac, SPAN_MICROS, Sealable, Stored, read_batch};
+use bastion_audit::{AuditKey, Batch, GENESIS, Head, Mac, SPAN_MICROS, Sealable, Stored, read_batch};
 
 use crate::db::{Fields, on_pool};
 use crate::store::{Store, StoreError};
@@ -136,7 +136,20 @@ impl Store {
         chain: &str,
         events: &[E],
     ) -> Result<u64, StoreError> {
-        let n = i64::try_from(events.len()).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
+        let seal = |first, prev| std::future::ready(key.seal_batches(chain, first, prev, events));
+        self.append_audit_sealed(chain, events.len(), seal).await
+    }
+
+    /// [`Store::append_audit`] for `count` records sealed by `seal`, which
+    /// is given the first one's number and the MAC it is chained to once
+    /// the transaction knows them, and returns their batches and the last
+    /// one's MAC (`AuditKey::seal_batches`, wherever the caller runs it).
+    pub async fn append_audit_sealed<F, Fut>(&self, chain: &str, count: usize, seal: F) -> Result<u64, StoreError>
+    where
+        F: FnOnce(u64, Mac) -> Fut,
+        Fut: std::future::Future<Output = (Vec<Batch>, Mac)>,
+    {
+        let n = i64::try_from(count).map_err(|_| StoreError::Invalid("too many audit records".into()))?;
         on_pool!(self.appender.as_ref().unwrap_or(&self.pool), p => {
             let mut tx = p.begin().await?;
             // One statement creates the head or moves it, taking the
@@ -152,7 +165,7 @@ impl Store {
             .await?;
             let last = seq_of(row.int("seq")?, "head")?;
             let prev = mac_of(row.bytes("mac")?, "head")?;
-            let (batches, head_mac) = key.seal_batches(chain, last + 1 - events.len() as u64, prev, events);
+            let (batches, head_mac) = seal(last + 1 - count as u64, prev).await;
             for b in batches {
                 // The text is moved into the statement, not copied.
                 sqlx::query(
@@ -168,7 +181,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            if !events.is_empty() {
+            if count > 0 {
                 sqlx::query("UPDATE audit_heads SET mac = $2 WHERE chain = $1")
                     .bind(chain)
                     .bind(&head_mac[..])
@@ -415,6 +428,32 @@ mod tests {
 
     fn records(batches: &[AuditBatch]) -> Vec<Stored> {
         batches.iter().flat_map(|b| b.records.clone()).collect()
+    }
+
+    /// A caller sealing records elsewhere is told where the chain stands
+    /// inside the transaction, and its batches join the chain as if the
+    /// store had sealed them.
+    #[tokio::test]
+    async fn records_sealed_by_the_caller_join_the_chain_where_it_stands() {
+        on_both(async |s: Store| {
+            let k = std::sync::Arc::new(key());
+            s.append_audit(&k, "main", &[event("alice", "a", 1_000), event("bob", "b", 2_000)]).await.unwrap();
+            let head = s.audit_head("main").await.unwrap().unwrap();
+            let events = std::sync::Arc::new(vec![event("carol", "c", 3_000), event("dave", "d", 4_000)]);
+            let asked = std::sync::Mutex::new(None);
+            let seal = |first, prev| {
+                *asked.lock().unwrap() = Some((first, prev));
+                let (k, e) = (k.clone(), events.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || k.seal_batches("main", first, prev, &e)).await.unwrap()
+                }
+            };
+            assert_eq!(s.append_audit_sealed("main", events.len(), seal).await.unwrap(), 4);
+            assert_eq!(asked.lock().unwrap().take(), Some((3, head.mac)));
+            let v = verify(&s, "main").await.unwrap();
+            assert_eq!((v.records, v.last), (4, 4));
+        })
+        .await;
     }
 
     #[tokio::test]
