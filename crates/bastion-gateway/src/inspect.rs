@@ -149,20 +149,9 @@ pub(crate) fn server_request(
     method: &str,
     params: &mut Option<Value>,
 ) -> Result<(), Value> {
-    let (Some(guard), Some(shape), Some(value)) = (ctx.guard.as_ref(), Shape::of(method, false), params.as_mut())
-    else {
-        return Ok(());
-    };
-    let guard = guard.load();
-    let scope = GuardScope::server(&ctx.server);
-    if !guard.watches(scope, shape.direction()) {
-        return Ok(());
-    }
-    let verdict = guard.inspect_message(shape, value, scope);
-    relayed_hits(ctx, owner, method, verdict.hits());
-    match verdict {
-        Verdict::Block { hit } => Err(error_object(jsonrpc::FORBIDDEN, hit.refusal())),
-        Verdict::Pass { .. } => Ok(()),
+    match params.as_mut() {
+        Some(value) => relayed(ctx, owner, method, false, value),
+        None => Ok(()),
     }
 }
 
@@ -175,18 +164,34 @@ pub(crate) fn client_answer(
     method: &str,
     outcome: &mut Outcome,
 ) {
-    let (Some(guard), Some(shape), Ok(value)) = (ctx.guard.as_ref(), Shape::of(method, true), outcome.as_mut()) else {
-        return;
-    };
+    if let Ok(value) = outcome.as_mut()
+        && let Err(refusal) = relayed(ctx, owner, method, true, value)
+    {
+        *outcome = Err(refusal);
+    }
+}
+
+/// Reads a relayed message (a server's request, or with `answer` the
+/// client's answer to it) with the connection's guard: masked in place, or
+/// the refusal to send instead.
+fn relayed(
+    ctx: &crate::upstream::ConnContext,
+    owner: Option<&str>,
+    method: &str,
+    answer: bool,
+    value: &mut Value,
+) -> Result<(), Value> {
+    let (Some(guard), Some(shape)) = (ctx.guard.as_ref(), Shape::of(method, answer)) else { return Ok(()) };
     let guard = guard.load();
     let scope = GuardScope::server(&ctx.server);
     if !guard.watches(scope, shape.direction()) {
-        return;
+        return Ok(());
     }
     let verdict = guard.inspect_message(shape, value, scope);
     relayed_hits(ctx, owner, method, verdict.hits());
-    if let Verdict::Block { hit } = verdict {
-        *outcome = Err(error_object(jsonrpc::FORBIDDEN, hit.refusal()));
+    match verdict {
+        Verdict::Block { hit } => Err(error_object(jsonrpc::FORBIDDEN, hit.refusal())),
+        Verdict::Pass { .. } => Ok(()),
     }
 }
 
