@@ -484,6 +484,15 @@ pub struct HttpConfig {
     /// Default 256.
     #[serde(default = "default_descriptor_headroom")]
     pub descriptor_headroom: usize,
+    /// Reverse proxies in front of the gateway (addresses or CIDR blocks).
+    /// A request whose TCP peer is one of them is taken to come from the
+    /// address its `X-Forwarded-For` names (the last hop not itself a
+    /// trusted proxy): that is the client address the audit trail, the
+    /// anomaly signals and traces record. Default none: the peer's
+    /// address, whatever a client sends. `/metrics` always answers by the
+    /// peer's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -504,6 +513,7 @@ impl Default for HttpConfig {
             stream_queue_bytes: default_stream_queue(),
             stream_queue_total_bytes: default_stream_queue_total(),
             descriptor_headroom: default_descriptor_headroom(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

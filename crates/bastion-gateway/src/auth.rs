@@ -88,6 +88,57 @@ impl Origin {
     }
 }
 
+/// The client's address: the TCP peer's, or, when the peer is one of the
+/// `trusted` proxies (`http.trusted_proxies`), the last address of
+/// `X-Forwarded-For` that is not itself a trusted proxy. Each proxy
+/// appends the address it was reached from, so the list is read from the
+/// right, and what stands left of the first untrusted hop is that hop's
+/// own say, not believed. A hop that is not an address (`unknown`, an
+/// obfuscated name, garbage) ends the walk at the last trusted one.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &http::HeaderMap,
+    trusted: &[bastion_core::config::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if trusted.is_empty() || !is_trusted(peer) {
+        return Some(peer);
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").rsplit(','))
+        .map(|hop| forwarded_address(hop.trim()));
+    let mut client = peer;
+    for hop in hops {
+        match hop {
+            Some(ip) if is_trusted(ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => break,
+        }
+    }
+    Some(client)
+}
+
+/// A `X-Forwarded-For` entry's address: `192.0.2.7`, `2001:db8::1`, and the
+/// forms some proxies write with a port (`192.0.2.7:4711`,
+/// `[2001:db8::1]:4711`) or brackets.
+fn forwarded_address(hop: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = hop.parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sock) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip().to_canonical());
+    }
+    hop.strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|ip| std::net::IpAddr::V6(ip).to_canonical())
+}
+
 impl Principal {
     /// The principal used when authentication is explicitly disabled.
     pub fn anonymous() -> Principal {
@@ -380,6 +431,50 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_first_untrusted_hop() {
+        use bastion_core::config::IpNet;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap(), IpNet::parse("::1").unwrap()];
+        let proxy = Some(ip("10.0.0.2"));
+        let client = |peer, h: &HeaderMap, t: &[IpNet]| client_ip(peer, h, t).map(|a| a.to_string());
+        // No proxy trusted: the peer, whatever the header says.
+        assert_eq!(client(Some(ip("192.0.2.9")), &xff(&["198.51.100.1"]), &[]).unwrap(), "192.0.2.9");
+        // A peer that is not a trusted proxy cannot name another client.
+        assert_eq!(client(Some(ip("192.0.2.9")), &xff(&["198.51.100.1"]), &trusted).unwrap(), "192.0.2.9");
+        // Through one proxy; through two (the inner hop trusted too).
+        assert_eq!(client(proxy, &xff(&["198.51.100.1"]), &trusted).unwrap(), "198.51.100.1");
+        assert_eq!(client(proxy, &xff(&["198.51.100.1, 10.1.1.1"]), &trusted).unwrap(), "198.51.100.1");
+        // What a client wrote itself stands left of its own address: not believed.
+        assert_eq!(client(proxy, &xff(&["203.0.113.66, 198.51.100.1"]), &trusted).unwrap(), "198.51.100.1");
+        // Several headers are one list, in order.
+        assert_eq!(client(proxy, &xff(&["203.0.113.66", "198.51.100.1,10.0.0.3"]), &trusted).unwrap(), "198.51.100.1");
+        // Ports and brackets; an IPv4 client in IPv6 form; IPv6.
+        assert_eq!(client(proxy, &xff(&["198.51.100.1:4711"]), &trusted).unwrap(), "198.51.100.1");
+        assert_eq!(client(proxy, &xff(&["[2001:db8::7]:4711"]), &trusted).unwrap(), "2001:db8::7");
+        assert_eq!(client(proxy, &xff(&["[2001:db8::7]"]), &trusted).unwrap(), "2001:db8::7");
+        assert_eq!(client(proxy, &xff(&["::ffff:198.51.100.1"]), &trusted).unwrap(), "198.51.100.1");
+        assert_eq!(client(Some(ip("::1")), &xff(&["2001:db8::7"]), &trusted).unwrap(), "2001:db8::7");
+        // No header, an empty one, garbage, `unknown`: the last trusted hop.
+        assert_eq!(client(proxy, &HeaderMap::new(), &trusted).unwrap(), "10.0.0.2");
+        assert_eq!(client(proxy, &xff(&[""]), &trusted).unwrap(), "10.0.0.2");
+        assert_eq!(client(proxy, &xff(&["198.51.100.1, unknown"]), &trusted).unwrap(), "10.0.0.2");
+        assert_eq!(client(proxy, &xff(&["198.51.100.1, garbage, 10.0.0.5"]), &trusted).unwrap(), "10.0.0.5");
+        let mut bytes = HeaderMap::new();
+        bytes.insert("x-forwarded-for", http::HeaderValue::from_bytes(b"198.51.100.1\xff").unwrap());
+        assert_eq!(client(proxy, &bytes, &trusted).unwrap(), "10.0.0.2");
+        // Every hop a trusted proxy: the first of them.
+        assert_eq!(client(proxy, &xff(&["10.9.9.9, 10.0.0.3"]), &trusted).unwrap(), "10.9.9.9");
+        assert_eq!(client(None, &xff(&["198.51.100.1"]), &trusted), None);
     }
 
     #[test]

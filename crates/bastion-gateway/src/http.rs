@@ -170,7 +170,8 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     let cert = req.extensions().get::<ClientCert>().cloned();
-    let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client_ip = crate::auth::client_ip(peer, req.headers(), &gw.runtime().config.http.trusted_proxies);
     let mut origin = Origin::from_request(client_ip, req.headers());
     // With tracing on, the audit trail names the trace the request's spans are in.
     if let Some(t) = req.extensions().get::<crate::telemetry::RequestTraceId>() {

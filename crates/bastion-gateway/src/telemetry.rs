@@ -223,10 +223,11 @@ pub async fn trace(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next)
         bastion.request_id = Empty,
     );
     let _ = span.set_parent(client_context(req.headers()));
-    if let Some(ip) = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()) {
+    let rt = arc_swap::Guard::into_inner(gw.runtime());
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = crate::auth::client_ip(peer, req.headers(), &rt.config.http.trusted_proxies) {
         span.record("client.address", tracing::field::display(ip));
     }
-    let rt = arc_swap::Guard::into_inner(gw.runtime());
     let masked = &rt.config.log.redact_headers;
     if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
         let shown = bastion_core::redact::header_value("user-agent", ua, masked);

@@ -174,7 +174,8 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
         Ok(()) => next.run(req).await,
         Err((reason, refused)) => {
             if let Some(audit) = &policy.gw.audit {
-                audit.record(refused_event(&req, &path, reason)).await;
+                let event = refused_event(&req, &path, reason, &policy.gw.runtime().config.http.trusted_proxies);
+                audit.record(event).await;
             }
             refused
         }
@@ -201,8 +202,14 @@ pub async fn guard(State(policy): State<Arc<HostPolicy>>, mut req: Request, next
 /// the header's value (a DNS-rebinding page's host name is the attacker's
 /// text). Repeated refusals from one address feed the anomaly signal of
 /// repeated denials.
-fn refused_event(req: &Request, path: &str, reason: &'static str) -> bastion_audit::Event {
-    let client_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+fn refused_event(
+    req: &Request,
+    path: &str,
+    reason: &'static str,
+    trusted: &[bastion_core::config::IpNet],
+) -> bastion_audit::Event {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client_ip = crate::auth::client_ip(peer, req.headers(), trusted);
     let origin = crate::auth::Origin::from_request(client_ip, req.headers());
     let mut event = crate::audit::origin_event("http.refused", bastion_audit::Outcome::Denied, &origin);
     event.reason = Some(reason.into());

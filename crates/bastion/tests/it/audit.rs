@@ -152,6 +152,51 @@ async fn every_request_is_recorded_without_its_arguments() {
     assert!(text.contains("intact"), "{text}");
 }
 
+/// Behind a reverse proxy named in `http.trusted_proxies`, the trail
+/// records the client the proxy saw (the last `X-Forwarded-For` hop that is
+/// not a trusted proxy), for calls, refused credentials and requests
+/// refused at the edge alike; what a client wrote into the header itself
+/// is not believed, and a peer that is not a trusted proxy cannot choose
+/// the address it is recorded under.
+#[tokio::test]
+async fn the_client_behind_a_trusted_proxy_is_recorded_and_nobody_else_picks_an_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "echo__echo", "arguments": {"text": "through a proxy"}}});
+    let mut proxied = config(&dir.path().join("a.jsonl"));
+    proxied["http"] = json!({"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"]});
+    let gw = Gateway::start(proxied);
+    let key = gw.create_key("alice", &[]);
+    let alice = Mcp::session(gw.url("/mcp"), &key, "2025-11-25").await;
+    let ok = alice.post_with(&call, &[("x-forwarded-for", "203.0.113.66, 198.51.100.7, 10.1.2.3")]).await;
+    assert!(ok.status == 200 && ok.rpc().get("result").is_some(), "{}", ok.text);
+    let forged = Mcp::stateless(gw.url("/mcp"), "bst_notakeyatall0000000000000000000000");
+    assert_eq!(forged.post_with(&call, &[("x-forwarded-for", "198.51.100.8")]).await.status, 401);
+    let foreign =
+        alice.post_with(&call, &[("x-forwarded-for", "198.51.100.9"), ("origin", "http://elsewhere.example")]).await;
+    assert_eq!(foreign.status, 403);
+    // Without the header, the proxy is the client.
+    assert_eq!(alice.post_with(&call, &[]).await.status, 200);
+    let calls = records(&gw, &["--kind", "mcp.request", "--tool", "echo"], 2).await;
+    let mut addresses: Vec<&str> = calls.iter().filter_map(|r| r["client_ip"].as_str()).collect();
+    addresses.sort_unstable();
+    assert_eq!(addresses, ["127.0.0.1", "198.51.100.7"], "{calls:?}");
+    let failures = records(&gw, &["--kind", "auth.failure"], 1).await;
+    assert_eq!(failures[0]["client_ip"], "198.51.100.8", "{failures:?}");
+    let refused = records(&gw, &["--kind", "http.refused"], 1).await;
+    assert_eq!(refused[0]["client_ip"], "198.51.100.9", "{refused:?}");
+
+    // The same request from a peer that is not a trusted proxy.
+    let mut direct = config(&dir.path().join("b.jsonl"));
+    direct["http"] = json!({"trusted_proxies": ["10.0.0.0/8"]});
+    let gw = Gateway::start(direct);
+    let alice = Mcp::session(gw.url("/mcp"), &gw.create_key("alice", &[]), "2025-11-25").await;
+    let ok = alice.post_with(&call, &[("x-forwarded-for", "198.51.100.7")]).await;
+    assert!(ok.status == 200 && ok.rpc().get("result").is_some(), "{}", ok.text);
+    let calls = records(&gw, &["--kind", "mcp.request", "--tool", "echo"], 1).await;
+    assert_eq!(calls[0]["client_ip"], "127.0.0.1", "{calls:?}");
+}
+
 /// Another principal's session id gets the 404 of a session that does not
 /// exist, and is audited as a denial; a made-up one as an error. So are
 /// messages refused before any phase ran: not JSON, not JSON-RPC, or
