@@ -269,7 +269,10 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
         if !failed.is_empty() {
             bail!("smoke run had failing requests: {}", failed.join("; "));
         }
-        if report.runs.is_empty() || !report.skipped.is_empty() {
+        // Nothing run at all is a failure; a run of paired comparisons
+        // alone (`--pairings`) has no single runs.
+        let nothing = report.runs.is_empty() && report.paired.iter().all(|c| c.rounds.is_empty());
+        if nothing || !report.skipped.is_empty() {
             bail!("smoke run skipped scenarios: see the report");
         }
     }
