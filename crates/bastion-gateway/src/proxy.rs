@@ -410,10 +410,21 @@ pub(crate) fn resolve_name<'a>(
     if !scope.prefixed() {
         return Ok((single(gw, scope)?, name));
     }
-    let unknown = || invalid_params(format!("Unknown tool or prompt: {name}"));
+    let unknown = || invalid_params(format!("Unknown tool or prompt: {}", shown(name)));
     let (server, inner) = naming::split_name(name).ok_or_else(unknown)?;
     let handle = gw.servers_in(scope).into_iter().find(|h| h.name() == server).ok_or_else(unknown)?;
     Ok((handle, inner))
+}
+
+/// A client's name as an error message repeats it: whole up to 128 bytes,
+/// else its first 128 (at a character's boundary) and `…`, so that a
+/// megabyte of name is not sent back.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 128;
+    if name.len() <= MAX {
+        return name.into();
+    }
+    format!("{}…", &name[..name.floor_char_boundary(MAX)]).into()
 }
 
 pub(crate) fn resolve_uri<'a>(
@@ -424,7 +435,7 @@ pub(crate) fn resolve_uri<'a>(
     if !scope.prefixed() {
         return Ok((single(gw, scope)?, uri));
     }
-    let unknown = || invalid_params(format!("Unknown resource: {uri}"));
+    let unknown = || invalid_params(format!("Unknown resource: {}", shown(uri)));
     let (server, inner) = naming::split_uri(uri).ok_or_else(unknown)?;
     let handle = gw.servers_in(scope).into_iter().find(|h| h.name() == server).ok_or_else(unknown)?;
     Ok((handle, inner))
@@ -732,6 +743,17 @@ fn decode_cursor(c: &str, method: &str, scope: &Scope) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_shown_cut_at_a_character() {
+        assert_eq!(shown("gh__search"), "gh__search");
+        let exact = "a".repeat(128);
+        assert_eq!(shown(&exact), exact);
+        assert_eq!(shown(&"a".repeat(5000)), format!("{}…", "a".repeat(128)));
+        // 127 bytes, then a 2-byte character across the limit.
+        let across = format!("{}é{}", "a".repeat(127), "b".repeat(10));
+        assert_eq!(shown(&across), format!("{}…", "a".repeat(127)));
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

@@ -102,6 +102,11 @@ async fn unknown_tool(s: &Shared) {
     assert_eq!(r.rpc()["error"]["code"], -32602, "{}", r.text);
     let r = m.request("tools/call", json!({"name": "no_prefix_at_all", "arguments": {}})).await;
     assert_eq!(r.rpc()["error"]["code"], -32602, "{}", r.text);
+    // A long name is not sent back whole.
+    let long = format!("nope__{}", "x".repeat(10_000));
+    let r = m.request("tools/call", json!({"name": long, "arguments": {}})).await;
+    assert_eq!(r.rpc()["error"]["code"], -32602, "{}", r.text);
+    assert!(r.text.len() < 1024, "{} bytes", r.text.len());
     let stateless = Mcp::stateless(s.gw.url("/mcp"), &s.alice);
     let r = stateless.request("tools/call", json!({"name": "nope__x", "arguments": {}})).await;
     assert_eq!(r.status, 200, "{}", r.text);
