@@ -424,7 +424,7 @@ fn shown(name: &str) -> std::borrow::Cow<'_, str> {
     if name.len() <= MAX {
         return name.into();
     }
-    format!("{}…", &name[..name.floor_char_boundary(MAX)]).into()
+    format!("{}…", crate::telemetry::truncate(name, MAX)).into()
 }
 
 pub(crate) fn resolve_uri<'a>(

@@ -249,7 +249,8 @@ pub async fn trace(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next)
     resp
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// `s`, or its first `max` bytes cut back to a character's boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
