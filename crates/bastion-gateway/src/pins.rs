@@ -149,10 +149,35 @@ pub struct Pins {
     verdicts: Mutex<HashMap<(String, ItemKind, usize), Arc<Verdict>>>,
     catalog: Mutex<Catalog>,
     /// Poisoning warnings already given, by server, kind, name and hash.
-    warned: Mutex<HashSet<String>>,
+    warned: Mutex<Seen>,
     /// One decision at a time in this process, so that two lists of one
     /// server do not race each other to the store.
     deciding: tokio::sync::Mutex<()>,
+}
+
+/// What has been seen once, kept as keyed 64-bit hashes (a server names its
+/// items: the names are not kept) and at most [`Seen::MAX`] of them: a
+/// server that lists a new poisoned definition on every list cannot grow
+/// the gateway's memory. When full it starts again, so a warning may be
+/// given again, never withheld.
+#[derive(Default)]
+struct Seen {
+    hasher: std::hash::RandomState,
+    keys: HashSet<u64>,
+}
+
+impl Seen {
+    const MAX: usize = 65_536;
+
+    /// Whether `key` is seen for the first time (since the last start
+    /// over).
+    fn first(&mut self, key: &impl std::hash::Hash) -> bool {
+        use std::hash::BuildHasher as _;
+        if self.keys.len() >= Self::MAX {
+            self.keys.clear();
+        }
+        self.keys.insert(self.hasher.hash_one(key))
+    }
 }
 
 impl Pins {
@@ -477,7 +502,7 @@ impl Pins {
         findings: &[Finding],
         quarantine: bool,
     ) {
-        if !self.warned.lock().expect("poisoned").insert(format!("{server}\0{}\0{name}\0{hash}", kind.as_str())) {
+        if !self.warned.lock().expect("poisoned").first(&(server, kind.as_str(), name, hash)) {
             return;
         }
         let (action, event, message, reason) = if quarantine {
@@ -667,5 +692,25 @@ pub(crate) async fn follow(gw: Arc<Gateway>, shutdown: CancellationToken) {
             tracing::info!(servers = %servers.join(", "), "pins changed; lists are screened again");
             gw.announce_list_changes(&servers);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_seen_is_bounded_and_seen_once() {
+        let mut seen = Seen::default();
+        assert!(seen.first(&("s", "tool", "a", "h1")));
+        assert!(!seen.first(&("s", "tool", "a", "h1")));
+        assert!(seen.first(&("s", "tool", "a", "h2")), "a new definition of the same name");
+        assert!(seen.first(&("s", "prompt", "a", "h1")));
+        for i in 0..Seen::MAX * 2 {
+            seen.first(&("s", "tool", "flood", i));
+            assert!(seen.keys.len() <= Seen::MAX);
+        }
+        // After starting over a warning may come again.
+        assert!(seen.first(&("s", "tool", "a", "h1")));
     }
 }
