@@ -95,12 +95,22 @@ impl Origin {
 /// right, and what stands left of the first untrusted hop is that hop's
 /// own say, not believed. A hop that is not an address (`unknown`, an
 /// obfuscated name, garbage) ends the walk at the last trusted one.
-pub fn client_ip(
-    peer: Option<std::net::IpAddr>,
+pub fn client_ip<B>(req: &http::Request<B>, trusted: &[bastion_core::config::IpNet]) -> Option<std::net::IpAddr> {
+    forwarded_client(peer_ip(req)?, req.headers(), trusted)
+}
+
+/// The address of the connection's peer, as the server put it on the
+/// request; never a header's.
+pub fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// [`client_ip`] of a request from `peer` with `headers`.
+fn forwarded_client(
+    peer: std::net::IpAddr,
     headers: &http::HeaderMap,
     trusted: &[bastion_core::config::IpNet],
 ) -> Option<std::net::IpAddr> {
-    let peer = peer?;
     let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
     if trusted.is_empty() || !is_trusted(peer) {
         return Some(peer);
@@ -446,7 +456,9 @@ mod tests {
         };
         let trusted = [IpNet::parse("10.0.0.0/8").unwrap(), IpNet::parse("::1").unwrap()];
         let proxy = Some(ip("10.0.0.2"));
-        let client = |peer, h: &HeaderMap, t: &[IpNet]| client_ip(peer, h, t).map(|a| a.to_string());
+        let client = |peer: Option<std::net::IpAddr>, h: &HeaderMap, t: &[IpNet]| {
+            peer.and_then(|p| forwarded_client(p, h, t)).map(|a| a.to_string())
+        };
         // No proxy trusted: the peer, whatever the header says.
         assert_eq!(client(Some(ip("192.0.2.9")), &xff(&["198.51.100.1"]), &[]).unwrap(), "192.0.2.9");
         // A peer that is not a trusted proxy cannot name another client.

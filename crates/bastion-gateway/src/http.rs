@@ -100,7 +100,7 @@ pub fn metrics_router(gw: Arc<Gateway>, hosts: HostPolicy) -> Router {
 /// header) is in `metrics.allow` is answered. Anyone else gets the 404 of
 /// a path that does not exist, whatever the method. The list is read live.
 async fn metrics_endpoint(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Response {
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let peer = crate::auth::peer_ip(&req);
     if !peer.is_some_and(|ip| gw.runtime().config.metrics.allows(ip)) {
         return not_found().await;
     }
@@ -170,8 +170,7 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     let cert = req.extensions().get::<ClientCert>().cloned();
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let client_ip = crate::auth::client_ip(peer, req.headers(), &gw.runtime().config.http.trusted_proxies);
+    let client_ip = crate::auth::client_ip(&req, &gw.runtime().config.http.trusted_proxies);
     let mut origin = Origin::from_request(client_ip, req.headers());
     // With tracing on, the audit trail names the trace the request's spans are in.
     if let Some(t) = req.extensions().get::<crate::telemetry::RequestTraceId>() {

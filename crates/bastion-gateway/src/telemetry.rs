@@ -224,8 +224,7 @@ pub async fn trace(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next)
     );
     let _ = span.set_parent(client_context(req.headers()));
     let rt = arc_swap::Guard::into_inner(gw.runtime());
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = crate::auth::client_ip(peer, req.headers(), &rt.config.http.trusted_proxies) {
+    if let Some(ip) = crate::auth::client_ip(&req, &rt.config.http.trusted_proxies) {
         span.record("client.address", tracing::field::display(ip));
     }
     let masked = &rt.config.log.redact_headers;

@@ -208,8 +208,7 @@ fn refused_event(
     reason: &'static str,
     trusted: &[bastion_core::config::IpNet],
 ) -> bastion_audit::Event {
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let client_ip = crate::auth::client_ip(peer, req.headers(), trusted);
+    let client_ip = crate::auth::client_ip(req, trusted);
     let origin = crate::auth::Origin::from_request(client_ip, req.headers());
     let mut event = crate::audit::origin_event("http.refused", bastion_audit::Outcome::Denied, &origin);
     event.reason = Some(reason.into());
